@@ -1,0 +1,1 @@
+"""bundlerec: real-time personalized bundle recommendations as gRPC services."""
