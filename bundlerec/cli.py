@@ -1,2 +1,118 @@
-def main():
-    pass
+"""The `bundlerec` command: serve, migrate, demo.
+
+`bundlerec serve SERVICE --help` lists that service's settings; each is also read from the
+environment as BUNDLEREC_<SERVICE>_<SETTING> (for example BUNDLEREC_PROFILE_DATABASE_URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+from pydantic_settings import CliApp
+
+from bundlerec.runtime.logs import configure_logging
+from bundlerec.runtime.settings import ServiceSettings
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    settings: str  # "module:Class"
+    build: str | None  # "module:function" returning ServiceParts; None until implemented
+    migrations: str | None = None  # "module:attr" of the Alembic script location
+
+
+SERVICES = {
+    "profile": ServiceEntry(
+        "bundlerec.profile.settings:ProfileSettings", "bundlerec.profile.server:build", "bundlerec.profile.store:MIGRATIONS"
+    ),
+    "candidate": ServiceEntry("bundlerec.runtime.settings:ServiceSettings", None),
+    "ranker": ServiceEntry("bundlerec.runtime.settings:ServiceSettings", None),
+    "gateway": ServiceEntry("bundlerec.runtime.settings:ServiceSettings", None),
+}
+
+
+def _load(ref: str) -> object:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _settings(service: str, args: Sequence[str]) -> ServiceSettings:
+    settings_class = _load(SERVICES[service].settings)
+    settings_class.model_config["cli_prog_name"] = f"bundlerec serve {service}"  # type: ignore[attr-defined]
+    try:
+        return CliApp.run(settings_class, cli_args=list(args))  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise SystemExit(f"bundlerec serve {service}: invalid settings: {problems}") from None
+
+
+def _serve(service: str, args: Sequence[str]) -> int:
+    from bundlerec.runtime.server import serve_until_signal
+
+    entry = SERVICES[service]
+    settings = _settings(service, args)
+    configure_logging(settings.log_level, settings.log_format)
+    if entry.build is None:
+        print(f"bundlerec serve {service}: not implemented yet", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        parts = await _load(entry.build)(settings)  # type: ignore[operator]
+        await serve_until_signal(settings, parts)
+
+    asyncio.run(main())
+    return 0
+
+
+def _migrate(service: str, args: Sequence[str]) -> int:
+    from bundlerec import db
+
+    entry = SERVICES[service]
+    if entry.migrations is None:
+        print(f"bundlerec migrate {service}: this service keeps no database", file=sys.stderr)
+        return 2
+    settings = _settings(service, args)
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def main() -> None:
+        engine = db.create_engine(settings.database_url)  # type: ignore[attr-defined]
+        try:
+            await db.upgrade_to_head(engine, _load(entry.migrations))  # type: ignore[arg-type]
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+    print(f"{service}: database at the newest migration")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bundlerec", description="Real-time personalized bundle recommendations.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run one service", add_help=False)
+    serve.add_argument("service", choices=sorted(SERVICES))
+    migrate = commands.add_parser("migrate", help="apply a service's database migrations", add_help=False)
+    migrate.add_argument("service", choices=sorted(SERVICES))
+    demo = commands.add_parser("demo", help="run the product on embedded defaults and show what it does")
+    demo.add_argument("--workdir", default="var/demo", help="where the demo keeps its database (default: var/demo)")
+    demo.add_argument("--keep", action="store_true", help="keep the demo's data from an earlier run")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "serve":
+        return _serve(args.service, rest)
+    if args.command == "migrate":
+        return _migrate(args.service, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from bundlerec.demo import run_demo
+
+    return run_demo(args.workdir, keep=args.keep)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

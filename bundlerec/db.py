@@ -1,0 +1,163 @@
+"""The database layer every storing service shares: engines, transactions, migrations.
+
+One URL chooses the backend: `sqlite:///path.db` (the embedded default) or
+`postgresql+psycopg://user@host/db` (production). Both run through SQLAlchemy's asyncio
+extension (aiosqlite, psycopg 3) so grpc.aio handlers never block the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import MetaData, event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from bundlerec.errors import Unavailable
+
+log = logging.getLogger("bundlerec.db")
+
+T = TypeVar("T")
+
+# Stable constraint names, so migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def new_metadata() -> MetaData:
+    return MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def async_url(url: str) -> URL:
+    """Maps the URL a user writes to the async driver SQLAlchemy needs."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg")
+    raise ValueError(f"unsupported database {url!r}: use sqlite:///FILE or postgresql+psycopg://...")
+
+
+def _tune_sqlite(engine: AsyncEngine) -> None:
+    """WAL for concurrent readers, FULL sync so an acknowledged commit survives a crash,
+    and BEGIN IMMEDIATE so writers queue on busy_timeout instead of failing on lock upgrade."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+READ_ONLY = "bundlerec_read_only"
+
+
+def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    target = async_url(url)
+    if target.get_backend_name() == "sqlite":
+        database = target.database or ""
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(target, pool_size=pool_size, max_overflow=0)
+        _tune_sqlite(engine)
+        return engine
+    return create_async_engine(target, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    """Deadlocks and serialization failures: the transaction can simply run again."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate in {"40001", "40P01"} or "database is locked" in str(exc.orig)
+
+
+async def in_transaction(
+    engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]], *, attempts: int = 4
+) -> T:
+    """Runs `work` in one transaction, committed before returning; retries transient conflicts.
+
+    A connection failure becomes Unavailable (the caller may retry) rather than an internal error.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            async with engine.begin() as conn:
+                return await work(conn)
+        except DBAPIError as exc:
+            if _is_transient(exc) and attempt < attempts:
+                await asyncio.sleep(0.01 * 2**attempt)
+                continue
+            if isinstance(exc, OperationalError) or exc.connection_invalidated:
+                log.warning("database unavailable", extra={"fields": {"error": type(exc.orig).__name__}})
+                raise Unavailable("the database is unavailable; retry later") from exc
+            raise
+    raise AssertionError("unreachable")
+
+
+async def read_snapshot(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Runs read-only `work` in one transaction (a consistent view on SQLite, no writer lock)."""
+    try:
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(**{READ_ONLY: True})
+            async with conn.begin():
+                return await work(conn)
+    except OperationalError as exc:
+        log.warning("database unavailable", extra={"fields": {"error": type(exc.orig).__name__}})
+        raise Unavailable("the database is unavailable; retry later") from exc
+
+
+def _alembic_config(script_location: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", script_location)
+    return config
+
+
+async def upgrade_to_head(engine: AsyncEngine, script_location: str) -> None:
+    """Applies pending Alembic migrations."""
+    config = _alembic_config(script_location)
+
+    def upgrade(conn: Connection) -> None:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+
+    async with engine.begin() as conn:
+        await conn.run_sync(upgrade)
+
+
+async def migration_problem(engine: AsyncEngine, script_location: str) -> str | None:
+    """None when the database is reachable and at the newest migration, else what is wrong."""
+    head = ScriptDirectory.from_config(_alembic_config(script_location)).get_current_head()
+
+    def current(conn: Connection) -> str | None:
+        return MigrationContext.configure(conn).get_current_revision()
+
+    try:
+        async with engine.connect() as conn:
+            revision = await conn.run_sync(current)
+    except (DBAPIError, OSError) as exc:
+        return f"database unreachable: {type(exc).__name__}"
+    if revision != head:
+        return f"database at migration {revision}, expected {head}: run `bundlerec migrate`"
+    return None

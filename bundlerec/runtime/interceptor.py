@@ -1,0 +1,133 @@
+"""The one server interceptor: error mapping, undecodable requests, metrics.
+
+- Domain errors (bundlerec.errors) become gRPC statuses with a google.rpc.ErrorInfo
+  (machine-readable reason) and, for InvalidArgument, a google.rpc.BadRequest naming the field.
+- A request protobuf cannot parse (invalid UTF-8 in a string...) gets INVALID_ARGUMENT naming the
+  field instead of grpc's generic INTERNAL.
+- Anything unexpected is logged with its traceback and an error id; the caller gets INTERNAL
+  with that id and never a stack trace.
+- Every call is counted and timed per method and final status code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from bundlerec import errors
+from bundlerec.runtime.metrics import RPC_LATENCY, RPC_REQUESTS
+from bundlerec.runtime.wire import find_invalid_utf8
+
+log = logging.getLogger("bundlerec.rpc")
+
+ERROR_DOMAIN = "bundlerec.dev"
+
+_CODES: dict[type[errors.BundlerecError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_for(exc: errors.BundlerecError) -> grpc.Status:
+    code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)), grpc.StatusCode.UNKNOWN)
+    details: list[Any] = []
+    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN)
+    if isinstance(exc, errors.InvalidArgument):
+        info.metadata["field"] = exc.field
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.problem)
+                ]
+            )
+        )
+    details.insert(0, info)
+    packed = []
+    for detail in details:
+        holder = any_pb2.Any()
+        holder.Pack(detail)
+        packed.append(holder)
+    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=exc.message, details=packed))
+
+
+class _Undecodable:
+    """Stands in for a request protobuf could not parse, so the handler can answer properly."""
+
+    def __init__(self, field: str | None) -> None:
+        self.field = field
+
+
+def _safe_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    message_class = getattr(deserialize, "__self__", None)
+
+    def deserialize_or_mark(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:
+            descriptor = getattr(message_class, "DESCRIPTOR", None)
+            return _Undecodable(find_invalid_utf8(descriptor, data) if descriptor else None)
+
+    return deserialize_or_mark
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler  # streaming RPCs (health Watch, reflection) pass through untouched
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        return handler._replace(
+            request_deserializer=_safe_deserializer(handler.request_deserializer),
+            unary_unary=self._wrap(handler.unary_unary, service.rsplit(".", 1)[-1], method),
+        )
+
+    @staticmethod
+    def _wrap(behavior: Callable[..., Any], service: str, method: str) -> Callable[..., Awaitable[Any]]:
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                if isinstance(request, _Undecodable):
+                    if request.field:
+                        raise errors.InvalidArgument(request.field, "is not valid UTF-8")
+                    raise errors.InvalidArgument("request", "is not a valid protobuf message")
+                result = behavior(request, context)
+                return await result if asyncio.iscoroutine(result) else result
+            except errors.BundlerecError as exc:
+                status = status_for(exc)
+                code = status.code
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                error_id = uuid.uuid4().hex[:12]
+                log.exception(
+                    "unhandled error", extra={"fields": {"rpc": f"{service}/{method}", "error_id": error_id}}
+                )
+                code = grpc.StatusCode.INTERNAL
+                await context.abort(code, f"internal error (error id {error_id}; details are in the server log)")
+            finally:
+                name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+                RPC_REQUESTS.labels(service, method, name).inc()
+                RPC_LATENCY.labels(service, method).observe(time.perf_counter() - started)
+
+        return handle

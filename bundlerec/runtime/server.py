@@ -1,0 +1,132 @@
+"""Assembles and runs a grpc.aio server for any bundlerec service.
+
+Each service provides a `ServiceParts` (what to register, how to tell it is ready, how to close);
+this module adds what every service shares: the interceptor, the standard health service driven
+by real readiness checks, reflection, Prometheus metrics, and graceful shutdown on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from bundlerec.runtime.interceptor import ServiceInterceptor
+from bundlerec.runtime.metrics import start_metrics_endpoint
+from bundlerec.runtime.settings import ServiceSettings
+
+log = logging.getLogger("bundlerec.server")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def _always_ready() -> str | None:
+    return None
+
+
+async def _nothing_to_close() -> None:
+    return None
+
+
+@dataclass
+class ServiceParts:
+    """What one service contributes to its server."""
+
+    name: str  # "profile", "candidate"...
+    register: Callable[[grpc.aio.Server], None]  # adds the servicers
+    service_names: list[str]  # full gRPC service names, for health and reflection
+    # Returns None when ready to serve, else why not (logged, and health says NOT_SERVING).
+    readiness: Callable[[], Awaitable[str | None]] = _always_ready
+    close: Callable[[], Awaitable[None]] = _nothing_to_close
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    parts: ServiceParts
+    grace_seconds: float
+    _watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def stop(self) -> None:
+        """Stop accepting calls, let in-flight ones finish within the grace period, close."""
+        if self._watcher:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.grace_seconds)
+        await self.parts.close()
+        log.info("stopped", extra={"fields": {"service": self.parts.name}})
+
+
+async def _watch_readiness(
+    health_servicer: health.aio.HealthServicer, parts: ServiceParts, interval: float
+) -> None:
+    last: str | None = "starting"
+    while True:
+        try:
+            problem = await parts.readiness()
+        except Exception as exc:  # a readiness check must never kill the server
+            problem = f"readiness check failed: {type(exc).__name__}"
+        if problem != last:
+            state = "ready" if problem is None else "not ready"
+            log.info(state, extra={"fields": {"service": parts.name, "reason": problem}})
+            last = problem
+        status = SERVING if problem is None else NOT_SERVING
+        for name in ["", *parts.service_names]:
+            await health_servicer.set(name, status)
+        await asyncio.sleep(interval)
+
+
+async def start_server(settings: ServiceSettings, parts: ServiceParts) -> RunningServer:
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(interceptors=[ServiceInterceptor()], options=options)
+    parts.register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ["", *parts.service_names]:
+        await health_servicer.set(name, NOT_SERVING)
+    reflection.enable_server_reflection(
+        [*parts.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+    start_metrics_endpoint(settings.host, settings.metrics_port)
+    await server.start()
+    running = RunningServer(server, port, health_servicer, parts, settings.grace_seconds)
+    running._watcher = asyncio.create_task(
+        _watch_readiness(health_servicer, parts, settings.health_interval_seconds)
+    )
+    log.info(
+        "listening",
+        extra={"fields": {"service": parts.name, "address": f"{settings.host}:{port}", "metrics_port": settings.metrics_port}},
+    )
+    return running
+
+
+async def serve_until_signal(settings: ServiceSettings, parts: ServiceParts) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    running = await start_server(settings, parts)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"fields": {"service": parts.name, "grace_seconds": settings.grace_seconds}})
+    await running.stop()

@@ -1,0 +1,36 @@
+"""Settings every service shares. Each service subclasses with its own env prefix.
+
+No module reads os.environ directly: everything configurable is a field of a settings class,
+settable as a CLI flag (`bundlerec serve SERVICE --help`) or an environment variable
+`BUNDLEREC_<SERVICE>_<FIELD>`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        extra="forbid", cli_kebab_case=True, cli_implicit_flags=True, cli_show_env_vars=True
+    )
+
+    host: str = Field("127.0.0.1", description="Address to listen on ('0.0.0.0' or '[::]' in containers).")
+    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 disables the endpoint."
+    )
+    grace_seconds: float = Field(
+        10.0, gt=0, description="On SIGTERM, how long in-flight calls may take to finish."
+    )
+    max_message_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request or response message accepted."
+    )
+    health_interval_seconds: float = Field(
+        2.0, gt=0, description="How often readiness (database, model...) is re-checked."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["json", "text"] = Field("json", description="Log line format.")

@@ -1,0 +1,93 @@
+"""The profile domain: events, consent, profiles. Plain data; no grpc, no SQL."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class EventType(enum.StrEnum):
+    VIEW = "view"
+    CLICK = "click"
+    ADD_TO_CART = "add_to_cart"
+    PURCHASE = "purchase"
+    RATING = "rating"
+    LIKE = "like"
+
+
+class TargetType(enum.StrEnum):
+    ITEM = "item"
+    BUNDLE = "bundle"
+
+
+# How much each kind of event says about interest: used for affinity and popularity.
+EVENT_WEIGHTS: dict[EventType, float] = {
+    EventType.VIEW: 1.0,
+    EventType.CLICK: 2.0,
+    EventType.RATING: 2.0,
+    EventType.LIKE: 3.0,
+    EventType.ADD_TO_CART: 3.0,
+    EventType.PURCHASE: 5.0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    event_id: str
+    user_id: str
+    type: EventType
+    target_type: TargetType
+    target_id: str
+    occurred_at_us: int  # microseconds since the Unix epoch, UTC
+    value: float | None = None
+    category: str = ""
+    context: dict[str, str] = field(default_factory=dict)
+    recommendation_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    personalization: bool
+    sensitive_categories: bool
+    updated_at_us: int | None = None  # None: never set by the user, service defaults apply
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryAffinity:
+    category: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    user_id: str
+    known: bool
+    consent: Consent
+    recent_events: list[Event]  # oldest first
+    counts: dict[EventType, int]
+    affinities: list[CategoryAffinity]  # highest first
+    total_events: int
+    first_event_at_us: int | None
+    last_event_at_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    recorded: int
+    duplicates: int
+    anonymized: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExportPage:
+    user_id: str
+    consent: Consent
+    events: list[Event]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class PopularTarget:
+    target_type: TargetType
+    target_id: str
+    score: float

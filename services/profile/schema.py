@@ -1,0 +1,70 @@
+"""Tables of the profile store (SQLAlchemy 2 declarative). Changes need an Alembic migration.
+
+What is kept, and about whom:
+- profile_users: one row per user who consented to personalization or set consent explicitly.
+- profile_events: the personal event history; only for users with personalization consent.
+- profile_popularity: anonymous counts per target, day and event type (no user column).
+- profile_anonymous_event_ids: SHA-256 of event ids of users without consent, so retried
+  batches are not counted twice in popularity (no user column).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from bundlerec.db import new_metadata
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = new_metadata()
+
+
+class UserRow(Base):
+    __tablename__ = "profile_users"
+
+    user_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    personalization: Mapped[bool] = mapped_column(Boolean)
+    sensitive_categories: Mapped[bool] = mapped_column(Boolean)
+    consent_updated_at_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class EventRow(Base):
+    __tablename__ = "profile_events"
+    __table_args__ = (Index("ix_profile_events_user_time", "user_id", "occurred_at_us"),)
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(256), unique=True)
+    user_id: Mapped[str] = mapped_column(
+        String(256), ForeignKey("profile_users.user_id", ondelete="CASCADE")
+    )
+    event_type: Mapped[str] = mapped_column(String(16))
+    target_type: Mapped[str] = mapped_column(String(8))
+    target_id: Mapped[str] = mapped_column(String(256))
+    occurred_at_us: Mapped[int] = mapped_column(BigInteger)
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    category: Mapped[str] = mapped_column(String(512))
+    context: Mapped[dict[str, str]] = mapped_column(JSON)
+    recommendation_id: Mapped[str] = mapped_column(String(256))
+    received_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class PopularityRow(Base):
+    __tablename__ = "profile_popularity"
+
+    target_type: Mapped[str] = mapped_column(String(8), primary_key=True)
+    target_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    day: Mapped[int] = mapped_column(Integer, primary_key=True)  # days since the Unix epoch
+    event_type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
+class AnonymousEventIdRow(Base):
+    __tablename__ = "profile_anonymous_event_ids"
+
+    event_key: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the event id
+    day: Mapped[int] = mapped_column(Integer, index=True)

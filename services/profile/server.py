@@ -1,0 +1,26 @@
+"""Assembles the profile service for the shared runtime."""
+
+from __future__ import annotations
+
+from bundlerec.profile.service import ProfileService
+from bundlerec.profile.servicer import ProfileServicer
+from bundlerec.profile.settings import ProfileSettings
+from bundlerec.profile.store import SqlProfileStore
+from bundlerec.runtime.server import ServiceParts
+from bundlerec.v1 import profile_pb2, profile_pb2_grpc
+
+SERVICE_NAME = profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name
+
+
+async def build(settings: ProfileSettings) -> ServiceParts:
+    store = await SqlProfileStore.open(
+        settings.database_url, migrate=settings.migrate_on_start, pool_size=settings.pool_size
+    )
+    servicer = ProfileServicer(ProfileService(store, settings))
+    return ServiceParts(
+        name="profile",
+        register=lambda server: profile_pb2_grpc.add_ProfileServiceServicer_to_server(servicer, server),
+        service_names=[SERVICE_NAME],
+        readiness=store.readiness,
+        close=store.close,
+    )

@@ -1,0 +1,165 @@
+"""gRPC face of the profile service: translates proto ↔ domain, nothing else."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from bundlerec import validation
+from bundlerec.errors import InvalidArgument
+from bundlerec.profile.model import Consent, Event, EventType, Profile, TargetType
+from bundlerec.profile.service import ProfileService, now_us
+from bundlerec.v1 import common_pb2, profile_pb2, profile_pb2_grpc
+
+EVENT_TYPES = {
+    common_pb2.EVENT_TYPE_VIEW: EventType.VIEW,
+    common_pb2.EVENT_TYPE_CLICK: EventType.CLICK,
+    common_pb2.EVENT_TYPE_ADD_TO_CART: EventType.ADD_TO_CART,
+    common_pb2.EVENT_TYPE_PURCHASE: EventType.PURCHASE,
+    common_pb2.EVENT_TYPE_RATING: EventType.RATING,
+    common_pb2.EVENT_TYPE_LIKE: EventType.LIKE,
+}
+EVENT_TYPES_PB = {v: k for k, v in EVENT_TYPES.items()}
+TARGET_TYPES = {common_pb2.TARGET_TYPE_ITEM: TargetType.ITEM, common_pb2.TARGET_TYPE_BUNDLE: TargetType.BUNDLE}
+TARGET_TYPES_PB = {v: k for k, v in TARGET_TYPES.items()}
+
+MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the protobuf Timestamp limit
+
+
+def timestamp_us(field: str, ts: Timestamp) -> int:
+    if ts.seconds < 0:
+        raise InvalidArgument(field, "must not be before 1970-01-01")
+    if ts.seconds > MAX_TIMESTAMP_SECONDS or not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(field, "is not a valid timestamp")
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+def timestamp_pb(us: int | None) -> Timestamp | None:
+    if us is None:
+        return None
+    return Timestamp(seconds=us // 1_000_000, nanos=(us % 1_000_000) * 1000)
+
+
+def event_from_pb(field: str, pb: common_pb2.Event, received_us: int) -> Event:
+    validation.identifier(f"{field}.event_id", pb.event_id)
+    validation.identifier(f"{field}.user_id", pb.user_id)
+    kind = EVENT_TYPES.get(pb.type)
+    if kind is None:
+        raise InvalidArgument(f"{field}.type", f"must be one of {', '.join(t.value for t in EventType)}")
+    if not pb.HasField("target"):
+        raise InvalidArgument(f"{field}.target", "is required")
+    target_type = TARGET_TYPES.get(pb.target.type)
+    if target_type is None:
+        raise InvalidArgument(f"{field}.target.type", "must be item or bundle")
+    validation.identifier(f"{field}.target.id", pb.target.id)
+    value = None
+    if pb.HasField("value"):
+        value = validation.finite(f"{field}.value", pb.value)
+    elif kind is EventType.RATING:
+        raise InvalidArgument(f"{field}.value", "is required for a rating")
+    return Event(
+        event_id=pb.event_id,
+        user_id=pb.user_id,
+        type=kind,
+        target_type=target_type,
+        target_id=pb.target.id,
+        occurred_at_us=timestamp_us(f"{field}.timestamp", pb.timestamp) if pb.HasField("timestamp") else received_us,
+        value=value,
+        category=validation.text(f"{field}.category", pb.category, max_length=512),
+        context=validation.string_map(f"{field}.context", pb.context, max_entries=32, max_key=64, max_value=1024),
+        recommendation_id=validation.identifier(f"{field}.recommendation_id", pb.recommendation_id, required=False),
+    )
+
+
+def event_pb(e: Event) -> common_pb2.Event:
+    pb = common_pb2.Event(
+        event_id=e.event_id,
+        user_id=e.user_id,
+        type=EVENT_TYPES_PB[e.type],
+        target=common_pb2.TargetRef(type=TARGET_TYPES_PB[e.target_type], id=e.target_id),
+        timestamp=timestamp_pb(e.occurred_at_us),
+        category=e.category,
+        context=e.context,
+        recommendation_id=e.recommendation_id,
+    )
+    if e.value is not None:
+        pb.value = e.value
+    return pb
+
+
+def consent_pb(c: Consent) -> common_pb2.Consent:
+    return common_pb2.Consent(
+        personalization=c.personalization,
+        sensitive_categories=c.sensitive_categories,
+        updated_at=timestamp_pb(c.updated_at_us),
+    )
+
+
+def profile_pb(p: Profile) -> profile_pb2.Profile:
+    return profile_pb2.Profile(
+        user_id=p.user_id,
+        known=p.known,
+        consent=consent_pb(p.consent),
+        recent_events=[event_pb(e) for e in p.recent_events],
+        counts=[profile_pb2.EventTypeCount(type=EVENT_TYPES_PB[k], count=n) for k, n in sorted(p.counts.items())],
+        affinities=[profile_pb2.CategoryAffinity(category=a.category, score=a.score) for a in p.affinities],
+        total_events=p.total_events,
+        first_event_at=timestamp_pb(p.first_event_at_us),
+        last_event_at=timestamp_pb(p.last_event_at_us),
+    )
+
+
+class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
+    def __init__(self, service: ProfileService) -> None:
+        self.service = service
+
+    async def RecordEvents(self, request: profile_pb2.RecordEventsRequest, context: object) -> profile_pb2.RecordEventsResponse:
+        limit = self.service.settings.max_batch_events
+        if len(request.events) > limit:  # before converting: an oversized batch costs nothing
+            raise InvalidArgument("events", f"has {len(request.events)} events; at most {limit} per batch")
+        received = now_us()
+        events = [event_from_pb(f"events[{i}]", pb, received) for i, pb in enumerate(request.events)]
+        result = await self.service.record_events(events)
+        return profile_pb2.RecordEventsResponse(
+            recorded=result.recorded, duplicates=result.duplicates, anonymized=result.anonymized
+        )
+
+    async def GetProfile(self, request: profile_pb2.GetProfileRequest, context: object) -> profile_pb2.GetProfileResponse:
+        profile = await self.service.get_profile(request.user_id, request.sequence_length)
+        return profile_pb2.GetProfileResponse(profile=profile_pb(profile))
+
+    async def SetConsent(self, request: profile_pb2.SetConsentRequest, context: object) -> profile_pb2.SetConsentResponse:
+        consent, erased = await self.service.set_consent(
+            request.user_id,
+            request.personalization if request.HasField("personalization") else None,
+            request.sensitive_categories if request.HasField("sensitive_categories") else None,
+        )
+        return profile_pb2.SetConsentResponse(consent=consent_pb(consent), events_erased=erased)
+
+    async def DeleteUser(self, request: profile_pb2.DeleteUserRequest, context: object) -> profile_pb2.DeleteUserResponse:
+        existed, deleted = await self.service.delete_user(request.user_id)
+        return profile_pb2.DeleteUserResponse(existed=existed, events_deleted=deleted)
+
+    async def ExportUser(self, request: profile_pb2.ExportUserRequest, context: object) -> profile_pb2.ExportUserResponse:
+        page = await self.service.export_user(request.user_id, request.page_size, request.page_token)
+        return profile_pb2.ExportUserResponse(
+            user_id=page.user_id,
+            consent=consent_pb(page.consent),
+            events=[event_pb(e) for e in page.events],
+            next_page_token=page.next_page_token,
+        )
+
+    async def ListPopularTargets(
+        self, request: profile_pb2.ListPopularTargetsRequest, context: object
+    ) -> profile_pb2.ListPopularTargetsResponse:
+        targets, token = await self.service.popular_targets(
+            TARGET_TYPES.get(request.target_type), request.window_days, request.page_size, request.page_token
+        )
+        return profile_pb2.ListPopularTargetsResponse(
+            targets=[
+                profile_pb2.PopularTarget(
+                    target=common_pb2.TargetRef(type=TARGET_TYPES_PB[t.target_type], id=t.target_id), score=t.score
+                )
+                for t in targets
+            ],
+            next_page_token=token,
+        )
