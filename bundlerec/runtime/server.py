@@ -56,9 +56,14 @@ class RunningServer:
     parts: ServiceParts
     grace_seconds: float
     _watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+    _stopped: bool = field(default=False, repr=False)
 
     async def stop(self) -> None:
-        """Stop accepting calls, let in-flight ones finish within the grace period, close."""
+        """Stop accepting calls, let in-flight ones finish within the grace period, close.
+        Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._watcher:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -100,7 +100,7 @@ def profile_pb(p: Profile) -> profile_pb2.Profile:
         known=p.known,
         consent=consent_pb(p.consent),
         recent_events=[event_pb(e) for e in p.recent_events],
-        counts=[profile_pb2.EventTypeCount(type=EVENT_TYPES_PB[k], count=n) for k, n in sorted(p.counts.items())],
+        counts=[profile_pb2.EventTypeCount(type=EVENT_TYPES_PB[k], count=n) for k, n in sorted(p.counts.items(), key=lambda kv: EVENT_TYPES_PB[kv[0]])],
         affinities=[profile_pb2.CategoryAffinity(category=a.category, score=a.score) for a in p.affinities],
         total_events=p.total_events,
         first_event_at=timestamp_pb(p.first_event_at_us),

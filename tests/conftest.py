@@ -1,0 +1,98 @@
+"""Shared fixtures: real databases (SQLite file, PostgreSQL), real servers on port 0, real channels."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import grpc
+import psycopg
+import pytest
+
+from bundlerec.profile.server import build
+from bundlerec.profile.settings import ProfileSettings
+from bundlerec.runtime.server import RunningServer, start_server
+from bundlerec.v1 import profile_pb2_grpc
+
+PG_ADMIN_URL = os.environ.get("BUNDLEREC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REQUIRE_POSTGRES = os.environ.get("BUNDLEREC_REQUIRE_POSTGRES") == "1"
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards. Skips (or fails, in CI) without a server."""
+    name = f"bundlerec_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"PostgreSQL is required (BUNDLEREC_REQUIRE_POSTGRES=1) but unreachable: {exc}")
+        pytest.skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}: {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        base = psycopg.conninfo.conninfo_to_dict(PG_ADMIN_URL)
+        user = base.get("user", "postgres")
+        host, port = base.get("host", "127.0.0.1"), base.get("port", 5432)
+        try:
+            yield f"postgresql+psycopg://{user}@{host}:{port}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'profile.sqlite3'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+@dataclass
+class ProfileServer:
+    running: RunningServer
+    channel: grpc.aio.Channel
+    stub: profile_pb2_grpc.ProfileServiceStub
+    settings: ProfileSettings
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+
+def profile_settings(database_url: str, **overrides: object) -> ProfileSettings:
+    values: dict[str, object] = {
+        "port": 0,
+        "metrics_port": 0,
+        "database_url": database_url,
+        "grace_seconds": 5.0,
+        "health_interval_seconds": 0.2,
+        **overrides,
+    }
+    return ProfileSettings(**values)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running_profile(database_url: str, **overrides: object) -> AsyncIterator[ProfileServer]:
+    settings = profile_settings(database_url, **overrides)
+    running = await start_server(settings, await build(settings))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        yield ProfileServer(running, channel, profile_pb2_grpc.ProfileServiceStub(channel), settings)
+    finally:
+        await channel.close()
+        await running.stop()
+
+
+@pytest.fixture(scope="session")
+async def profile(database_url: str) -> AsyncIterator[ProfileServer]:
+    async with running_profile(database_url) as server:
+        yield server
+
+
+@pytest.fixture
+def user_id() -> str:
+    return f"user-{uuid.uuid4().hex[:12]}"

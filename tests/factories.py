@@ -1,0 +1,31 @@
+"""Builders of valid API messages, so each test states only what it is about."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from bundlerec.v1 import common_pb2
+
+
+def event(
+    user_id: str,
+    target_id: str = "item-1",
+    *,
+    kind: int = common_pb2.EVENT_TYPE_VIEW,
+    target_type: int = common_pb2.TARGET_TYPE_ITEM,
+    event_id: str | None = None,
+    at: float | None = None,
+    category: str = "",
+    **fields: object,
+) -> common_pb2.Event:
+    seconds = time.time() if at is None else at
+    return common_pb2.Event(
+        event_id=event_id or uuid.uuid4().hex,
+        user_id=user_id,
+        type=kind,
+        target=common_pb2.TargetRef(type=target_type, id=target_id),
+        timestamp={"seconds": int(seconds), "nanos": int((seconds % 1) * 1e9)},
+        category=category,
+        **fields,
+    )

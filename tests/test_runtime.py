@@ -1,0 +1,171 @@
+"""What every service gets from the shared runtime: health, reflection, metrics, error mapping,
+graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from bundlerec.v1 import profile_pb2
+from tests.conftest import ProfileServer, running_profile
+from tests.factories import event
+from tests.processes import BUNDLEREC, free_port, start_profile, start_service
+
+
+async def health_status(channel: grpc.aio.Channel, service: str = "") -> int:
+    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+    return reply.status
+
+
+async def wait_for_health(channel: grpc.aio.Channel, wanted: int, timeout: float = 10) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if await health_status(channel) == wanted:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"health never became {wanted}")
+
+
+async def test_health_reports_serving_for_the_server_and_the_service(profile: ProfileServer) -> None:
+    await wait_for_health(profile.channel, health_pb2.HealthCheckResponse.SERVING)
+
+    assert await health_status(profile.channel, "bundlerec.v1.ProfileService") == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_lists_and_describes_the_service(profile: ProfileServer) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(profile.channel)
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="bundlerec.v1.ProfileService"),
+    ]
+    replies = [reply async for reply in stub.ServerReflectionInfo(iter(requests))]
+
+    names = {s.name for s in replies[0].list_services_response.service}
+    assert {"bundlerec.v1.ProfileService", "grpc.health.v1.Health"} <= names
+    assert replies[1].file_descriptor_response.file_descriptor_proto
+
+
+async def test_not_ready_until_the_database_is_migrated(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    async with running_profile(url, migrate_on_start=False) as server:
+        await asyncio.sleep(0.5)
+        before = await health_status(server.channel)
+        from bundlerec.cli import main
+
+        await asyncio.to_thread(main, ["migrate", "profile", "--database-url", url, "--log-level", "warning"])
+        await wait_for_health(server.channel, health_pb2.HealthCheckResponse.SERVING)
+
+    assert before == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_unreachable_database_is_not_serving_and_unavailable() -> None:
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing?connect_timeout=1"
+    async with running_profile(url, migrate_on_start=False) as server:
+        await asyncio.sleep(0.5)
+        status = await health_status(server.channel)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await server.stub.GetProfile(profile_pb2.GetProfileRequest(user_id="u1"))
+
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "database is unavailable" in error.value.details()
+
+
+async def test_unexpected_errors_are_internal_without_a_stack_trace(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_profile(database_url) as server:
+        async def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("SECRET connection string postgres://admin:hunter2@db")
+
+        from bundlerec.profile.store import SqlProfileStore
+
+        monkeypatch.setattr(SqlProfileStore, "profile_rows", broken)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await server.stub.GetProfile(profile_pb2.GetProfileRequest(user_id="u1"))
+
+    assert error.value.code() == grpc.StatusCode.INTERNAL
+    assert "error id" in error.value.details()
+    assert "SECRET" not in error.value.details() and "Traceback" not in error.value.details()
+
+
+async def test_metrics_count_calls_by_method_and_code(database_url: str) -> None:
+    port = free_port()
+    async with running_profile(database_url, metrics_port=port) as server:
+        await server.stub.GetProfile(profile_pb2.GetProfileRequest(user_id="metrics-user"))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await server.stub.GetProfile(profile_pb2.GetProfileRequest(user_id=""))
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode())
+
+    assert 'bundlerec_rpc_requests_total{code="OK",method="GetProfile",service="ProfileService"}' in body
+    assert 'bundlerec_rpc_requests_total{code="INVALID_ARGUMENT",method="GetProfile",service="ProfileService"}' in body
+    assert 'bundlerec_rpc_duration_seconds_bucket{le="0.005",method="GetProfile",service="ProfileService"}' in body
+
+
+async def test_stop_drains_in_flight_calls_and_refuses_new_ones(
+    database_url: str, user_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bundlerec.profile.store import SqlProfileStore
+
+    original = SqlProfileStore.record
+
+    async def slow_record(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(1.0)  # an injected slow write, to have a call in flight
+        return await original(self, *args, **kwargs)
+
+    async with running_profile(database_url) as server:
+        monkeypatch.setattr(SqlProfileStore, "record", slow_record)
+        in_flight = asyncio.ensure_future(
+            server.stub.RecordEvents(profile_pb2.RecordEventsRequest(events=[event(user_id)]))
+        )
+        await asyncio.sleep(0.3)
+        stopping = asyncio.create_task(server.running.stop())
+        await asyncio.sleep(0.1)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await server.stub.GetProfile(profile_pb2.GetProfileRequest(user_id=user_id), timeout=2)
+        reply = await in_flight
+        await stopping
+
+    assert reply.recorded == 1
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.slow
+def test_sigterm_exits_cleanly(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    process, _ = start_profile(f"sqlite:///{tmp_path / 'p.sqlite3'}")
+
+    process.send_signal(signal.SIGTERM)
+
+    assert process.wait(timeout=30) == 0
+
+
+@pytest.mark.slow
+def test_serve_help_lists_settings_and_env_names() -> None:
+    out = subprocess.run(
+        [BUNDLEREC, "serve", "profile", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+
+    assert "--database-url" in out and "BUNDLEREC_PROFILE_DATABASE_URL" in out
+
+
+@pytest.mark.slow
+def test_bad_setting_is_a_clear_error_not_a_traceback() -> None:
+    process = start_service("profile", {"BUNDLEREC_PROFILE_PORT": "not-a-port"})
+    _, err = process.communicate(timeout=30)
+
+    assert process.returncode != 0
+    assert b"port" in err and b"Traceback" not in err
+
+
+@pytest.mark.slow
+def test_unimplemented_service_says_so() -> None:
+    result = subprocess.run([BUNDLEREC, "serve", "gateway"], capture_output=True, text=True)
+
+    assert result.returncode == 2
+    assert "not implemented yet" in result.stderr
