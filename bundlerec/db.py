@@ -8,8 +8,9 @@ extension (aiosqlite, psycopg 3) so grpc.aio handlers never block the event loop
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +18,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import MetaData, event
+from sqlalchemy import JSON, MetaData, Table, Text, bindparam, cast, event, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.sql.dml import Insert
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -85,13 +89,20 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         engine = create_async_engine(target, pool_size=pool_size, max_overflow=0)
         _tune_sqlite(engine)
         return engine
-    return create_async_engine(target, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_async_engine(target, pool_size=pool_size, max_overflow=pool_size)
 
 
-def _is_transient(exc: DBAPIError) -> bool:
-    """Deadlocks and serialization failures: the transaction can simply run again."""
+def _is_retryable(exc: DBAPIError) -> bool:
+    """Deadlocks, serialization failures and dropped pooled connections: the transaction can
+    simply run again. Safe because every write of this project is idempotent (client-supplied
+    ids, upserts)."""
     sqlstate = getattr(exc.orig, "sqlstate", None)
-    return sqlstate in {"40001", "40P01"} or "database is locked" in str(exc.orig)
+    return exc.connection_invalidated or sqlstate in {"40001", "40P01"} or "database is locked" in str(exc.orig)
+
+
+def _unavailable(exc: DBAPIError) -> Unavailable:
+    log.warning("database unavailable", extra={"fields": {"error": type(exc.orig).__name__}})
+    return Unavailable("the database is unavailable; retry later")
 
 
 async def in_transaction(
@@ -106,26 +117,62 @@ async def in_transaction(
             async with engine.begin() as conn:
                 return await work(conn)
         except DBAPIError as exc:
-            if _is_transient(exc) and attempt < attempts:
+            if _is_retryable(exc) and attempt < attempts:
                 await asyncio.sleep(0.01 * 2**attempt)
                 continue
             if isinstance(exc, OperationalError) or exc.connection_invalidated:
-                log.warning("database unavailable", extra={"fields": {"error": type(exc.orig).__name__}})
-                raise Unavailable("the database is unavailable; retry later") from exc
+                raise _unavailable(exc) from exc
             raise
     raise AssertionError("unreachable")
 
 
-async def read_snapshot(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    """Runs read-only `work` in one transaction (a consistent view on SQLite, no writer lock)."""
-    try:
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(**{READ_ONLY: True})
-            async with conn.begin():
-                return await work(conn)
-    except OperationalError as exc:
-        log.warning("database unavailable", extra={"fields": {"error": type(exc.orig).__name__}})
-        raise Unavailable("the database is unavailable; retry later") from exc
+async def read(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Runs read-only `work`. Every write committed before the call is visible (read-your-writes).
+
+    PostgreSQL: autocommit, no BEGIN/COMMIT round trips (each statement sees all commits made
+    before it). SQLite: one deferred transaction, which takes no writer lock.
+    """
+    for attempt in (1, 2):
+        try:
+            async with engine.connect() as conn:
+                if engine.dialect.name == "postgresql":
+                    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    return await work(conn)
+                conn = await conn.execution_options(**{READ_ONLY: True})
+                async with conn.begin():
+                    return await work(conn)
+        except DBAPIError as exc:
+            if exc.connection_invalidated and attempt == 1:
+                continue
+            if isinstance(exc, OperationalError) or exc.connection_invalidated:
+                raise _unavailable(exc) from exc
+            raise
+    raise AssertionError("unreachable")
+
+
+def bulk_insert(table: Table, columns: Sequence[str]) -> Insert:
+    """A PostgreSQL INSERT of many rows whose SQL text does not depend on the row count:
+    `INSERT ... SELECT unnest(:col1), unnest(:col2)...`, executed with one list per column
+    (see `columns_of`). Faster than multi-row VALUES, which psycopg must re-parse every time."""
+
+    def unnest(name: str) -> Any:
+        column_type = table.c[name].type
+        if isinstance(column_type, JSON):  # json[] does not bind well: send text, cast per element
+            return cast(func.unnest(cast(bindparam(name), ARRAY(Text))), column_type)
+        return func.unnest(cast(bindparam(name), ARRAY(column_type)))
+
+    return pg_insert(table).from_select(list(columns), select(*[unnest(c) for c in columns]))
+
+
+def columns_of(table: Table, rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows → one list per column, the parameters of a `bulk_insert`."""
+    params: dict[str, list[Any]] = {}
+    for name in rows[0]:
+        values = [row[name] for row in rows]
+        if isinstance(table.c[name].type, JSON):
+            values = [json.dumps(v) for v in values]
+        params[name] = values
+    return params
 
 
 def _alembic_config(script_location: str) -> Config:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 from bundlerec.errors import InvalidArgument
@@ -10,13 +11,15 @@ from bundlerec.errors import InvalidArgument
 MAX_ID_LENGTH = 256
 
 
+# NUL breaks PostgreSQL text; other C0 controls (but tab, newline, carriage return) break logs.
+_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
 def _forbidden_char(value: str) -> str | None:
-    for ch in value:
-        if ch == "\x00":
-            return "NUL"
-        if ch < " " and ch not in "\t\n\r":
-            return f"control character U+{ord(ch):04X}"
-    return None
+    found = _FORBIDDEN.search(value)
+    if found is None:
+        return None
+    return "NUL" if found.group() == "\x00" else f"control character U+{ord(found.group()):04X}"
 
 
 def text(field: str, value: str, *, max_length: int, required: bool = False) -> str:

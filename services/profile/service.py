@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from bundlerec.profile.model import (
     CategoryAffinity,
     Consent,
     Event,
+    EventType,
     ExportPage,
     PopularTarget,
     Profile,
@@ -125,19 +125,18 @@ class ProfileService:
             consent=rows.consent,
             recent_events=list(reversed(rows.recent_events)),
             counts=rows.counts,
-            affinities=self._affinities(rows.affinity_events, rows.consent),
+            affinities=self._affinities(rows.affinity, rows.consent),
             total_events=rows.total_events,
             first_event_at_us=rows.first_event_at_us,
             last_event_at_us=rows.last_event_at_us,
         )
 
-    def _affinities(self, events: list[tuple[str, object, int]], consent: Consent) -> list[CategoryAffinity]:
-        half_life_us = self.settings.affinity_half_life_days * US_PER_DAY
-        now = now_us()
+    def _affinities(self, counted: list[tuple[str, EventType, int, int]], consent: Consent) -> list[CategoryAffinity]:
+        today = now_us() // US_PER_DAY
         totals: dict[str, float] = defaultdict(float)
-        for category, kind, at_us in events:
-            decay = math.exp(-math.log(2) * max(0, now - at_us) / half_life_us)
-            totals[category] += EVENT_WEIGHTS[kind] * decay  # type: ignore[index]
+        for category, kind, day, n in counted:
+            decay = 0.5 ** (max(0, today - day) / self.settings.affinity_half_life_days)
+            totals[category] += EVENT_WEIGHTS[kind] * n * decay
         grand_total = sum(totals.values())
         if grand_total <= 0:
             return []

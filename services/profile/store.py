@@ -12,8 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Table, case, delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Table, bindparam, case, delete, func, select, tuple_, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -40,7 +39,8 @@ class ProfileRows:
     total_events: int
     first_event_at_us: int | None
     last_event_at_us: int | None
-    affinity_events: list[tuple[str, EventType, int]]  # (category, type, occurred_at_us), newest first
+    # The latest events with a category, counted by (category, type, day since the epoch).
+    affinity: list[tuple[str, EventType, int, int]]
 
 
 class ProfileStore(Protocol):
@@ -60,6 +60,40 @@ class ProfileStore(Protocol):
     async def popularity_by_day(self, target_type: TargetType, *, since_day: int) -> list[tuple[str, int, float]]: ...
     async def readiness(self) -> str | None: ...
     async def close(self) -> None: ...
+
+
+# The hot reads, built once (SQLAlchemy then reuses their compiled form).
+_USER = select(users_t).where(users_t.c.user_id == bindparam("user_id"))
+_STATS = (
+    select(
+        events_t.c.event_type,
+        func.count().label("n"),
+        func.min(events_t.c.occurred_at_us).label("first"),
+        func.max(events_t.c.occurred_at_us).label("last"),
+    )
+    .where(events_t.c.user_id == bindparam("user_id"))
+    .group_by(events_t.c.event_type)
+)
+_NEWEST = 2**62  # a cursor position after every event
+_RECENT = (
+    select(events_t)
+    .where(
+        events_t.c.user_id == bindparam("user_id"),
+        tuple_(events_t.c.occurred_at_us, events_t.c.id) < tuple_(bindparam("before_us"), bindparam("before_id")),
+    )
+    .order_by(events_t.c.occurred_at_us.desc(), events_t.c.id.desc())
+    .limit(bindparam("limit"))
+)
+_latest = (
+    select(events_t.c.category, events_t.c.event_type, (events_t.c.occurred_at_us // US_PER_DAY).label("day"))
+    .where(events_t.c.user_id == bindparam("user_id"), events_t.c.category != "")
+    .order_by(events_t.c.occurred_at_us.desc(), events_t.c.id.desc())
+    .limit(bindparam("window"))
+    .subquery()
+)
+_AFFINITY = select(_latest.c.category, _latest.c.event_type, _latest.c.day, func.count().label("n")).group_by(
+    _latest.c.category, _latest.c.event_type, _latest.c.day
+)
 
 
 def _event_from_row(row: Any) -> Event:
@@ -90,7 +124,7 @@ class SqlProfileStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+        self._postgres = engine.dialect.name == "postgresql"
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool, pool_size: int = 10) -> SqlProfileStore:
@@ -106,6 +140,31 @@ class SqlProfileStore:
         await self.engine.dispose()
 
     # -- writes ---------------------------------------------------------------------------
+
+    async def _insert(
+        self,
+        conn: AsyncConnection,
+        table: Table,
+        rows: list[dict[str, Any]],
+        *,
+        key: list[str],
+        add_to: str | None = None,
+        returning: str | None = None,
+    ) -> set[Any]:
+        """INSERT rows; on a conflict on `key` do nothing, or add the new `add_to` to the old.
+        Returns the `returning` column of the rows actually inserted (or updated)."""
+        if self._postgres:
+            stmt, params = db.bulk_insert(table, list(rows[0])), db.columns_of(table, rows)
+        else:
+            stmt, params = sqlite_insert(table), rows  # type: ignore[assignment]
+        if add_to:
+            stmt = stmt.on_conflict_do_update(index_elements=key, set_={add_to: table.c[add_to] + stmt.excluded[add_to]})
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=key)
+        if returning is None:
+            await conn.execute(stmt, params)
+            return set()
+        return set((await conn.execute(stmt.returning(table.c[returning]), params)).scalars())
 
     async def _personalization_of(self, conn: AsyncConnection, user_ids: list[str]) -> dict[str, bool]:
         # FOR SHARE (PostgreSQL) so a concurrent consent withdrawal waits for this batch, then
@@ -134,7 +193,7 @@ class SqlProfileStore:
                     }
                     for u in unknown
                 ]
-                await conn.execute(self._insert(users_t).on_conflict_do_nothing(index_elements=["user_id"]), new_users)
+                await self._insert(conn, users_t, new_users, key=["user_id"])
                 allowed = await self._personalization_of(conn, user_ids)
 
             unique: dict[str, Event] = {}
@@ -173,25 +232,15 @@ class SqlProfileStore:
             }
             for e in events
         ]
-        stmt = (
-            self._insert(events_t)
-            .on_conflict_do_nothing(index_elements=["event_id"])
-            .returning(events_t.c.event_id)
-        )
-        inserted = set((await conn.execute(stmt, rows)).scalars())
+        inserted = await self._insert(conn, events_t, rows, key=["event_id"], returning="event_id")
         return [e for e in events if e.event_id in inserted]
 
     async def _insert_anonymous_keys(self, conn: AsyncConnection, events: list[Event], now_us: int) -> list[Event]:
         if not events:
             return []
         keyed = sorted(((anonymous_event_key(e.event_id), e) for e in events), key=lambda pair: pair[0])
-        stmt = (
-            self._insert(anonymous_t)
-            .on_conflict_do_nothing(index_elements=["event_key"])
-            .returning(anonymous_t.c.event_key)
-        )
         rows = [{"event_key": key, "day": now_us // US_PER_DAY} for key, _ in keyed]
-        inserted = set((await conn.execute(stmt, rows)).scalars())
+        inserted = await self._insert(conn, anonymous_t, rows, key=["event_key"], returning="event_key")
         return [e for key, e in keyed if key in inserted]
 
     async def _count_popularity(self, conn: AsyncConnection, events: list[Event]) -> None:
@@ -204,27 +253,20 @@ class SqlProfileStore:
             {"target_type": t, "target_id": i, "day": d, "event_type": k, "count": n}
             for (t, i, d, k), n in sorted(counts.items())
         ]
-        stmt = self._insert(popularity_t)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["target_type", "target_id", "day", "event_type"],
-            set_={"count": popularity_t.c.count + stmt.excluded.count},
-        )
-        await conn.execute(stmt, rows)
+        await self._insert(conn, popularity_t, rows, key=["target_type", "target_id", "day", "event_type"], add_to="count")
 
     async def set_consent(
         self, user_id: str, *, personalization: bool | None, sensitive: bool | None, default: Consent, now_us: int
     ) -> tuple[Consent, int]:
         async def work(conn: AsyncConnection) -> tuple[Consent, int]:
-            await conn.execute(
-                self._insert(users_t).on_conflict_do_nothing(index_elements=["user_id"]),
-                {
-                    "user_id": user_id,
-                    "personalization": default.personalization,
-                    "sensitive_categories": default.sensitive_categories,
-                    "consent_updated_at_us": None,
-                    "created_at_us": now_us,
-                },
-            )
+            new_user = {
+                "user_id": user_id,
+                "personalization": default.personalization,
+                "sensitive_categories": default.sensitive_categories,
+                "consent_updated_at_us": None,
+                "created_at_us": now_us,
+            }
+            await self._insert(conn, users_t, [new_user], key=["user_id"])
             current = (
                 await conn.execute(select(users_t).where(users_t.c.user_id == user_id).with_for_update())
             ).one()
@@ -263,65 +305,38 @@ class SqlProfileStore:
         self, user_id: str, *, sequence_length: int, affinity_window: int, is_sensitive: Callable[[str], bool]
     ) -> ProfileRows | None:
         async def work(conn: AsyncConnection) -> ProfileRows | None:
-            user = (await conn.execute(select(users_t).where(users_t.c.user_id == user_id))).one_or_none()
+            user = (await conn.execute(_USER, {"user_id": user_id})).one_or_none()
             if user is None:
                 return None
-            mine = events_t.c.user_id == user_id
-            counts = {
-                EventType(row.event_type): row.n
-                for row in await conn.execute(
-                    select(events_t.c.event_type, func.count().label("n")).where(mine).group_by(events_t.c.event_type)
-                )
-            }
-            span = (
-                await conn.execute(select(func.min(events_t.c.occurred_at_us), func.max(events_t.c.occurred_at_us)).where(mine))
-            ).one()
+            stats = (await conn.execute(_STATS, {"user_id": user_id})).all()
             consent = _consent_from_row(user)
             keep = (lambda _: True) if consent.sensitive_categories else (lambda c: not is_sensitive(c))
             recent = await self._recent_events(conn, user_id, sequence_length, keep)
-            affinity = [
-                (row.category, EventType(row.event_type), row.occurred_at_us)
-                for row in await conn.execute(
-                    select(events_t.c.category, events_t.c.event_type, events_t.c.occurred_at_us)
-                    .where(mine, events_t.c.category != "")
-                    .order_by(events_t.c.occurred_at_us.desc(), events_t.c.id.desc())
-                    .limit(affinity_window)
-                )
-            ]
+            by_day = await conn.execute(_AFFINITY, {"user_id": user_id, "window": affinity_window})
             return ProfileRows(
                 consent=consent,
                 recent_events=recent,
-                counts=counts,
-                total_events=sum(counts.values()),
-                first_event_at_us=span[0],
-                last_event_at_us=span[1],
-                affinity_events=affinity,
+                counts={EventType(r.event_type): r.n for r in stats},
+                total_events=sum(r.n for r in stats),
+                first_event_at_us=min((r.first for r in stats), default=None),
+                last_event_at_us=max((r.last for r in stats), default=None),
+                affinity=[(r.category, EventType(r.event_type), r.day, r.n) for r in by_day],
             )
 
-        return await db.read_snapshot(self.engine, work)
+        return await db.read(self.engine, work)
 
     async def _recent_events(
         self, conn: AsyncConnection, user_id: str, limit: int, keep: Callable[[str], bool]
     ) -> list[Event]:
         """The newest `limit` events whose category `keep` accepts, newest first."""
         found: list[Event] = []
-        cursor: tuple[int, int] | None = None
+        params = {"user_id": user_id, "limit": limit, "before_us": _NEWEST, "before_id": _NEWEST}
         while len(found) < limit:
-            query = select(events_t).where(events_t.c.user_id == user_id)
-            if cursor is not None:
-                t, i = cursor
-                query = query.where(
-                    (events_t.c.occurred_at_us < t) | ((events_t.c.occurred_at_us == t) & (events_t.c.id < i))
-                )
-            page = (
-                await conn.execute(
-                    query.order_by(events_t.c.occurred_at_us.desc(), events_t.c.id.desc()).limit(limit)
-                )
-            ).all()
+            page = (await conn.execute(_RECENT, params)).all()
             found.extend(_event_from_row(r) for r in page if keep(r.category))
             if len(page) < limit:
                 break
-            cursor = (page[-1].occurred_at_us, page[-1].id)
+            params.update(before_us=page[-1].occurred_at_us, before_id=page[-1].id)
         return found[:limit]
 
     async def export_events(
@@ -339,7 +354,7 @@ class SqlProfileStore:
             ).all()
             return (_consent_from_row(user) if user else None), [(r.id, _event_from_row(r)) for r in rows]
 
-        return await db.read_snapshot(self.engine, work)
+        return await db.read(self.engine, work)
 
     async def popularity_by_day(self, target_type: TargetType, *, since_day: int) -> list[tuple[str, int, float]]:
         weight = case(
@@ -354,4 +369,4 @@ class SqlProfileStore:
             )
             return [(r[0], r[1], float(r[2])) for r in rows]
 
-        return await db.read_snapshot(self.engine, work)
+        return await db.read(self.engine, work)
