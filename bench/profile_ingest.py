@@ -27,14 +27,19 @@ from pathlib import Path
 import grpc
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundlerec.v1 import common_pb2, profile_pb2, profile_pb2_grpc  # noqa: E402
-from tests.processes import start_profile  # noqa: E402
+from bundlerec.v1 import common_pb2, profile_pb2, profile_pb2_grpc
+from tests.processes import start_profile
 
 ADMIN_URL = os.environ.get("BUNDLEREC_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-TYPES = [common_pb2.EVENT_TYPE_VIEW] * 6 + [common_pb2.EVENT_TYPE_CLICK] * 3 + [common_pb2.EVENT_TYPE_ADD_TO_CART, common_pb2.EVENT_TYPE_PURCHASE]
+TYPES = (
+    [common_pb2.EVENT_TYPE_VIEW] * 6
+    + [common_pb2.EVENT_TYPE_CLICK] * 3
+    + [common_pb2.EVENT_TYPE_ADD_TO_CART, common_pb2.EVENT_TYPE_PURCHASE]
+)
 
 
 def make_batches(n_batches: int, batch: int, users: int, seed: int) -> list[list[common_pb2.Event]]:
@@ -61,7 +66,9 @@ def make_batches(n_batches: int, batch: int, users: int, seed: int) -> list[list
     return out
 
 
-async def ingest(address: str, batches: list[list[common_pb2.Event]], clients: int, seconds: float) -> tuple[int, float]:
+async def ingest(
+    address: str, batches: list[list[common_pb2.Event]], clients: int, seconds: float
+) -> tuple[int, float]:
     requests = [profile_pb2.RecordEventsRequest(events=b) for b in batches]
     queue: asyncio.Queue[profile_pb2.RecordEventsRequest] = asyncio.Queue()
     for r in requests:
@@ -83,7 +90,9 @@ async def ingest(address: str, batches: list[list[common_pb2.Event]], clients: i
     return done, time.perf_counter() - start
 
 
-def direct_insert(db_url: str, batches: list[list[common_pb2.Event]], clients: int, seconds: float) -> tuple[int, float]:
+def direct_insert(
+    db_url: str, batches: list[list[common_pb2.Event]], clients: int, seconds: float
+) -> tuple[int, float]:
     """The floor: the same rows into the same table with psycopg, a transaction per batch."""
     import threading
 
@@ -105,7 +114,10 @@ def direct_insert(db_url: str, batches: list[list[common_pb2.Event]], clients: i
                     if not pending:
                         return
                     batch = pending.pop()
-                rows = [("d" + e.event_id, e.user_id, "view", e.target.id, e.timestamp.seconds * 10**6, e.category) for e in batch]
+                rows = [
+                    ("d" + e.event_id, e.user_id, "view", e.target.id, e.timestamp.seconds * 10**6, e.category)
+                    for e in batch
+                ]
                 with conn.transaction(), conn.cursor() as cur:
                     cur.executemany(sql, rows)
                 with lock:
@@ -128,7 +140,9 @@ async def latencies(address: str, users: int, calls: int) -> tuple[list[float], 
         got, bare = [], []
         for _ in range(calls):
             t = time.perf_counter()
-            await profile.GetProfile(profile_pb2.GetProfileRequest(user_id=f"user-{rng.randrange(users)}", sequence_length=50))
+            await profile.GetProfile(
+                profile_pb2.GetProfileRequest(user_id=f"user-{rng.randrange(users)}", sequence_length=50)
+            )
             got.append((time.perf_counter() - t) * 1000)
             t = time.perf_counter()
             await health.Check(health_pb2.HealthCheckRequest())
@@ -153,18 +167,19 @@ def main() -> int:
     name = f"bundlerec_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    info = psycopg.conninfo.conninfo_to_dict(ADMIN_URL)
-    base = f"{info.get('user', 'postgres')}@{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}/{name}"
+    bench_url = make_url(ADMIN_URL).set(database=name)
     process = None
     try:
-        process, address = start_profile(f"postgresql+psycopg://{base}")
+        process, address = start_profile(bench_url.set(drivername="postgresql+psycopg").render_as_string(False))
         n_batches = int(args.seconds * 20_000 / args.batch) + args.clients  # more than can be sent in time
         print(f"generating {n_batches} batches of {args.batch} events...", file=sys.stderr)
         batches = make_batches(n_batches, args.batch, args.users, seed=1)
         asyncio.run(ingest(address, batches[: args.clients * 3], args.clients, 30))  # warm-up
         events, elapsed = asyncio.run(ingest(address, batches[args.clients * 3 :], args.clients, args.seconds))
         ours_rate = events / elapsed
-        floor_events, floor_elapsed = direct_insert(f"postgresql://{base}", batches, args.clients, args.seconds)
+        floor_events, floor_elapsed = direct_insert(
+            bench_url.set(drivername="postgresql").render_as_string(False), batches, args.clients, args.seconds
+        )
         floor_rate = floor_events / floor_elapsed
         asyncio.run(latencies(address, args.users, 200))  # warm-up
         got, bare = asyncio.run(latencies(address, args.users, args.reads))
@@ -188,10 +203,14 @@ def main() -> int:
     }
     print(f"\nprofile service on PostgreSQL, {args.clients} clients, batches of {args.batch}, {os.cpu_count()} CPUs")
     print(f"{'figure':<34}{'ours':>12}{'floor':>12}{'ratio':>8}")
-    print(f"{'ingest, events/s':<34}{ours_rate:>12,.0f}{floor_rate:>12,.0f}{ours_rate / floor_rate:>8.2f}  (floor: psycopg straight into the table)")
+    ratio = ours_rate / floor_rate
+    print(
+        f"{'ingest, events/s':<34}{ours_rate:>12,.0f}{floor_rate:>12,.0f}{ratio:>8.2f}  (floor: psycopg into the table)"
+    )
     for q in (50, 99):
         ours, floor = figures[f"get_profile_p{q}_ms"], figures[f"floor_grpc_p{q}_ms"]
-        print(f"{f'GetProfile p{q}, ms':<34}{ours:>12.2f}{floor:>12.2f}{ours / floor:>8.1f}  (floor: bare gRPC health Check)")
+        label = f"GetProfile p{q}, ms"
+        print(f"{label:<34}{ours:>12.2f}{floor:>12.2f}{ours / floor:>8.1f}  (floor: bare gRPC health Check)")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0

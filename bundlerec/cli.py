@@ -29,7 +29,9 @@ class ServiceEntry:
 
 SERVICES = {
     "profile": ServiceEntry(
-        "bundlerec.profile.settings:ProfileSettings", "bundlerec.profile.server:build", "bundlerec.profile.store:MIGRATIONS"
+        "bundlerec.profile.settings:ProfileSettings",
+        "bundlerec.profile.server:build",
+        "bundlerec.profile.store:MIGRATIONS",
     ),
     "candidate": ServiceEntry("bundlerec.runtime.settings:ServiceSettings", None),
     "ranker": ServiceEntry("bundlerec.runtime.settings:ServiceSettings", None),

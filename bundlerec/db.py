@@ -21,10 +21,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import JSON, MetaData, Table, Text, bindparam, cast, event, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.sql.dml import Insert
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.dml import Insert
 
 from bundlerec.errors import Unavailable
 

@@ -96,8 +96,10 @@ def _wait_ready(channel: grpc.Channel, process: subprocess.Popen[bytes], timeout
 
 
 def _print_profile(profile: profile_pb2.Profile) -> None:
-    print(f"  user {profile.user_id}: {profile.total_events} events kept, personalization "
-          f"{'allowed' if profile.consent.personalization else 'NOT allowed'}")
+    print(
+        f"  user {profile.user_id}: {profile.total_events} events kept, personalization "
+        f"{'allowed' if profile.consent.personalization else 'NOT allowed'}"
+    )
     counts = ", ".join(f"{TYPE_NAMES[c.type]} {c.count}" for c in profile.counts)
     print(f"    counts:      {counts or '-'}")
     affinities = ", ".join(f"{a.category} {a.score:.2f}" for a in profile.affinities[:3])
@@ -114,9 +116,14 @@ def run_demo(workdir: str, *, keep: bool = False) -> int:
     port = _free_port()
     database = f"sqlite:///{(root / 'profile.sqlite3').resolve()}"
     print(f"[1/4] starting the profile service on 127.0.0.1:{port} (SQLite: {root / 'profile.sqlite3'})")
-    env = {**os.environ, "BUNDLEREC_PROFILE_DATABASE_URL": database, "BUNDLEREC_PROFILE_PORT": str(port),
-           "BUNDLEREC_PROFILE_METRICS_PORT": "0", "BUNDLEREC_PROFILE_LOG_FORMAT": "text",
-           "BUNDLEREC_PROFILE_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "BUNDLEREC_PROFILE_DATABASE_URL": database,
+        "BUNDLEREC_PROFILE_PORT": str(port),
+        "BUNDLEREC_PROFILE_METRICS_PORT": "0",
+        "BUNDLEREC_PROFILE_LOG_FORMAT": "text",
+        "BUNDLEREC_PROFILE_LOG_LEVEL": "warning",
+    }
     process = subprocess.Popen([sys.executable, "-m", "bundlerec.cli", "serve", "profile"], env=env)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -124,11 +131,15 @@ def run_demo(workdir: str, *, keep: bool = False) -> int:
             stub = profile_pb2_grpc.ProfileServiceStub(channel)
             events = demo_events()
             reply = stub.RecordEvents(profile_pb2.RecordEventsRequest(events=events), timeout=10)
-            print(f"[2/4] recorded {reply.recorded} demo events for {len(SHOPPERS)} shoppers "
-                  f"({reply.duplicates} duplicates)")
+            print(
+                f"[2/4] recorded {reply.recorded} demo events for {len(SHOPPERS)} shoppers "
+                f"({reply.duplicates} duplicates)"
+            )
             retry = stub.RecordEvents(profile_pb2.RecordEventsRequest(events=events), timeout=10)
-            print(f"      the same batch again (a client retry): {retry.recorded} recorded, "
-                  f"{retry.duplicates} duplicates -- ingestion is idempotent")
+            print(
+                f"      the same batch again (a client retry): {retry.recorded} recorded, "
+                f"{retry.duplicates} duplicates -- ingestion is idempotent"
+            )
             print("[3/4] profiles:")
             for user in SHOPPERS:
                 _print_profile(stub.GetProfile(profile_pb2.GetProfileRequest(user_id=user), timeout=5).profile)

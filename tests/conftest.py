@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import grpc
 import psycopg
 import pytest
-
 from bundlerec.profile.server import build
 from bundlerec.profile.settings import ProfileSettings
+from sqlalchemy.engine import make_url
+
 from bundlerec.runtime.server import RunningServer, start_server
 from bundlerec.v1 import profile_pb2_grpc
 
@@ -33,11 +34,12 @@ def postgres_database() -> Iterator[str]:
         pytest.skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}: {exc}")
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-        base = psycopg.conninfo.conninfo_to_dict(PG_ADMIN_URL)
-        user = base.get("user", "postgres")
-        host, port = base.get("host", "127.0.0.1"), base.get("port", 5432)
         try:
-            yield f"postgresql+psycopg://{user}@{host}:{port}/{name}"
+            yield (
+                make_url(PG_ADMIN_URL)
+                .set(drivername="postgresql+psycopg", database=name)
+                .render_as_string(hide_password=False)
+            )
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

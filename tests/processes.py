@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-
 # The installed console script, from the same environment as the test run.
 BUNDLEREC = str(Path(sys.executable).with_name("bundlerec"))
 
@@ -42,7 +41,10 @@ def wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float 
             if process.poll() is not None:
                 raise AssertionError(f"service exited early ({process.returncode}): {process.stderr.read().decode()}")  # type: ignore[union-attr]
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return
             except grpc.RpcError:
                 pass

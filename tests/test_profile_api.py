@@ -111,7 +111,9 @@ async def test_unknown_user_gets_an_empty_profile_with_default_consent(profile: 
     assert not got.consent.HasField("updated_at")
 
 
-async def test_withdrawing_consent_erases_history_and_keeps_only_aggregates(profile: ProfileServer, user_id: str) -> None:
+async def test_withdrawing_consent_erases_history_and_keeps_only_aggregates(
+    profile: ProfileServer, user_id: str
+) -> None:
     await record(profile, event(user_id, "item-1"), event(user_id, "item-2"))
 
     reply = await profile.stub.SetConsent(profile_pb2.SetConsentRequest(user_id=user_id, personalization=False))
@@ -206,7 +208,9 @@ async def test_popularity_ranks_and_paginates(profile: ProfileServer, user_id: s
     token = first.next_page_token
     while token:
         page = await profile.stub.ListPopularTargets(
-            profile_pb2.ListPopularTargetsRequest(target_type=common_pb2.TARGET_TYPE_ITEM, page_size=50, page_token=token)
+            profile_pb2.ListPopularTargetsRequest(
+                target_type=common_pb2.TARGET_TYPE_ITEM, page_size=50, page_token=token
+            )
         )
         ids += [t.target.id for t in page.targets]
         token = page.next_page_token
@@ -261,8 +265,14 @@ async def test_missing_timestamp_means_now(profile: ProfileServer, user_id: str)
 
 async def test_event_fields_round_trip(profile: ProfileServer, user_id: str) -> None:
     sent = event(
-        user_id, "item-1", kind=RATING, value=4.5, category="Books > Poetry",
-        context={"placement": "home", "device": "ios"}, recommendation_id="rec-1", at=int(time.time()) - 5,
+        user_id,
+        "item-1",
+        kind=RATING,
+        value=4.5,
+        category="Books > Poetry",
+        context={"placement": "home", "device": "ios"},
+        recommendation_id="rec-1",
+        at=int(time.time()) - 5,
     )
     await record(profile, sent)
 

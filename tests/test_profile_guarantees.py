@@ -34,7 +34,10 @@ def test_acknowledged_events_survive_sigkill_mid_ingest(database_url: str) -> No
             stub = profile_pb2_grpc.ProfileServiceStub(channel)
             batch_no = 0
             while not stop.is_set():
-                batch = [event(f"kill-{run}-{n}-{i % 5}", f"item-{i}", event_id=f"{run}-{n}-{batch_no}-{i}") for i in range(50)]
+                batch = [
+                    event(f"kill-{run}-{n}-{i % 5}", f"item-{i}", event_id=f"{run}-{n}-{batch_no}-{i}")
+                    for i in range(50)
+                ]
                 with lock:
                     sent.append([e.event_id for e in batch])
                 try:

@@ -52,7 +52,11 @@ def _mutations() -> list[tuple[str, object, str]]:
         ("rating without value", set_("type", common_pb2.EVENT_TYPE_RATING), "events[1].value"),
         ("huge category", set_("category", "c" * 513), "events[1].category"),
         ("control char in category", set_("category", "a\x07b"), "events[1].category"),
-        ("too many context entries", lambda pb: pb.context.update({str(i): "v" for i in range(33)}), "events[1].context"),
+        (
+            "too many context entries",
+            lambda pb: pb.context.update({str(i): "v" for i in range(33)}),
+            "events[1].context",
+        ),
         ("huge context value", lambda pb: pb.context.update({"k": "v" * 1025}), "events[1].context['k']"),
         ("empty context key", lambda pb: pb.context.update({"": "v"}), "events[1].context['']"),
         ("huge recommendation_id", set_("recommendation_id", "r" * 300), "events[1].recommendation_id"),
@@ -60,7 +64,9 @@ def _mutations() -> list[tuple[str, object, str]]:
 
 
 @pytest.mark.parametrize(("case", "spoil", "field"), _mutations(), ids=[m[0] for m in _mutations()])
-async def test_bad_event_rejects_whole_batch(profile: ProfileServer, user_id: str, case: str, spoil, field: str) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_event_rejects_whole_batch(
+    profile: ProfileServer, user_id: str, case: str, spoil, field: str
+) -> None:  # type: ignore[no-untyped-def]
     good, bad = event(user_id, "item-1"), event(user_id, "item-2")
     spoil(bad)
 

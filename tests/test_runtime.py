@@ -24,8 +24,8 @@ async def health_status(channel: grpc.aio.Channel, service: str = "") -> int:
     return reply.status
 
 
-async def wait_for_health(channel: grpc.aio.Channel, wanted: int, timeout: float = 10) -> None:
-    for _ in range(int(timeout / 0.05)):
+async def wait_for_health(channel: grpc.aio.Channel, wanted: int, seconds: float = 10) -> None:
+    for _ in range(int(seconds / 0.05)):
         if await health_status(channel) == wanted:
             return
         await asyncio.sleep(0.05)
@@ -81,6 +81,7 @@ async def test_unexpected_errors_are_internal_without_a_stack_trace(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with running_profile(database_url) as server:
+
         async def broken(*args: object, **kwargs: object) -> None:
             raise RuntimeError("SECRET connection string postgres://admin:hunter2@db")
 
@@ -101,7 +102,9 @@ async def test_metrics_count_calls_by_method_and_code(database_url: str) -> None
         await server.stub.GetProfile(profile_pb2.GetProfileRequest(user_id="metrics-user"))
         with pytest.raises(grpc.aio.AioRpcError):
             await server.stub.GetProfile(profile_pb2.GetProfileRequest(user_id=""))
-        body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode())
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        )
 
     assert 'bundlerec_rpc_requests_total{code="OK",method="GetProfile",service="ProfileService"}' in body
     assert 'bundlerec_rpc_requests_total{code="INVALID_ARGUMENT",method="GetProfile",service="ProfileService"}' in body
@@ -147,9 +150,7 @@ def test_sigterm_exits_cleanly(tmp_path) -> None:  # type: ignore[no-untyped-def
 
 @pytest.mark.slow
 def test_serve_help_lists_settings_and_env_names() -> None:
-    out = subprocess.run(
-        [BUNDLEREC, "serve", "profile", "--help"], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run([BUNDLEREC, "serve", "profile", "--help"], capture_output=True, text=True, check=True).stdout
 
     assert "--database-url" in out and "BUNDLEREC_PROFILE_DATABASE_URL" in out
 

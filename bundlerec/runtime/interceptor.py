@@ -47,9 +47,7 @@ def status_for(exc: errors.BundlerecError) -> grpc.Status:
         info.metadata["field"] = exc.field
         details.append(
             error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.problem)
-                ]
+                field_violations=[error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.problem)]
             )
         )
     details.insert(0, info)
@@ -120,9 +118,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 raise
             except Exception:
                 error_id = uuid.uuid4().hex[:12]
-                log.exception(
-                    "unhandled error", extra={"fields": {"rpc": f"{service}/{method}", "error_id": error_id}}
-                )
+                log.exception("unhandled error", extra={"fields": {"rpc": f"{service}/{method}", "error_id": error_id}})
                 code = grpc.StatusCode.INTERNAL
                 await context.abort(code, f"internal error (error id {error_id}; details are in the server log)")
             finally:

@@ -74,9 +74,7 @@ class RunningServer:
         log.info("stopped", extra={"fields": {"service": self.parts.name}})
 
 
-async def _watch_readiness(
-    health_servicer: health.aio.HealthServicer, parts: ServiceParts, interval: float
-) -> None:
+async def _watch_readiness(health_servicer: health.aio.HealthServicer, parts: ServiceParts, interval: float) -> None:
     last: str | None = "starting"
     while True:
         try:
@@ -115,12 +113,16 @@ async def start_server(settings: ServiceSettings, parts: ServiceParts) -> Runnin
     start_metrics_endpoint(settings.host, settings.metrics_port)
     await server.start()
     running = RunningServer(server, port, health_servicer, parts, settings.grace_seconds)
-    running._watcher = asyncio.create_task(
-        _watch_readiness(health_servicer, parts, settings.health_interval_seconds)
-    )
+    running._watcher = asyncio.create_task(_watch_readiness(health_servicer, parts, settings.health_interval_seconds))
     log.info(
         "listening",
-        extra={"fields": {"service": parts.name, "address": f"{settings.host}:{port}", "metrics_port": settings.metrics_port}},
+        extra={
+            "fields": {
+                "service": parts.name,
+                "address": f"{settings.host}:{port}",
+                "metrics_port": settings.metrics_port,
+            }
+        },
     )
     return running
 

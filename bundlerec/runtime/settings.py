@@ -20,12 +20,8 @@ class ServiceSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address to listen on ('0.0.0.0' or '[::]' in containers).")
     port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
-    metrics_port: int = Field(
-        0, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 disables the endpoint."
-    )
-    grace_seconds: float = Field(
-        10.0, gt=0, description="On SIGTERM, how long in-flight calls may take to finish."
-    )
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 disables the endpoint.")
+    grace_seconds: float = Field(10.0, gt=0, description="On SIGTERM, how long in-flight calls may take to finish.")
     max_message_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest request or response message accepted."
     )

@@ -39,9 +39,7 @@ class EventRow(Base):
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(256), unique=True)
-    user_id: Mapped[str] = mapped_column(
-        String(256), ForeignKey("profile_users.user_id", ondelete="CASCADE")
-    )
+    user_id: Mapped[str] = mapped_column(String(256), ForeignKey("profile_users.user_id", ondelete="CASCADE"))
     event_type: Mapped[str] = mapped_column(String(16))
     target_type: Mapped[str] = mapped_column(String(8))
     target_id: Mapped[str] = mapped_column(String(256))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from bundlerec.profile.model import Consent, Event, EventType, Profile, TargetType
+from bundlerec.profile.service import ProfileService, now_us
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bundlerec import validation
 from bundlerec.errors import InvalidArgument
-from bundlerec.profile.model import Consent, Event, EventType, Profile, TargetType
-from bundlerec.profile.service import ProfileService, now_us
 from bundlerec.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 
 EVENT_TYPES = {
@@ -100,7 +100,10 @@ def profile_pb(p: Profile) -> profile_pb2.Profile:
         known=p.known,
         consent=consent_pb(p.consent),
         recent_events=[event_pb(e) for e in p.recent_events],
-        counts=[profile_pb2.EventTypeCount(type=EVENT_TYPES_PB[k], count=n) for k, n in sorted(p.counts.items(), key=lambda kv: EVENT_TYPES_PB[kv[0]])],
+        counts=[
+            profile_pb2.EventTypeCount(type=EVENT_TYPES_PB[k], count=n)
+            for k, n in sorted(p.counts.items(), key=lambda kv: EVENT_TYPES_PB[kv[0]])
+        ],
         affinities=[profile_pb2.CategoryAffinity(category=a.category, score=a.score) for a in p.affinities],
         total_events=p.total_events,
         first_event_at=timestamp_pb(p.first_event_at_us),
@@ -112,7 +115,9 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
     def __init__(self, service: ProfileService) -> None:
         self.service = service
 
-    async def RecordEvents(self, request: profile_pb2.RecordEventsRequest, context: object) -> profile_pb2.RecordEventsResponse:
+    async def RecordEvents(
+        self, request: profile_pb2.RecordEventsRequest, context: object
+    ) -> profile_pb2.RecordEventsResponse:
         limit = self.service.settings.max_batch_events
         if len(request.events) > limit:  # before converting: an oversized batch costs nothing
             raise InvalidArgument("events", f"has {len(request.events)} events; at most {limit} per batch")
@@ -123,11 +128,15 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
             recorded=result.recorded, duplicates=result.duplicates, anonymized=result.anonymized
         )
 
-    async def GetProfile(self, request: profile_pb2.GetProfileRequest, context: object) -> profile_pb2.GetProfileResponse:
+    async def GetProfile(
+        self, request: profile_pb2.GetProfileRequest, context: object
+    ) -> profile_pb2.GetProfileResponse:
         profile = await self.service.get_profile(request.user_id, request.sequence_length)
         return profile_pb2.GetProfileResponse(profile=profile_pb(profile))
 
-    async def SetConsent(self, request: profile_pb2.SetConsentRequest, context: object) -> profile_pb2.SetConsentResponse:
+    async def SetConsent(
+        self, request: profile_pb2.SetConsentRequest, context: object
+    ) -> profile_pb2.SetConsentResponse:
         consent, erased = await self.service.set_consent(
             request.user_id,
             request.personalization if request.HasField("personalization") else None,
@@ -135,11 +144,15 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         )
         return profile_pb2.SetConsentResponse(consent=consent_pb(consent), events_erased=erased)
 
-    async def DeleteUser(self, request: profile_pb2.DeleteUserRequest, context: object) -> profile_pb2.DeleteUserResponse:
+    async def DeleteUser(
+        self, request: profile_pb2.DeleteUserRequest, context: object
+    ) -> profile_pb2.DeleteUserResponse:
         existed, deleted = await self.service.delete_user(request.user_id)
         return profile_pb2.DeleteUserResponse(existed=existed, events_deleted=deleted)
 
-    async def ExportUser(self, request: profile_pb2.ExportUserRequest, context: object) -> profile_pb2.ExportUserResponse:
+    async def ExportUser(
+        self, request: profile_pb2.ExportUserRequest, context: object
+    ) -> profile_pb2.ExportUserResponse:
         page = await self.service.export_user(request.user_id, request.page_size, request.page_token)
         return profile_pb2.ExportUserResponse(
             user_id=page.user_id,

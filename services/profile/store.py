@@ -12,13 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bundlerec.profile.model import EVENT_WEIGHTS, Consent, Event, EventType, RecordResult, TargetType
+from bundlerec.profile.schema import AnonymousEventIdRow, EventRow, PopularityRow, UserRow
 from sqlalchemy import Table, bindparam, case, delete, func, select, tuple_, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bundlerec import db
-from bundlerec.profile.model import EVENT_WEIGHTS, Consent, Event, EventType, RecordResult, TargetType
-from bundlerec.profile.schema import AnonymousEventIdRow, EventRow, PopularityRow, UserRow
 
 MIGRATIONS = "bundlerec.profile:migrations"
 US_PER_DAY = 86_400 * 1_000_000
@@ -50,6 +50,7 @@ class ProfileStore(Protocol):
     ) -> ProfileRows | None:
         """None for an unknown user. Events in categories `is_sensitive` accepts are left out of
         `recent_events` unless the user consented to the use of sensitive categories."""
+
     async def set_consent(
         self, user_id: str, *, personalization: bool | None, sensitive: bool | None, default: Consent, now_us: int
     ) -> tuple[Consent, int]: ...
@@ -158,7 +159,9 @@ class SqlProfileStore:
         else:
             stmt, params = sqlite_insert(table), rows  # type: ignore[assignment]
         if add_to:
-            stmt = stmt.on_conflict_do_update(index_elements=key, set_={add_to: table.c[add_to] + stmt.excluded[add_to]})
+            stmt = stmt.on_conflict_do_update(
+                index_elements=key, set_={add_to: table.c[add_to] + stmt.excluded[add_to]}
+            )
         else:
             stmt = stmt.on_conflict_do_nothing(index_elements=key)
         if returning is None:
@@ -253,7 +256,9 @@ class SqlProfileStore:
             {"target_type": t, "target_id": i, "day": d, "event_type": k, "count": n}
             for (t, i, d, k), n in sorted(counts.items())
         ]
-        await self._insert(conn, popularity_t, rows, key=["target_type", "target_id", "day", "event_type"], add_to="count")
+        await self._insert(
+            conn, popularity_t, rows, key=["target_type", "target_id", "day", "event_type"], add_to="count"
+        )
 
     async def set_consent(
         self, user_id: str, *, personalization: bool | None, sensitive: bool | None, default: Consent, now_us: int
@@ -267,9 +272,7 @@ class SqlProfileStore:
                 "created_at_us": now_us,
             }
             await self._insert(conn, users_t, [new_user], key=["user_id"])
-            current = (
-                await conn.execute(select(users_t).where(users_t.c.user_id == user_id).with_for_update())
-            ).one()
+            current = (await conn.execute(select(users_t).where(users_t.c.user_id == user_id).with_for_update())).one()
             consent = Consent(
                 personalization=current.personalization if personalization is None else personalization,
                 sensitive_categories=current.sensitive_categories if sensitive is None else sensitive,
@@ -357,9 +360,7 @@ class SqlProfileStore:
         return await db.read(self.engine, work)
 
     async def popularity_by_day(self, target_type: TargetType, *, since_day: int) -> list[tuple[str, int, float]]:
-        weight = case(
-            {kind.value: w for kind, w in EVENT_WEIGHTS.items()}, value=popularity_t.c.event_type, else_=1.0
-        )
+        weight = case({kind.value: w for kind, w in EVENT_WEIGHTS.items()}, value=popularity_t.c.event_type, else_=1.0)
 
         async def work(conn: AsyncConnection) -> list[tuple[str, int, float]]:
             rows = await conn.execute(

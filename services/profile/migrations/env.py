@@ -6,9 +6,8 @@ development, set `sqlalchemy.url` in the config instead.
 """
 
 from alembic import context
-from sqlalchemy import create_engine
-
 from bundlerec.profile.schema import Base
+from sqlalchemy import create_engine
 
 target_metadata = Base.metadata
 config = context.config
