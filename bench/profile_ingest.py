@@ -177,12 +177,12 @@ def main() -> int:
         asyncio.run(ingest(address, batches[: args.clients * 3], args.clients, 30))  # warm-up
         events, elapsed = asyncio.run(ingest(address, batches[args.clients * 3 :], args.clients, args.seconds))
         ours_rate = events / elapsed
+        asyncio.run(latencies(address, args.users, 200))  # warm-up
+        got, bare = asyncio.run(latencies(address, args.users, args.reads))
         floor_events, floor_elapsed = direct_insert(
             bench_url.set(drivername="postgresql").render_as_string(False), batches, args.clients, args.seconds
         )
         floor_rate = floor_events / floor_elapsed
-        asyncio.run(latencies(address, args.users, 200))  # warm-up
-        got, bare = asyncio.run(latencies(address, args.users, args.reads))
     finally:
         if process:
             process.send_signal(signal.SIGTERM)

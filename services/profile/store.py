@@ -64,16 +64,20 @@ class ProfileStore(Protocol):
 
 
 # The hot reads, built once (SQLAlchemy then reuses their compiled form).
-_USER = select(users_t).where(users_t.c.user_id == bindparam("user_id"))
-_STATS = (
+_consent_columns = (users_t.c.personalization, users_t.c.sensitive_categories, users_t.c.consent_updated_at_us)
+# The user's consent and event counts by type, in one round trip; no row for an unknown user,
+# one row with event_type NULL for a user without events.
+_USER_STATS = (
     select(
+        *_consent_columns,
         events_t.c.event_type,
-        func.count().label("n"),
+        func.count(events_t.c.id).label("n"),
         func.min(events_t.c.occurred_at_us).label("first"),
         func.max(events_t.c.occurred_at_us).label("last"),
     )
-    .where(events_t.c.user_id == bindparam("user_id"))
-    .group_by(events_t.c.event_type)
+    .select_from(users_t.outerjoin(events_t, events_t.c.user_id == users_t.c.user_id))
+    .where(users_t.c.user_id == bindparam("user_id"))
+    .group_by(*_consent_columns, events_t.c.event_type)
 )
 _NEWEST = 2**62  # a cursor position after every event
 _RECENT = (
@@ -308,11 +312,11 @@ class SqlProfileStore:
         self, user_id: str, *, sequence_length: int, affinity_window: int, is_sensitive: Callable[[str], bool]
     ) -> ProfileRows | None:
         async def work(conn: AsyncConnection) -> ProfileRows | None:
-            user = (await conn.execute(_USER, {"user_id": user_id})).one_or_none()
-            if user is None:
+            user_stats = (await conn.execute(_USER_STATS, {"user_id": user_id})).all()
+            if not user_stats:
                 return None
-            stats = (await conn.execute(_STATS, {"user_id": user_id})).all()
-            consent = _consent_from_row(user)
+            consent = _consent_from_row(user_stats[0])
+            stats = [r for r in user_stats if r.event_type is not None]
             keep = (lambda _: True) if consent.sensitive_categories else (lambda c: not is_sensitive(c))
             recent = await self._recent_events(conn, user_id, sequence_length, keep)
             by_day = await conn.execute(_AFFINITY, {"user_id": user_id, "window": affinity_window})
