@@ -202,6 +202,7 @@ async def migration_problem(engine: AsyncEngine, script_location: str) -> str | 
 
     try:
         async with engine.connect() as conn:
+            conn = await conn.execution_options(**{READ_ONLY: True})  # no SQLite writer lock
             revision = await conn.run_sync(current)
     except (DBAPIError, OSError) as exc:
         return f"database unreachable: {type(exc).__name__}"

@@ -56,27 +56,27 @@ class RunningServer:
     parts: ServiceParts
     grace_seconds: float
     _watcher: asyncio.Task[None] | None = field(default=None, repr=False)
-    _stopped: bool = field(default=False, repr=False)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     async def stop(self) -> None:
         """Stop accepting calls, let in-flight ones finish within the grace period, close.
         Idempotent."""
-        if self._stopped:
+        if self._stopping.is_set():
             return
-        self._stopped = True
-        if self._watcher:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        self._stopping.set()
+        if self._watcher:  # let a readiness check in progress finish: cancelling it could leak a connection
+            await self._watcher
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace_seconds)
         await self.parts.close()
         log.info("stopped", extra={"fields": {"service": self.parts.name}})
 
 
-async def _watch_readiness(health_servicer: health.aio.HealthServicer, parts: ServiceParts, interval: float) -> None:
+async def _watch_readiness(
+    health_servicer: health.aio.HealthServicer, parts: ServiceParts, interval: float, stopping: asyncio.Event
+) -> None:
     last: str | None = "starting"
-    while True:
+    while not stopping.is_set():
         try:
             problem = await parts.readiness()
         except Exception as exc:  # a readiness check must never kill the server
@@ -88,7 +88,8 @@ async def _watch_readiness(health_servicer: health.aio.HealthServicer, parts: Se
         status = SERVING if problem is None else NOT_SERVING
         for name in ["", *parts.service_names]:
             await health_servicer.set(name, status)
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), interval)
 
 
 async def start_server(settings: ServiceSettings, parts: ServiceParts) -> RunningServer:
@@ -113,7 +114,9 @@ async def start_server(settings: ServiceSettings, parts: ServiceParts) -> Runnin
     start_metrics_endpoint(settings.host, settings.metrics_port)
     await server.start()
     running = RunningServer(server, port, health_servicer, parts, settings.grace_seconds)
-    running._watcher = asyncio.create_task(_watch_readiness(health_servicer, parts, settings.health_interval_seconds))
+    running._watcher = asyncio.create_task(
+        _watch_readiness(health_servicer, parts, settings.health_interval_seconds, running._stopping)
+    )
     log.info(
         "listening",
         extra={
