@@ -175,10 +175,45 @@ def columns_of(table: Table, rows: Sequence[dict[str, Any]]) -> dict[str, list[A
     return params
 
 
+def _version_table(script_location: str) -> str:
+    """Each service keeps its own Alembic version table, so services can share one database:
+    "bundlerec.profile:migrations" → "alembic_version_profile"."""
+    return "alembic_version_" + script_location.partition(":")[0].rsplit(".", 1)[-1]
+
+
 def _alembic_config(script_location: str) -> Config:
     config = Config()
     config.set_main_option("script_location", script_location)
+    config.attributes["version_table"] = _version_table(script_location)
     return config
+
+
+def run_alembic_env(target_metadata: MetaData) -> None:
+    """The body of every service's migrations/env.py.
+
+    Migrations run through `bundlerec migrate SERVICE` (or at start), which passes an open
+    connection in `config.attributes["connection"]`. For `alembic revision --autogenerate`
+    during development, set `sqlalchemy.url` in the config instead.
+    """
+    from alembic import context
+    from sqlalchemy import create_engine as create_sync_engine
+
+    config = context.config
+    options = {
+        "target_metadata": target_metadata,
+        "render_as_batch": True,  # SQLite needs table copies for most ALTERs
+        "version_table": config.attributes.get("version_table", "alembic_version"),
+    }
+    connection = config.attributes.get("connection")
+    if connection is None:
+        with create_sync_engine(config.get_main_option("sqlalchemy.url")).begin() as connection:
+            context.configure(connection=connection, **options)
+            with context.begin_transaction():
+                context.run_migrations()
+        return
+    context.configure(connection=connection, **options)
+    with context.begin_transaction():
+        context.run_migrations()
 
 
 async def upgrade_to_head(engine: AsyncEngine, script_location: str) -> None:
@@ -198,7 +233,9 @@ async def migration_problem(engine: AsyncEngine, script_location: str) -> str | 
     head = ScriptDirectory.from_config(_alembic_config(script_location)).get_current_head()
 
     def current(conn: Connection) -> str | None:
-        return MigrationContext.configure(conn).get_current_revision()
+        return MigrationContext.configure(
+            conn, opts={"version_table": _version_table(script_location)}
+        ).get_current_revision()
 
     try:
         async with engine.connect() as conn:

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import grpc
 import psycopg
 import pytest
-from bundlerec.profile.server import build
-from bundlerec.profile.settings import ProfileSettings
 from sqlalchemy.engine import make_url
 
+from bundlerec.profile.server import build
+from bundlerec.profile.settings import ProfileSettings
 from bundlerec.runtime.server import RunningServer, start_server
 from bundlerec.v1 import profile_pb2_grpc
 

@@ -6,7 +6,6 @@ from bundlerec.profile.service import ProfileService
 from bundlerec.profile.servicer import ProfileServicer
 from bundlerec.profile.settings import ProfileSettings
 from bundlerec.profile.store import SqlProfileStore
-
 from bundlerec.runtime.server import ServiceParts
 from bundlerec.v1 import profile_pb2, profile_pb2_grpc
 

@@ -19,6 +19,8 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 
+from bundlerec import validation
+from bundlerec.errors import InvalidArgument, NotFound
 from bundlerec.profile.model import (
     EVENT_WEIGHTS,
     CategoryAffinity,
@@ -33,9 +35,6 @@ from bundlerec.profile.model import (
 )
 from bundlerec.profile.settings import ProfileSettings
 from bundlerec.profile.store import US_PER_DAY, ProfileStore
-
-from bundlerec import validation
-from bundlerec.errors import InvalidArgument, NotFound
 
 US_PER_SECOND = 1_000_000
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from bundlerec.profile.model import Consent, Event, EventType, Profile, TargetType
-from bundlerec.profile.service import ProfileService, now_us
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bundlerec import validation
 from bundlerec.errors import InvalidArgument
+from bundlerec.profile.model import Consent, Event, EventType, Profile, TargetType
+from bundlerec.profile.service import ProfileService, now_us
 from bundlerec.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 
 EVENT_TYPES = {

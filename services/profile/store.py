@@ -12,13 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bundlerec.profile.model import EVENT_WEIGHTS, Consent, Event, EventType, RecordResult, TargetType
-from bundlerec.profile.schema import AnonymousEventIdRow, EventRow, PopularityRow, UserRow
 from sqlalchemy import Table, bindparam, case, delete, func, select, tuple_, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bundlerec import db
+from bundlerec.profile.model import EVENT_WEIGHTS, Consent, Event, EventType, RecordResult, TargetType
+from bundlerec.profile.schema import AnonymousEventIdRow, EventRow, PopularityRow, UserRow
 
 MIGRATIONS = "bundlerec.profile:migrations"
 US_PER_DAY = 86_400 * 1_000_000

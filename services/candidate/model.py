@@ -1,0 +1,104 @@
+"""The catalogue and retrieval domain: plain data, no grpc, no SQL, no FAISS."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    item_id: str
+    title: str = ""
+    category: str = ""  # path, levels joined by " > "
+    brand: str = ""
+    price: float | None = None
+    attributes: tuple[str, ...] = ()
+    in_stock: bool = True
+    stock_count: int | None = None
+    external_vector: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    bundle_id: str
+    item_ids: tuple[str, ...]
+    title: str = ""
+
+
+class Source(enum.IntEnum):
+    """Where a candidate came from (values match the API's CandidateSource)."""
+
+    VECTOR = 1
+    CO_OCCURRENCE = 2
+    POPULARITY = 3
+    ANCHOR = 4
+    BUNDLE_MEMBERSHIP = 5
+
+
+class Interaction(enum.StrEnum):
+    VIEW = "view"
+    CLICK = "click"
+    ADD_TO_CART = "add_to_cart"
+    PURCHASE = "purchase"
+    RATING = "rating"
+    LIKE = "like"
+
+
+# How strongly a recent interaction says "more like this" when building the query.
+INTERACTION_WEIGHTS = {
+    Interaction.VIEW: 1.0,
+    Interaction.CLICK: 1.5,
+    Interaction.RATING: 1.5,
+    Interaction.LIKE: 2.0,
+    Interaction.ADD_TO_CART: 2.5,
+    Interaction.PURCHASE: 3.0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RecentInteraction:
+    target_id: str
+    is_bundle: bool
+    kind: Interaction
+    at_us: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    in_stock_only: bool = False
+    include_categories: tuple[str, ...] = ()
+    exclude_categories: tuple[str, ...] = ()
+    include_brands: tuple[str, ...] = ()
+    exclude_brands: tuple[str, ...] = ()
+    min_price: float | None = None
+    max_price: float | None = None
+    exclude_item_ids: frozenset[str] = frozenset()
+    exclude_bundle_ids: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievalRequest:
+    recent: tuple[RecentInteraction, ...] = ()
+    user_vector: tuple[float, ...] = ()
+    anchor_item_id: str = ""
+    item_limit: int = 200
+    bundle_limit: int = 200
+    filter: Filter = Filter()
+    sources: frozenset[Source] = frozenset(Source)
+
+
+@dataclass(slots=True)
+class Candidate:
+    target_id: str
+    is_bundle: bool
+    score: float
+    sources: set[Source] = field(default_factory=set)
+    item_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Retrieved:
+    items: list[Candidate]
+    bundles: list[Candidate]
+    index_version: str

@@ -1,0 +1,75 @@
+"""Tables of the catalogue store. Changes need an Alembic migration (migrations/)."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, LargeBinary, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from bundlerec.db import new_metadata
+
+
+class Base(DeclarativeBase):
+    metadata = new_metadata()
+
+
+class ItemRow(Base):
+    __tablename__ = "catalogue_items"
+
+    item_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    title: Mapped[str] = mapped_column(String(1024))
+    category: Mapped[str] = mapped_column(String(512))
+    brand: Mapped[str] = mapped_column(String(256))
+    price: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attributes: Mapped[list[str]] = mapped_column(JSON)
+    in_stock: Mapped[bool] = mapped_column(Boolean)
+    stock_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # float32 little-endian bytes: the caller's external vector, and the text embedding computed
+    # at upsert (kept so an index rebuild never re-runs the encoder).
+    external_vector: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    text_vector: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    updated_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class BundleRow(Base):
+    __tablename__ = "catalogue_bundles"
+
+    bundle_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    title: Mapped[str] = mapped_column(String(1024))
+    updated_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class BundleItemRow(Base):
+    __tablename__ = "catalogue_bundle_items"
+
+    bundle_id: Mapped[str] = mapped_column(
+        String(256), ForeignKey("catalogue_bundles.bundle_id", ondelete="CASCADE"), primary_key=True
+    )
+    item_id: Mapped[str] = mapped_column(
+        String(256), ForeignKey("catalogue_items.item_id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    position: Mapped[int] = mapped_column(Integer)
+
+
+class ItemStatsRow(Base):
+    """Behaviour statistics of an item, written by imports and aggregation jobs."""
+
+    __tablename__ = "catalogue_item_stats"
+
+    item_id: Mapped[str] = mapped_column(
+        String(256), ForeignKey("catalogue_items.item_id", ondelete="CASCADE"), primary_key=True
+    )
+    popularity: Mapped[float] = mapped_column(Float)  # time-decayed, event-type weighted
+
+
+class CoOccurrenceRow(Base):
+    """How often two items were bought or bundled together (time-decayed weight), both ways."""
+
+    __tablename__ = "catalogue_cooccurrence"
+
+    item_id: Mapped[str] = mapped_column(
+        String(256), ForeignKey("catalogue_items.item_id", ondelete="CASCADE"), primary_key=True
+    )
+    other_id: Mapped[str] = mapped_column(
+        String(256), ForeignKey("catalogue_items.item_id", ondelete="CASCADE"), primary_key=True
+    )
+    weight: Mapped[float] = mapped_column(Float)
