@@ -98,3 +98,14 @@ async def profile(database_url: str) -> AsyncIterator[ProfileServer]:
 @pytest.fixture
 def user_id() -> str:
     return f"user-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The real sentence encoder, exported to ONNX once per test session (needs the train extra)."""
+    pytest.importorskip("torch", reason="exporting the encoder needs the train extra (torch)")
+    from bundlerec.encoder.export import export_text_encoder
+
+    out = tmp_path_factory.mktemp("encoder")
+    export_text_encoder(out)
+    return str(out)

@@ -1,0 +1,275 @@
+"""The catalogue store: items, bundles, availability and behaviour statistics, on the shared SQL
+layer (SQLite embedded, PostgreSQL in production). Each public method is one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Table, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bundlerec import db
+from bundlerec.candidate.model import Bundle, Item
+from bundlerec.candidate.schema import BundleItemRow, BundleRow, CoOccurrenceRow, ItemRow, ItemStatsRow
+from bundlerec.errors import InvalidArgument
+
+MIGRATIONS = "bundlerec.candidate:migrations"
+
+items_t: Table = ItemRow.__table__  # type: ignore[assignment]
+bundles_t: Table = BundleRow.__table__  # type: ignore[assignment]
+members_t: Table = BundleItemRow.__table__  # type: ignore[assignment]
+stats_t: Table = ItemStatsRow.__table__  # type: ignore[assignment]
+cooccurrence_t: Table = CoOccurrenceRow.__table__  # type: ignore[assignment]
+
+
+def to_bytes(vector: np.ndarray | Sequence[float] | None) -> bytes | None:
+    if vector is None or len(vector) == 0:
+        return None
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def from_bytes(blob: bytes | None) -> np.ndarray | None:
+    return None if blob is None else np.frombuffer(blob, dtype="<f4")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredItem:
+    item: Item
+    text_vector: np.ndarray | None
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueSnapshot:
+    """Everything the in-memory indexes are built from."""
+
+    items: list[StoredItem]
+    bundles: list[Bundle]
+    popularity: dict[str, float]
+    cooccurrence: list[tuple[str, str, float]]
+
+
+def _item_from_row(row: Any) -> Item:
+    external = from_bytes(row.external_vector)
+    return Item(
+        item_id=row.item_id,
+        title=row.title,
+        category=row.category,
+        brand=row.brand,
+        price=row.price,
+        attributes=tuple(row.attributes or ()),
+        in_stock=row.in_stock,
+        stock_count=row.stock_count,
+        external_vector=tuple(float(x) for x in external) if external is not None else (),
+    )
+
+
+class CatalogueStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool, pool_size: int = 10) -> CatalogueStore:
+        engine = db.create_engine(url, pool_size=pool_size)
+        if migrate:
+            await db.upgrade_to_head(engine, MIGRATIONS)
+        return cls(engine)
+
+    async def readiness(self) -> str | None:
+        return await db.migration_problem(self.engine, MIGRATIONS)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def _existing(self, conn: AsyncConnection, column: Any, ids: Iterable[str]) -> set[str]:
+        wanted = list(set(ids))
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            found.update((await conn.execute(select(column).where(column.in_(wanted[start : start + 500])))).scalars())
+        return found
+
+    async def upsert_items(self, items: Sequence[Item], text_vectors: np.ndarray, now_us: int) -> tuple[int, int]:
+        """Inserts or replaces items with their text embeddings; returns (inserted, updated)."""
+        rows = [
+            {
+                "item_id": it.item_id,
+                "title": it.title,
+                "category": it.category,
+                "brand": it.brand,
+                "price": it.price,
+                "attributes": list(it.attributes),
+                "in_stock": it.in_stock,
+                "stock_count": it.stock_count,
+                "external_vector": to_bytes(it.external_vector),
+                "text_vector": to_bytes(vec),
+                "updated_at_us": now_us,
+            }
+            for it, vec in zip(items, text_vectors, strict=True)
+        ]
+
+        async def work(conn: AsyncConnection) -> tuple[int, int]:
+            existing = await self._existing(conn, items_t.c.item_id, (r["item_id"] for r in rows))
+            stmt = self._insert(items_t)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["item_id"], set_={c: stmt.excluded[c] for c in rows[0] if c != "item_id"}
+            )
+            await conn.execute(stmt, rows)
+            return len(rows) - len(existing), len(existing)
+
+        return await db.in_transaction(self.engine, work)
+
+    async def delete_items(self, item_ids: Sequence[str]) -> tuple[int, list[str]]:
+        """Deletes items (and their bundle memberships); returns (deleted, bundles that changed)."""
+
+        async def work(conn: AsyncConnection) -> tuple[int, list[str]]:
+            touched = list(
+                (
+                    await conn.execute(
+                        select(members_t.c.bundle_id).where(members_t.c.item_id.in_(item_ids)).distinct()
+                    )
+                ).scalars()
+            )
+            await conn.execute(delete(members_t).where(members_t.c.item_id.in_(item_ids)))
+            await conn.execute(delete(stats_t).where(stats_t.c.item_id.in_(item_ids)))
+            await conn.execute(
+                delete(cooccurrence_t).where(
+                    cooccurrence_t.c.item_id.in_(item_ids) | cooccurrence_t.c.other_id.in_(item_ids)
+                )
+            )
+            deleted = (await conn.execute(delete(items_t).where(items_t.c.item_id.in_(item_ids)))).rowcount
+            return deleted, touched
+
+        return await db.in_transaction(self.engine, work)
+
+    async def upsert_bundles(self, bundles: Sequence[Bundle], now_us: int) -> tuple[int, int]:
+        async def work(conn: AsyncConnection) -> tuple[int, int]:
+            members = {i for b in bundles for i in b.item_ids}
+            known = await self._existing(conn, items_t.c.item_id, members)
+            for i, bundle in enumerate(bundles):
+                for j, item_id in enumerate(bundle.item_ids):
+                    if item_id not in known:
+                        raise InvalidArgument(
+                            f"bundles[{i}].item_ids[{j}]", f"item {item_id!r} is not in the catalogue"
+                        )
+            ids = [b.bundle_id for b in bundles]
+            existing = await self._existing(conn, bundles_t.c.bundle_id, ids)
+            stmt = self._insert(bundles_t)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["bundle_id"], set_={"title": stmt.excluded.title, "updated_at_us": now_us}
+            )
+            await conn.execute(
+                stmt, [{"bundle_id": b.bundle_id, "title": b.title, "updated_at_us": now_us} for b in bundles]
+            )
+            await conn.execute(delete(members_t).where(members_t.c.bundle_id.in_(ids)))
+            rows = [
+                {"bundle_id": b.bundle_id, "item_id": item_id, "position": n}
+                for b in bundles
+                for n, item_id in enumerate(b.item_ids)
+            ]
+            await conn.execute(self._insert(members_t), rows)
+            return len(ids) - len(existing), len(existing)
+
+        return await db.in_transaction(self.engine, work)
+
+    async def delete_bundles(self, bundle_ids: Sequence[str]) -> int:
+        async def work(conn: AsyncConnection) -> int:
+            await conn.execute(delete(members_t).where(members_t.c.bundle_id.in_(bundle_ids)))
+            return (await conn.execute(delete(bundles_t).where(bundles_t.c.bundle_id.in_(bundle_ids)))).rowcount
+
+        return await db.in_transaction(self.engine, work)
+
+    async def set_availability(
+        self, updates: Sequence[tuple[str, bool, int | None]], now_us: int
+    ) -> tuple[int, list[str]]:
+        async def work(conn: AsyncConnection) -> tuple[int, list[str]]:
+            known = await self._existing(conn, items_t.c.item_id, (u[0] for u in updates))
+            for item_id, in_stock, count in updates:
+                if item_id in known:
+                    await conn.execute(
+                        update(items_t)
+                        .where(items_t.c.item_id == item_id)
+                        .values(in_stock=in_stock, stock_count=count, updated_at_us=now_us)
+                    )
+            return len([u for u in updates if u[0] in known]), [u[0] for u in updates if u[0] not in known]
+
+        return await db.in_transaction(self.engine, work)
+
+    async def get_items(self, item_ids: Sequence[str]) -> dict[str, Item]:
+        async def work(conn: AsyncConnection) -> dict[str, Item]:
+            rows = await conn.execute(select(items_t).where(items_t.c.item_id.in_(list(item_ids))))
+            return {r.item_id: _item_from_row(r) for r in rows}
+
+        return await db.read(self.engine, work)
+
+    async def get_bundles(self, bundle_ids: Sequence[str]) -> dict[str, Bundle]:
+        async def work(conn: AsyncConnection) -> dict[str, Bundle]:
+            heads = {
+                r.bundle_id: r.title
+                for r in await conn.execute(select(bundles_t).where(bundles_t.c.bundle_id.in_(list(bundle_ids))))
+            }
+            members: dict[str, list[str]] = {b: [] for b in heads}
+            rows = await conn.execute(
+                select(members_t)
+                .where(members_t.c.bundle_id.in_(list(heads)))
+                .order_by(members_t.c.bundle_id, members_t.c.position)
+            )
+            for r in rows:
+                members[r.bundle_id].append(r.item_id)
+            return {b: Bundle(b, tuple(members[b]), title) for b, title in heads.items()}
+
+        return await db.read(self.engine, work)
+
+    async def list_items(self, after_id: str, limit: int) -> list[Item]:
+        async def work(conn: AsyncConnection) -> list[Item]:
+            rows = await conn.execute(
+                select(items_t).where(items_t.c.item_id > after_id).order_by(items_t.c.item_id).limit(limit)
+            )
+            return [_item_from_row(r) for r in rows]
+
+        return await db.read(self.engine, work)
+
+    async def snapshot(self) -> CatalogueSnapshot:
+        """The whole catalogue, to (re)build the in-memory indexes."""
+
+        async def work(conn: AsyncConnection) -> CatalogueSnapshot:
+            items = [
+                StoredItem(_item_from_row(r), from_bytes(r.text_vector))
+                for r in await conn.execute(select(items_t).order_by(items_t.c.item_id))
+            ]
+            members: dict[str, list[str]] = {}
+            for r in await conn.execute(select(members_t).order_by(members_t.c.bundle_id, members_t.c.position)):
+                members.setdefault(r.bundle_id, []).append(r.item_id)
+            bundles = [
+                Bundle(r.bundle_id, tuple(members.get(r.bundle_id, ())), r.title)
+                for r in await conn.execute(select(bundles_t).order_by(bundles_t.c.bundle_id))
+            ]
+            popularity = {r.item_id: r.popularity for r in await conn.execute(select(stats_t))}
+            pairs = [(r.item_id, r.other_id, r.weight) for r in await conn.execute(select(cooccurrence_t))]
+            return CatalogueSnapshot(items, bundles, popularity, pairs)
+
+        return await db.read(self.engine, work)
+
+    async def replace_statistics(
+        self, popularity: dict[str, float], cooccurrence: dict[tuple[str, str], float]
+    ) -> None:
+        """Replaces behaviour statistics (written by `bundlerec import` and aggregation jobs)."""
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(delete(stats_t))
+            await conn.execute(delete(cooccurrence_t))
+            if popularity:
+                await conn.execute(
+                    self._insert(stats_t), [{"item_id": i, "popularity": p} for i, p in popularity.items()]
+                )
+            if cooccurrence:
+                await conn.execute(
+                    self._insert(cooccurrence_t),
+                    [{"item_id": a, "other_id": b, "weight": w} for (a, b), w in cooccurrence.items()],
+                )
+
+        await db.in_transaction(self.engine, work)

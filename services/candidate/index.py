@@ -1,0 +1,272 @@
+"""The in-memory view of the catalogue that retrieval runs on: fused item and bundle vectors in
+FAISS, filter columns by item slot, bundle membership, co-occurrence and popularity.
+
+Built from the catalogue store at start, then kept current by every catalogue write, so a new
+item is retrievable by the very next call.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from bundlerec.candidate.model import Bundle, Filter, Item
+from bundlerec.candidate.vectors import VectorIndex, normalize
+
+MAX_BUNDLE_FOR_PAIRS = 8  # larger bundles (reading lists...) say little about pairs of items
+
+
+def category_matches(path: str, prefix: str) -> bool:
+    """'A > B > C' matches the prefixes 'A', 'A > B' and 'A > B > C' (case-insensitive)."""
+    levels = [p.strip().casefold() for p in path.split(">")]
+    wanted = [p.strip().casefold() for p in prefix.split(">")]
+    return levels[: len(wanted)] == wanted
+
+
+class CatalogueIndex:
+    def __init__(self, text_dim: int, external_dim: int = 0, *, exact_below: int = 100_000) -> None:
+        self.text_dim = text_dim
+        self.external_dim = external_dim
+        self.items: dict[str, Item] = {}
+        self.bundles: dict[str, Bundle] = {}
+        self.bundles_of: dict[str, set[str]] = defaultdict(set)
+        self.item_vectors = VectorIndex(text_dim + external_dim, exact_below=exact_below)
+        self.bundle_vectors = VectorIndex(text_dim + external_dim, exact_below=exact_below)
+        self.event_pairs: dict[str, dict[str, float]] = defaultdict(dict)
+        self.popularity: dict[str, float] = {}
+        self.version = 0  # bumped by every change, reported as the index version
+        self._columns_dirty = True
+
+    # -- vectors --------------------------------------------------------------------------
+
+    def fuse(self, text_vector: np.ndarray, external: tuple[float, ...]) -> np.ndarray:
+        """Text embedding ⊕ external vector, each unit length (a missing part is zeros)."""
+        parts = [normalize(np.asarray(text_vector, np.float32))]
+        if self.external_dim:
+            ext = np.zeros(self.external_dim, np.float32) if not external else np.asarray(external, np.float32)
+            parts.append(normalize(ext))
+        return np.concatenate(parts)
+
+    def _bundle_vector(self, bundle: Bundle) -> np.ndarray | None:
+        members = [m for m in bundle.item_ids if m in self.item_vectors.slot_of]
+        if not members:
+            return None
+        return normalize(np.mean([self.item_vectors.vector(m) for m in members], axis=0))
+
+    # -- changes --------------------------------------------------------------------------
+
+    def load(
+        self,
+        items: list[tuple[Item, np.ndarray]],
+        bundles: list[Bundle],
+        popularity: dict[str, float],
+        pairs: list[tuple[str, str, float]],
+    ) -> None:
+        self.items = {item.item_id: item for item, _ in items}
+        vectors = np.stack([self.fuse(v, it.external_vector) for it, v in items]) if items else None
+        self.item_vectors.build([it.item_id for it, _ in items], vectors)
+        self.popularity = dict(popularity)
+        self.event_pairs = defaultdict(dict)
+        for a, b, w in pairs:
+            self.event_pairs[a][b] = w
+        self.bundles, self.bundles_of = {}, defaultdict(set)
+        keys, bundle_vectors = [], []
+        for bundle in bundles:
+            self._link(bundle)
+            vector = self._bundle_vector(bundle)
+            if vector is not None:
+                keys.append(bundle.bundle_id)
+                bundle_vectors.append(vector)
+        self.bundle_vectors.build(keys, np.stack(bundle_vectors) if keys else None)
+        self._changed()
+
+    def _link(self, bundle: Bundle) -> None:
+        self.bundles[bundle.bundle_id] = bundle
+        for member in bundle.item_ids:
+            self.bundles_of[member].add(bundle.bundle_id)
+
+    def _unlink(self, bundle_id: str) -> None:
+        old = self.bundles.pop(bundle_id, None)
+        for member in old.item_ids if old else ():
+            self.bundles_of[member].discard(bundle_id)
+
+    def upsert_item(self, item: Item, text_vector: np.ndarray) -> None:
+        self.items[item.item_id] = item
+        self.item_vectors.upsert(item.item_id, self.fuse(text_vector, item.external_vector))
+        for bundle_id in self.bundles_of.get(item.item_id, ()):
+            self.upsert_bundle(self.bundles[bundle_id])
+        self._changed()
+
+    def remove_item(self, item_id: str) -> None:
+        self.items.pop(item_id, None)
+        self.item_vectors.remove(item_id)
+        self.popularity.pop(item_id, None)
+        self.event_pairs.pop(item_id, None)
+        for bundle_id in list(self.bundles_of.pop(item_id, ())):
+            bundle = self.bundles[bundle_id]
+            self.upsert_bundle(Bundle(bundle_id, tuple(m for m in bundle.item_ids if m != item_id), bundle.title))
+        self._changed()
+
+    def upsert_bundle(self, bundle: Bundle) -> None:
+        self._unlink(bundle.bundle_id)
+        self._link(bundle)
+        vector = self._bundle_vector(bundle)
+        if vector is None:
+            self.bundle_vectors.remove(bundle.bundle_id)
+        else:
+            self.bundle_vectors.upsert(bundle.bundle_id, vector)
+        self._changed()
+
+    def remove_bundle(self, bundle_id: str) -> None:
+        self._unlink(bundle_id)
+        self.bundle_vectors.remove(bundle_id)
+        self._changed()
+
+    def set_availability(self, item_id: str, in_stock: bool, stock_count: int | None) -> None:
+        item = self.items[item_id]
+        self.items[item_id] = Item(**{**_fields(item), "in_stock": in_stock, "stock_count": stock_count})
+        self._changed()
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._columns_dirty = True
+
+    # -- filters --------------------------------------------------------------------------
+
+    def _refresh_columns(self) -> None:
+        """Per-slot arrays that make a filter a few vectorized comparisons."""
+        if not self._columns_dirty:
+            return
+        slots = self.item_vectors.key_at
+        n = len(slots)
+        self._in_stock = np.zeros(n, bool)
+        self._price = np.full(n, np.nan)
+        self._category_names: list[str] = []
+        self._brand_names: list[str] = []
+        codes: dict[str, int] = {}
+        brand_codes: dict[str, int] = {}
+        self._category = np.full(n, -1, np.int32)
+        self._brand = np.full(n, -1, np.int32)
+        for slot, key in enumerate(slots):
+            item = self.items.get(key) if key else None
+            if item is None:
+                continue
+            self._in_stock[slot] = item.in_stock
+            if item.price is not None:
+                self._price[slot] = item.price
+            self._category[slot] = codes.setdefault(item.category, len(codes))
+            self._brand[slot] = brand_codes.setdefault(item.brand.casefold(), len(brand_codes))
+        self._category_names = list(codes)
+        self._brand_names = list(brand_codes)
+        # Bundle membership as CSR over bundle slots → member item slots.
+        bundle_slots = self.bundle_vectors.key_at
+        lengths, members = [], []
+        for key in bundle_slots:
+            ids = self.bundles[key].item_ids if key in self.bundles else ()
+            slot_ids = [self.item_vectors.slot_of[m] for m in ids if m in self.item_vectors.slot_of]
+            lengths.append(len(slot_ids))
+            members.extend(slot_ids)
+        self._bundle_indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self._bundle_members = np.asarray(members, np.int64)
+        popularity = np.array([self.popularity.get(k, 0.0) if k else -1.0 for k in slots])
+        self._popularity_order = np.lexsort((np.arange(n), -popularity))
+        self._columns_dirty = False
+
+    def _per_bundle(self, values: np.ndarray, how: str) -> np.ndarray:
+        """Per bundle slot: the sum of `values` over its members, or ("all") whether every
+        member's value is true."""
+        sizes = np.diff(self._bundle_indptr)
+        sums = np.zeros(len(sizes))
+        nonempty = sizes > 0
+        if nonempty.any():
+            gathered = values[self._bundle_members].astype(np.float64)
+            sums[nonempty] = np.add.reduceat(gathered, self._bundle_indptr[:-1][nonempty])
+        return sums == sizes if how == "all" else sums
+
+    def item_mask(self, f: Filter) -> np.ndarray:
+        self._refresh_columns()
+        mask = self.item_vectors.alive[: len(self.item_vectors.key_at)].copy()
+        if f.in_stock_only:
+            mask &= self._in_stock
+        with np.errstate(invalid="ignore"):
+            if f.min_price is not None:
+                mask &= self._price >= f.min_price
+            if f.max_price is not None:
+                mask &= self._price <= f.max_price
+        mask &= self._code_mask(self._category, self._category_names, f.include_categories, f.exclude_categories, True)
+        mask &= self._code_mask(self._brand, self._brand_names, f.include_brands, f.exclude_brands, False)
+        for item_id in f.exclude_item_ids:
+            slot = self.item_vectors.slot_of.get(item_id)
+            if slot is not None:
+                mask[slot] = False
+        return mask
+
+    @staticmethod
+    def _code_mask(codes: np.ndarray, names: list[str], include: tuple[str, ...], exclude: tuple[str, ...], path: bool):
+        def matching(wanted: tuple[str, ...]) -> np.ndarray:
+            if path:
+                hits = [c for c, name in enumerate(names) if any(category_matches(name, w) for w in wanted)]
+            else:
+                folded = {w.casefold() for w in wanted}
+                hits = [c for c, name in enumerate(names) if name in folded]
+            return np.isin(codes, np.asarray(hits, np.int32))
+
+        mask = np.ones(len(codes), bool)
+        if include:
+            mask &= matching(include)
+        if exclude:
+            mask &= ~matching(exclude)
+        return mask
+
+    def bundle_mask(self, f: Filter) -> np.ndarray:
+        """A bundle passes when its members pass: in stock and price range, every member;
+        include categories/brands, at least one member; exclude, no member. (A budget for the
+        whole bundle is the gateway's business.)"""
+        self._refresh_columns()
+        n = len(self.bundle_vectors.key_at)
+        mask = self.bundle_vectors.alive[:n].copy()
+        if f.in_stock_only:
+            mask &= self._per_bundle(self._in_stock, "all")
+        plain = Filter()
+        if f.include_categories or f.include_brands:
+            includes = Filter(include_categories=f.include_categories, include_brands=f.include_brands)
+            mask &= self._per_bundle(self.item_mask(includes), "sum") > 0
+        if f.exclude_categories or f.exclude_brands:
+            excludes = Filter(exclude_categories=f.exclude_categories, exclude_brands=f.exclude_brands)
+            mask &= self._per_bundle(self.item_mask(excludes) | ~self.item_mask(plain), "all")
+        if f.min_price is not None or f.max_price is not None:
+            priced = self.item_mask(Filter(min_price=f.min_price, max_price=f.max_price))
+            mask &= self._per_bundle(priced, "all")
+        for bundle_id in f.exclude_bundle_ids:
+            slot = self.bundle_vectors.slot_of.get(bundle_id)
+            if slot is not None:
+                mask[slot] = False
+        return mask
+
+    def popular_items(self, mask: np.ndarray, limit: int) -> list[tuple[str, float]]:
+        self._refresh_columns()
+        chosen = self._popularity_order[mask[self._popularity_order]][:limit]
+        keys = self.item_vectors.key_at
+        return [(keys[s], self.popularity.get(keys[s], 0.0)) for s in chosen]  # type: ignore[index]
+
+    def bundle_popularity(self) -> np.ndarray:
+        self._refresh_columns()
+        values = np.array([self.popularity.get(k, 0.0) if k else 0.0 for k in self.item_vectors.key_at])
+        sizes = np.maximum(1, np.diff(self._bundle_indptr))
+        return self._per_bundle(values, "sum") / sizes
+
+    def co_occurring(self, item_id: str) -> dict[str, float]:
+        """Items bought with `item_id` (events) or curated with it (small bundles)."""
+        found = dict(self.event_pairs.get(item_id, {}))
+        for bundle_id in self.bundles_of.get(item_id, ()):
+            members = self.bundles[bundle_id].item_ids
+            if len(members) <= MAX_BUNDLE_FOR_PAIRS:
+                for other in members:
+                    if other != item_id:
+                        found[other] = found.get(other, 0.0) + 1.0 / len(members)
+        return found
+
+
+def _fields(item: Item) -> dict[str, object]:
+    return {name: getattr(item, name) for name in item.__slots__}  # type: ignore[attr-defined]

@@ -1,0 +1,156 @@
+"""Candidate retrieval: several sources, merged and de-duplicated, filtered during retrieval.
+
+Each source scores what it finds; scores are scaled to [0, 1] per source and summed with the
+source's weight, so a candidate found by several sources rises. Filters are masks applied inside
+every source, and popularity fills what the others leave, so a response has `limit` candidates
+whenever the filtered catalogue has that many.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+
+from bundlerec.candidate.index import CatalogueIndex
+from bundlerec.candidate.model import (
+    INTERACTION_WEIGHTS,
+    Candidate,
+    Filter,
+    RecentInteraction,
+    RetrievalRequest,
+    Retrieved,
+    Source,
+)
+from bundlerec.candidate.vectors import normalize
+
+SOURCE_WEIGHTS = {
+    Source.ANCHOR: 1.2,
+    Source.VECTOR: 1.0,
+    Source.CO_OCCURRENCE: 1.0,
+    Source.BUNDLE_MEMBERSHIP: 0.8,
+    Source.POPULARITY: 0.3,
+}
+RECENCY_DECAY = 0.85  # each older interaction counts this much of the next newer one
+
+
+def interaction_weights(index: CatalogueIndex, recent: tuple[RecentInteraction, ...]) -> dict[str, float]:
+    """Item → weight from the recent interactions, newest strongest; a bundle counts as its items."""
+    weights: dict[str, float] = defaultdict(float)
+    for age, step in enumerate(reversed(recent)):
+        w = INTERACTION_WEIGHTS[step.kind] * RECENCY_DECAY**age
+        if step.is_bundle:
+            members = index.bundles[step.target_id].item_ids if step.target_id in index.bundles else ()
+            for m in members:
+                weights[m] += w / len(members)
+        elif step.target_id in index.items:
+            weights[step.target_id] += w
+    return weights
+
+
+def query_vector(index: CatalogueIndex, weights: dict[str, float]) -> np.ndarray | None:
+    known = [(i, w) for i, w in weights.items() if i in index.item_vectors.slot_of]
+    if not known:
+        return None
+    return normalize(sum(w * index.item_vectors.vector(i) for i, w in known))
+
+
+class _Merger:
+    def __init__(self) -> None:
+        self.found: dict[str, Candidate] = {}
+
+    def add(self, source: Source, scored: list[tuple[str, float]] | dict[str, float], *, is_bundle: bool) -> None:
+        pairs = list(scored.items()) if isinstance(scored, dict) else scored
+        if not pairs:
+            return
+        top = max(s for _, s in pairs)
+        low = min(s for _, s in pairs)
+        span = top - low
+        for key, score in pairs:
+            scaled = 1.0 if span <= 0 else (score - low) / span
+            candidate = self.found.setdefault(key, Candidate(key, is_bundle, 0.0))
+            candidate.score += SOURCE_WEIGHTS[source] * (0.5 + 0.5 * scaled)
+            candidate.sources.add(source)
+
+    def best(self, limit: int) -> list[Candidate]:
+        return sorted(self.found.values(), key=lambda c: (-c.score, c.target_id))[:limit]
+
+
+def retrieve(index: CatalogueIndex, request: RetrievalRequest) -> Retrieved:
+    weights = interaction_weights(index, request.recent)
+    seen = set(weights) | ({request.anchor_item_id} if request.anchor_item_id else set())
+    query = query_vector(index, weights)
+    if request.user_vector and query is not None and len(request.user_vector) == len(query):
+        query = normalize(query + normalize(np.asarray(request.user_vector, np.float32)))
+    sources = request.sources
+
+    item_mask = index.item_mask(request.filter)
+    for item_id in seen:  # what the user just saw (or the page's anchor) is context, not a candidate
+        slot = index.item_vectors.slot_of.get(item_id)
+        if slot is not None:
+            item_mask[slot] = False
+    allowed = _member_of(item_mask, index.item_vectors.slot_of)
+
+    items = _Merger()
+    if Source.VECTOR in sources and query is not None:
+        items.add(Source.VECTOR, index.item_vectors.search(query, request.item_limit, item_mask), is_bundle=False)
+    if Source.CO_OCCURRENCE in sources and weights:
+        together: dict[str, float] = defaultdict(float)
+        for item_id, w in weights.items():
+            for other, strength in index.co_occurring(item_id).items():
+                if allowed(other):
+                    together[other] += w * strength
+        items.add(Source.CO_OCCURRENCE, _top(together, request.item_limit), is_bundle=False)
+    anchor = request.anchor_item_id if request.anchor_item_id in index.items else ""
+    if Source.ANCHOR in sources and anchor:
+        complements = {o: s for o, s in index.co_occurring(anchor).items() if allowed(o)}
+        items.add(Source.ANCHOR, _top(complements, request.item_limit), is_bundle=False)
+        # Similar items from *other* categories: what goes with the anchor, not what replaces it.
+        category = index.items[anchor].category
+        other_category = item_mask & ~index.item_mask(Filter(include_categories=(category,))) if category else item_mask
+        near = index.item_vectors.search(index.item_vectors.vector(anchor), request.item_limit, other_category)
+        items.add(Source.ANCHOR, near, is_bundle=False)
+    if Source.POPULARITY in sources or len(items.found) < request.item_limit:
+        items.add(Source.POPULARITY, index.popular_items(item_mask, request.item_limit), is_bundle=False)
+
+    bundles = _Merger()
+    bundle_mask = index.bundle_mask(request.filter)
+    bundle_keys = index.bundle_vectors.key_at
+    allowed_bundle = _member_of(bundle_mask, index.bundle_vectors.slot_of)
+    if Source.VECTOR in sources and query is not None:
+        found = index.bundle_vectors.search(query, request.bundle_limit, bundle_mask)
+        bundles.add(Source.VECTOR, found, is_bundle=True)
+    if Source.BUNDLE_MEMBERSHIP in sources or Source.ANCHOR in sources:
+        containing: dict[str, float] = defaultdict(float)
+        for item_id, w in [*weights.items(), *([(anchor, 2.0)] if anchor else [])]:
+            for bundle_id in index.bundles_of.get(item_id, ()):
+                if allowed_bundle(bundle_id):
+                    containing[bundle_id] += w
+        source = Source.ANCHOR if anchor and Source.ANCHOR in sources else Source.BUNDLE_MEMBERSHIP
+        bundles.add(source, _top(containing, request.bundle_limit), is_bundle=True)
+    if Source.POPULARITY in sources or len(bundles.found) < request.bundle_limit:
+        popularity = index.bundle_popularity()
+        order = np.lexsort((np.arange(len(popularity)), -popularity))
+        chosen = order[bundle_mask[order]][: request.bundle_limit]
+        bundles.add(Source.POPULARITY, [(bundle_keys[s], float(popularity[s])) for s in chosen], is_bundle=True)
+
+    top_items = items.best(request.item_limit)
+    for c in top_items:
+        c.item_ids = (c.target_id,)
+    top_bundles = bundles.best(request.bundle_limit)
+    for c in top_bundles:
+        c.item_ids = index.bundles[c.target_id].item_ids
+    return Retrieved(top_items, top_bundles, f"v{index.version}")
+
+
+def _top(scores: dict[str, float], limit: int) -> list[tuple[str, float]]:
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+
+
+def _member_of(mask: np.ndarray, slot_of: dict[str, int]) -> Callable[[str], bool]:
+    def allowed(key: str) -> bool:
+        slot = slot_of.get(key)
+        return slot is not None and bool(mask[slot])
+
+    return allowed

@@ -1,0 +1,42 @@
+"""Assembles the candidate service for the shared runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bundlerec.candidate.catalogue import CatalogueStore
+from bundlerec.candidate.index import CatalogueIndex
+from bundlerec.candidate.service import CandidateService, Encoder
+from bundlerec.candidate.servicer import CandidateServicer
+from bundlerec.candidate.settings import CandidateSettings
+from bundlerec.runtime.server import ServiceParts
+from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc
+
+SERVICE_NAME = candidate_pb2.DESCRIPTOR.services_by_name["CandidateService"].full_name
+
+
+def load_encoder(settings: CandidateSettings) -> Encoder:
+    from bundlerec.encoder.runtime import TextEncoder
+
+    return TextEncoder(settings.encoder_dir)
+
+
+async def build(
+    settings: CandidateSettings, encoder_factory: Callable[[CandidateSettings], Encoder] = load_encoder
+) -> ServiceParts:
+    encoder = encoder_factory(settings)
+    store = await CatalogueStore.open(
+        settings.database_url, migrate=settings.migrate_on_start, pool_size=settings.pool_size
+    )
+    dim = encoder.encode([""]).shape[1]
+    index = CatalogueIndex(dim, settings.external_vector_dim, exact_below=settings.exact_search_below)
+    service = CandidateService(store, index, encoder)
+    await service.load()
+    servicer = CandidateServicer(service)
+    return ServiceParts(
+        name="candidate",
+        register=lambda server: candidate_pb2_grpc.add_CandidateServiceServicer_to_server(servicer, server),
+        service_names=[SERVICE_NAME],
+        readiness=store.readiness,
+        close=store.close,
+    )

@@ -1,0 +1,196 @@
+"""The candidate domain service: validates catalogue writes, keeps the store and the in-memory
+index in step, and answers retrieval and text search."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from bundlerec import validation
+from bundlerec.candidate.catalogue import CatalogueStore
+from bundlerec.candidate.index import CatalogueIndex
+from bundlerec.candidate.model import Bundle, Filter, Item, RetrievalRequest, Retrieved
+from bundlerec.candidate.retrieval import retrieve
+from bundlerec.errors import InvalidArgument
+
+MAX_BATCH = 1000
+
+
+class Encoder(Protocol):
+    """Text → unit vectors (the ONNX sentence encoder in production)."""
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def item_text(item: Item) -> str:
+    """What is embedded for an item: title, category path and brand."""
+    return " | ".join(part for part in (item.title, item.category, item.brand) if part)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class CandidateService:
+    def __init__(self, store: CatalogueStore, index: CatalogueIndex, encoder: Encoder) -> None:
+        self.store = store
+        self.index = index
+        self.encoder = encoder
+        self._writes = asyncio.Lock()  # store and index change in the same order
+
+    async def load(self) -> None:
+        """Builds the index from the catalogue store; items stored without a text vector (for
+        example inserted by an older version) are encoded now and written back."""
+        snapshot = await self.store.snapshot()
+        missing = [s.item for s in snapshot.items if s.text_vector is None]
+        if missing:
+            vectors = await self._encode(missing)
+            await self.store.upsert_items(missing, vectors, now_us())
+            snapshot = await self.store.snapshot()
+        self.index.load(
+            [(s.item, s.text_vector) for s in snapshot.items],  # type: ignore[misc]
+            snapshot.bundles,
+            snapshot.popularity,
+            snapshot.cooccurrence,
+        )
+
+    async def _encode(self, items: Sequence[Item]) -> np.ndarray:
+        return await asyncio.to_thread(self.encoder.encode, [item_text(it) for it in items])
+
+    # -- catalogue ------------------------------------------------------------------------
+
+    def _check_item(self, field: str, item: Item) -> None:
+        validation.identifier(f"{field}.item_id", item.item_id)
+        validation.text(f"{field}.title", item.title, max_length=1024)
+        validation.text(f"{field}.category", item.category, max_length=512)
+        validation.text(f"{field}.brand", item.brand, max_length=256)
+        if item.price is not None:
+            validation.finite(f"{field}.price", item.price)
+            if item.price < 0:
+                raise InvalidArgument(f"{field}.price", "must not be negative")
+        if len(item.attributes) > 64:
+            raise InvalidArgument(f"{field}.attributes", "at most 64 attributes")
+        for j, attribute in enumerate(item.attributes):
+            validation.text(f"{field}.attributes[{j}]", attribute, max_length=128)
+        if item.stock_count is not None and item.stock_count < 0:
+            raise InvalidArgument(f"{field}.availability.stock_count", "must not be negative")
+        if item.external_vector:
+            expected = self.index.external_dim
+            if len(item.external_vector) != expected:
+                problem = (
+                    "external vectors are disabled (external_vector_dim=0)"
+                    if not expected
+                    else (f"has {len(item.external_vector)} dimensions; this catalogue uses {expected}")
+                )
+                raise InvalidArgument(f"{field}.external_vector", problem)
+            if not all(math.isfinite(x) for x in item.external_vector):
+                raise InvalidArgument(f"{field}.external_vector", "must contain only finite numbers")
+
+    async def upsert_items(self, items: Sequence[Item]) -> tuple[int, int]:
+        _check_batch("items", items)
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            self._check_item(f"items[{i}]", item)
+            if item.item_id in seen:
+                raise InvalidArgument(f"items[{i}].item_id", f"repeats {item.item_id!r}")
+            seen.add(item.item_id)
+        vectors = await self._encode(items)
+        async with self._writes:
+            counts = await self.store.upsert_items(items, vectors, now_us())
+            for item, vector in zip(items, vectors, strict=True):
+                self.index.upsert_item(item, vector)
+        return counts
+
+    async def delete_items(self, item_ids: Sequence[str]) -> int:
+        validation.identifiers("item_ids", item_ids, max_count=MAX_BATCH)
+        async with self._writes:
+            deleted, _ = await self.store.delete_items(item_ids)
+            for item_id in item_ids:
+                self.index.remove_item(item_id)
+        return deleted
+
+    async def upsert_bundles(self, bundles: Sequence[Bundle]) -> tuple[int, int]:
+        _check_batch("bundles", bundles)
+        seen: set[str] = set()
+        for i, bundle in enumerate(bundles):
+            validation.identifier(f"bundles[{i}].bundle_id", bundle.bundle_id)
+            validation.text(f"bundles[{i}].title", bundle.title, max_length=1024)
+            if not bundle.item_ids:
+                raise InvalidArgument(f"bundles[{i}].item_ids", "a bundle needs at least one item")
+            validation.identifiers(f"bundles[{i}].item_ids", bundle.item_ids, max_count=100)
+            if bundle.bundle_id in seen:
+                raise InvalidArgument(f"bundles[{i}].bundle_id", f"repeats {bundle.bundle_id!r}")
+            seen.add(bundle.bundle_id)
+        async with self._writes:
+            counts = await self.store.upsert_bundles(bundles, now_us())
+            for bundle in bundles:
+                self.index.upsert_bundle(bundle)
+        return counts
+
+    async def delete_bundles(self, bundle_ids: Sequence[str]) -> int:
+        validation.identifiers("bundle_ids", bundle_ids, max_count=MAX_BATCH)
+        async with self._writes:
+            deleted = await self.store.delete_bundles(bundle_ids)
+            for bundle_id in bundle_ids:
+                self.index.remove_bundle(bundle_id)
+        return deleted
+
+    async def set_availability(self, updates: Sequence[tuple[str, bool, int | None]]) -> tuple[int, list[str]]:
+        if not updates:
+            raise InvalidArgument("updates", "must contain at least one update")
+        if len(updates) > 10_000:
+            raise InvalidArgument("updates", f"has {len(updates)} updates; at most 10000")
+        for i, (item_id, _, count) in enumerate(updates):
+            validation.identifier(f"updates[{i}].item_id", item_id)
+            if count is not None and count < 0:
+                raise InvalidArgument(f"updates[{i}].availability.stock_count", "must not be negative")
+        async with self._writes:
+            updated, missing = await self.store.set_availability(updates, now_us())
+            for item_id, in_stock, count in updates:
+                if item_id in self.index.items:
+                    self.index.set_availability(item_id, in_stock, count)
+        return updated, missing
+
+    async def get_items(self, item_ids: Sequence[str]) -> tuple[list[Item], list[str]]:
+        validation.identifiers("item_ids", item_ids, max_count=MAX_BATCH, unique=False)
+        found = await self.store.get_items(item_ids)
+        return [found[i] for i in item_ids if i in found], [i for i in item_ids if i not in found]
+
+    async def get_bundles(self, bundle_ids: Sequence[str]) -> tuple[list[Bundle], list[str]]:
+        validation.identifiers("bundle_ids", bundle_ids, max_count=MAX_BATCH, unique=False)
+        found = await self.store.get_bundles(bundle_ids)
+        return [found[b] for b in bundle_ids if b in found], [b for b in bundle_ids if b not in found]
+
+    async def list_items(self, page_size: int, after_id: str) -> tuple[list[Item], str]:
+        size = validation.page_size("page_size", page_size, default=100, maximum=1000)
+        items = await self.store.list_items(after_id, size + 1)
+        more = len(items) > size
+        items = items[:size]
+        return items, (items[-1].item_id if more else "")
+
+    # -- retrieval ------------------------------------------------------------------------
+
+    def retrieve(self, request: RetrievalRequest) -> Retrieved:
+        return retrieve(self.index, request)
+
+    async def search_text(self, query: str, limit: int, item_filter: Filter) -> list[tuple[Item, float]]:
+        validation.text("query", query, max_length=512, required=True)
+        if not query.strip():
+            raise InvalidArgument("query", "is required")
+        size = validation.page_size("limit", limit, default=20, maximum=200)
+        vector = (await asyncio.to_thread(self.encoder.encode, [query]))[0]
+        query_vector = self.index.fuse(vector, ())
+        hits = self.index.item_vectors.search(query_vector, size, self.index.item_mask(item_filter))
+        return [(self.index.items[key], score) for key, score in hits]
+
+
+def _check_batch(field: str, values: Sequence[object]) -> None:
+    if not values:
+        raise InvalidArgument(field, "must contain at least one entry")
+    if len(values) > MAX_BATCH:
+        raise InvalidArgument(field, f"has {len(values)} entries; at most {MAX_BATCH} per request")

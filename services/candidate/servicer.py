@@ -1,0 +1,188 @@
+"""gRPC face of the candidate service: translates proto ↔ domain, nothing else."""
+
+from __future__ import annotations
+
+from bundlerec import validation
+from bundlerec.candidate.model import (
+    Bundle,
+    Candidate,
+    Filter,
+    Interaction,
+    Item,
+    RecentInteraction,
+    RetrievalRequest,
+    Source,
+)
+from bundlerec.candidate.service import CandidateService
+from bundlerec.errors import InvalidArgument
+from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2
+
+INTERACTIONS = {
+    common_pb2.EVENT_TYPE_VIEW: Interaction.VIEW,
+    common_pb2.EVENT_TYPE_CLICK: Interaction.CLICK,
+    common_pb2.EVENT_TYPE_ADD_TO_CART: Interaction.ADD_TO_CART,
+    common_pb2.EVENT_TYPE_PURCHASE: Interaction.PURCHASE,
+    common_pb2.EVENT_TYPE_RATING: Interaction.RATING,
+    common_pb2.EVENT_TYPE_LIKE: Interaction.LIKE,
+}
+SOURCES = {s.value: s for s in Source}
+
+
+def item_from_pb(pb: common_pb2.Item) -> Item:
+    availability = pb.availability if pb.HasField("availability") else None
+    return Item(
+        item_id=pb.item_id,
+        title=pb.title,
+        category=pb.category,
+        brand=pb.brand,
+        price=pb.price if pb.HasField("price") else None,
+        attributes=tuple(pb.attributes),
+        in_stock=availability.in_stock if availability else True,
+        stock_count=availability.stock_count if availability and availability.HasField("stock_count") else None,
+        external_vector=tuple(pb.external_vector),
+    )
+
+
+def item_pb(item: Item) -> common_pb2.Item:
+    pb = common_pb2.Item(
+        item_id=item.item_id,
+        title=item.title,
+        category=item.category,
+        brand=item.brand,
+        attributes=item.attributes,
+        availability=common_pb2.Availability(in_stock=item.in_stock, stock_count=item.stock_count),
+        external_vector=item.external_vector,
+    )
+    if item.price is not None:
+        pb.price = item.price
+    return pb
+
+
+def filter_from_pb(field: str, pb: candidate_pb2.CandidateFilter) -> Filter:
+    for name in ("include_categories", "exclude_categories", "include_brands", "exclude_brands"):
+        values = getattr(pb, name)
+        if len(values) > 100:
+            raise InvalidArgument(f"{field}.{name}", "at most 100 entries")
+        for i, value in enumerate(values):
+            validation.text(f"{field}.{name}[{i}]", value, max_length=512, required=True)
+    for name in ("min_price", "max_price"):
+        if pb.HasField(name):
+            validation.finite(f"{field}.{name}", getattr(pb, name))
+    if pb.HasField("min_price") and pb.HasField("max_price") and pb.min_price > pb.max_price:
+        raise InvalidArgument(f"{field}.min_price", "must not exceed max_price")
+    validation.identifiers(f"{field}.exclude_item_ids", pb.exclude_item_ids, max_count=10_000, unique=False)
+    validation.identifiers(f"{field}.exclude_bundle_ids", pb.exclude_bundle_ids, max_count=10_000, unique=False)
+    return Filter(
+        in_stock_only=pb.in_stock_only,
+        include_categories=tuple(pb.include_categories),
+        exclude_categories=tuple(pb.exclude_categories),
+        include_brands=tuple(pb.include_brands),
+        exclude_brands=tuple(pb.exclude_brands),
+        min_price=pb.min_price if pb.HasField("min_price") else None,
+        max_price=pb.max_price if pb.HasField("max_price") else None,
+        exclude_item_ids=frozenset(pb.exclude_item_ids),
+        exclude_bundle_ids=frozenset(pb.exclude_bundle_ids),
+    )
+
+
+def retrieval_from_pb(pb: candidate_pb2.RetrieveRequest) -> RetrievalRequest:
+    if len(pb.recent) > 200:
+        raise InvalidArgument("recent", f"has {len(pb.recent)} interactions; at most 200")
+    recent = []
+    for i, step in enumerate(pb.recent):
+        validation.identifier(f"recent[{i}].target.id", step.target.id)
+        if step.target.type not in (common_pb2.TARGET_TYPE_ITEM, common_pb2.TARGET_TYPE_BUNDLE):
+            raise InvalidArgument(f"recent[{i}].target.type", "must be item or bundle")
+        kind = INTERACTIONS.get(step.type)
+        if kind is None:
+            raise InvalidArgument(f"recent[{i}].type", "must be a known event type")
+        recent.append(RecentInteraction(step.target.id, step.target.type == common_pb2.TARGET_TYPE_BUNDLE, kind))
+    for i, x in enumerate(pb.user_vector):
+        validation.finite(f"user_vector[{i}]", x)
+    validation.identifier("anchor_item_id", pb.anchor_item_id, required=False)
+    sources = set()
+    for i, value in enumerate(pb.sources):
+        if value not in SOURCES:
+            raise InvalidArgument(f"sources[{i}]", "is not a known candidate source")
+        sources.add(SOURCES[value])
+    return RetrievalRequest(
+        recent=tuple(recent),
+        user_vector=tuple(pb.user_vector),
+        anchor_item_id=pb.anchor_item_id,
+        item_limit=validation.page_size("item_limit", pb.item_limit, default=200, maximum=2000),
+        bundle_limit=validation.page_size("bundle_limit", pb.bundle_limit, default=200, maximum=2000),
+        filter=filter_from_pb("filter", pb.filter),
+        sources=frozenset(sources) or frozenset(Source),
+    )
+
+
+def candidate_pb(c: Candidate) -> candidate_pb2.Candidate:
+    kind = common_pb2.TARGET_TYPE_BUNDLE if c.is_bundle else common_pb2.TARGET_TYPE_ITEM
+    return candidate_pb2.Candidate(
+        target=common_pb2.TargetRef(type=kind, id=c.target_id),
+        score=c.score,
+        sources=sorted(int(s) for s in c.sources),
+        item_ids=c.item_ids,
+    )
+
+
+class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
+    def __init__(self, service: CandidateService) -> None:
+        self.service = service
+
+    async def UpsertItems(self, request, context):  # type: ignore[no-untyped-def]
+        inserted, updated = await self.service.upsert_items([item_from_pb(pb) for pb in request.items])
+        return candidate_pb2.UpsertItemsResponse(inserted=inserted, updated=updated)
+
+    async def DeleteItems(self, request, context):  # type: ignore[no-untyped-def]
+        return candidate_pb2.DeleteItemsResponse(deleted=await self.service.delete_items(list(request.item_ids)))
+
+    async def UpsertBundles(self, request, context):  # type: ignore[no-untyped-def]
+        bundles = [Bundle(pb.bundle_id, tuple(pb.item_ids), pb.title) for pb in request.bundles]
+        inserted, updated = await self.service.upsert_bundles(bundles)
+        return candidate_pb2.UpsertBundlesResponse(inserted=inserted, updated=updated)
+
+    async def DeleteBundles(self, request, context):  # type: ignore[no-untyped-def]
+        return candidate_pb2.DeleteBundlesResponse(deleted=await self.service.delete_bundles(list(request.bundle_ids)))
+
+    async def SetAvailability(self, request, context):  # type: ignore[no-untyped-def]
+        updates = [
+            (
+                u.item_id,
+                u.availability.in_stock,
+                u.availability.stock_count if u.availability.HasField("stock_count") else None,
+            )
+            for u in request.updates
+        ]
+        updated, missing = await self.service.set_availability(updates)
+        return candidate_pb2.SetAvailabilityResponse(updated=updated, missing_item_ids=missing)
+
+    async def GetItems(self, request, context):  # type: ignore[no-untyped-def]
+        items, missing = await self.service.get_items(list(request.item_ids))
+        return candidate_pb2.GetItemsResponse(items=[item_pb(i) for i in items], missing_item_ids=missing)
+
+    async def GetBundles(self, request, context):  # type: ignore[no-untyped-def]
+        bundles, missing = await self.service.get_bundles(list(request.bundle_ids))
+        return candidate_pb2.GetBundlesResponse(
+            bundles=[common_pb2.Bundle(bundle_id=b.bundle_id, title=b.title, item_ids=b.item_ids) for b in bundles],
+            missing_bundle_ids=missing,
+        )
+
+    async def ListItems(self, request, context):  # type: ignore[no-untyped-def]
+        validation.identifier("page_token", request.page_token, required=False)
+        items, token = await self.service.list_items(request.page_size, request.page_token)
+        return candidate_pb2.ListItemsResponse(items=[item_pb(i) for i in items], next_page_token=token)
+
+    async def Retrieve(self, request, context):  # type: ignore[no-untyped-def]
+        result = self.service.retrieve(retrieval_from_pb(request))
+        return candidate_pb2.RetrieveResponse(
+            items=[candidate_pb(c) for c in result.items],
+            bundles=[candidate_pb(c) for c in result.bundles],
+            index_version=result.index_version,
+        )
+
+    async def SearchText(self, request, context):  # type: ignore[no-untyped-def]
+        hits = await self.service.search_text(request.query, request.limit, filter_from_pb("filter", request.filter))
+        return candidate_pb2.SearchTextResponse(
+            results=[candidate_pb2.ScoredItem(item=item_pb(item), score=score) for item, score in hits]
+        )

@@ -1,0 +1,30 @@
+"""Settings of the candidate service (env prefix BUNDLEREC_CANDIDATE_)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from bundlerec.runtime.settings import ServiceSettings
+
+
+class CandidateSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="BUNDLEREC_CANDIDATE_")
+
+    port: int = Field(50052, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    metrics_port: int = Field(9102, ge=0, le=65535, description="Prometheus /metrics port; 0 disables it.")
+    database_url: str = Field(
+        "sqlite:///var/bundlerec/catalogue.sqlite3",
+        description="sqlite:///FILE (embedded default) or postgresql+psycopg://USER@HOST/DB.",
+    )
+    migrate_on_start: bool = Field(True, description="Apply pending database migrations at start.")
+    pool_size: int = Field(10, ge=1, le=200, description="Database connections kept open.")
+    encoder_dir: str = Field(
+        "var/bundlerec/encoder", description="The exported text encoder (`bundlerec encoder export --out DIR`)."
+    )
+    external_vector_dim: int = Field(
+        0, ge=0, le=4096, description="Dimension of items' external vectors (image embeddings...); 0 disables them."
+    )
+    exact_search_below: int = Field(
+        100_000, ge=0, description="Exact vector search below this many vectors, HNSW above (bench/retrieval.py)."
+    )

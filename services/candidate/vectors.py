@@ -1,0 +1,108 @@
+"""Nearest-neighbour search over L2-normalized vectors (inner product = cosine) with FAISS.
+
+Keys (item or bundle ids) map to integer slots; FAISS stores vectors under their slot, so a
+filter is a bitmap over slots applied *during* the search (faiss.IDSelectorBitmap): a filtered
+search still returns k results whenever k allowed vectors exist.
+
+Exact search (IndexFlatIP) below `exact_below` vectors, HNSW above it (see bench/retrieval.py
+for the figures behind the default). HNSW cannot delete: a replaced or removed key leaves a
+tombstone that the search skips, and the index is rebuilt when tombstones pass 20%.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+
+
+class VectorIndex:
+    def __init__(self, dim: int, *, exact_below: int = 100_000, hnsw_m: int = 32, ef_search: int = 256) -> None:
+        self.dim = dim
+        self.exact_below = exact_below
+        self.hnsw_m = hnsw_m
+        self.ef_search = ef_search
+        self.slot_of: dict[str, int] = {}
+        self.key_at: list[str | None] = []
+        self.alive = np.zeros(0, dtype=bool)  # by slot; grows with key_at
+        self._index = self._new_index(0)
+        self._tombstones = 0
+
+    @property
+    def kind(self) -> str:
+        return "hnsw" if isinstance(faiss.downcast_index(self._index.index), faiss.IndexHNSWFlat) else "exact"
+
+    def __len__(self) -> int:
+        return len(self.slot_of)
+
+    def _new_index(self, expected: int) -> faiss.IndexIDMap2:
+        if expected >= self.exact_below:
+            inner = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efConstruction = 80
+        else:
+            inner = faiss.IndexFlatIP(self.dim)
+        return faiss.IndexIDMap2(inner)
+
+    def build(self, keys: list[str], vectors: np.ndarray) -> None:
+        """Replaces the whole index (start-up, or compaction)."""
+        self.slot_of = {k: i for i, k in enumerate(keys)}
+        self.key_at = list(keys)
+        self.alive = np.ones(len(keys), dtype=bool)
+        self._tombstones = 0
+        self._index = self._new_index(len(keys))
+        if keys:
+            self._index.add_with_ids(normalize(vectors), np.arange(len(keys), dtype=np.int64))
+
+    def upsert(self, key: str, vector: np.ndarray) -> None:
+        self.remove(key)
+        slot = len(self.key_at)
+        self.key_at.append(key)
+        self.slot_of[key] = slot
+        if slot >= len(self.alive):
+            self.alive = np.concatenate([self.alive, np.zeros(max(16, len(self.alive)), dtype=bool)])
+        self.alive[slot] = True
+        self._index.add_with_ids(normalize(vector.reshape(1, -1)), np.array([slot], dtype=np.int64))
+
+    def remove(self, key: str) -> None:
+        slot = self.slot_of.pop(key, None)
+        if slot is None:
+            return
+        self.key_at[slot] = None
+        self.alive[slot] = False
+        if self.kind == "exact":
+            self._index.remove_ids(np.array([slot], dtype=np.int64))
+        else:
+            self._tombstones += 1
+            if self._tombstones > 0.2 * max(1, len(self.slot_of)):
+                self.compact()
+
+    def compact(self) -> None:
+        keys = [k for k in self.key_at if k is not None]
+        vectors = np.stack([self.vector(k) for k in keys]) if keys else np.zeros((0, self.dim), np.float32)
+        self.build(keys, vectors)
+
+    def vector(self, key: str) -> np.ndarray:
+        return self._index.reconstruct(self.slot_of[key])
+
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[tuple[str, float]]:
+        """The k nearest keys whose slot is True in `allowed` (a bool array over slots)."""
+        if not self.slot_of or k <= 0:
+            return []
+        alive = self.alive[: len(self.key_at)]
+        mask = alive if allowed is None else alive & allowed[: len(alive)]
+        bits = np.packbits(mask, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.ef_search, k))
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        k = min(k, int(mask.sum()))
+        if k == 0:
+            return []
+        scores, slots = self._index.search(normalize(query.reshape(1, -1)), k, params=params)
+        return [(self.key_at[s], float(d)) for s, d in zip(slots[0], scores[0], strict=True) if s >= 0]
