@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
@@ -86,10 +87,18 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         database = target.database or ""
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(target, pool_size=pool_size, max_overflow=0)
+        engine = create_async_engine(target, pool_size=pool_size, max_overflow=0, hide_parameters=True)
         _tune_sqlite(engine)
         return engine
-    return create_async_engine(target, pool_size=pool_size, max_overflow=pool_size)
+    # hide_parameters: SQL errors must not carry user ids or payloads into logs.
+    return create_async_engine(
+        target,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=10,
+        hide_parameters=True,
+        connect_args={"connect_timeout": 5},
+    )
 
 
 def _is_retryable(exc: DBAPIError) -> bool:
@@ -97,7 +106,7 @@ def _is_retryable(exc: DBAPIError) -> bool:
     simply run again. Safe because every write of this project is idempotent (client-supplied
     ids, upserts)."""
     sqlstate = getattr(exc.orig, "sqlstate", None)
-    return exc.connection_invalidated or sqlstate in {"40001", "40P01"} or "database is locked" in str(exc.orig)
+    return exc.connection_invalidated or sqlstate in {"40001", "40P01"}
 
 
 def _unavailable(exc: DBAPIError) -> Unavailable:
@@ -113,11 +122,16 @@ async def in_transaction(
     A connection failure becomes Unavailable (the caller may retry) rather than an internal error.
     """
     for attempt in range(1, attempts + 1):
+        committing = False
         try:
             async with engine.begin() as conn:
-                return await work(conn)
+                result = await work(conn)
+                committing = True  # a failure from here on may follow a commit that landed
+            return result
+        except PoolTimeout as exc:
+            raise Unavailable("the database connection pool is exhausted; retry later") from exc
         except DBAPIError as exc:
-            if _is_retryable(exc) and attempt < attempts:
+            if _is_retryable(exc) and attempt < attempts and not committing:
                 await asyncio.sleep(0.01 * 2**attempt)
                 continue
             if isinstance(exc, OperationalError) or exc.connection_invalidated:
@@ -141,6 +155,8 @@ async def read(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[
                 conn = await conn.execution_options(**{READ_ONLY: True})
                 async with conn.begin():
                     return await work(conn)
+        except PoolTimeout as exc:
+            raise Unavailable("the database connection pool is exhausted; retry later") from exc
         except DBAPIError as exc:
             if exc.connection_invalidated and attempt == 1:
                 continue

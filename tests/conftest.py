@@ -11,8 +11,10 @@ from dataclasses import dataclass
 import grpc
 import psycopg
 import pytest
+from sqlalchemy import MetaData, select
 from sqlalchemy.engine import make_url
 
+from bundlerec import db
 from bundlerec.profile.server import build
 from bundlerec.profile.settings import ProfileSettings
 from bundlerec.runtime.server import RunningServer, start_server
@@ -109,3 +111,25 @@ def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     out = tmp_path_factory.mktemp("encoder")
     export_text_encoder(out)
     return str(out)
+
+
+async def rows_mentioning(database_url: str, needle: str) -> dict[str, int]:
+    """Counts, per table of the database (reflected, so new tables are covered too), the rows in
+    which any column's value contains `needle`."""
+    engine = db.create_engine(database_url)
+    found: dict[str, int] = {}
+
+    def scan(sync_conn) -> None:  # type: ignore[no-untyped-def]
+        tables = MetaData()
+        tables.reflect(sync_conn)
+        for table in tables.sorted_tables:
+            for row in sync_conn.execute(select(table)):
+                if any(needle in str(value) for value in row if value is not None):
+                    found[table.name] = found.get(table.name, 0) + 1
+
+    try:
+        async with engine.connect() as conn:
+            await conn.run_sync(scan)
+    finally:
+        await engine.dispose()
+    return found

@@ -11,11 +11,11 @@ import uuid
 
 import grpc
 import pytest
-from sqlalchemy import MetaData, select
+from sqlalchemy import select
 
 from bundlerec import db
 from bundlerec.v1 import profile_pb2, profile_pb2_grpc
-from tests.conftest import ProfileServer
+from tests.conftest import ProfileServer, rows_mentioning
 from tests.factories import event
 from tests.processes import start_profile
 
@@ -115,28 +115,6 @@ async def test_read_your_writes_with_concurrent_writers_and_readers(profile: Pro
     assert not stale, stale[:5]
 
 
-async def _rows_mentioning(database_url: str, needle: str) -> dict[str, int]:
-    """Counts, per table of the database (reflected, so new tables are covered too), the rows in
-    which any column's value contains `needle`."""
-    engine = db.create_engine(database_url)
-    found: dict[str, int] = {}
-
-    def scan(sync_conn) -> None:  # type: ignore[no-untyped-def]
-        tables = MetaData()
-        tables.reflect(sync_conn)
-        for table in tables.sorted_tables:
-            for row in sync_conn.execute(select(table)):
-                if any(needle in str(value) for value in row if value is not None):
-                    found[table.name] = found.get(table.name, 0) + 1
-
-    try:
-        async with engine.connect() as conn:
-            await conn.run_sync(scan)
-    finally:
-        await engine.dispose()
-    return found
-
-
 async def test_erasure_leaves_no_row_about_the_user_in_any_table(profile: ProfileServer, database_url: str) -> None:
     user = f"erase-me-{uuid.uuid4().hex[:8]}"
     await profile.stub.SetConsent(profile_pb2.SetConsentRequest(user_id=user, sensitive_categories=True))
@@ -148,10 +126,44 @@ async def test_erasure_leaves_no_row_about_the_user_in_any_table(profile: Profil
             ]
         )
     )
-    assert await _rows_mentioning(database_url, user), "the scan must find the user before erasure"
+    assert await rows_mentioning(database_url, user), "the scan must find the user before erasure"
 
     await profile.stub.DeleteUser(profile_pb2.DeleteUserRequest(user_id=user))
 
-    assert await _rows_mentioning(database_url, user) == {}
+    assert await rows_mentioning(database_url, user) == {}
     got = (await profile.stub.GetProfile(profile_pb2.GetProfileRequest(user_id=user))).profile
     assert not got.known
+
+
+async def test_a_batch_retried_after_erasure_does_not_bring_the_user_back(
+    profile: ProfileServer, database_url: str
+) -> None:
+    user = f"retry-erased-{uuid.uuid4().hex[:8]}"
+    batch = profile_pb2.RecordEventsRequest(events=[event(user, f"{user}-item", event_id=f"{user}-e1")])
+    await profile.stub.RecordEvents(batch)
+    await profile.stub.DeleteUser(profile_pb2.DeleteUserRequest(user_id=user))
+
+    retried = await profile.stub.RecordEvents(batch)  # the client never saw the first reply
+    got = (await profile.stub.GetProfile(profile_pb2.GetProfileRequest(user_id=user))).profile
+
+    assert (retried.recorded, retried.duplicates) == (0, 1)
+    assert got.total_events == 0
+    assert set(await rows_mentioning(database_url, user)) <= {"profile_users", "profile_popularity"}
+
+
+async def test_a_batch_retried_after_consent_withdrawal_is_not_counted_twice(profile: ProfileServer) -> None:
+    from bundlerec.v1 import common_pb2
+
+    user = f"retry-withdrawn-{uuid.uuid4().hex[:8]}"
+    target = f"{user}-item"
+    batch = profile_pb2.RecordEventsRequest(events=[event(user, target, kind=common_pb2.EVENT_TYPE_PURCHASE)])
+    await profile.stub.RecordEvents(batch)
+    await profile.stub.SetConsent(profile_pb2.SetConsentRequest(user_id=user, personalization=False))
+
+    retried = await profile.stub.RecordEvents(batch)
+    popular = await profile.stub.ListPopularTargets(
+        profile_pb2.ListPopularTargetsRequest(target_type=common_pb2.TARGET_TYPE_ITEM, page_size=1000)
+    )
+
+    assert (retried.anonymized, retried.duplicates) == (0, 1)
+    assert {t.target.id: t.score for t in popular.targets}[target] == pytest.approx(5.0)  # one purchase

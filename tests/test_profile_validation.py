@@ -3,6 +3,7 @@ of a rejected batch is written."""
 
 from __future__ import annotations
 
+import base64
 import time
 
 import grpc
@@ -11,8 +12,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from bundlerec.v1 import common_pb2, profile_pb2
-from tests.conftest import ProfileServer, running_profile
+from tests.conftest import ProfileServer, rows_mentioning, running_profile
 from tests.factories import event
+
+OVERFLOWING_TOKEN = base64.urlsafe_b64encode(b"export:99999999999999999999").decode()
 
 
 def field_violation(error: grpc.aio.AioRpcError) -> str:
@@ -65,9 +68,9 @@ def _mutations() -> list[tuple[str, object, str]]:
 
 @pytest.mark.parametrize(("case", "spoil", "field"), _mutations(), ids=[m[0] for m in _mutations()])
 async def test_bad_event_rejects_whole_batch(
-    profile: ProfileServer, user_id: str, case: str, spoil, field: str
+    profile: ProfileServer, database_url: str, user_id: str, case: str, spoil, field: str
 ) -> None:  # type: ignore[no-untyped-def]
-    good, bad = event(user_id, "item-1"), event(user_id, "item-2")
+    good, bad = event(user_id, f"{user_id}-item-1"), event(user_id, f"{user_id}-item-2")
     spoil(bad)
 
     with pytest.raises(grpc.aio.AioRpcError) as error:
@@ -76,8 +79,7 @@ async def test_bad_event_rejects_whole_batch(
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.value.details().startswith(field)
     assert field_violation(error.value) == field
-    got = await profile.stub.GetProfile(profile_pb2.GetProfileRequest(user_id=user_id))
-    assert got.profile.total_events == 0, "nothing of a rejected batch may be written"
+    assert await rows_mentioning(database_url, user_id) == {}, "nothing of a rejected batch may be written"
 
 
 async def test_empty_batch_is_rejected(profile: ProfileServer) -> None:
@@ -148,6 +150,7 @@ async def test_garbage_bytes_are_invalid_argument(profile: ProfileServer) -> Non
         ("ExportUser", profile_pb2.ExportUserRequest(user_id="u", page_size=5001), "page_size"),
         ("ExportUser", profile_pb2.ExportUserRequest(user_id="u", page_token="not-a-token"), "page_token"),
         ("ExportUser", profile_pb2.ExportUserRequest(user_id="u", page_token="cG9wdWxhcjox"), "page_token"),
+        ("ExportUser", profile_pb2.ExportUserRequest(user_id="u", page_token=OVERFLOWING_TOKEN), "page_token"),
         ("ListPopularTargets", profile_pb2.ListPopularTargetsRequest(), "target_type"),
         ("ListPopularTargets", profile_pb2.ListPopularTargetsRequest(target_type=1, window_days=400), "window_days"),
         ("ListPopularTargets", profile_pb2.ListPopularTargetsRequest(target_type=1, page_size=-3), "page_size"),

@@ -78,7 +78,7 @@ async def test_unreachable_database_is_not_serving_and_unavailable() -> None:
 
 
 async def test_unexpected_errors_are_internal_without_a_stack_trace(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with running_profile(database_url) as server:
 
@@ -94,21 +94,34 @@ async def test_unexpected_errors_are_internal_without_a_stack_trace(
     assert error.value.code() == grpc.StatusCode.INTERNAL
     assert "error id" in error.value.details()
     assert "SECRET" not in error.value.details() and "Traceback" not in error.value.details()
+    logged = [r for r in caplog.records if r.getMessage() == "unhandled error"]
+    assert logged and logged[-1].fields["error"] == "RuntimeError"  # type: ignore[attr-defined]
+    assert "SECRET" not in caplog.text, "exception messages may carry payloads: never log them"
 
 
 async def test_metrics_count_calls_by_method_and_code(database_url: str) -> None:
     port = free_port()
-    async with running_profile(database_url, metrics_port=port) as server:
-        await server.stub.GetProfile(profile_pb2.GetProfileRequest(user_id="metrics-user"))
-        with pytest.raises(grpc.aio.AioRpcError):
-            await server.stub.GetProfile(profile_pb2.GetProfileRequest(user_id=""))
+    ok = 'bundlerec_rpc_requests_total{code="OK",method="GetProfile",service="ProfileService"}'
+    bad = 'bundlerec_rpc_requests_total{code="INVALID_ARGUMENT",method="GetProfile",service="ProfileService"}'
+    timed = 'bundlerec_rpc_duration_seconds_count{method="GetProfile",service="ProfileService"}'
+
+    async def scrape() -> dict[str, float]:
         body = await asyncio.to_thread(
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
         )
+        values = dict(line.rsplit(" ", 1) for line in body.splitlines() if line and not line.startswith("#"))
+        return {name: float(values.get(name, 0)) for name in (ok, bad, timed)}
 
-    assert 'bundlerec_rpc_requests_total{code="OK",method="GetProfile",service="ProfileService"}' in body
-    assert 'bundlerec_rpc_requests_total{code="INVALID_ARGUMENT",method="GetProfile",service="ProfileService"}' in body
-    assert 'bundlerec_rpc_duration_seconds_bucket{le="0.005",method="GetProfile",service="ProfileService"}' in body
+    async with running_profile(database_url, metrics_port=port) as server:
+        before = await scrape()
+        await server.stub.GetProfile(profile_pb2.GetProfileRequest(user_id="metrics-user"))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await server.stub.GetProfile(profile_pb2.GetProfileRequest(user_id=""))
+        after = await scrape()
+
+    assert after[ok] - before[ok] == 1
+    assert after[bad] - before[bad] == 1
+    assert after[timed] - before[timed] == 2
 
 
 async def test_stop_drains_in_flight_calls_and_refuses_new_ones(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -114,11 +115,20 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
+                remaining = context.time_remaining()
+                expired = remaining is not None and remaining <= 0
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
                 raise
-            except Exception:
+            except Exception as exc:
                 error_id = uuid.uuid4().hex[:12]
-                log.exception("unhandled error", extra={"fields": {"rpc": f"{service}/{method}", "error_id": error_id}})
+                # The exception's type and stack, never its message: messages can carry payloads.
+                fields = {
+                    "rpc": f"{service}/{method}",
+                    "error_id": error_id,
+                    "error": type(exc).__name__,
+                    "stack": "".join(traceback.format_tb(exc.__traceback__)),
+                }
+                log.error("unhandled error", extra={"fields": fields})
                 code = grpc.StatusCode.INTERNAL
                 await context.abort(code, f"internal error (error id {error_id}; details are in the server log)")
             finally:

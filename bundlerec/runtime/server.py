@@ -24,6 +24,7 @@ from bundlerec.runtime.settings import ServiceSettings
 
 log = logging.getLogger("bundlerec.server")
 
+READINESS_TIMEOUT_SECONDS = 5.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -64,9 +65,9 @@ class RunningServer:
         if self._stopping.is_set():
             return
         self._stopping.set()
-        if self._watcher:  # let a readiness check in progress finish: cancelling it could leak a connection
-            await self._watcher
         await self.health.enter_graceful_shutdown()
+        if self._watcher:  # let a readiness check in progress finish (it is bounded): cancelling could leak
+            await self._watcher
         await self.server.stop(self.grace_seconds)
         await self.parts.close()
         log.info("stopped", extra={"fields": {"service": self.parts.name}})
@@ -78,7 +79,10 @@ async def _watch_readiness(
     last: str | None = "starting"
     while not stopping.is_set():
         try:
-            problem = await parts.readiness()
+            async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
+                problem = await parts.readiness()
+        except TimeoutError:
+            problem = f"readiness check took over {READINESS_TIMEOUT_SECONDS} s"
         except Exception as exc:  # a readiness check must never kill the server
             problem = f"readiness check failed: {type(exc).__name__}"
         if problem != last:

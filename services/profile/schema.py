@@ -4,8 +4,9 @@ What is kept, and about whom:
 - profile_users: one row per user who consented to personalization or set consent explicitly.
 - profile_events: the personal event history; only for users with personalization consent.
 - profile_popularity: anonymous counts per target, day and event type (no user column).
-- profile_anonymous_event_ids: SHA-256 of event ids of users without consent, so retried
-  batches are not counted twice in popularity (no user column).
+- profile_anonymous_event_ids: keyed hashes (HMAC-SHA-256) of the ids of events not kept as
+  personal history: those of users without consent, and those erased. A retried batch is then
+  neither counted twice in popularity nor brought back after an erasure (no user column).
 """
 
 from __future__ import annotations
@@ -64,5 +65,5 @@ class PopularityRow(Base):
 class AnonymousEventIdRow(Base):
     __tablename__ = "profile_anonymous_event_ids"
 
-    event_key: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the event id
+    event_key: Mapped[str] = mapped_column(String(64), primary_key=True)  # HMAC-SHA-256 hex of the event id
     day: Mapped[int] = mapped_column(Integer, index=True)

@@ -14,7 +14,10 @@ SERVICE_NAME = profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_na
 
 async def build(settings: ProfileSettings) -> ServiceParts:
     store = await SqlProfileStore.open(
-        settings.database_url, migrate=settings.migrate_on_start, pool_size=settings.pool_size
+        settings.database_url,
+        migrate=settings.migrate_on_start,
+        pool_size=settings.pool_size,
+        key_secret=settings.event_key_secret.get_secret_value().encode(),
     )
     servicer = ProfileServicer(ProfileService(store, settings))
     return ServiceParts(

@@ -72,7 +72,7 @@ def _decode_token(kind: str, token: str) -> int:
         return 0
     try:
         prefix, _, number = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if prefix == kind and number.isdigit():
+        if prefix == kind and number.isdigit() and int(number) < 2**63:
             return int(number)
     except (binascii.Error, UnicodeError, ValueError):
         pass
@@ -159,7 +159,7 @@ class ProfileService:
 
     async def delete_user(self, user_id: str) -> tuple[bool, int]:
         validation.identifier("user_id", user_id)
-        return await self.store.delete_user(user_id)
+        return await self.store.delete_user(user_id, now_us=now_us())
 
     async def export_user(self, user_id: str, page_size: int, page_token: str) -> ExportPage:
         validation.identifier("user_id", user_id)

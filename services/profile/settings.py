@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from bundlerec.runtime.settings import ServiceSettings
@@ -16,6 +16,11 @@ class ProfileSettings(ServiceSettings):
     database_url: str = Field(
         "sqlite:///var/bundlerec/profile.sqlite3",
         description="sqlite:///FILE (embedded default) or postgresql+psycopg://USER@HOST/DB.",
+    )
+    event_key_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Key of the hashes kept of erased and anonymous event ids (so retries are recognised). "
+        "Set a random secret in production; without one the hashes are unkeyed.",
     )
     migrate_on_start: bool = Field(True, description="Apply pending database migrations at start.")
     pool_size: int = Field(10, ge=1, le=200, description="Database connections kept open.")

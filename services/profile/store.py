@@ -7,6 +7,7 @@ and fetches rows, each public method in one transaction committed before it retu
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ class ProfileStore(Protocol):
     async def set_consent(
         self, user_id: str, *, personalization: bool | None, sensitive: bool | None, default: Consent, now_us: int
     ) -> tuple[Consent, int]: ...
-    async def delete_user(self, user_id: str) -> tuple[bool, int]: ...
+    async def delete_user(self, user_id: str, *, now_us: int) -> tuple[bool, int]: ...
     async def export_events(
         self, user_id: str, *, after_id: int, limit: int
     ) -> tuple[Consent | None, list[tuple[int, Event]]]: ...
@@ -120,23 +121,25 @@ def _consent_from_row(row: Any) -> Consent:
     return Consent(row.personalization, row.sensitive_categories, row.consent_updated_at_us)
 
 
-def anonymous_event_key(event_id: str) -> str:
-    return hashlib.sha256(event_id.encode()).hexdigest()
+def event_key(secret: bytes, event_id: str) -> str:
+    """A keyed hash of an event id: recognises a retried id without keeping the id itself."""
+    return hmac.new(secret, event_id.encode(), hashlib.sha256).hexdigest()
 
 
 class SqlProfileStore:
     """The profile store on SQLAlchemy: one adapter for SQLite and PostgreSQL."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, key_secret: bytes = b"") -> None:
         self.engine = engine
         self._postgres = engine.dialect.name == "postgresql"
+        self._secret = key_secret or b"bundlerec"
 
     @classmethod
-    async def open(cls, url: str, *, migrate: bool, pool_size: int = 10) -> SqlProfileStore:
+    async def open(cls, url: str, *, migrate: bool, pool_size: int = 10, key_secret: bytes = b"") -> SqlProfileStore:
         engine = db.create_engine(url, pool_size=pool_size)
         if migrate:
             await db.upgrade_to_head(engine, MIGRATIONS)
-        return cls(engine)
+        return cls(engine, key_secret=key_secret)
 
     async def readiness(self) -> str | None:
         return await db.migration_problem(self.engine, MIGRATIONS)
@@ -206,7 +209,7 @@ class SqlProfileStore:
             unique: dict[str, Event] = {}
             for e in events:
                 unique.setdefault(e.event_id, e)
-            personal = [e for e in unique.values() if allowed.get(e.user_id, False)]
+            personal = await self._not_forgotten(conn, [e for e in unique.values() if allowed.get(e.user_id, False)])
             anonymous = [e for e in unique.values() if not allowed.get(e.user_id, False)]
             recorded = await self._insert_personal(conn, personal, now_us)
             anonymized = await self._insert_anonymous_keys(conn, anonymous, now_us)
@@ -218,6 +221,28 @@ class SqlProfileStore:
             )
 
         return await db.in_transaction(self.engine, work)
+
+    async def _not_forgotten(self, conn: AsyncConnection, events: list[Event]) -> list[Event]:
+        """Drops events whose id was erased (or kept anonymously) before: a client retrying an
+        old batch after an erasure must not bring the data back."""
+        if not events:
+            return []
+        keys = {self._key(e.event_id): e for e in events}
+        query = select(anonymous_t.c.event_key).where(anonymous_t.c.event_key.in_(list(keys)))
+        forgotten = set((await conn.execute(query)).scalars())
+        return [e for k, e in keys.items() if k not in forgotten]
+
+    async def _forget_history(self, conn: AsyncConnection, user_id: str, now_us: int) -> int:
+        """Erases a user's events, remembering only keyed hashes of their ids (see _not_forgotten)."""
+        ids = list((await conn.execute(select(events_t.c.event_id).where(events_t.c.user_id == user_id))).scalars())
+        if ids:
+            rows = [{"event_key": self._key(i), "day": now_us // US_PER_DAY} for i in sorted(ids)]
+            await self._insert(conn, anonymous_t, rows, key=["event_key"])
+        await conn.execute(delete(events_t).where(events_t.c.user_id == user_id))
+        return len(ids)
+
+    def _key(self, event_id: str) -> str:
+        return event_key(self._secret, event_id)
 
     async def _insert_personal(self, conn: AsyncConnection, events: list[Event], now_us: int) -> list[Event]:
         if not events:
@@ -245,7 +270,7 @@ class SqlProfileStore:
     async def _insert_anonymous_keys(self, conn: AsyncConnection, events: list[Event], now_us: int) -> list[Event]:
         if not events:
             return []
-        keyed = sorted(((anonymous_event_key(e.event_id), e) for e in events), key=lambda pair: pair[0])
+        keyed = sorted(((self._key(e.event_id), e) for e in events), key=lambda pair: pair[0])
         rows = [{"event_key": key, "day": now_us // US_PER_DAY} for key, _ in keyed]
         inserted = await self._insert(conn, anonymous_t, rows, key=["event_key"], returning="event_key")
         return [e for key, e in keyed if key in inserted]
@@ -293,14 +318,14 @@ class SqlProfileStore:
             )
             erased = 0
             if not consent.personalization:
-                erased = (await conn.execute(delete(events_t).where(events_t.c.user_id == user_id))).rowcount
+                erased = await self._forget_history(conn, user_id, now_us)
             return consent, erased
 
         return await db.in_transaction(self.engine, work)
 
-    async def delete_user(self, user_id: str) -> tuple[bool, int]:
+    async def delete_user(self, user_id: str, *, now_us: int) -> tuple[bool, int]:
         async def work(conn: AsyncConnection) -> tuple[bool, int]:
-            events = (await conn.execute(delete(events_t).where(events_t.c.user_id == user_id))).rowcount
+            events = await self._forget_history(conn, user_id, now_us)
             users = (await conn.execute(delete(users_t).where(users_t.c.user_id == user_id))).rowcount
             return bool(users or events), events
 
