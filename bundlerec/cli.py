@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydantic import ValidationError
 from pydantic_settings import CliApp
@@ -33,7 +34,11 @@ SERVICES = {
         "bundlerec.profile.server:build",
         "bundlerec.profile.store:MIGRATIONS",
     ),
-    "candidate": ServiceEntry("bundlerec.runtime.settings:ServiceSettings", None),
+    "candidate": ServiceEntry(
+        "bundlerec.candidate.settings:CandidateSettings",
+        "bundlerec.candidate.server:build",
+        "bundlerec.candidate.catalogue:MIGRATIONS",
+    ),
     "ranker": ServiceEntry("bundlerec.runtime.settings:ServiceSettings", None),
     "gateway": ServiceEntry("bundlerec.runtime.settings:ServiceSettings", None),
 }
@@ -94,6 +99,17 @@ def _migrate(service: str, args: Sequence[str]) -> int:
     return 0
 
 
+def _export_encoder(out: str) -> int:
+    try:
+        from bundlerec.encoder.export import export_text_encoder
+    except ImportError as exc:
+        print(f"bundlerec encoder export needs the train extra (pip install -e '.[train]'): {exc}", file=sys.stderr)
+        return 2
+    path = export_text_encoder(Path(out))
+    print(f"text encoder exported to {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bundlerec", description="Real-time personalized bundle recommendations.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +117,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("service", choices=sorted(SERVICES))
     migrate = commands.add_parser("migrate", help="apply a service's database migrations", add_help=False)
     migrate.add_argument("service", choices=sorted(SERVICES))
+    encoder = commands.add_parser("encoder", help="the pretrained text encoder")
+    encoder_commands = encoder.add_subparsers(dest="encoder_command", required=True)
+    export = encoder_commands.add_parser(
+        "export", help="export all-MiniLM-L6-v2 to ONNX for serving (needs the train extra: torch)"
+    )
+    export.add_argument("--out", default="var/bundlerec/encoder", help="directory to write (default: %(default)s)")
+    demo_data = commands.add_parser("demo-data", help="generate the synthetic demo shop in the import format")
+    demo_data.add_argument("--out", required=True, help="directory to write")
+    demo_data.add_argument("--seed", type=int, default=1, help="same seed, same files (default: %(default)s)")
+    demo_data.add_argument("--users", type=int, default=500, help="shoppers (default: %(default)s)")
+    demo_data.add_argument("--items", type=int, default=2000, help="catalogue size (default: %(default)s)")
     demo = commands.add_parser("demo", help="run the product on embedded defaults and show what it does")
     demo.add_argument("--workdir", default="var/demo", help="where the demo keeps its database (default: var/demo)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's data from an earlier run")
@@ -111,6 +138,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _migrate(args.service, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "encoder":
+        return _export_encoder(args.out)
+    if args.command == "demo-data":
+        from bundlerec.datasets.demo import generate_demo_shop
+
+        summary = generate_demo_shop(args.out, seed=args.seed, users=args.users, items=args.items)
+        print(", ".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, dict)))
+        return 0
     from bundlerec.demo import run_demo
 
     return run_demo(args.workdir, keep=args.keep)

@@ -6,8 +6,9 @@ stable tastes (1-3 favourite departments, a price level) whose sessions run view
 add_to_cart → purchase, buy bundles, and come back days later for the accessories of what they
 bought. A model that learns nothing from this data is broken; one that learns it is not proven good.
 
-Everything is drawn from one random.Random(seed) in a fixed order, and time starts at a fixed
-date, so the same seed always writes the same bytes.
+Everything is drawn from one random.Random(seed) in a fixed order, no set is ever iterated, and
+time starts at a fixed date, so the same seed always writes the same bytes (on the same Python
+minor version: `random` promises stable sequences only for random() itself).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from bundlerec.errors import BundlerecError
+from bundlerec.errors import InvalidArgument
 
 EventType = Literal["view", "click", "add_to_cart", "purchase", "rating", "like"]
 TargetType = Literal["item", "bundle"]
@@ -114,18 +114,23 @@ class RowError:
         return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
 
 
-class DatasetError(BundlerecError):
+class DatasetError(InvalidArgument):
     """The dataset cannot be imported as it is. Carries the first `errors` found and the `total`.
 
     The list is capped so that a file with a million bad rows cannot exhaust memory or a terminal;
-    `total` still counts every one."""
+    `total` still counts every one. An InvalidArgument, so that an import over gRPC fails with
+    INVALID_ARGUMENT naming the first bad place (`items.csv:6:price`) as the field."""
 
     reason = "INVALID_DATASET"
 
     def __init__(self, path: str, errors: list[RowError], total: int) -> None:
+        first = errors[0] if errors else RowError(path, 0, None, "invalid")
+        where = ":".join(str(part) for part in (first.file, first.line or None, first.field) if part)
+        super().__init__(where, first.message if total == 1 else f"{first.message} (and {total - 1} more)")
         shown = "\n".join(f"  {e}" for e in errors[:10])
         more = f"\n  ... and {total - min(len(errors), 10)} more" if total > min(len(errors), 10) else ""
-        super().__init__(f"{total} error(s) in dataset {path}:\n{shown}{more}")
+        self.message = f"{total} error(s) in dataset {path}:\n{shown}{more}"
+        self.args = (self.message,)
         self.path = path
         self.errors = errors
         self.total = total

@@ -26,7 +26,9 @@ def write_dataset(
     test: Iterable[HeldOut] = (),
     info: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Writes every file (bundle files only when there are bundles); returns the directory."""
+    """Writes every file (bundle files only when there are bundles, dataset.json only with `info`)
+    and returns the directory. Format files it does not write are removed, so a directory written
+    twice never mixes two datasets."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write(
@@ -41,6 +43,9 @@ def write_dataset(
     if bundle_list:
         _write(out, "bundles.csv", ([b.bundle_id, item] for b in bundle_list for item in b.item_ids))
         _write(out, "bundle_info.csv", ([b.bundle_id, b.title] for b in bundle_list))
+    else:
+        (out / "bundles.csv").unlink(missing_ok=True)
+        (out / "bundle_info.csv").unlink(missing_ok=True)
     _write(
         out,
         "events.csv",
@@ -51,6 +56,8 @@ def write_dataset(
     if info is not None:
         text = json.dumps(info, indent=2, ensure_ascii=False) + "\n"
         (out / "dataset.json").write_text(text, encoding="utf-8", newline="\n")
+    else:
+        (out / "dataset.json").unlink(missing_ok=True)
     return out
 
 
