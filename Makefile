@@ -7,6 +7,7 @@ SOURCES := pyproject.toml setup.py $(wildcard protos/bundlerec/v1/*.proto)
 .PHONY: demo test lint bench clean
 
 ## demo: install, then run the product on embedded defaults (SQLite, demo data)
+## (the train extra is installed too: the demo exports the encoder and, later, trains a model)
 demo: $(VENV)/.installed
 	$(BIN)/bundlerec demo
 
@@ -26,7 +27,9 @@ bench: $(VENV)/.installed
 $(VENV)/.installed: $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# torch first, pinned: the local CPU build. Unpinned, a dependency would pull CUDA wheels (GBs).
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev,train]"
 	$(BIN)/python -c "import bundlerec.v1.profile_pb2, bundlerec.v1.gateway_pb2_grpc"
 	touch $@
 

@@ -110,6 +110,29 @@ def _export_encoder(out: str) -> int:
     return 0
 
 
+def _import(path: str, on_error: str, *, events: bool) -> int:
+    """Imports into the stores the services use: their settings (environment) give the URLs."""
+    from bundlerec.candidate.settings import CandidateSettings
+    from bundlerec.errors import BundlerecError
+    from bundlerec.importer import ImportTargets, import_dataset
+    from bundlerec.profile.settings import ProfileSettings
+
+    candidate, profile = CandidateSettings(), ProfileSettings()
+    targets = ImportTargets(
+        catalogue_url=candidate.database_url,
+        profile_url=profile.database_url if events else None,
+        encoder_dir=candidate.encoder_dir,
+        profile_key_secret=profile.event_key_secret.get_secret_value().encode(),
+    )
+    configure_logging("warning", "text")
+    try:
+        asyncio.run(import_dataset(path, targets, on_error=on_error))
+    except BundlerecError as exc:
+        print(f"bundlerec import: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bundlerec", description="Real-time personalized bundle recommendations.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -128,6 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_data.add_argument("--seed", type=int, default=1, help="same seed, same files (default: %(default)s)")
     demo_data.add_argument("--users", type=int, default=500, help="shoppers (default: %(default)s)")
     demo_data.add_argument("--items", type=int, default=2000, help="catalogue size (default: %(default)s)")
+    importer = commands.add_parser(
+        "import", help="load a dataset in the import format (docs/import-format.md) into the stores"
+    )
+    importer.add_argument("path", help="the dataset directory")
+    importer.add_argument(
+        "--on-error", choices=["reject", "skip"], default="reject", help="bad rows: reject the import or skip them"
+    )
+    importer.add_argument("--no-events", action="store_true", help="import the catalogue only")
     demo = commands.add_parser("demo", help="run the product on embedded defaults and show what it does")
     demo.add_argument("--workdir", default="var/demo", help="where the demo keeps its database (default: var/demo)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's data from an earlier run")
@@ -140,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "encoder":
         return _export_encoder(args.out)
+    if args.command == "import":
+        return _import(args.path, args.on_error, events=not args.no_events)
     if args.command == "demo-data":
         from bundlerec.datasets.demo import generate_demo_shop
 

@@ -95,6 +95,11 @@ class CatalogueStore:
 
     async def upsert_items(self, items: Sequence[Item], text_vectors: np.ndarray, now_us: int) -> tuple[int, int]:
         """Inserts or replaces items with their text embeddings; returns (inserted, updated)."""
+        return await db.in_transaction(self.engine, lambda conn: self._upsert_items(conn, items, text_vectors, now_us))
+
+    async def _upsert_items(
+        self, conn: AsyncConnection, items: Sequence[Item], text_vectors: np.ndarray, now_us: int
+    ) -> tuple[int, int]:
         rows = [
             {
                 "item_id": it.item_id,
@@ -111,17 +116,14 @@ class CatalogueStore:
             }
             for it, vec in zip(items, text_vectors, strict=True)
         ]
-
-        async def work(conn: AsyncConnection) -> tuple[int, int]:
-            existing = await self._existing(conn, items_t.c.item_id, (r["item_id"] for r in rows))
-            stmt = self._insert(items_t)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["item_id"], set_={c: stmt.excluded[c] for c in rows[0] if c != "item_id"}
-            )
-            await conn.execute(stmt, rows)
-            return len(rows) - len(existing), len(existing)
-
-        return await db.in_transaction(self.engine, work)
+        existing = await self._existing(conn, items_t.c.item_id, (r["item_id"] for r in rows))
+        stmt = self._insert(items_t)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["item_id"], set_={c: stmt.excluded[c] for c in rows[0] if c != "item_id"}
+        )
+        for start in range(0, len(rows), 1000):
+            await conn.execute(stmt, rows[start : start + 1000])
+        return len(rows) - len(existing), len(existing)
 
     async def delete_items(self, item_ids: Sequence[str]) -> tuple[int, list[str]]:
         """Deletes items (and their bundle memberships); returns (deleted, bundles that changed)."""
@@ -147,34 +149,34 @@ class CatalogueStore:
         return await db.in_transaction(self.engine, work)
 
     async def upsert_bundles(self, bundles: Sequence[Bundle], now_us: int) -> tuple[int, int]:
-        async def work(conn: AsyncConnection) -> tuple[int, int]:
-            members = {i for b in bundles for i in b.item_ids}
-            known = await self._existing(conn, items_t.c.item_id, members)
-            for i, bundle in enumerate(bundles):
-                for j, item_id in enumerate(bundle.item_ids):
-                    if item_id not in known:
-                        raise InvalidArgument(
-                            f"bundles[{i}].item_ids[{j}]", f"item {item_id!r} is not in the catalogue"
-                        )
-            ids = [b.bundle_id for b in bundles]
-            existing = await self._existing(conn, bundles_t.c.bundle_id, ids)
-            stmt = self._insert(bundles_t)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["bundle_id"], set_={"title": stmt.excluded.title, "updated_at_us": now_us}
-            )
-            await conn.execute(
-                stmt, [{"bundle_id": b.bundle_id, "title": b.title, "updated_at_us": now_us} for b in bundles]
-            )
-            await conn.execute(delete(members_t).where(members_t.c.bundle_id.in_(ids)))
-            rows = [
-                {"bundle_id": b.bundle_id, "item_id": item_id, "position": n}
-                for b in bundles
-                for n, item_id in enumerate(b.item_ids)
-            ]
-            await conn.execute(self._insert(members_t), rows)
-            return len(ids) - len(existing), len(existing)
+        return await db.in_transaction(self.engine, lambda conn: self._upsert_bundles(conn, bundles, now_us))
 
-        return await db.in_transaction(self.engine, work)
+    async def _upsert_bundles(self, conn: AsyncConnection, bundles: Sequence[Bundle], now_us: int) -> tuple[int, int]:
+        members = {i for b in bundles for i in b.item_ids}
+        known = await self._existing(conn, items_t.c.item_id, members)
+        for i, bundle in enumerate(bundles):
+            for j, item_id in enumerate(bundle.item_ids):
+                if item_id not in known:
+                    raise InvalidArgument(f"bundles[{i}].item_ids[{j}]", f"item {item_id!r} is not in the catalogue")
+        ids = [b.bundle_id for b in bundles]
+        existing = await self._existing(conn, bundles_t.c.bundle_id, ids)
+        stmt = self._insert(bundles_t)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["bundle_id"], set_={"title": stmt.excluded.title, "updated_at_us": now_us}
+        )
+        await conn.execute(
+            stmt, [{"bundle_id": b.bundle_id, "title": b.title, "updated_at_us": now_us} for b in bundles]
+        )
+        for start in range(0, len(ids), 500):
+            await conn.execute(delete(members_t).where(members_t.c.bundle_id.in_(ids[start : start + 500])))
+        rows = [
+            {"bundle_id": b.bundle_id, "item_id": item_id, "position": n}
+            for b in bundles
+            for n, item_id in enumerate(b.item_ids)
+        ]
+        for start in range(0, len(rows), 5000):
+            await conn.execute(self._insert(members_t), rows[start : start + 5000])
+        return len(ids) - len(existing), len(existing)
 
     async def delete_bundles(self, bundle_ids: Sequence[str]) -> int:
         async def work(conn: AsyncConnection) -> int:
@@ -258,18 +260,36 @@ class CatalogueStore:
         self, popularity: dict[str, float], cooccurrence: dict[tuple[str, str], float]
     ) -> None:
         """Replaces behaviour statistics (written by `bundlerec import` and aggregation jobs)."""
+        await db.in_transaction(self.engine, lambda conn: self._replace_statistics(conn, popularity, cooccurrence))
 
-        async def work(conn: AsyncConnection) -> None:
-            await conn.execute(delete(stats_t))
-            await conn.execute(delete(cooccurrence_t))
-            if popularity:
-                await conn.execute(
-                    self._insert(stats_t), [{"item_id": i, "popularity": p} for i, p in popularity.items()]
-                )
-            if cooccurrence:
-                await conn.execute(
-                    self._insert(cooccurrence_t),
-                    [{"item_id": a, "other_id": b, "weight": w} for (a, b), w in cooccurrence.items()],
-                )
+    async def _replace_statistics(
+        self, conn: AsyncConnection, popularity: dict[str, float], cooccurrence: dict[tuple[str, str], float]
+    ) -> None:
+        await conn.execute(delete(stats_t))
+        await conn.execute(delete(cooccurrence_t))
+        stats = [{"item_id": i, "popularity": p} for i, p in popularity.items()]
+        pairs = [{"item_id": a, "other_id": b, "weight": w} for (a, b), w in cooccurrence.items()]
+        for start in range(0, len(stats), 5000):
+            await conn.execute(self._insert(stats_t), stats[start : start + 5000])
+        for start in range(0, len(pairs), 5000):
+            await conn.execute(self._insert(cooccurrence_t), pairs[start : start + 5000])
 
-        await db.in_transaction(self.engine, work)
+    async def import_catalogue(
+        self,
+        items: Sequence[Item],
+        text_vectors: np.ndarray,
+        bundles: Sequence[Bundle],
+        popularity: dict[str, float],
+        cooccurrence: dict[tuple[str, str], float],
+        now_us: int,
+    ) -> tuple[int, int]:
+        """Items, bundles and statistics in one transaction: an import lands whole or not at all."""
+
+        async def work(conn: AsyncConnection) -> tuple[int, int]:
+            counts = await self._upsert_items(conn, items, text_vectors, now_us)
+            if bundles:
+                await self._upsert_bundles(conn, bundles, now_us)
+            await self._replace_statistics(conn, popularity, cooccurrence)
+            return counts
+
+        return await db.in_transaction(self.engine, work)
