@@ -23,16 +23,14 @@ MIN_COSINE = 0.999
 
 
 @pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch", reason="exporting the encoder needs the train extra (torch)")
-    from bundlerec.encoder.export import export_text_encoder
-
-    return export_text_encoder(tmp_path_factory.mktemp("encoder") / "text-encoder")
+def export_dir(encoder_dir: str) -> Path:
+    """The session's export (tests/conftest.py), as a Path."""
+    return Path(encoder_dir)
 
 
 @pytest.fixture(scope="module")
-def encoder(encoder_dir: Path) -> TextEncoder:
-    return TextEncoder(encoder_dir)
+def encoder(export_dir: Path) -> TextEncoder:
+    return TextEncoder(export_dir)
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +42,13 @@ def titles() -> list[str]:
     return found[:300]
 
 
-def test_export_writes_a_consistent_manifest(encoder_dir: Path) -> None:
-    manifest = json.loads((encoder_dir / MANIFEST_FILE).read_text())
+def test_export_writes_a_consistent_manifest(export_dir: Path) -> None:
+    manifest = json.loads((export_dir / MANIFEST_FILE).read_text())
     assert manifest["dimension"] == 384
     assert manifest["max_seq_length"] == 256
     assert (manifest["pooling"], manifest["normalized"], manifest["opset"]) == ("mean", True, 17)
-    assert manifest["onnx_sha256"] == sha256_of(encoder_dir / MODEL_FILE)
-    assert (encoder_dir / TOKENIZER_FILE).is_file()
+    assert manifest["onnx_sha256"] == sha256_of(export_dir / MODEL_FILE)
+    assert (export_dir / TOKENIZER_FILE).is_file()
 
 
 def test_onnx_matches_sentence_transformers(encoder: TextEncoder, titles: list[str]) -> None:
@@ -112,13 +110,13 @@ def test_missing_directory_says_how_to_create_it(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def copy_of(encoder_dir: Path, tmp_path: Path) -> Path:
+def copy_of(export_dir: Path, tmp_path: Path) -> Path:
     """A copy of the export whose files a test may break; the model is linked, not copied."""
     target = tmp_path / "copy"
     target.mkdir()
-    (target / MODEL_FILE).symlink_to(encoder_dir / MODEL_FILE)
+    (target / MODEL_FILE).symlink_to(export_dir / MODEL_FILE)
     for name in (TOKENIZER_FILE, MANIFEST_FILE):
-        shutil.copyfile(encoder_dir / name, target / name)
+        shutil.copyfile(export_dir / name, target / name)
     return target
 
 
