@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from bundlerec.candidate import model as catalogue
 from bundlerec.candidate.catalogue import CatalogueStore
-from bundlerec.candidate.statistics import Interaction, behaviour_statistics
+from bundlerec.candidate.statistics import BehaviourStatistics, Interaction, behaviour_statistics
 from bundlerec.datasets.reader import Dataset, read_dataset
 from bundlerec.profile import model as profile
 from bundlerec.profile.store import SqlProfileStore
@@ -58,18 +58,16 @@ async def import_dataset(path: str, targets: ImportTargets, *, on_error: str = "
     ]
     say(f"embedding {len(items):,} item texts with the sentence encoder...")
     vectors = encoder.encode([item_text(it.title, it.category, it.brand) for it in items])
-    popularity, cooccurrence = _statistics(dataset)
+    statistics = _statistics(dataset)
     bundles = [catalogue.Bundle(b.bundle_id, b.item_ids, b.title) for b in dataset.bundles.values()]
     store = await CatalogueStore.open(targets.catalogue_url, migrate=True)
     try:
-        inserted, updated = await store.import_catalogue(
-            items, vectors, bundles, popularity, cooccurrence, time.time_ns() // 1000
-        )
+        inserted, updated = await store.import_catalogue(items, vectors, bundles, statistics, time.time_ns() // 1000)
     finally:
         await store.close()
     say(
         f"catalogue: {inserted:,} items new, {updated:,} replaced, {len(bundles):,} bundles, "
-        f"{len(cooccurrence):,} co-occurrence pairs"
+        f"{len(statistics.item_pairs):,} item and {len(statistics.bundle_pairs):,} bundle co-occurrence pairs"
     )
 
     recorded = duplicates = anonymized = 0
@@ -89,7 +87,7 @@ async def import_dataset(path: str, targets: ImportTargets, *, on_error: str = "
     return summary
 
 
-def _statistics(dataset: Dataset) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
+def _statistics(dataset: Dataset) -> BehaviourStatistics:
     interactions = [
         Interaction(e.user_id, e.event_type, e.target_type == "bundle", e.target_id, e.timestamp)
         for e in dataset.events

@@ -15,7 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bundlerec import db
 from bundlerec.candidate.model import Bundle, Item
-from bundlerec.candidate.schema import BundleItemRow, BundleRow, CoOccurrenceRow, ItemRow, ItemStatsRow
+from bundlerec.candidate.schema import (
+    BundleCoOccurrenceRow,
+    BundleItemRow,
+    BundleRow,
+    CoOccurrenceRow,
+    ItemRow,
+    ItemStatsRow,
+)
+from bundlerec.candidate.statistics import BehaviourStatistics
 from bundlerec.errors import InvalidArgument
 
 MIGRATIONS = "bundlerec.candidate:migrations"
@@ -25,6 +33,7 @@ bundles_t: Table = BundleRow.__table__  # type: ignore[assignment]
 members_t: Table = BundleItemRow.__table__  # type: ignore[assignment]
 stats_t: Table = ItemStatsRow.__table__  # type: ignore[assignment]
 cooccurrence_t: Table = CoOccurrenceRow.__table__  # type: ignore[assignment]
+bundle_cooccurrence_t: Table = BundleCoOccurrenceRow.__table__  # type: ignore[assignment]
 
 
 def to_bytes(vector: np.ndarray | Sequence[float] | None) -> bytes | None:
@@ -49,8 +58,7 @@ class CatalogueSnapshot:
 
     items: list[StoredItem]
     bundles: list[Bundle]
-    popularity: dict[str, float]
-    cooccurrence: list[tuple[str, str, float]]
+    statistics: BehaviourStatistics
 
 
 def _item_from_row(row: Any) -> Item:
@@ -181,6 +189,11 @@ class CatalogueStore:
     async def delete_bundles(self, bundle_ids: Sequence[str]) -> int:
         async def work(conn: AsyncConnection) -> int:
             await conn.execute(delete(members_t).where(members_t.c.bundle_id.in_(bundle_ids)))
+            await conn.execute(
+                delete(bundle_cooccurrence_t).where(
+                    bundle_cooccurrence_t.c.bundle_id.in_(bundle_ids) | bundle_cooccurrence_t.c.other_id.in_(bundle_ids)
+                )
+            )
             return (await conn.execute(delete(bundles_t).where(bundles_t.c.bundle_id.in_(bundle_ids)))).rowcount
 
         return await db.in_transaction(self.engine, work)
@@ -250,37 +263,44 @@ class CatalogueStore:
                 Bundle(r.bundle_id, tuple(members.get(r.bundle_id, ())), r.title)
                 for r in await conn.execute(select(bundles_t).order_by(bundles_t.c.bundle_id))
             ]
-            popularity = {r.item_id: r.popularity for r in await conn.execute(select(stats_t))}
-            pairs = [(r.item_id, r.other_id, r.weight) for r in await conn.execute(select(cooccurrence_t))]
-            return CatalogueSnapshot(items, bundles, popularity, pairs)
+            statistics = BehaviourStatistics(
+                popularity={r.item_id: r.popularity for r in await conn.execute(select(stats_t))},
+                item_pairs={(r.item_id, r.other_id): r.weight for r in await conn.execute(select(cooccurrence_t))},
+                bundle_pairs={
+                    (r.bundle_id, r.other_id): r.weight for r in await conn.execute(select(bundle_cooccurrence_t))
+                },
+            )
+            return CatalogueSnapshot(items, bundles, statistics)
 
         return await db.read(self.engine, work)
 
-    async def replace_statistics(
-        self, popularity: dict[str, float], cooccurrence: dict[tuple[str, str], float]
-    ) -> None:
+    async def replace_statistics(self, statistics: BehaviourStatistics) -> None:
         """Replaces behaviour statistics (written by `bundlerec import` and aggregation jobs)."""
-        await db.in_transaction(self.engine, lambda conn: self._replace_statistics(conn, popularity, cooccurrence))
+        await db.in_transaction(self.engine, lambda conn: self._replace_statistics(conn, statistics))
 
-    async def _replace_statistics(
-        self, conn: AsyncConnection, popularity: dict[str, float], cooccurrence: dict[tuple[str, str], float]
-    ) -> None:
-        await conn.execute(delete(stats_t))
-        await conn.execute(delete(cooccurrence_t))
-        stats = [{"item_id": i, "popularity": p} for i, p in popularity.items()]
-        pairs = [{"item_id": a, "other_id": b, "weight": w} for (a, b), w in cooccurrence.items()]
-        for start in range(0, len(stats), 5000):
-            await conn.execute(self._insert(stats_t), stats[start : start + 5000])
-        for start in range(0, len(pairs), 5000):
-            await conn.execute(self._insert(cooccurrence_t), pairs[start : start + 5000])
+    async def _replace_statistics(self, conn: AsyncConnection, statistics: BehaviourStatistics) -> None:
+        tables = (
+            (stats_t, [{"item_id": i, "popularity": p} for i, p in statistics.popularity.items()]),
+            (
+                cooccurrence_t,
+                [{"item_id": a, "other_id": b, "weight": w} for (a, b), w in statistics.item_pairs.items()],
+            ),
+            (
+                bundle_cooccurrence_t,
+                [{"bundle_id": a, "other_id": b, "weight": w} for (a, b), w in statistics.bundle_pairs.items()],
+            ),
+        )
+        for table, rows in tables:
+            await conn.execute(delete(table))
+            for start in range(0, len(rows), 5000):
+                await conn.execute(self._insert(table), rows[start : start + 5000])
 
     async def import_catalogue(
         self,
         items: Sequence[Item],
         text_vectors: np.ndarray,
         bundles: Sequence[Bundle],
-        popularity: dict[str, float],
-        cooccurrence: dict[tuple[str, str], float],
+        statistics: BehaviourStatistics,
         now_us: int,
     ) -> tuple[int, int]:
         """Items, bundles and statistics in one transaction: an import lands whole or not at all."""
@@ -289,7 +309,7 @@ class CatalogueStore:
             counts = await self._upsert_items(conn, items, text_vectors, now_us)
             if bundles:
                 await self._upsert_bundles(conn, bundles, now_us)
-            await self._replace_statistics(conn, popularity, cooccurrence)
+            await self._replace_statistics(conn, statistics)
             return counts
 
         return await db.in_transaction(self.engine, work)

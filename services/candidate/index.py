@@ -11,10 +11,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from bundlerec.candidate.model import Bundle, Filter, Item
+from bundlerec.candidate.model import MAX_BUNDLE_FOR_PAIRS, Bundle, Filter, Item
+from bundlerec.candidate.statistics import BehaviourStatistics
 from bundlerec.candidate.vectors import VectorIndex, normalize
-
-MAX_BUNDLE_FOR_PAIRS = 8  # larger bundles (reading lists...) say little about pairs of items
 
 
 def category_matches(path: str, prefix: str) -> bool:
@@ -34,6 +33,7 @@ class CatalogueIndex:
         self.item_vectors = VectorIndex(text_dim + external_dim, exact_below=exact_below)
         self.bundle_vectors = VectorIndex(text_dim + external_dim, exact_below=exact_below)
         self.event_pairs: dict[str, dict[str, float]] = defaultdict(dict)
+        self.bundle_pairs: dict[str, dict[str, float]] = defaultdict(dict)
         self.popularity: dict[str, float] = {}
         self.version = 0  # bumped by every change, reported as the index version
         self._columns_dirty = True
@@ -60,16 +60,17 @@ class CatalogueIndex:
         self,
         items: list[tuple[Item, np.ndarray]],
         bundles: list[Bundle],
-        popularity: dict[str, float],
-        pairs: list[tuple[str, str, float]],
+        statistics: BehaviourStatistics,
     ) -> None:
         self.items = {item.item_id: item for item, _ in items}
         vectors = np.stack([self.fuse(v, it.external_vector) for it, v in items]) if items else None
         self.item_vectors.build([it.item_id for it, _ in items], vectors)
-        self.popularity = dict(popularity)
-        self.event_pairs = defaultdict(dict)
-        for a, b, w in pairs:
+        self.popularity = dict(statistics.popularity)
+        self.event_pairs, self.bundle_pairs = defaultdict(dict), defaultdict(dict)
+        for (a, b), w in statistics.item_pairs.items():
             self.event_pairs[a][b] = w
+        for (a, b), w in statistics.bundle_pairs.items():
+            self.bundle_pairs[a][b] = w
         self.bundles, self.bundles_of = {}, defaultdict(set)
         keys, bundle_vectors = [], []
         for bundle in bundles:
@@ -120,6 +121,8 @@ class CatalogueIndex:
 
     def remove_bundle(self, bundle_id: str) -> None:
         self._unlink(bundle_id)
+        for other in self.bundle_pairs.pop(bundle_id, {}):
+            self.bundle_pairs.get(other, {}).pop(bundle_id, None)
         self.bundle_vectors.remove(bundle_id)
         self._changed()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+MAX_BUNDLE_FOR_PAIRS = 8  # larger bundles (reading lists...) say little about pairs of their items
+
 
 @dataclass(frozen=True, slots=True)
 class Item:

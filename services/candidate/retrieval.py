@@ -1,9 +1,12 @@
 """Candidate retrieval: several sources, merged and de-duplicated, filtered during retrieval.
 
-Each source scores what it finds; scores are scaled to [0, 1] per source and summed with the
-source's weight, so a candidate found by several sources rises. Filters are masks applied inside
-every source, and popularity fills what the others leave, so a response has `limit` candidates
-whenever the filtered catalogue has that many.
+Each source ranks what it finds; the ranks are fused (weighted reciprocal rank fusion: a
+candidate earns weight / (RRF_K + rank) from every source that found it), so the merged list
+interleaves the sources' best, whatever scale their scores use, and a candidate found by several
+sources rises. Score scales differ too much between sources (cosines, co-occurrence counts,
+popularity) for a sum of scores: on amazon-beauty it buried co-occurrence, the strongest source.
+Filters are masks applied inside every source, and popularity fills what the others leave, so a
+response has `limit` candidates whenever the filtered catalogue has that many.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ SOURCE_WEIGHTS = {
     Source.BUNDLE_MEMBERSHIP: 0.8,
     Source.POPULARITY: 0.3,
 }
+RRF_K = 60  # the usual constant of reciprocal rank fusion (Cormack et al., 2009)
 RECENCY_DECAY = 0.85  # each older interaction counts this much of the next newer one
 
 
@@ -49,6 +53,15 @@ def interaction_weights(index: CatalogueIndex, recent: tuple[RecentInteraction, 
     return weights
 
 
+def recent_bundles(recent: tuple[RecentInteraction, ...]) -> dict[str, float]:
+    """Bundle → weight from the recent bundle interactions, newest strongest."""
+    weights: dict[str, float] = defaultdict(float)
+    for age, step in enumerate(reversed(recent)):
+        if step.is_bundle:
+            weights[step.target_id] += INTERACTION_WEIGHTS[step.kind] * RECENCY_DECAY**age
+    return weights
+
+
 def query_vector(index: CatalogueIndex, weights: dict[str, float]) -> np.ndarray | None:
     known = [(i, w) for i, w in weights.items() if i in index.item_vectors.slot_of]
     if not known:
@@ -62,15 +75,10 @@ class _Merger:
 
     def add(self, source: Source, scored: list[tuple[str, float]] | dict[str, float], *, is_bundle: bool) -> None:
         pairs = list(scored.items()) if isinstance(scored, dict) else scored
-        if not pairs:
-            return
-        top = max(s for _, s in pairs)
-        low = min(s for _, s in pairs)
-        span = top - low
-        for key, score in pairs:
-            scaled = 1.0 if span <= 0 else (score - low) / span
+        pairs.sort(key=lambda kv: (-kv[1], kv[0]))
+        for rank, (key, _) in enumerate(pairs):
             candidate = self.found.setdefault(key, Candidate(key, is_bundle, 0.0))
-            candidate.score += SOURCE_WEIGHTS[source] * (0.5 + 0.5 * scaled)
+            candidate.score += SOURCE_WEIGHTS[source] / (RRF_K + rank)
             candidate.sources.add(source)
 
     def best(self, limit: int) -> list[Candidate]:
@@ -111,7 +119,7 @@ def retrieve(index: CatalogueIndex, request: RetrievalRequest) -> Retrieved:
         other_category = item_mask & ~index.item_mask(Filter(include_categories=(category,))) if category else item_mask
         near = index.item_vectors.search(index.item_vectors.vector(anchor), request.item_limit, other_category)
         items.add(Source.ANCHOR, near, is_bundle=False)
-    if Source.POPULARITY in sources or len(items.found) < request.item_limit:
+    if Source.POPULARITY in sources:  # also fills the limit when the other sources found fewer
         items.add(Source.POPULARITY, index.popular_items(item_mask, request.item_limit), is_bundle=False)
 
     bundles = _Merger()
@@ -121,6 +129,13 @@ def retrieve(index: CatalogueIndex, request: RetrievalRequest) -> Retrieved:
     if Source.VECTOR in sources and query is not None:
         found = index.bundle_vectors.search(query, request.bundle_limit, bundle_mask)
         bundles.add(Source.VECTOR, found, is_bundle=True)
+    if Source.CO_OCCURRENCE in sources:
+        together_bundles: dict[str, float] = defaultdict(float)
+        for bundle_id, w in recent_bundles(request.recent).items():
+            for other, strength in index.bundle_pairs.get(bundle_id, {}).items():
+                if allowed_bundle(other):
+                    together_bundles[other] += w * strength
+        bundles.add(Source.CO_OCCURRENCE, _top(together_bundles, request.bundle_limit), is_bundle=True)
     if Source.BUNDLE_MEMBERSHIP in sources or Source.ANCHOR in sources:
         containing: dict[str, float] = defaultdict(float)
         for item_id, w in [*weights.items(), *([(anchor, 2.0)] if anchor else [])]:
@@ -129,7 +144,7 @@ def retrieve(index: CatalogueIndex, request: RetrievalRequest) -> Retrieved:
                     containing[bundle_id] += w
         source = Source.ANCHOR if anchor and Source.ANCHOR in sources else Source.BUNDLE_MEMBERSHIP
         bundles.add(source, _top(containing, request.bundle_limit), is_bundle=True)
-    if Source.POPULARITY in sources or len(bundles.found) < request.bundle_limit:
+    if Source.POPULARITY in sources:
         popularity = index.bundle_popularity()
         order = np.lexsort((np.arange(len(popularity)), -popularity))
         chosen = order[bundle_mask[order]][: request.bundle_limit]

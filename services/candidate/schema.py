@@ -73,3 +73,17 @@ class CoOccurrenceRow(Base):
         String(256), ForeignKey("catalogue_items.item_id", ondelete="CASCADE"), primary_key=True
     )
     weight: Mapped[float] = mapped_column(Float)
+
+
+class BundleCoOccurrenceRow(Base):
+    """How often two bundles were bought together by one user (time-decayed weight), both ways."""
+
+    __tablename__ = "catalogue_bundle_cooccurrence"
+
+    bundle_id: Mapped[str] = mapped_column(
+        String(256), ForeignKey("catalogue_bundles.bundle_id", ondelete="CASCADE"), primary_key=True
+    )
+    other_id: Mapped[str] = mapped_column(
+        String(256), ForeignKey("catalogue_bundles.bundle_id", ondelete="CASCADE"), primary_key=True
+    )
+    weight: Mapped[float] = mapped_column(Float)

@@ -55,8 +55,7 @@ class CandidateService:
         self.index.load(
             [(s.item, s.text_vector) for s in snapshot.items],  # type: ignore[misc]
             snapshot.bundles,
-            snapshot.popularity,
-            snapshot.cooccurrence,
+            snapshot.statistics,
         )
 
     async def _encode(self, items: Sequence[Item]) -> np.ndarray:
