@@ -174,6 +174,9 @@ class CatalogueIndex:
         self._bundle_members = np.asarray(members, np.int64)
         popularity = np.array([self.popularity.get(k, 0.0) if k else -1.0 for k in slots])
         self._popularity_order = np.lexsort((np.arange(n), -popularity))
+        sizes = np.maximum(1, np.diff(self._bundle_indptr))
+        self._bundle_popularity = self._per_bundle(np.maximum(popularity, 0.0), "sum") / sizes
+        self._bundle_popularity_order = np.lexsort((np.arange(len(sizes)), -self._bundle_popularity))
         self._columns_dirty = False
 
     def _per_bundle(self, values: np.ndarray, how: str) -> np.ndarray:
@@ -253,11 +256,12 @@ class CatalogueIndex:
         keys = self.item_vectors.key_at
         return [(keys[s], self.popularity.get(keys[s], 0.0)) for s in chosen]  # type: ignore[index]
 
-    def bundle_popularity(self) -> np.ndarray:
+    def popular_bundles(self, mask: np.ndarray, limit: int) -> list[tuple[str, float]]:
+        """Bundles by the mean popularity of their members."""
         self._refresh_columns()
-        values = np.array([self.popularity.get(k, 0.0) if k else 0.0 for k in self.item_vectors.key_at])
-        sizes = np.maximum(1, np.diff(self._bundle_indptr))
-        return self._per_bundle(values, "sum") / sizes
+        chosen = self._bundle_popularity_order[mask[self._bundle_popularity_order]][:limit]
+        keys = self.bundle_vectors.key_at
+        return [(keys[s], float(self._bundle_popularity[s])) for s in chosen]  # type: ignore[misc]
 
     def co_occurring(self, item_id: str) -> dict[str, float]:
         """Items bought with `item_id` (events) or curated with it (small bundles)."""

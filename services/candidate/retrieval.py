@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -85,78 +86,93 @@ class _Merger:
         return sorted(self.found.values(), key=lambda c: (-c.score, c.target_id))[:limit]
 
 
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What both the item and the bundle half of a retrieval start from."""
+
+    weights: dict[str, float]  # recent items (bundles as their members) → weight
+    query: np.ndarray | None
+    anchor: str  # the anchor item when it is in the catalogue, else ""
+
+
 def retrieve(index: CatalogueIndex, request: RetrievalRequest) -> Retrieved:
     weights = interaction_weights(index, request.recent)
-    seen = set(weights) | ({request.anchor_item_id} if request.anchor_item_id else set())
     query = query_vector(index, weights)
     if request.user_vector and query is not None and len(request.user_vector) == len(query):
         query = normalize(query + normalize(np.asarray(request.user_vector, np.float32)))
-    sources = request.sources
+    context = _Context(weights, query, request.anchor_item_id if request.anchor_item_id in index.items else "")
+    items = _item_candidates(index, request, context) if request.item_limit else []
+    bundles = _bundle_candidates(index, request, context) if request.bundle_limit else []
+    return Retrieved(items, bundles, f"v{index.version}")
 
-    item_mask = index.item_mask(request.filter)
+
+def _item_candidates(index: CatalogueIndex, request: RetrievalRequest, context: _Context) -> list[Candidate]:
+    sources, limit = request.sources, request.item_limit
+    mask = index.item_mask(request.filter)
+    seen = set(context.weights) | ({request.anchor_item_id} if request.anchor_item_id else set())
     for item_id in seen:  # what the user just saw (or the page's anchor) is context, not a candidate
         slot = index.item_vectors.slot_of.get(item_id)
         if slot is not None:
-            item_mask[slot] = False
-    allowed = _member_of(item_mask, index.item_vectors.slot_of)
+            mask[slot] = False
+    allowed = _member_of(mask, index.item_vectors.slot_of)
 
-    items = _Merger()
-    if Source.VECTOR in sources and query is not None:
-        items.add(Source.VECTOR, index.item_vectors.search(query, request.item_limit, item_mask), is_bundle=False)
-    if Source.CO_OCCURRENCE in sources and weights:
+    merged = _Merger()
+    if Source.VECTOR in sources and context.query is not None:
+        merged.add(Source.VECTOR, index.item_vectors.search(context.query, limit, mask), is_bundle=False)
+    if Source.CO_OCCURRENCE in sources and context.weights:
         together: dict[str, float] = defaultdict(float)
-        for item_id, w in weights.items():
+        for item_id, w in context.weights.items():
             for other, strength in index.co_occurring(item_id).items():
                 if allowed(other):
                     together[other] += w * strength
-        items.add(Source.CO_OCCURRENCE, _top(together, request.item_limit), is_bundle=False)
-    anchor = request.anchor_item_id if request.anchor_item_id in index.items else ""
-    if Source.ANCHOR in sources and anchor:
+        merged.add(Source.CO_OCCURRENCE, _top(together, limit), is_bundle=False)
+    if Source.ANCHOR in sources and context.anchor:
+        anchor = context.anchor
         complements = {o: s for o, s in index.co_occurring(anchor).items() if allowed(o)}
-        items.add(Source.ANCHOR, _top(complements, request.item_limit), is_bundle=False)
+        merged.add(Source.ANCHOR, _top(complements, limit), is_bundle=False)
         # Similar items from *other* categories: what goes with the anchor, not what replaces it.
         category = index.items[anchor].category
-        other_category = item_mask & ~index.item_mask(Filter(include_categories=(category,))) if category else item_mask
-        near = index.item_vectors.search(index.item_vectors.vector(anchor), request.item_limit, other_category)
-        items.add(Source.ANCHOR, near, is_bundle=False)
+        other_category = mask & ~index.item_mask(Filter(include_categories=(category,))) if category else mask
+        near = index.item_vectors.search(index.item_vectors.vector(anchor), limit, other_category)
+        merged.add(Source.ANCHOR, near, is_bundle=False)
     if Source.POPULARITY in sources:  # also fills the limit when the other sources found fewer
-        items.add(Source.POPULARITY, index.popular_items(item_mask, request.item_limit), is_bundle=False)
+        merged.add(Source.POPULARITY, index.popular_items(mask, limit), is_bundle=False)
+    best = merged.best(limit)
+    for c in best:
+        c.item_ids = (c.target_id,)
+    return best
 
-    bundles = _Merger()
-    bundle_mask = index.bundle_mask(request.filter)
-    bundle_keys = index.bundle_vectors.key_at
-    allowed_bundle = _member_of(bundle_mask, index.bundle_vectors.slot_of)
-    if Source.VECTOR in sources and query is not None:
-        found = index.bundle_vectors.search(query, request.bundle_limit, bundle_mask)
-        bundles.add(Source.VECTOR, found, is_bundle=True)
+
+def _bundle_candidates(index: CatalogueIndex, request: RetrievalRequest, context: _Context) -> list[Candidate]:
+    sources, limit = request.sources, request.bundle_limit
+    mask = index.bundle_mask(request.filter)
+    allowed = _member_of(mask, index.bundle_vectors.slot_of)
+
+    merged = _Merger()
+    if Source.VECTOR in sources and context.query is not None:
+        merged.add(Source.VECTOR, index.bundle_vectors.search(context.query, limit, mask), is_bundle=True)
     if Source.CO_OCCURRENCE in sources:
-        together_bundles: dict[str, float] = defaultdict(float)
+        together: dict[str, float] = defaultdict(float)
         for bundle_id, w in recent_bundles(request.recent).items():
             for other, strength in index.bundle_pairs.get(bundle_id, {}).items():
-                if allowed_bundle(other):
-                    together_bundles[other] += w * strength
-        bundles.add(Source.CO_OCCURRENCE, _top(together_bundles, request.bundle_limit), is_bundle=True)
+                if allowed(other):
+                    together[other] += w * strength
+        merged.add(Source.CO_OCCURRENCE, _top(together, limit), is_bundle=True)
     if Source.BUNDLE_MEMBERSHIP in sources or Source.ANCHOR in sources:
         containing: dict[str, float] = defaultdict(float)
-        for item_id, w in [*weights.items(), *([(anchor, 2.0)] if anchor else [])]:
+        anchor = [(context.anchor, 2.0)] if context.anchor else []
+        for item_id, w in [*context.weights.items(), *anchor]:
             for bundle_id in index.bundles_of.get(item_id, ()):
-                if allowed_bundle(bundle_id):
+                if allowed(bundle_id):
                     containing[bundle_id] += w
-        source = Source.ANCHOR if anchor and Source.ANCHOR in sources else Source.BUNDLE_MEMBERSHIP
-        bundles.add(source, _top(containing, request.bundle_limit), is_bundle=True)
+        source = Source.ANCHOR if context.anchor and Source.ANCHOR in sources else Source.BUNDLE_MEMBERSHIP
+        merged.add(source, _top(containing, limit), is_bundle=True)
     if Source.POPULARITY in sources:
-        popularity = index.bundle_popularity()
-        order = np.lexsort((np.arange(len(popularity)), -popularity))
-        chosen = order[bundle_mask[order]][: request.bundle_limit]
-        bundles.add(Source.POPULARITY, [(bundle_keys[s], float(popularity[s])) for s in chosen], is_bundle=True)
-
-    top_items = items.best(request.item_limit)
-    for c in top_items:
-        c.item_ids = (c.target_id,)
-    top_bundles = bundles.best(request.bundle_limit)
-    for c in top_bundles:
+        merged.add(Source.POPULARITY, index.popular_bundles(mask, limit), is_bundle=True)
+    best = merged.best(limit)
+    for c in best:
         c.item_ids = index.bundles[c.target_id].item_ids
-    return Retrieved(top_items, top_bundles, f"v{index.version}")
+    return best
 
 
 def _top(scores: dict[str, float], limit: int) -> list[tuple[str, float]]:
