@@ -40,9 +40,12 @@ class CatalogueIndex:
 
     # -- vectors --------------------------------------------------------------------------
 
-    def fuse(self, text_vector: np.ndarray, external: tuple[float, ...]) -> np.ndarray:
-        """Text embedding ⊕ external vector, each unit length (a missing part is zeros)."""
-        parts = [normalize(np.asarray(text_vector, np.float32))]
+    def fuse(self, text_vector: np.ndarray, external: tuple[float, ...], *, has_text: bool = True) -> np.ndarray:
+        """Text embedding ⊕ external vector, each unit length; a missing part is zeros. An item
+        without any text (ids only, as in some research datasets) gets no text part: the encoder's
+        embedding of "" is the same for all of them and would make them all look alike."""
+        text = np.asarray(text_vector, np.float32)
+        parts = [normalize(text) if has_text else np.zeros_like(text)]
         if self.external_dim:
             ext = np.zeros(self.external_dim, np.float32) if not external else np.asarray(external, np.float32)
             parts.append(normalize(ext))
@@ -63,7 +66,9 @@ class CatalogueIndex:
         statistics: BehaviourStatistics,
     ) -> None:
         self.items = {item.item_id: item for item, _ in items}
-        vectors = np.stack([self.fuse(v, it.external_vector) for it, v in items]) if items else None
+        vectors = (
+            np.stack([self.fuse(v, it.external_vector, has_text=_has_text(it)) for it, v in items]) if items else None
+        )
         self.item_vectors.build([it.item_id for it, _ in items], vectors)
         self.popularity = dict(statistics.popularity)
         self.event_pairs, self.bundle_pairs = defaultdict(dict), defaultdict(dict)
@@ -94,7 +99,7 @@ class CatalogueIndex:
 
     def upsert_item(self, item: Item, text_vector: np.ndarray) -> None:
         self.items[item.item_id] = item
-        self.item_vectors.upsert(item.item_id, self.fuse(text_vector, item.external_vector))
+        self.item_vectors.upsert(item.item_id, self.fuse(text_vector, item.external_vector, has_text=_has_text(item)))
         for bundle_id in self.bundles_of.get(item.item_id, ()):
             self.upsert_bundle(self.bundles[bundle_id])
         self._changed()
@@ -273,6 +278,10 @@ class CatalogueIndex:
                     if other != item_id:
                         found[other] = found.get(other, 0.0) + 1.0 / len(members)
         return found
+
+
+def _has_text(item: Item) -> bool:
+    return bool(item.title.strip() or item.category.strip() or item.brand.strip())
 
 
 def _fields(item: Item) -> dict[str, object]:

@@ -67,7 +67,8 @@ def query_vector(index: CatalogueIndex, weights: dict[str, float]) -> np.ndarray
     known = [(i, w) for i, w in weights.items() if i in index.item_vectors.slot_of]
     if not known:
         return None
-    return normalize(sum(w * index.item_vectors.vector(i) for i, w in known))
+    query = normalize(sum(w * index.item_vectors.vector(i) for i, w in known))
+    return query if np.any(query) else None  # only textless items: nothing to search with
 
 
 class _Merger:

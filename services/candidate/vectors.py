@@ -4,7 +4,7 @@ Keys (item or bundle ids) map to integer slots; FAISS stores vectors under their
 filter is a bitmap over slots applied *during* the search (faiss.IDSelectorBitmap): a filtered
 search still returns k results whenever k allowed vectors exist.
 
-Exact search (IndexFlatIP) below `exact_below` vectors, HNSW above it (see bench/retrieval.py
+Exact search (IndexFlatIP) below `exact_below` vectors, HNSW (efSearch 512) above it (see bench/retrieval.py
 for the figures behind the default). HNSW cannot delete: a replaced or removed key leaves a
 tombstone that the search skips, and the index is rebuilt when tombstones pass 20%.
 """
@@ -22,7 +22,7 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
 
 
 class VectorIndex:
-    def __init__(self, dim: int, *, exact_below: int = 100_000, hnsw_m: int = 32, ef_search: int = 256) -> None:
+    def __init__(self, dim: int, *, exact_below: int = 100_000, hnsw_m: int = 32, ef_search: int = 512) -> None:
         self.dim = dim
         self.exact_below = exact_below
         self.hnsw_m = hnsw_m
@@ -30,6 +30,7 @@ class VectorIndex:
         self.slot_of: dict[str, int] = {}
         self.key_at: list[str | None] = []
         self.alive = np.zeros(0, dtype=bool)  # by slot; grows with key_at
+        self.searchable = np.zeros(0, dtype=bool)  # alive and not the zero vector
         self._index = self._new_index(0)
         self._tombstones = 0
 
@@ -53,10 +54,13 @@ class VectorIndex:
         self.slot_of = {k: i for i, k in enumerate(keys)}
         self.key_at = list(keys)
         self.alive = np.ones(len(keys), dtype=bool)
+        self.searchable = np.zeros(len(keys), dtype=bool)
         self._tombstones = 0
         self._index = self._new_index(len(keys))
         if keys:
-            self._index.add_with_ids(normalize(vectors), np.arange(len(keys), dtype=np.int64))
+            unit = normalize(vectors)
+            self.searchable = np.linalg.norm(unit, axis=1) > 0
+            self._index.add_with_ids(unit, np.arange(len(keys), dtype=np.int64))
 
     def upsert(self, key: str, vector: np.ndarray) -> None:
         self.remove(key)
@@ -64,9 +68,13 @@ class VectorIndex:
         self.key_at.append(key)
         self.slot_of[key] = slot
         if slot >= len(self.alive):
-            self.alive = np.concatenate([self.alive, np.zeros(max(16, len(self.alive)), dtype=bool)])
+            grow = np.zeros(max(16, len(self.alive)), dtype=bool)
+            self.alive = np.concatenate([self.alive, grow])
+            self.searchable = np.concatenate([self.searchable, grow])
+        unit = normalize(vector.reshape(1, -1))
         self.alive[slot] = True
-        self._index.add_with_ids(normalize(vector.reshape(1, -1)), np.array([slot], dtype=np.int64))
+        self.searchable[slot] = bool(np.linalg.norm(unit) > 0)
+        self._index.add_with_ids(unit, np.array([slot], dtype=np.int64))
 
     def remove(self, key: str) -> None:
         slot = self.slot_of.pop(key, None)
@@ -74,6 +82,7 @@ class VectorIndex:
             return
         self.key_at[slot] = None
         self.alive[slot] = False
+        self.searchable[slot] = False
         if self.kind == "exact":
             self._index.remove_ids(np.array([slot], dtype=np.int64))
         else:
@@ -93,8 +102,8 @@ class VectorIndex:
         """The k nearest keys whose slot is True in `allowed` (a bool array over slots)."""
         if not self.slot_of or k <= 0:
             return []
-        alive = self.alive[: len(self.key_at)]
-        mask = alive if allowed is None else alive & allowed[: len(alive)]
+        searchable = self.searchable[: len(self.key_at)]
+        mask = searchable if allowed is None else searchable & allowed[: len(searchable)]
         bits = np.packbits(mask, bitorder="little")
         selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
         if self.kind == "hnsw":
