@@ -26,12 +26,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundlerec.candidate.index import CatalogueIndex
-from bundlerec.candidate.model import Bundle, Filter, Interaction, Item, RecentInteraction, RetrievalRequest, Source
+from bundlerec.candidate.model import Bundle, Filter, Item, RecentInteraction, RetrievalRequest, Source
 from bundlerec.candidate.retrieval import retrieve
 from bundlerec.candidate.statistics import Interaction as Step
 from bundlerec.candidate.statistics import behaviour_statistics
 from bundlerec.datasets.reader import Dataset, read_dataset
 from bundlerec.encoder.runtime import TextEncoder, item_text
+from bundlerec.events import EventType
 
 HISTORY = 50  # most recent interactions sent as the user's context
 
@@ -111,7 +112,7 @@ def evaluate(path: str, k: int, users: int, encoder_dir: str, seed: int) -> dict
             seen_items = {t for _, _, is_bundle, t, _ in steps if not is_bundle}
             seen_bundles = {t for _, _, is_bundle, t, _ in steps if is_bundle}
             recent = tuple(
-                RecentInteraction(t, is_bundle, Interaction(kind)) for _, _, is_bundle, t, kind in steps[-HISTORY:]
+                RecentInteraction(t, is_bundle, EventType(kind)) for _, _, is_bundle, t, kind in steps[-HISTORY:]
             )
             request = RetrievalRequest(
                 recent=recent,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from bundlerec.events import EventType
+
 MAX_BUNDLE_FOR_PAIRS = 8  # larger bundles (reading lists...) say little about pairs of their items
 
 
@@ -38,23 +40,14 @@ class Source(enum.IntEnum):
     BUNDLE_MEMBERSHIP = 5
 
 
-class Interaction(enum.StrEnum):
-    VIEW = "view"
-    CLICK = "click"
-    ADD_TO_CART = "add_to_cart"
-    PURCHASE = "purchase"
-    RATING = "rating"
-    LIKE = "like"
-
-
 # How strongly a recent interaction says "more like this" when building the query.
 INTERACTION_WEIGHTS = {
-    Interaction.VIEW: 1.0,
-    Interaction.CLICK: 1.5,
-    Interaction.RATING: 1.5,
-    Interaction.LIKE: 2.0,
-    Interaction.ADD_TO_CART: 2.5,
-    Interaction.PURCHASE: 3.0,
+    EventType.VIEW: 1.0,
+    EventType.CLICK: 1.5,
+    EventType.RATING: 1.5,
+    EventType.LIKE: 2.0,
+    EventType.ADD_TO_CART: 2.5,
+    EventType.PURCHASE: 3.0,
 }
 
 
@@ -62,7 +55,7 @@ INTERACTION_WEIGHTS = {
 class RecentInteraction:
     target_id: str
     is_bundle: bool
-    kind: Interaction
+    kind: EventType
     at_us: int = 0
 
 

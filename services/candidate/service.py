@@ -16,6 +16,7 @@ from bundlerec.candidate.catalogue import CatalogueStore
 from bundlerec.candidate.index import CatalogueIndex
 from bundlerec.candidate.model import Bundle, Filter, Item, RetrievalRequest, Retrieved
 from bundlerec.candidate.retrieval import retrieve
+from bundlerec.encoder.runtime import item_text
 from bundlerec.errors import InvalidArgument
 
 MAX_BATCH = 1000
@@ -25,11 +26,6 @@ class Encoder(Protocol):
     """Text → unit vectors (the ONNX sentence encoder in production)."""
 
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
-
-
-def item_text(item: Item) -> str:
-    """What is embedded for an item: title, category path and brand."""
-    return " | ".join(part for part in (item.title, item.category, item.brand) if part)
 
 
 def now_us() -> int:
@@ -59,7 +55,8 @@ class CandidateService:
         )
 
     async def _encode(self, items: Sequence[Item]) -> np.ndarray:
-        return await asyncio.to_thread(self.encoder.encode, [item_text(it) for it in items])
+        texts = [item_text(it.title, it.category, it.brand) for it in items]  # as bundlerec import does
+        return await asyncio.to_thread(self.encoder.encode, texts)
 
     # -- catalogue ------------------------------------------------------------------------
 

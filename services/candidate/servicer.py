@@ -7,7 +7,6 @@ from bundlerec.candidate.model import (
     Bundle,
     Candidate,
     Filter,
-    Interaction,
     Item,
     RecentInteraction,
     RetrievalRequest,
@@ -15,15 +14,16 @@ from bundlerec.candidate.model import (
 )
 from bundlerec.candidate.service import CandidateService
 from bundlerec.errors import InvalidArgument
+from bundlerec.events import EventType
 from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2
 
 INTERACTIONS = {
-    common_pb2.EVENT_TYPE_VIEW: Interaction.VIEW,
-    common_pb2.EVENT_TYPE_CLICK: Interaction.CLICK,
-    common_pb2.EVENT_TYPE_ADD_TO_CART: Interaction.ADD_TO_CART,
-    common_pb2.EVENT_TYPE_PURCHASE: Interaction.PURCHASE,
-    common_pb2.EVENT_TYPE_RATING: Interaction.RATING,
-    common_pb2.EVENT_TYPE_LIKE: Interaction.LIKE,
+    common_pb2.EVENT_TYPE_VIEW: EventType.VIEW,
+    common_pb2.EVENT_TYPE_CLICK: EventType.CLICK,
+    common_pb2.EVENT_TYPE_ADD_TO_CART: EventType.ADD_TO_CART,
+    common_pb2.EVENT_TYPE_PURCHASE: EventType.PURCHASE,
+    common_pb2.EVENT_TYPE_RATING: EventType.RATING,
+    common_pb2.EVENT_TYPE_LIKE: EventType.LIKE,
 }
 SOURCES = {s.value: s for s in Source}
 

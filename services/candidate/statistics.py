@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bundlerec.candidate.model import MAX_BUNDLE_FOR_PAIRS
+from bundlerec.events import EVENT_WEIGHTS, EventType
 
-EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "rating": 2.0, "like": 3.0, "add_to_cart": 3.0, "purchase": 5.0}
 DAY = 86_400
 
 
@@ -71,7 +71,7 @@ def behaviour_statistics(
         steps: list[tuple[str, float]] = []
         bundle_steps: list[tuple[str, float]] = []
         for it in history:
-            weight = EVENT_WEIGHTS.get(it.event_type, 1.0) * decay(it.timestamp)
+            weight = EVENT_WEIGHTS[EventType(it.event_type)] * decay(it.timestamp)
             members = bundle_members.get(it.target_id, ()) if it.is_bundle else (it.target_id,)
             for m in members:
                 popularity[m] += weight / len(members)
