@@ -11,8 +11,14 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
+from bundlerec.candidate.catalogue import CatalogueStore
+from bundlerec.candidate.index import CatalogueIndex
+from bundlerec.candidate.model import Item, RecentInteraction, RetrievalRequest
 from bundlerec.candidate.server import build
+from bundlerec.candidate.service import CandidateService
 from bundlerec.candidate.settings import CandidateSettings
+from bundlerec.encoder.runtime import TextEncoder
+from bundlerec.events import EventType
 from bundlerec.runtime.server import RunningServer, start_server
 from bundlerec.v1 import candidate_pb2 as pb
 from bundlerec.v1 import candidate_pb2_grpc, common_pb2
@@ -56,6 +62,7 @@ async def running_candidate(database_url: str, encoder_dir: str, **overrides: ob
         "metrics_port": 0,
         "database_url": database_url,
         "encoder_dir": encoder_dir,
+        "index_dir": "",
         "health_interval_seconds": 0.2,
         **overrides,
     }
@@ -313,3 +320,37 @@ async def test_random_filters_never_let_a_forbidden_item_through(tmp_path, encod
             assert all(passes(it) for it in got)
             eligible = [it for it in catalogue if passes(it) and it.item_id != context]
             assert len(got) == min(limit, len(eligible))  # filtered out ones are replaced until exhausted
+
+
+async def open_service(url: str, encoder_dir: str, index_dir) -> CandidateService:  # type: ignore[no-untyped-def]
+    encoder = TextEncoder(encoder_dir)
+    store = await CatalogueStore.open(url, migrate=True)
+    service = CandidateService(store, CatalogueIndex(encoder.dimension), encoder, index_dir)
+    await service.load()
+    return service
+
+
+async def test_vector_indexes_are_restored_only_while_they_match_the_catalogue(tmp_path, encoder_dir: str) -> None:  # type: ignore[no-untyped-def]
+    url, other_url = f"sqlite:///{tmp_path / 'a.sqlite3'}", f"sqlite:///{tmp_path / 'b.sqlite3'}"
+    saved = tmp_path / "index"
+    first = await open_service(url, encoder_dir, saved)
+    await first.upsert_items([Item(key, title, category, brand, price) for key, title, category, brand, price in SHOP])
+    query = RetrievalRequest(recent=(RecentInteraction("grinder", False, EventType.VIEW),), item_limit=2)
+    expected = {c.target_id for c in first.retrieve(query).items}
+    await first.close()  # saves: nothing else changed the catalogue
+
+    second = await open_service(url, encoder_dir, saved)
+    restored = second.restored
+    got = {c.target_id for c in second.retrieve(query).items}
+    await second.close()
+    other_writer = await CatalogueStore.open(url, migrate=False)  # a change the saved index never saw
+    await other_writer.delete_bundles(["nothing"])
+    await other_writer.close()
+    third = await open_service(url, encoder_dir, saved)
+    elsewhere = await open_service(other_url, encoder_dir, saved)  # another catalogue, same directory
+
+    assert not first.restored and restored and got == expected == {"kettle", "beans"}
+    assert not third.restored, "a catalogue changed behind the saved index must be rebuilt"
+    assert not elsewhere.restored, "an index saved for one catalogue must not load into another"
+    for service in (third, elsewhere):
+        await service.close()

@@ -19,6 +19,7 @@ from bundlerec.candidate.schema import (
     BundleCoOccurrenceRow,
     BundleItemRow,
     BundleRow,
+    CatalogueMetaRow,
     CoOccurrenceRow,
     ItemRow,
     ItemStatsRow,
@@ -34,6 +35,8 @@ members_t: Table = BundleItemRow.__table__  # type: ignore[assignment]
 stats_t: Table = ItemStatsRow.__table__  # type: ignore[assignment]
 cooccurrence_t: Table = CoOccurrenceRow.__table__  # type: ignore[assignment]
 bundle_cooccurrence_t: Table = BundleCoOccurrenceRow.__table__  # type: ignore[assignment]
+meta_t: Table = CatalogueMetaRow.__table__  # type: ignore[assignment]
+_GENERATION = meta_t.c.key == "generation"
 
 
 def to_bytes(vector: np.ndarray | Sequence[float] | None) -> bytes | None:
@@ -79,6 +82,7 @@ def _item_from_row(row: Any) -> Item:
 class CatalogueStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.last_generation = -1  # the generation the last write of this store produced
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
     @classmethod
@@ -93,6 +97,21 @@ class CatalogueStore:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    async def _bump(self, conn: AsyncConnection) -> None:
+        """Counts a change of items or bundles (in the writing transaction): a saved vector index
+        is current only while the generation it was saved at is the catalogue's."""
+        stmt = update(meta_t).where(_GENERATION).values(value=meta_t.c.value + 1).returning(meta_t.c.value)
+        self.last_generation = (await conn.execute(stmt)).scalar_one()
+
+    async def generation(self) -> tuple[int, int]:
+        """(this catalogue's random instance number, its generation)."""
+
+        async def work(conn: AsyncConnection) -> tuple[int, int]:
+            values = {row.key: row.value for row in await conn.execute(select(meta_t.c.key, meta_t.c.value))}
+            return values["instance"], values["generation"]
+
+        return await db.read(self.engine, work)
 
     async def _existing(self, conn: AsyncConnection, column: Any, ids: Iterable[str]) -> set[str]:
         wanted = list(set(ids))
@@ -124,6 +143,7 @@ class CatalogueStore:
             }
             for it, vec in zip(items, text_vectors, strict=True)
         ]
+        await self._bump(conn)
         existing = await self._existing(conn, items_t.c.item_id, (r["item_id"] for r in rows))
         stmt = self._insert(items_t)
         stmt = stmt.on_conflict_do_update(
@@ -137,6 +157,7 @@ class CatalogueStore:
         """Deletes items (and their bundle memberships); returns (deleted, bundles that changed)."""
 
         async def work(conn: AsyncConnection) -> tuple[int, list[str]]:
+            await self._bump(conn)
             touched = list(
                 (
                     await conn.execute(
@@ -160,6 +181,7 @@ class CatalogueStore:
         return await db.in_transaction(self.engine, lambda conn: self._upsert_bundles(conn, bundles, now_us))
 
     async def _upsert_bundles(self, conn: AsyncConnection, bundles: Sequence[Bundle], now_us: int) -> tuple[int, int]:
+        await self._bump(conn)
         members = {i for b in bundles for i in b.item_ids}
         known = await self._existing(conn, items_t.c.item_id, members)
         for i, bundle in enumerate(bundles):
@@ -188,6 +210,7 @@ class CatalogueStore:
 
     async def delete_bundles(self, bundle_ids: Sequence[str]) -> int:
         async def work(conn: AsyncConnection) -> int:
+            await self._bump(conn)
             await conn.execute(delete(members_t).where(members_t.c.bundle_id.in_(bundle_ids)))
             await conn.execute(
                 delete(bundle_cooccurrence_t).where(

@@ -7,7 +7,9 @@ item is retrievable by the very next call.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
@@ -59,17 +61,42 @@ class CatalogueIndex:
 
     # -- changes --------------------------------------------------------------------------
 
+    def save(self, directory: Path, generation: tuple[int, int]) -> None:
+        """Saves the vector indexes, stamped with the catalogue generation they reflect."""
+        directory.mkdir(parents=True, exist_ok=True)
+        stamp = directory / "generation.json"
+        stamp.unlink(missing_ok=True)  # written last: a save that dies halfway is never trusted
+        self.item_vectors.save(directory / "items")
+        self.bundle_vectors.save(directory / "bundles")
+        stamp.write_text(json.dumps({"generation": list(generation), "config": self._config()}))
+
+    def restore(self, directory: Path, generation: tuple[int, int]) -> bool:
+        """Loads saved vector indexes when they were saved at `generation` with this configuration."""
+        try:
+            stamp = json.loads((directory / "generation.json").read_text())
+        except (OSError, ValueError):
+            return False
+        if stamp != {"generation": list(generation), "config": self._config()}:
+            return False
+        return self.item_vectors.restore(directory / "items") and self.bundle_vectors.restore(directory / "bundles")
+
+    def _config(self) -> list[int]:
+        return [self.text_dim, self.external_dim, self.item_vectors.exact_below]
+
     def load(
         self,
         items: list[tuple[Item, np.ndarray]],
         bundles: list[Bundle],
         statistics: BehaviourStatistics,
+        *,
+        vectors_restored: bool = False,
     ) -> None:
+        """Everything from a catalogue snapshot; the vector indexes too unless they were restored
+        (see `restore`) from a save of this very catalogue generation."""
         self.items = {item.item_id: item for item, _ in items}
-        vectors = (
-            np.stack([self.fuse(v, it.external_vector, has_text=_has_text(it)) for it, v in items]) if items else None
-        )
-        self.item_vectors.build([it.item_id for it, _ in items], vectors)
+        if not vectors_restored:
+            vectors = [self.fuse(v, it.external_vector, has_text=_has_text(it)) for it, v in items]
+            self.item_vectors.build([it.item_id for it, _ in items], np.stack(vectors) if items else None)
         self.popularity = dict(statistics.popularity)
         self.event_pairs, self.bundle_pairs = defaultdict(dict), defaultdict(dict)
         for (a, b), w in statistics.item_pairs.items():
@@ -80,11 +107,12 @@ class CatalogueIndex:
         keys, bundle_vectors = [], []
         for bundle in bundles:
             self._link(bundle)
-            vector = self._bundle_vector(bundle)
+            vector = None if vectors_restored else self._bundle_vector(bundle)
             if vector is not None:
                 keys.append(bundle.bundle_id)
                 bundle_vectors.append(vector)
-        self.bundle_vectors.build(keys, np.stack(bundle_vectors) if keys else None)
+        if not vectors_restored:
+            self.bundle_vectors.build(keys, np.stack(bundle_vectors) if keys else None)
         self._changed()
 
     def _link(self, bundle: Bundle) -> None:

@@ -87,3 +87,13 @@ class BundleCoOccurrenceRow(Base):
         String(256), ForeignKey("catalogue_bundles.bundle_id", ondelete="CASCADE"), primary_key=True
     )
     weight: Mapped[float] = mapped_column(Float)
+
+
+class CatalogueMetaRow(Base):
+    """Counters of the catalogue. `generation` grows with every change of items or bundles, so a
+    saved vector index can tell whether it still matches the catalogue."""
+
+    __tablename__ = "catalogue_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)

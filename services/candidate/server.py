@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from bundlerec.candidate.catalogue import CatalogueStore
 from bundlerec.candidate.index import CatalogueIndex
@@ -30,7 +31,7 @@ async def build(
     )
     dim = encoder.encode([""]).shape[1]
     index = CatalogueIndex(dim, settings.external_vector_dim, exact_below=settings.exact_search_below)
-    service = CandidateService(store, index, encoder)
+    service = CandidateService(store, index, encoder, Path(settings.index_dir) if settings.index_dir else None)
     await service.load()
     servicer = CandidateServicer(service)
     return ServiceParts(
@@ -38,5 +39,5 @@ async def build(
         register=lambda server: candidate_pb2_grpc.add_CandidateServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
         readiness=store.readiness,
-        close=store.close,
+        close=service.close,
     )

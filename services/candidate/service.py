@@ -7,6 +7,7 @@ import asyncio
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -33,10 +34,17 @@ def now_us() -> int:
 
 
 class CandidateService:
-    def __init__(self, store: CatalogueStore, index: CatalogueIndex, encoder: Encoder) -> None:
+    def __init__(
+        self, store: CatalogueStore, index: CatalogueIndex, encoder: Encoder, index_dir: Path | None = None
+    ) -> None:
         self.store = store
         self.index = index
         self.encoder = encoder
+        self.index_dir = index_dir
+        self.restored = False  # whether the vector indexes came from disk at start
+        self._instance = -1  # the catalogue's instance number (see CatalogueStore.generation)
+        self._synced_generation = -1  # the catalogue generation the in-memory index reflects
+        self._saved_generation = -1
         self._writes = asyncio.Lock()  # store and index change in the same order
 
     async def load(self) -> None:
@@ -48,11 +56,33 @@ class CandidateService:
             vectors = await self._encode(missing)
             await self.store.upsert_items(missing, vectors, now_us())
             snapshot = await self.store.snapshot()
+        self._instance, generation = await self.store.generation()  # no writer runs yet: the snapshot's
+        self.restored = bool(self.index_dir) and self.index.restore(self.index_dir, (self._instance, generation))  # type: ignore[arg-type]
         self.index.load(
             [(s.item, s.text_vector) for s in snapshot.items],  # type: ignore[misc]
             snapshot.bundles,
             snapshot.statistics,
+            vectors_restored=self.restored,
         )
+        self._synced_generation = generation
+        if self.index_dir and not self.restored:
+            await asyncio.to_thread(self.index.save, self.index_dir, (self._instance, generation))
+        self._saved_generation = generation
+
+    async def close(self) -> None:
+        """Saves the vector indexes when they changed and nobody else changed the catalogue since
+        (then the saved generation matches; otherwise the next start rebuilds), and closes the store."""
+        try:
+            if self.index_dir and self._synced_generation != self._saved_generation:
+                if await self.store.generation() == (self._instance, self._synced_generation):
+                    await asyncio.to_thread(self.index.save, self.index_dir, (self._instance, self._synced_generation))
+        finally:
+            await self.store.close()
+
+    def _synced(self, generation_before: int) -> None:
+        """After a write of ours: still in step if the store moved by exactly our one change."""
+        in_step = generation_before >= 0 and self.store.last_generation == generation_before + 1
+        self._synced_generation = self.store.last_generation if in_step else -1
 
     async def _encode(self, items: Sequence[Item]) -> np.ndarray:
         texts = [item_text(it.title, it.category, it.brand) for it in items]  # as bundlerec import does
@@ -97,17 +127,21 @@ class CandidateService:
             seen.add(item.item_id)
         vectors = await self._encode(items)
         async with self._writes:
+            before = self._synced_generation
             counts = await self.store.upsert_items(items, vectors, now_us())
             for item, vector in zip(items, vectors, strict=True):
                 self.index.upsert_item(item, vector)
+            self._synced(before)
         return counts
 
     async def delete_items(self, item_ids: Sequence[str]) -> int:
         validation.identifiers("item_ids", item_ids, max_count=MAX_BATCH)
         async with self._writes:
+            before = self._synced_generation
             deleted, _ = await self.store.delete_items(item_ids)
             for item_id in item_ids:
                 self.index.remove_item(item_id)
+            self._synced(before)
         return deleted
 
     async def upsert_bundles(self, bundles: Sequence[Bundle]) -> tuple[int, int]:
@@ -123,17 +157,21 @@ class CandidateService:
                 raise InvalidArgument(f"bundles[{i}].bundle_id", f"repeats {bundle.bundle_id!r}")
             seen.add(bundle.bundle_id)
         async with self._writes:
+            before = self._synced_generation
             counts = await self.store.upsert_bundles(bundles, now_us())
             for bundle in bundles:
                 self.index.upsert_bundle(bundle)
+            self._synced(before)
         return counts
 
     async def delete_bundles(self, bundle_ids: Sequence[str]) -> int:
         validation.identifiers("bundle_ids", bundle_ids, max_count=MAX_BATCH)
         async with self._writes:
+            before = self._synced_generation
             deleted = await self.store.delete_bundles(bundle_ids)
             for bundle_id in bundle_ids:
                 self.index.remove_bundle(bundle_id)
+            self._synced(before)
         return deleted
 
     async def set_availability(self, updates: Sequence[tuple[str, bool, int | None]]) -> tuple[int, list[str]]:

@@ -22,6 +22,11 @@ class CandidateSettings(ServiceSettings):
     encoder_dir: str = Field(
         "var/bundlerec/encoder", description="The exported text encoder (`bundlerec encoder export --out DIR`)."
     )
+    index_dir: str = Field(
+        "var/bundlerec/index",
+        description="Where the vector indexes are saved (at start after a rebuild, and at shutdown) "
+        "so a restart of an unchanged catalogue skips the rebuild; empty: never saved.",
+    )
     external_vector_dim: int = Field(
         0, ge=0, le=4096, description="Dimension of items' external vectors (image embeddings...); 0 disables them."
     )

@@ -11,6 +11,9 @@ tombstone that the search skips, and the index is rebuilt when tombstones pass 2
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import faiss
 import numpy as np
 
@@ -89,6 +92,30 @@ class VectorIndex:
             self._tombstones += 1
             if self._tombstones > 0.2 * max(1, len(self.slot_of)):
                 self.compact()
+
+    def save(self, path: Path) -> None:
+        """Writes the index next to its slot map: `path`.faiss and `path`.json."""
+        faiss.write_index(self._index, str(path.with_suffix(".faiss")))
+        path.with_suffix(".json").write_text(json.dumps({"keys": self.key_at, "dim": self.dim}))
+
+    def restore(self, path: Path) -> bool:
+        """Reads what `save` wrote; False (and nothing changed) when it is missing or unreadable."""
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text())
+            index = faiss.read_index(str(path.with_suffix(".faiss")))
+        except (OSError, ValueError, RuntimeError):
+            return False
+        if meta.get("dim") != self.dim or index.ntotal != sum(k is not None for k in meta["keys"]):
+            return False
+        self._index = index
+        self.key_at = meta["keys"]
+        self.slot_of = {k: i for i, k in enumerate(self.key_at) if k is not None}
+        self.alive = np.array([k is not None for k in self.key_at], dtype=bool)
+        self.searchable = self.alive.copy()
+        for key, slot in self.slot_of.items():
+            self.searchable[slot] = bool(np.any(self.vector(key)))
+        self._tombstones = len(self.key_at) - len(self.slot_of)
+        return True
 
     def compact(self) -> None:
         keys = [k for k in self.key_at if k is not None]
