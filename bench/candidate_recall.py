@@ -69,11 +69,11 @@ def build_index(dataset: Dataset, vectors: np.ndarray) -> CatalogueIndex:
 HistoryStep = tuple[int, int, bool, str, str]
 
 
-def histories(dataset: Dataset) -> dict[str, list[HistoryStep]]:
+def histories(dataset: Dataset, split: str) -> dict[str, list[HistoryStep]]:
     found: dict[str, list[HistoryStep]] = defaultdict(list)
     for n, e in enumerate(dataset.events):
         found[e.user_id].append((e.timestamp, n, e.target_type == "bundle", e.target_id, e.event_type))
-    if dataset.info.task == "next_item":  # scoring test: the valid row is history too (FORMAT.md)
+    if dataset.info.task == "next_item" and split == "test":  # the valid row is history too (FORMAT.md)
         for row in dataset.valid:
             found[row.user_id].append((2**62, 0, False, row.target_id, "purchase"))
     for steps in found.values():
@@ -81,16 +81,16 @@ def histories(dataset: Dataset) -> dict[str, list[HistoryStep]]:
     return found
 
 
-def evaluate(path: str, k: int, users: int, encoder_dir: str, seed: int) -> dict[str, object]:
+def evaluate(path: str, k: int, users: int, encoder_dir: str, seed: int, split: str) -> dict[str, object]:
     dataset = read_dataset(path)
     started = time.monotonic()
     index = build_index(dataset, embeddings(dataset, encoder_dir))
     build_s = time.monotonic() - started
     bundle_task = dataset.info.task == "bundle"
     targets: dict[str, set[str]] = defaultdict(set)
-    for row in dataset.test:
+    for row in dataset.test if split == "test" else dataset.valid:
         targets[row.user_id].add(row.target_id)
-    history = histories(dataset)
+    history = histories(dataset, split)
     sample = sorted(targets)
     random.Random(seed).shuffle(sample)
     sample = sample[:users]
@@ -144,14 +144,17 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=2000, help="test users sampled per dataset")
     parser.add_argument("--encoder-dir", default="var/bundlerec/encoder")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--split", choices=["test", "valid"], default="test", help="valid: for choosing settings without the test split"
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     figures = []
     for path in args.datasets:
         print(f"{path}:", file=sys.stderr)
-        figures.append(evaluate(path, args.k, args.users, args.encoder_dir, args.seed))
+        figures.append(evaluate(path, args.k, args.users, args.encoder_dir, args.seed, args.split))
     names = sorted({n for f in figures for n in f["recall"]}, key=lambda n: (n == "merged", n))  # type: ignore[attr-defined]
-    print(f"\ncandidate recall@{args.k} ({args.users} test users sampled per dataset)")
+    print(f"\ncandidate recall@{args.k} ({args.users} {args.split} users sampled per dataset)")
     print(f"{'dataset':<20}" + "".join(f"{n:>19}" for n in names))
     for f in figures:
         row = "".join(f"{f['recall'].get(n, float('nan')):>19.4f}" for n in names)  # type: ignore[attr-defined]
