@@ -188,6 +188,22 @@ async def test_deleting_an_item_removes_it_from_bundles_and_results(shop: Candid
     assert "poles" not in [c.target.id for c in reply.items]
 
 
+async def test_a_bundle_loses_its_last_member_and_goes(shop: CandidateServer) -> None:
+    await shop.stub.DeleteItems(pb.DeleteItemsRequest(item_ids=["phone", "case", "charger"]))
+
+    got = await shop.stub.GetBundles(pb.GetBundlesRequest(bundle_ids=["phone-set"]))
+    reply = await shop.stub.Retrieve(pb.RetrieveRequest(bundle_limit=10))
+
+    assert list(got.missing_bundle_ids) == ["phone-set"]
+    assert [b.target.id for b in reply.bundles] == ["hike-kit"]
+
+
+async def test_sources_are_restricted_as_asked(shop: CandidateServer) -> None:
+    reply = await shop.stub.Retrieve(pb.RetrieveRequest(recent=recent("boots"), sources=[ANCHOR], bundle_limit=5))
+
+    assert not reply.items and not reply.bundles  # no anchor: the anchor source has nothing to say
+
+
 async def test_text_search_is_semantic(shop: CandidateServer) -> None:
     reply = await shop.stub.SearchText(pb.SearchTextRequest(query="something to make coffee with", limit=3))
 
@@ -264,6 +280,8 @@ async def test_bad_items_are_rejected_whole(shop: CandidateServer, items, field:
         (pb.RetrieveRequest(sources=[42]), "sources[0]"),
         (pb.SearchTextRequest(query=""), "query"),
         (pb.SetAvailabilityRequest(), "updates"),
+        (pb.SetAvailabilityRequest(updates=[pb.AvailabilityUpdate(item_id="case")]), "updates[0].availability"),
+        (pb.RetrieveRequest(user_vector=[0.1, 0.2]), "user_vector"),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )

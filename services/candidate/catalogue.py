@@ -173,6 +173,13 @@ class CatalogueStore:
                 )
             )
             deleted = (await conn.execute(delete(items_t).where(items_t.c.item_id.in_(item_ids)))).rowcount
+            if touched:  # bundles left with no member at all are deleted with their last item
+                still_used = select(members_t.c.bundle_id).where(members_t.c.bundle_id.in_(touched))
+                await conn.execute(
+                    delete(bundles_t).where(
+                        bundles_t.c.bundle_id.in_(touched), bundles_t.c.bundle_id.not_in(still_used)
+                    )
+                )
             return deleted, touched
 
         return await db.in_transaction(self.engine, work)

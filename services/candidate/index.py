@@ -136,10 +136,15 @@ class CatalogueIndex:
         self.items.pop(item_id, None)
         self.item_vectors.remove(item_id)
         self.popularity.pop(item_id, None)
-        self.event_pairs.pop(item_id, None)
+        for other in self.event_pairs.pop(item_id, {}):
+            self.event_pairs.get(other, {}).pop(item_id, None)
         for bundle_id in list(self.bundles_of.pop(item_id, ())):
             bundle = self.bundles[bundle_id]
-            self.upsert_bundle(Bundle(bundle_id, tuple(m for m in bundle.item_ids if m != item_id), bundle.title))
+            members = tuple(m for m in bundle.item_ids if m != item_id)
+            if members:
+                self.upsert_bundle(Bundle(bundle_id, members, bundle.title))
+            else:  # as the store does: a bundle of nothing is no bundle
+                self.remove_bundle(bundle_id)
         self._changed()
 
     def upsert_bundle(self, bundle: Bundle) -> None:

@@ -99,8 +99,9 @@ class _Context:
 def retrieve(index: CatalogueIndex, request: RetrievalRequest) -> Retrieved:
     weights = interaction_weights(index, request.recent)
     query = query_vector(index, weights)
-    if request.user_vector and query is not None and len(request.user_vector) == len(query):
-        query = normalize(query + normalize(np.asarray(request.user_vector, np.float32)))
+    if request.user_vector:  # the service checked its dimension
+        user = normalize(np.asarray(request.user_vector, np.float32))
+        query = user if query is None else normalize(query + user)
     context = _Context(weights, query, request.anchor_item_id if request.anchor_item_id in index.items else "")
     items = _item_candidates(index, request, context) if request.item_limit else []
     bundles = _bundle_candidates(index, request, context) if request.bundle_limit else []
@@ -134,8 +135,9 @@ def _item_candidates(index: CatalogueIndex, request: RetrievalRequest, context: 
         # Similar items from *other* categories: what goes with the anchor, not what replaces it.
         category = index.items[anchor].category
         other_category = mask & ~index.item_mask(Filter(include_categories=(category,))) if category else mask
-        near = index.item_vectors.search(index.item_vectors.vector(anchor), limit, other_category)
-        merged.add(Source.ANCHOR, near, is_bundle=False)
+        anchor_vector = index.item_vectors.vector(anchor)
+        if np.any(anchor_vector):  # an anchor without text or vector has no neighbours to speak of
+            merged.add(Source.ANCHOR, index.item_vectors.search(anchor_vector, limit, other_category), is_bundle=False)
     if Source.POPULARITY in sources:  # also fills the limit when the other sources found fewer
         merged.add(Source.POPULARITY, index.popular_items(mask, limit), is_bundle=False)
     best = merged.best(limit)
@@ -159,21 +161,28 @@ def _bundle_candidates(index: CatalogueIndex, request: RetrievalRequest, context
                 if allowed(other):
                     together[other] += w * strength
         merged.add(Source.CO_OCCURRENCE, _top(together, limit), is_bundle=True)
-    if Source.BUNDLE_MEMBERSHIP in sources or Source.ANCHOR in sources:
-        containing: dict[str, float] = defaultdict(float)
-        anchor = [(context.anchor, 2.0)] if context.anchor else []
-        for item_id, w in [*context.weights.items(), *anchor]:
-            for bundle_id in index.bundles_of.get(item_id, ()):
-                if allowed(bundle_id):
-                    containing[bundle_id] += w
-        source = Source.ANCHOR if context.anchor and Source.ANCHOR in sources else Source.BUNDLE_MEMBERSHIP
-        merged.add(source, _top(containing, limit), is_bundle=True)
+    if Source.BUNDLE_MEMBERSHIP in sources and context.weights:
+        merged.add(Source.BUNDLE_MEMBERSHIP, _containing(index, context.weights, allowed, limit), is_bundle=True)
+    if Source.ANCHOR in sources and context.anchor:
+        merged.add(Source.ANCHOR, _containing(index, {context.anchor: 1.0}, allowed, limit), is_bundle=True)
     if Source.POPULARITY in sources:
         merged.add(Source.POPULARITY, index.popular_bundles(mask, limit), is_bundle=True)
     best = merged.best(limit)
     for c in best:
         c.item_ids = index.bundles[c.target_id].item_ids
     return best
+
+
+def _containing(
+    index: CatalogueIndex, weights: dict[str, float], allowed: Callable[[str], bool], limit: int
+) -> list[tuple[str, float]]:
+    """Bundles that contain the weighted items, by the weight of the items they contain."""
+    found: dict[str, float] = defaultdict(float)
+    for item_id, w in weights.items():
+        for bundle_id in index.bundles_of.get(item_id, ()):
+            if allowed(bundle_id):
+                found[bundle_id] += w
+    return _top(found, limit)
 
 
 def _top(scores: dict[str, float], limit: int) -> list[tuple[str, float]]:

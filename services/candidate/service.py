@@ -4,11 +4,12 @@ index in step, and answers retrieval and text search."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -21,6 +22,8 @@ from bundlerec.encoder.runtime import item_text
 from bundlerec.errors import InvalidArgument
 
 MAX_BATCH = 1000
+T = TypeVar("T")
+log = logging.getLogger("bundlerec.candidate")
 
 
 class Encoder(Protocol):
@@ -126,22 +129,21 @@ class CandidateService:
                 raise InvalidArgument(f"items[{i}].item_id", f"repeats {item.item_id!r}")
             seen.add(item.item_id)
         vectors = await self._encode(items)
-        async with self._writes:
-            before = self._synced_generation
-            counts = await self.store.upsert_items(items, vectors, now_us())
+
+        def update_index(_: object) -> None:
             for item, vector in zip(items, vectors, strict=True):
                 self.index.upsert_item(item, vector)
-            self._synced(before)
-        return counts
+
+        return await self._write(lambda: self.store.upsert_items(items, vectors, now_us()), update_index)
 
     async def delete_items(self, item_ids: Sequence[str]) -> int:
         validation.identifiers("item_ids", item_ids, max_count=MAX_BATCH)
-        async with self._writes:
-            before = self._synced_generation
-            deleted, _ = await self.store.delete_items(item_ids)
+
+        def update_index(_: object) -> None:
             for item_id in item_ids:
                 self.index.remove_item(item_id)
-            self._synced(before)
+
+        deleted, _ = await self._write(lambda: self.store.delete_items(item_ids), update_index)
         return deleted
 
     async def upsert_bundles(self, bundles: Sequence[Bundle]) -> tuple[int, int]:
@@ -156,23 +158,21 @@ class CandidateService:
             if bundle.bundle_id in seen:
                 raise InvalidArgument(f"bundles[{i}].bundle_id", f"repeats {bundle.bundle_id!r}")
             seen.add(bundle.bundle_id)
-        async with self._writes:
-            before = self._synced_generation
-            counts = await self.store.upsert_bundles(bundles, now_us())
+
+        def update_index(_: object) -> None:
             for bundle in bundles:
                 self.index.upsert_bundle(bundle)
-            self._synced(before)
-        return counts
+
+        return await self._write(lambda: self.store.upsert_bundles(bundles, now_us()), update_index)
 
     async def delete_bundles(self, bundle_ids: Sequence[str]) -> int:
         validation.identifiers("bundle_ids", bundle_ids, max_count=MAX_BATCH)
-        async with self._writes:
-            before = self._synced_generation
-            deleted = await self.store.delete_bundles(bundle_ids)
+
+        def update_index(_: object) -> None:
             for bundle_id in bundle_ids:
                 self.index.remove_bundle(bundle_id)
-            self._synced(before)
-        return deleted
+
+        return await self._write(lambda: self.store.delete_bundles(bundle_ids), update_index)
 
     async def set_availability(self, updates: Sequence[tuple[str, bool, int | None]]) -> tuple[int, list[str]]:
         if not updates:
@@ -183,12 +183,42 @@ class CandidateService:
             validation.identifier(f"updates[{i}].item_id", item_id)
             if count is not None and count < 0:
                 raise InvalidArgument(f"updates[{i}].availability.stock_count", "must not be negative")
-        async with self._writes:
-            updated, missing = await self.store.set_availability(updates, now_us())
+
+        def update_index(_: object) -> None:
             for item_id, in_stock, count in updates:
                 if item_id in self.index.items:
                     self.index.set_availability(item_id, in_stock, count)
-        return updated, missing
+
+        return await self._write(
+            lambda: self.store.set_availability(updates, now_us()), update_index, changes_vectors=False
+        )
+
+    async def _write(
+        self,
+        store_write: Callable[[], Awaitable[T]],
+        update_index: Callable[[T], None],
+        *,
+        changes_vectors: bool = True,
+    ) -> T:
+        """Store first, then the in-memory index, as one step that a cancelled call cannot cut in
+        two; if the index update fails after the commit, the index is rebuilt from the store, so
+        what is served never drifts from what is stored."""
+
+        async def step() -> T:
+            async with self._writes:
+                before = self._synced_generation
+                result = await store_write()
+                try:
+                    update_index(result)
+                except Exception:
+                    log.exception("index update failed after a catalogue commit; rebuilding the index")
+                    await self.load()
+                    raise
+                if changes_vectors:
+                    self._synced(before)
+                return result
+
+        return await asyncio.shield(step())
 
     async def get_items(self, item_ids: Sequence[str]) -> tuple[list[Item], list[str]]:
         validation.identifiers("item_ids", item_ids, max_count=MAX_BATCH, unique=False)
@@ -210,6 +240,11 @@ class CandidateService:
     # -- retrieval ------------------------------------------------------------------------
 
     def retrieve(self, request: RetrievalRequest) -> Retrieved:
+        dim = self.index.item_vectors.dim
+        if request.user_vector and len(request.user_vector) != dim:
+            raise InvalidArgument(
+                "user_vector", f"has {len(request.user_vector)} dimensions; this catalogue uses {dim}"
+            )
         return retrieve(self.index, request)
 
     async def search_text(self, query: str, limit: int, item_filter: Filter) -> list[tuple[Item, float]]:

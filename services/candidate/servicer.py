@@ -146,6 +146,9 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
         return candidate_pb2.DeleteBundlesResponse(deleted=await self.service.delete_bundles(list(request.bundle_ids)))
 
     async def SetAvailability(self, request, context):  # type: ignore[no-untyped-def]
+        for i, u in enumerate(request.updates):
+            if not u.HasField("availability"):
+                raise InvalidArgument(f"updates[{i}].availability", "is required")
         updates = [
             (
                 u.item_id,

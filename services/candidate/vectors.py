@@ -86,12 +86,11 @@ class VectorIndex:
         self.key_at[slot] = None
         self.alive[slot] = False
         self.searchable[slot] = False
-        if self.kind == "exact":
-            self._index.remove_ids(np.array([slot], dtype=np.int64))
-        else:
-            self._tombstones += 1
-            if self._tombstones > 0.2 * max(1, len(self.slot_of)):
-                self.compact()
+        # A tombstone in both index kinds: the search bitmap skips it. (FAISS remove_ids on an
+        # IndexIDMap2 rebuilds its reverse map, O(n) per removal.)
+        self._tombstones += 1
+        if self._tombstones > 0.2 * max(1, len(self.slot_of)):
+            self.compact()
 
     def save(self, path: Path) -> None:
         """Writes the index next to its slot map: `path`.faiss and `path`.json."""
@@ -105,7 +104,7 @@ class VectorIndex:
             index = faiss.read_index(str(path.with_suffix(".faiss")))
         except (OSError, ValueError, RuntimeError):
             return False
-        if meta.get("dim") != self.dim or index.ntotal != sum(k is not None for k in meta["keys"]):
+        if meta.get("dim") != self.dim or index.ntotal != len(meta["keys"]):  # tombstones included
             return False
         self._index = index
         self.key_at = meta["keys"]
@@ -140,5 +139,13 @@ class VectorIndex:
         k = min(k, int(mask.sum()))
         if k == 0:
             return []
-        scores, slots = self._index.search(normalize(query.reshape(1, -1)), k, params=params)
-        return [(self.key_at[s], float(d)) for s, d in zip(slots[0], scores[0], strict=True) if s >= 0]
+        query = normalize(query.reshape(1, -1))
+        scores, slots = self._index.search(query, k, params=params)
+        found = [(self.key_at[s], float(d)) for s, d in zip(slots[0], scores[0], strict=True) if s >= 0]
+        if len(found) < k:  # HNSW under a selective filter can miss: score the allowed vectors exactly
+            allowed_slots = np.flatnonzero(mask)
+            vectors = np.stack([self._index.reconstruct(int(s)) for s in allowed_slots])
+            exact = vectors @ query[0]
+            best = np.argsort(-exact, kind="stable")[:k]
+            found = [(self.key_at[allowed_slots[i]], float(exact[i])) for i in best]  # type: ignore[misc]
+        return found
