@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bundlerec.candidate.catalogue import CatalogueStore
 from bundlerec.datasets.demo import generate_demo_shop
 from bundlerec.errors import InvalidArgument
 from bundlerec.importer import ImportTargets, import_dataset
@@ -35,7 +36,12 @@ async def test_imported_shop_is_served(shop_dir: Path, tmp_path: Path, encoder_d
     where = targets(tmp_path, encoder_dir)
     said: list[str] = []
     summary = await import_dataset(str(shop_dir), where, say=said.append)
+    store = await CatalogueStore.open(where.catalogue_url, migrate=False)
+    sold_out = next(iter(await store.list_items("", 1))).item_id
+    await store.set_availability([(sold_out, False, 0)], 0)
     again = await import_dataset(str(shop_dir), where, say=said.append)
+    still = (await store.get_items([sold_out]))[sold_out]
+    await store.close()
 
     counts = json.loads((shop_dir / "dataset.json").read_text())["counts"]
     assert (summary["items"], summary["bundles"], summary["events"]) == (
@@ -46,6 +52,7 @@ async def test_imported_shop_is_served(shop_dir: Path, tmp_path: Path, encoder_d
     assert summary["events_recorded"] == summary["events"] > 0
     assert again["events_recorded"] == 0 and again["events_already_there"] == summary["events"]
     assert any(line.startswith("done:") for line in said)
+    assert not still.in_stock, "a re-import must not put sold-out items back in stock"
     async with running_profile(where.profile_url) as profile:  # type: ignore[arg-type]
         got = (await profile.stub.GetProfile(profile_pb2.GetProfileRequest(user_id="u0001"))).profile
     assert got.total_events > 0 and got.affinities

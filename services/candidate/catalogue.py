@@ -125,7 +125,13 @@ class CatalogueStore:
         return await db.in_transaction(self.engine, lambda conn: self._upsert_items(conn, items, text_vectors, now_us))
 
     async def _upsert_items(
-        self, conn: AsyncConnection, items: Sequence[Item], text_vectors: np.ndarray, now_us: int
+        self,
+        conn: AsyncConnection,
+        items: Sequence[Item],
+        text_vectors: np.ndarray,
+        now_us: int,
+        *,
+        keep_availability: bool = False,
     ) -> tuple[int, int]:
         rows = [
             {
@@ -146,8 +152,9 @@ class CatalogueStore:
         await self._bump(conn)
         existing = await self._existing(conn, items_t.c.item_id, (r["item_id"] for r in rows))
         stmt = self._insert(items_t)
+        kept = {"item_id"} | ({"in_stock", "stock_count"} if keep_availability else set())
         stmt = stmt.on_conflict_do_update(
-            index_elements=["item_id"], set_={c: stmt.excluded[c] for c in rows[0] if c != "item_id"}
+            index_elements=["item_id"], set_={c: stmt.excluded[c] for c in rows[0] if c not in kept}
         )
         for start in range(0, len(rows), 1000):
             await conn.execute(stmt, rows[start : start + 1000])
@@ -336,7 +343,8 @@ class CatalogueStore:
         """Items, bundles and statistics in one transaction: an import lands whole or not at all."""
 
         async def work(conn: AsyncConnection) -> tuple[int, int]:
-            counts = await self._upsert_items(conn, items, text_vectors, now_us)
+            # The import format has no availability: items already in the catalogue keep theirs.
+            counts = await self._upsert_items(conn, items, text_vectors, now_us, keep_availability=True)
             if bundles:
                 await self._upsert_bundles(conn, bundles, now_us)
             await self._replace_statistics(conn, statistics)

@@ -212,6 +212,13 @@ class SqlProfileStore:
             personal = await self._not_forgotten(conn, [e for e in unique.values() if allowed.get(e.user_id, False)])
             anonymous = [e for e in unique.values() if not allowed.get(e.user_id, False)]
             recorded = await self._insert_personal(conn, personal, now_us)
+            # A user created above whose events were all retries of erased ones is not kept: an
+            # erased user stays erased, even when a client retries an old batch.
+            empty = set(unknown) - {e.user_id for e in recorded}
+            if empty and default.personalization:
+                await conn.execute(
+                    delete(users_t).where(users_t.c.user_id.in_(empty), users_t.c.created_at_us == now_us)
+                )
             anonymized = await self._insert_anonymous_keys(conn, anonymous, now_us)
             await self._count_popularity(conn, recorded + anonymized)
             return RecordResult(
