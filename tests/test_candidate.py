@@ -312,7 +312,34 @@ async def test_random_filters_never_let_a_forbidden_item_through(tmp_path, encod
     by_id = {it.item_id: it for it in catalogue}
     async with running_candidate(f"sqlite:///{tmp_path / 'c.sqlite3'}", encoder_dir) as server:
         await server.stub.UpsertItems(pb.UpsertItemsRequest(items=catalogue))
-        for _ in range(40):
+        for round_ in range(40):
+            if round_ % 8 == 7:  # the catalogue changes between queries: prices, stock, new items
+                changed = [
+                    common_pb2.Item(
+                        item_id=f"i{rng.randrange(170)}",
+                        title=f"product {rng.choice(['red', 'blue'])}",
+                        category=rng.choice(categories),
+                        brand=rng.choice(brands),
+                        price=round(rng.uniform(1, 100), 2),
+                        availability=common_pb2.Availability(in_stock=rng.random() < 0.7),
+                    )
+                    for _ in range(5)
+                ]
+                changed = list({it.item_id: it for it in changed}.values())
+                await server.stub.UpsertItems(pb.UpsertItemsRequest(items=changed))
+                flipped = [rng.choice(list(by_id)) for _ in range(5)]
+                updates = [
+                    pb.AvailabilityUpdate(
+                        item_id=i, availability=common_pb2.Availability(in_stock=not by_id[i].availability.in_stock)
+                    )
+                    for i in dict.fromkeys(flipped)
+                ]
+                await server.stub.SetAvailability(pb.SetAvailabilityRequest(updates=updates))
+                for it in changed:
+                    by_id[it.item_id] = it
+                for u in updates:
+                    by_id[u.item_id].availability.in_stock = u.availability.in_stock
+                catalogue = list(by_id.values())
             f = pb.CandidateFilter(
                 in_stock_only=rng.random() < 0.7,
                 exclude_categories=rng.sample(["A", "B > x", "C"], rng.randint(0, 1)),

@@ -38,7 +38,8 @@ class CatalogueIndex:
         self.bundle_pairs: dict[str, dict[str, float]] = defaultdict(dict)
         self.popularity: dict[str, float] = {}
         self.version = 0  # bumped by every change, reported as the index version
-        self._columns_dirty = True
+        self._columns_layout = -1  # the vector index layout the per-slot columns were built for
+        self._order_dirty = self._bundles_dirty = True
 
     # -- vectors --------------------------------------------------------------------------
 
@@ -128,9 +129,10 @@ class CatalogueIndex:
     def upsert_item(self, item: Item, text_vector: np.ndarray) -> None:
         self.items[item.item_id] = item
         self.item_vectors.upsert(item.item_id, self.fuse(text_vector, item.external_vector, has_text=_has_text(item)))
+        self._set_item_columns(item)
         for bundle_id in self.bundles_of.get(item.item_id, ()):
             self.upsert_bundle(self.bundles[bundle_id])
-        self._changed()
+        self.version += 1
 
     def remove_item(self, item_id: str) -> None:
         self.items.pop(item_id, None)
@@ -145,7 +147,7 @@ class CatalogueIndex:
                 self.upsert_bundle(Bundle(bundle_id, members, bundle.title))
             else:  # as the store does: a bundle of nothing is no bundle
                 self.remove_bundle(bundle_id)
-        self._changed()
+        self.version += 1
 
     def upsert_bundle(self, bundle: Bundle) -> None:
         self._unlink(bundle.bundle_id)
@@ -155,67 +157,95 @@ class CatalogueIndex:
             self.bundle_vectors.remove(bundle.bundle_id)
         else:
             self.bundle_vectors.upsert(bundle.bundle_id, vector)
-        self._changed()
+        self._bundles_dirty = True
+        self.version += 1
 
     def remove_bundle(self, bundle_id: str) -> None:
         self._unlink(bundle_id)
         for other in self.bundle_pairs.pop(bundle_id, {}):
             self.bundle_pairs.get(other, {}).pop(bundle_id, None)
         self.bundle_vectors.remove(bundle_id)
-        self._changed()
+        self._bundles_dirty = True
+        self.version += 1
 
     def set_availability(self, item_id: str, in_stock: bool, stock_count: int | None) -> None:
         item = self.items[item_id]
         self.items[item_id] = Item(**{**_fields(item), "in_stock": in_stock, "stock_count": stock_count})
-        self._changed()
+        self._set_item_columns(self.items[item_id])
+        self.version += 1
 
     def _changed(self) -> None:
+        """Everything changed (a load): every derived array is rebuilt on next use."""
         self.version += 1
-        self._columns_dirty = True
+        self._columns_layout = -1
+        self._bundles_dirty = True
 
     # -- filters --------------------------------------------------------------------------
+    # Per item slot: stock, price, category and brand codes, popularity. Kept up to date item by
+    # item as the catalogue changes; rebuilt whole only when the vector index renumbers its slots.
+
+    def _set_item_columns(self, item: Item) -> None:
+        if self._columns_layout != self.item_vectors.layout:
+            return  # a full rebuild is due anyway
+        slot = self.item_vectors.slot_of[item.item_id]
+        if slot >= len(self._in_stock):
+            grow = max(slot + 1, 2 * len(self._in_stock), 64) - len(self._in_stock)
+            self._in_stock = np.concatenate([self._in_stock, np.zeros(grow, bool)])
+            self._price = np.concatenate([self._price, np.full(grow, np.nan)])
+            self._category = np.concatenate([self._category, np.full(grow, -1, np.int32)])
+            self._brand = np.concatenate([self._brand, np.full(grow, -1, np.int32)])
+            self._popularity_by_slot = np.concatenate([self._popularity_by_slot, np.full(grow, -1.0)])
+        self._in_stock[slot] = item.in_stock
+        self._price[slot] = np.nan if item.price is None else item.price
+        self._category[slot] = self._code(self._category_names, self._category_codes, item.category)
+        self._brand[slot] = self._code(self._brand_names, self._brand_codes, item.brand.casefold())
+        self._popularity_by_slot[slot] = self.popularity.get(item.item_id, 0.0)
+        self._order_dirty = True
+
+    @staticmethod
+    def _code(names: list[str], codes: dict[str, int], name: str) -> int:
+        if name not in codes:
+            codes[name] = len(names)
+            names.append(name)
+        return codes[name]
 
     def _refresh_columns(self) -> None:
-        """Per-slot arrays that make a filter a few vectorized comparisons."""
-        if not self._columns_dirty:
-            return
+        """Brings the per-slot arrays up to date: whole after a renumbering, else only what a
+        change left stale (the popularity order, the bundle membership arrays)."""
         slots = self.item_vectors.key_at
         n = len(slots)
-        self._in_stock = np.zeros(n, bool)
-        self._price = np.full(n, np.nan)
-        self._category_names: list[str] = []
-        self._brand_names: list[str] = []
-        codes: dict[str, int] = {}
-        brand_codes: dict[str, int] = {}
-        self._category = np.full(n, -1, np.int32)
-        self._brand = np.full(n, -1, np.int32)
-        for slot, key in enumerate(slots):
-            item = self.items.get(key) if key else None
-            if item is None:
-                continue
-            self._in_stock[slot] = item.in_stock
-            if item.price is not None:
-                self._price[slot] = item.price
-            self._category[slot] = codes.setdefault(item.category, len(codes))
-            self._brand[slot] = brand_codes.setdefault(item.brand.casefold(), len(brand_codes))
-        self._category_names = list(codes)
-        self._brand_names = list(brand_codes)
-        # Bundle membership as CSR over bundle slots → member item slots.
-        bundle_slots = self.bundle_vectors.key_at
-        lengths, members = [], []
-        for key in bundle_slots:
-            ids = self.bundles[key].item_ids if key in self.bundles else ()
-            slot_ids = [self.item_vectors.slot_of[m] for m in ids if m in self.item_vectors.slot_of]
-            lengths.append(len(slot_ids))
-            members.extend(slot_ids)
-        self._bundle_indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        self._bundle_members = np.asarray(members, np.int64)
-        popularity = np.array([self.popularity.get(k, 0.0) if k else -1.0 for k in slots])
-        self._popularity_order = np.lexsort((np.arange(n), -popularity))
-        sizes = np.maximum(1, np.diff(self._bundle_indptr))
-        self._bundle_popularity = self._per_bundle(np.maximum(popularity, 0.0), "sum") / sizes
-        self._bundle_popularity_order = np.lexsort((np.arange(len(sizes)), -self._bundle_popularity))
-        self._columns_dirty = False
+        if self._columns_layout != self.item_vectors.layout:
+            self._columns_layout = self.item_vectors.layout
+            self._in_stock = np.zeros(n, bool)
+            self._price = np.full(n, np.nan)
+            self._category = np.full(n, -1, np.int32)
+            self._brand = np.full(n, -1, np.int32)
+            self._popularity_by_slot = np.full(n, -1.0)
+            self._category_names, self._category_codes = [], {}
+            self._brand_names, self._brand_codes = [], {}
+            for key in slots:
+                if key is not None and key in self.items:
+                    self._set_item_columns(self.items[key])
+            self._order_dirty = self._bundles_dirty = True
+        if self._order_dirty:
+            popularity = self._popularity_by_slot[:n]
+            self._popularity_order = np.lexsort((np.arange(n), -popularity))
+            self._order_dirty = False
+        if self._bundles_dirty:
+            # Bundle membership as CSR over bundle slots → member item slots.
+            lengths, members = [], []
+            for key in self.bundle_vectors.key_at:
+                ids = self.bundles[key].item_ids if key in self.bundles else ()
+                slot_ids = [self.item_vectors.slot_of[m] for m in ids if m in self.item_vectors.slot_of]
+                lengths.append(len(slot_ids))
+                members.extend(slot_ids)
+            self._bundle_indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            self._bundle_members = np.asarray(members, np.int64)
+            sizes = np.maximum(1, np.diff(self._bundle_indptr))
+            pop = np.maximum(self._popularity_by_slot[:n], 0.0)
+            self._bundle_popularity = self._per_bundle(pop, "sum") / sizes
+            self._bundle_popularity_order = np.lexsort((np.arange(len(sizes)), -self._bundle_popularity))
+            self._bundles_dirty = False
 
     def _per_bundle(self, values: np.ndarray, how: str) -> np.ndarray:
         """Per bundle slot: the sum of `values` over its members, or ("all") whether every
@@ -230,16 +260,20 @@ class CatalogueIndex:
 
     def item_mask(self, f: Filter) -> np.ndarray:
         self._refresh_columns()
-        mask = self.item_vectors.alive[: len(self.item_vectors.key_at)].copy()
+        n = len(self.item_vectors.key_at)
+        mask = self.item_vectors.alive[:n].copy()
         if f.in_stock_only:
-            mask &= self._in_stock
+            mask &= self._in_stock[:n]
         with np.errstate(invalid="ignore"):
             if f.min_price is not None:
-                mask &= self._price >= f.min_price
+                mask &= self._price[:n] >= f.min_price
             if f.max_price is not None:
-                mask &= self._price <= f.max_price
-        mask &= self._code_mask(self._category, self._category_names, f.include_categories, f.exclude_categories, True)
-        mask &= self._code_mask(self._brand, self._brand_names, f.include_brands, f.exclude_brands, False)
+                mask &= self._price[:n] <= f.max_price
+        if f.include_categories or f.exclude_categories:
+            categories = self._category[:n]
+            mask &= self._code_mask(categories, self._category_names, f.include_categories, f.exclude_categories, True)
+        if f.include_brands or f.exclude_brands:
+            mask &= self._code_mask(self._brand[:n], self._brand_names, f.include_brands, f.exclude_brands, False)
         for item_id in f.exclude_item_ids:
             slot = self.item_vectors.slot_of.get(item_id)
             if slot is not None:

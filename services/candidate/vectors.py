@@ -34,6 +34,7 @@ class VectorIndex:
         self.key_at: list[str | None] = []
         self.alive = np.zeros(0, dtype=bool)  # by slot; grows with key_at
         self.searchable = np.zeros(0, dtype=bool)  # alive and not the zero vector
+        self.layout = 0  # bumped whenever slots are renumbered (build, compaction, restore)
         self._index = self._new_index(0)
         self._tombstones = 0
 
@@ -54,6 +55,7 @@ class VectorIndex:
 
     def build(self, keys: list[str], vectors: np.ndarray) -> None:
         """Replaces the whole index (start-up, or compaction)."""
+        self.layout += 1
         self.slot_of = {k: i for i, k in enumerate(keys)}
         self.key_at = list(keys)
         self.alive = np.ones(len(keys), dtype=bool)
@@ -107,6 +109,7 @@ class VectorIndex:
         if meta.get("dim") != self.dim or index.ntotal != len(meta["keys"]):  # tombstones included
             return False
         self._index = index
+        self.layout += 1
         self.key_at = meta["keys"]
         self.slot_of = {k: i for i, k in enumerate(self.key_at) if k is not None}
         self.alive = np.array([k is not None for k in self.key_at], dtype=bool)
