@@ -399,3 +399,34 @@ async def test_vector_indexes_are_restored_only_while_they_match_the_catalogue(t
     assert not elsewhere.restored, "an index saved for one catalogue must not load into another"
     for service in (third, elsewhere):
         await service.close()
+
+
+class OtherModel:
+    """Stands in for a different sentence encoder of the same dimension (counts its calls)."""
+
+    def __init__(self, dimension: int) -> None:
+        self.dimension, self.texts = dimension, 0
+
+    def encode(self, texts):  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        self.texts += len(texts)
+        out = np.zeros((len(texts), self.dimension), np.float32)
+        out[:, 0] = 1.0
+        return out
+
+
+async def test_a_new_encoder_re_embeds_the_catalogue_once(tmp_path, encoder_dir: str) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'c.sqlite3'}"
+    first = await open_service(url, encoder_dir, None)
+    await first.upsert_items([Item(key, title, category, brand, price) for key, title, category, brand, price in SHOP])
+    await first.close()
+
+    other = OtherModel(first.index.text_dim)
+    for _ in range(2):  # the second start finds the catalogue already embedded by this model
+        store = await CatalogueStore.open(url, migrate=False)
+        service = CandidateService(store, CatalogueIndex(other.dimension), other, None)
+        await service.load()
+        await service.close()
+
+    assert other.texts == len(SHOP)  # every item once, not again at the second start

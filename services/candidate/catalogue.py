@@ -113,6 +113,21 @@ class CatalogueStore:
 
         return await db.read(self.engine, work)
 
+    async def encoder_stamp(self) -> int | None:
+        """Which encoder embedded the stored text vectors (see CandidateService.load)."""
+
+        async def work(conn: AsyncConnection) -> int | None:
+            return (await conn.execute(select(meta_t.c.value).where(meta_t.c.key == "encoder"))).scalar_one_or_none()
+
+        return await db.read(self.engine, work)
+
+    async def set_encoder_stamp(self, stamp: int) -> None:
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(delete(meta_t).where(meta_t.c.key == "encoder"))
+            await conn.execute(meta_t.insert().values(key="encoder", value=stamp))
+
+        await db.in_transaction(self.engine, work)
+
     async def _existing(self, conn: AsyncConnection, column: Any, ids: Iterable[str]) -> set[str]:
         wanted = list(set(ids))
         found: set[str] = set()

@@ -4,6 +4,7 @@ index in step, and answers retrieval and text search."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -32,6 +33,18 @@ class Encoder(Protocol):
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
+def encoder_stamp(encoder: Encoder) -> int:
+    """A number that changes when the embedding space does: the model, its dimension, its input
+    length and pooling (not the bytes of one export: re-exporting the same model changes nothing)."""
+    manifest = getattr(encoder, "manifest", None)
+    what = (
+        f"{manifest.model_name}|{manifest.dimension}|{manifest.max_seq_length}|{manifest.pooling}|{manifest.normalized}"
+        if manifest
+        else type(encoder).__qualname__
+    )
+    return int(hashlib.sha256(what.encode()).hexdigest()[:15], 16)
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 
@@ -54,11 +67,19 @@ class CandidateService:
         """Builds the index from the catalogue store; items stored without a text vector (for
         example inserted by an older version) are encoded now and written back."""
         snapshot = await self.store.snapshot()
-        missing = [s.item for s in snapshot.items if s.text_vector is None]
+        stamp, stored_stamp = encoder_stamp(self.encoder), await self.store.encoder_stamp()
+        if stored_stamp not in (None, stamp):  # another encoder embedded the catalogue: re-embed all
+            log.warning("the text encoder changed since the catalogue was embedded; re-embedding every item")
+            missing = [s.item for s in snapshot.items]
+        else:
+            missing = [s.item for s in snapshot.items if s.text_vector is None]
+        for start in range(0, len(missing), MAX_BATCH):
+            chunk = missing[start : start + MAX_BATCH]
+            await self.store.upsert_items(chunk, await self._encode(chunk), now_us())
         if missing:
-            vectors = await self._encode(missing)
-            await self.store.upsert_items(missing, vectors, now_us())
             snapshot = await self.store.snapshot()
+        if stored_stamp != stamp:
+            await self.store.set_encoder_stamp(stamp)
         self._instance, generation = await self.store.generation()  # no writer runs yet: the snapshot's
         self.restored = bool(self.index_dir) and self.index.restore(self.index_dir, (self._instance, generation))  # type: ignore[arg-type]
         self.index.load(
