@@ -167,3 +167,35 @@ async def test_a_batch_retried_after_consent_withdrawal_is_not_counted_twice(pro
 
     assert (retried.anonymized, retried.duplicates) == (0, 1)
     assert {t.target.id: t.score for t in popular.targets}[target] == pytest.approx(5.0)  # one purchase
+
+
+async def test_remembered_event_ids_are_purged_after_the_retry_window(database_url: str) -> None:
+    from bundlerec.profile.store import SqlProfileStore, anonymous_t
+
+    store = await SqlProfileStore.open(database_url, migrate=True, retry_window_days=30)
+    stale, fresh = f"stale-{uuid.uuid4().hex}", f"fresh-{uuid.uuid4().hex}"
+    today = int(time.time()) // 86_400
+    try:
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                anonymous_t.insert(), [{"event_key": stale, "day": today - 31}, {"event_key": fresh, "day": today - 29}]
+            )
+        await store.record([], default=store_default(), now_us=time.time_ns() // 1000)
+        async with store.engine.connect() as conn:
+            kept = set(
+                (
+                    await conn.execute(
+                        select(anonymous_t.c.event_key).where(anonymous_t.c.event_key.in_([stale, fresh]))
+                    )
+                ).scalars()
+            )
+    finally:
+        await store.close()
+
+    assert kept == {fresh}
+
+
+def store_default():  # type: ignore[no-untyped-def]
+    from bundlerec.profile.model import Consent
+
+    return Consent(personalization=True, sensitive_categories=False)

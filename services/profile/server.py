@@ -18,6 +18,7 @@ async def build(settings: ProfileSettings) -> ServiceParts:
         migrate=settings.migrate_on_start,
         pool_size=settings.pool_size,
         key_secret=settings.event_key_secret.get_secret_value().encode(),
+        retry_window_days=settings.retry_window_days,
     )
     servicer = ProfileServicer(ProfileService(store, settings))
     return ServiceParts(

@@ -22,6 +22,9 @@ class ProfileSettings(ServiceSettings):
         description="Key of the hashes kept of erased and anonymous event ids (so retries are recognised). "
         "Set a random secret in production; without one the hashes are unkeyed.",
     )
+    retry_window_days: int = Field(
+        90, ge=1, description="How long ids of anonymous and erased events are remembered to recognise retries."
+    )
     migrate_on_start: bool = Field(True, description="Apply pending database migrations at start.")
     pool_size: int = Field(10, ge=1, le=200, description="Database connections kept open.")
     default_personalization: bool = Field(

@@ -129,17 +129,21 @@ def event_key(secret: bytes, event_id: str) -> str:
 class SqlProfileStore:
     """The profile store on SQLAlchemy: one adapter for SQLite and PostgreSQL."""
 
-    def __init__(self, engine: AsyncEngine, *, key_secret: bytes = b"") -> None:
+    def __init__(self, engine: AsyncEngine, *, key_secret: bytes = b"", retry_window_days: int = 90) -> None:
         self.engine = engine
         self._postgres = engine.dialect.name == "postgresql"
         self._secret = key_secret or b"bundlerec"
+        self._retry_window_days = retry_window_days
+        self._purged_day = -1  # the day the event-id keys were last purged by this process
 
     @classmethod
-    async def open(cls, url: str, *, migrate: bool, pool_size: int = 10, key_secret: bytes = b"") -> SqlProfileStore:
+    async def open(
+        cls, url: str, *, migrate: bool, pool_size: int = 10, key_secret: bytes = b"", retry_window_days: int = 90
+    ) -> SqlProfileStore:
         engine = db.create_engine(url, pool_size=pool_size)
         if migrate:
             await db.upgrade_to_head(engine, MIGRATIONS)
-        return cls(engine, key_secret=key_secret)
+        return cls(engine, key_secret=key_secret, retry_window_days=retry_window_days)
 
     async def readiness(self) -> str | None:
         return await db.migration_problem(self.engine, MIGRATIONS)
@@ -220,6 +224,7 @@ class SqlProfileStore:
                     delete(users_t).where(users_t.c.user_id.in_(empty), users_t.c.created_at_us == now_us)
                 )
             anonymized = await self._insert_anonymous_keys(conn, anonymous, now_us)
+            await self._purge_old_keys(conn, now_us)
             await self._count_popularity(conn, recorded + anonymized)
             return RecordResult(
                 recorded=len(recorded),
@@ -247,6 +252,14 @@ class SqlProfileStore:
             await self._insert(conn, anonymous_t, rows, key=["event_key"])
         await conn.execute(delete(events_t).where(events_t.c.user_id == user_id))
         return len(ids)
+
+    async def _purge_old_keys(self, conn: AsyncConnection, now_us: int) -> None:
+        """Once a day per process: event-id keys older than the retry window go (no client
+        retries a batch months later; the keys would only grow)."""
+        today = now_us // US_PER_DAY
+        if today != self._purged_day:
+            await conn.execute(delete(anonymous_t).where(anonymous_t.c.day < today - self._retry_window_days))
+            self._purged_day = today
 
     def _key(self, event_id: str) -> str:
         return event_key(self._secret, event_id)
