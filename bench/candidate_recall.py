@@ -28,11 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bundlerec.candidate.index import CatalogueIndex
 from bundlerec.candidate.model import Bundle, Filter, Item, RecentInteraction, RetrievalRequest, Source
 from bundlerec.candidate.retrieval import retrieve
-from bundlerec.candidate.statistics import Interaction as Step
-from bundlerec.candidate.statistics import behaviour_statistics
 from bundlerec.datasets.reader import Dataset, read_dataset
 from bundlerec.encoder.runtime import TextEncoder, item_text
 from bundlerec.events import EventType
+from bundlerec.importer import dataset_statistics
 
 HISTORY = 50  # most recent interactions sent as the user's context
 
@@ -52,9 +51,7 @@ def embeddings(dataset: Dataset, encoder_dir: str) -> np.ndarray:
 
 
 def build_index(dataset: Dataset, vectors: np.ndarray) -> CatalogueIndex:
-    steps = [Step(e.user_id, e.event_type, e.target_type == "bundle", e.target_id, e.timestamp) for e in dataset.events]
-    members = {b.bundle_id: b.item_ids for b in dataset.bundles.values()}
-    statistics = behaviour_statistics(steps, members, unix_time=dataset.info.timestamps == "unix")
+    statistics = dataset_statistics(dataset)  # as `bundlerec import` computes them
     index = CatalogueIndex(vectors.shape[1])
     items = [
         (Item(it.item_id, it.title, it.category, it.brand, it.price), vectors[i])

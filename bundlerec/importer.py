@@ -58,7 +58,7 @@ async def import_dataset(path: str, targets: ImportTargets, *, on_error: str = "
     ]
     say(f"embedding {len(items):,} item texts with the sentence encoder...")
     vectors = encoder.encode([item_text(it.title, it.category, it.brand) for it in items])
-    statistics = _statistics(dataset)
+    statistics = dataset_statistics(dataset)
     bundles = [catalogue.Bundle(b.bundle_id, b.item_ids, b.title) for b in dataset.bundles.values()]
     store = await CatalogueStore.open(targets.catalogue_url, migrate=True)
     try:
@@ -87,7 +87,8 @@ async def import_dataset(path: str, targets: ImportTargets, *, on_error: str = "
     return summary
 
 
-def _statistics(dataset: Dataset) -> BehaviourStatistics:
+def dataset_statistics(dataset: Dataset) -> BehaviourStatistics:
+    """Popularity and co-occurrence from a dataset's events (timestamps decay only when Unix)."""
     interactions = [
         Interaction(e.user_id, e.event_type, e.target_type == "bundle", e.target_id, e.timestamp)
         for e in dataset.events

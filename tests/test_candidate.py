@@ -298,33 +298,24 @@ async def test_random_filters_never_let_a_forbidden_item_through(tmp_path, encod
     rng = random.Random(7)
     categories = ["A > x", "A > y", "B > x", "B > z", "C"]
     brands = ["n", "m", "o"]
-    catalogue = [
-        common_pb2.Item(
-            item_id=f"i{i}",
-            title=f"product {i} {rng.choice(['red', 'blue', 'green'])}",
+
+    def random_item(item_id: str) -> common_pb2.Item:
+        return common_pb2.Item(
+            item_id=item_id,
+            title=f"product {item_id} {rng.choice(['red', 'blue', 'green'])}",
             category=rng.choice(categories),
             brand=rng.choice(brands),
             price=round(rng.uniform(1, 100), 2),
             availability=common_pb2.Availability(in_stock=rng.random() < 0.7),
         )
-        for i in range(150)
-    ]
+
+    catalogue = [random_item(f"i{i}") for i in range(150)]
     by_id = {it.item_id: it for it in catalogue}
     async with running_candidate(f"sqlite:///{tmp_path / 'c.sqlite3'}", encoder_dir) as server:
         await server.stub.UpsertItems(pb.UpsertItemsRequest(items=catalogue))
         for round_ in range(40):
             if round_ % 8 == 7:  # the catalogue changes between queries: prices, stock, new items
-                changed = [
-                    common_pb2.Item(
-                        item_id=f"i{rng.randrange(170)}",
-                        title=f"product {rng.choice(['red', 'blue'])}",
-                        category=rng.choice(categories),
-                        brand=rng.choice(brands),
-                        price=round(rng.uniform(1, 100), 2),
-                        availability=common_pb2.Availability(in_stock=rng.random() < 0.7),
-                    )
-                    for _ in range(5)
-                ]
+                changed = [random_item(f"i{rng.randrange(170)}") for _ in range(5)]
                 changed = list({it.item_id: it for it in changed}.values())
                 await server.stub.UpsertItems(pb.UpsertItemsRequest(items=changed))
                 flipped = [rng.choice(list(by_id)) for _ in range(5)]

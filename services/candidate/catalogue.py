@@ -326,10 +326,6 @@ class CatalogueStore:
 
         return await db.read(self.engine, work)
 
-    async def replace_statistics(self, statistics: BehaviourStatistics) -> None:
-        """Replaces behaviour statistics (written by `bundlerec import` and aggregation jobs)."""
-        await db.in_transaction(self.engine, lambda conn: self._replace_statistics(conn, statistics))
-
     async def _replace_statistics(self, conn: AsyncConnection, statistics: BehaviourStatistics) -> None:
         tables = (
             (stats_t, [{"item_id": i, "popularity": p} for i, p in statistics.popularity.items()]),

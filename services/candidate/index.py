@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -170,7 +171,7 @@ class CatalogueIndex:
 
     def set_availability(self, item_id: str, in_stock: bool, stock_count: int | None) -> None:
         item = self.items[item_id]
-        self.items[item_id] = Item(**{**_fields(item), "in_stock": in_stock, "stock_count": stock_count})
+        self.items[item_id] = replace(item, in_stock=in_stock, stock_count=stock_count)
         self._set_item_columns(self.items[item_id])
         self.version += 1
 
@@ -349,7 +350,3 @@ class CatalogueIndex:
 
 def _has_text(item: Item) -> bool:
     return bool(item.title.strip() or item.category.strip() or item.brand.strip())
-
-
-def _fields(item: Item) -> dict[str, object]:
-    return {name: getattr(item, name) for name in item.__slots__}  # type: ignore[attr-defined]
