@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundlerec.candidate.index import CatalogueIndex
 from bundlerec.candidate.model import Bundle, Filter, Item, RecentInteraction, RetrievalRequest, Source
-from bundlerec.candidate.retrieval import retrieve
+from bundlerec.candidate.retrieval import SOURCE_WEIGHTS, retrieve
 from bundlerec.datasets.reader import Dataset, read_dataset
 from bundlerec.encoder.runtime import TextEncoder, item_text
 from bundlerec.events import EventType
@@ -144,8 +144,18 @@ def main() -> int:
     parser.add_argument(
         "--split", choices=["test", "valid"], default="test", help="valid: for choosing settings without the test split"
     )
+    parser.add_argument(
+        "--weight",
+        action="append",
+        default=[],
+        metavar="SOURCE=W",
+        help="override a source's fusion weight, e.g. --weight co_occurrence=2 (repeatable)",
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    for override in args.weight:
+        name, _, value = override.partition("=")
+        SOURCE_WEIGHTS[Source[name.upper()]] = float(value)
     figures = []
     for path in args.datasets:
         print(f"{path}:", file=sys.stderr)
