@@ -1,0 +1,97 @@
+"""A trained model's versioned directory, as training writes it and the ranker service loads it.
+
+    MODELS_DIR/<version>/
+        model.onnx            the ranker (features.py describes its inputs)
+        model.int8.onnx       optional: dynamically quantized for CPU serving
+        weights.pt            the PyTorch state dict (evaluation and fine-tuning; never loaded to serve)
+        vocabulary.json, bundle_members.npy   id maps (vocabulary.py)
+        training_curves.png   loss and validation metric per epoch
+        manifest.json         written last: a directory without it is incomplete and never loaded
+
+Versions are named so that sorting them by name sorts them by creation time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST_FILE = "manifest.json"
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+WEIGHTS_FILE = "weights.pt"
+CURVES_FILE = "training_curves.png"
+INPUTS = ("sequence", "cand_items", "cand_bundles", "extra_text")
+OUTPUTS = ("scores", "user_vector")
+
+
+class ModelArtifactError(RuntimeError):
+    """The directory is not a complete, loadable model."""
+
+
+@dataclass
+class ModelManifest:
+    version: str
+    created_at: str  # ISO 8601, UTC
+    dataset: str
+    task: str
+    clock: bool  # timestamps are real times (age buckets are meaningful)
+    model: dict[str, Any]  # training.model.ModelConfig
+    training: dict[str, Any]  # training.train.TrainSettings
+    metrics: dict[str, float]  # validation metrics of the selected epoch
+    text_encoder: dict[str, Any] | None  # the encoder manifest's model name and dimension, None without text
+    onnx_sha256: str
+    has_int8: bool = False
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def max_sequence(self) -> int:
+        return int(self.model["max_sequence"])
+
+    @property
+    def max_members(self) -> int:
+        return int(self.model["max_members"])
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.model["text_dim"])
+
+    @property
+    def vector_dim(self) -> int:
+        return int(self.model["dim"])
+
+    def write(self, directory: Path) -> None:
+        (directory / MANIFEST_FILE).write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+
+    @classmethod
+    def read(cls, directory: Path) -> ModelManifest:
+        path = directory / MANIFEST_FILE
+        if not path.is_file():
+            raise ModelArtifactError(f"{directory}: no {MANIFEST_FILE} (not a model, or still being written)")
+        try:
+            manifest = cls(**json.loads(path.read_text()))
+        except (TypeError, ValueError) as error:
+            raise ModelArtifactError(f"{path}: unreadable manifest ({error})") from error
+        if sha256_of(directory / ONNX_FILE) != manifest.onnx_sha256:
+            raise ModelArtifactError(f"{directory / ONNX_FILE}: does not match the manifest's checksum")
+        return manifest
+
+
+def sha256_of(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_versions(models_dir: Path) -> list[str]:
+    """Complete versions in `models_dir`, oldest first."""
+    if not models_dir.is_dir():
+        return []
+    return sorted(p.name for p in models_dir.iterdir() if (p / MANIFEST_FILE).is_file() and not p.name.startswith("."))

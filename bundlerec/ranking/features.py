@@ -1,0 +1,94 @@
+"""Turning behaviour sequences and candidate bundles into the ranker's input arrays.
+
+One module for training, evaluation and serving, so that the model sees at serving time exactly the
+features it was trained on. numpy only: the ranker service imports it without torch.
+
+The model's inputs (all int64 unless noted; index 0 is padding everywhere):
+- a sequence of S steps, oldest first, left-padded to a fixed length: `seq_items` / `seq_bundles`
+  (one of the two is set per step), `seq_types` (event type), `seq_recency` (how many distinct
+  timestamps are newer: 0 for the newest step), `seq_age` (log2-hours bucket of the time between the
+  step and the newest step; 0 when timestamps are only an order);
+- N candidates, each a set of up to M item indices (`cand_items`, padded with 0) and an optional
+  catalogue bundle index (`cand_bundles`);
+- `extra_text` (float32 [E, text_dim]): text vectors of items the model has no row for; an item
+  index >= num_item_rows means row (index - num_item_rows) of it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+PAD = 0
+UNKNOWN = 1  # an item or bundle the model has no learned row for
+FIRST_ID = 2
+
+EVENT_TYPE_INDEX = {"view": 1, "click": 2, "add_to_cart": 3, "purchase": 4, "rating": 5, "like": 6}
+NUM_EVENT_TYPES = 7
+MAX_AGE_BUCKET = 24  # 2**23 hours is ~950 years: every real gap fits
+NUM_AGE_BUCKETS = MAX_AGE_BUCKET + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a behaviour sequence, already mapped to model indices."""
+
+    item: int  # item index, or PAD for a bundle step
+    bundle: int  # bundle index, or PAD for an item step
+    event_type: int
+    timestamp: int | None  # Unix seconds, an ordinal position, or None when unknown
+
+
+def age_bucket(seconds: float) -> int:
+    """1 + floor(log2(1 + hours)), capped; 0 is reserved for "no clock"."""
+    hours = max(seconds, 0.0) / 3600.0
+    return min(1 + int(math.log2(1.0 + hours)), MAX_AGE_BUCKET)
+
+
+def encode_sequence(steps: Sequence[Step], length: int, *, clock: bool) -> np.ndarray:
+    """The newest `length` steps as a [5, length] int64 array (items, bundles, types, recency, age),
+    left-padded. `clock` says whether timestamps are real times (Unix seconds) or only an order."""
+    out = np.zeros((5, length), dtype=np.int64)
+    kept = steps[-length:] if length else []
+    if not kept:
+        return out
+    stamps = [s.timestamp for s in kept]
+    known = [t for t in stamps if t is not None]
+    newest = max(known) if known else None
+    distinct_newer = _distinct_newer(stamps)
+    offset = length - len(kept)
+    for i, step in enumerate(kept):
+        col = offset + i
+        out[0, col] = step.item
+        out[1, col] = step.bundle
+        out[2, col] = step.event_type
+        out[3, col] = min(distinct_newer[i], length - 1)
+        if clock and newest is not None and step.timestamp is not None:
+            out[4, col] = age_bucket(newest - step.timestamp)
+    return out
+
+
+def _distinct_newer(stamps: list[int | None]) -> list[int]:
+    """For each step, how many distinct timestamps are newer. Steps without a timestamp count as
+    ordered by position, so a sequence with no clock at all still has a recency."""
+    if all(t is None for t in stamps):
+        return [len(stamps) - 1 - i for i in range(len(stamps))]
+    values = sorted({t for t in stamps if t is not None}, reverse=True)
+    rank = {t: r for r, t in enumerate(values)}
+    return [rank[t] if t is not None else 0 for t in stamps]
+
+
+def encode_candidates(candidates: Sequence[tuple[int, Sequence[int]]], max_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bundle index, item indices) pairs as `cand_bundles` [N] and `cand_items` [N, M], where M is
+    the largest candidate size up to `max_items` (larger sets keep their first `max_items`)."""
+    width = max(1, min(max_items, max((len(items) for _, items in candidates), default=1)))
+    items = np.zeros((len(candidates), width), dtype=np.int64)
+    bundles = np.zeros(len(candidates), dtype=np.int64)
+    for n, (bundle, members) in enumerate(candidates):
+        bundles[n] = bundle
+        kept = list(members)[:width]
+        items[n, : len(kept)] = kept
+    return bundles, items

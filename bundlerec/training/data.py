@@ -1,0 +1,162 @@
+"""From a dataset in the import format to training examples for the ranker.
+
+The vocabulary holds every item and bundle that has training signal: items seen in events, bundles
+seen in events, and the members of those bundles. Everything else reaches the model through its
+text only, which is how the model scores what it never saw.
+
+Two regimes, chosen by the data rather than a flag:
+- ordered (timestamps "unix" or "ordinal"): each user's history is a sequence; the model reads it
+  causally and learns to predict every next step (as SASRec does) and, with the full score, the
+  last one;
+- unordered (timestamps "none", e.g. Youshu): a history is a set; each example leaves one
+  interaction out and predicts it from the others, in a fresh random order every epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from bundlerec.datasets import Dataset, HeldOut
+from bundlerec.ranking.features import EVENT_TYPE_INDEX, PAD, Step, encode_sequence
+from bundlerec.ranking.vocabulary import Vocabulary
+
+ITEM, BUNDLE = 1, 2  # target kinds (0 = no target at this position)
+
+
+@dataclass
+class TrainingData:
+    vocabulary: Vocabulary
+    item_text: np.ndarray  # [num_item_rows, text_dim] float32; zero rows where there is no text
+    histories: dict[str, list[Step]]  # model indices, oldest first
+    task: str
+    causal: bool
+    clock: bool
+
+    @property
+    def target_kind(self) -> int:
+        return BUNDLE if self.task == "bundle" else ITEM
+
+
+def history_steps(dataset: Dataset, vocabulary: Vocabulary, events=None) -> dict[str, list[Step]]:
+    """Each user's events as model steps, oldest first (ties keep file order). Datasets without
+    timestamps get one shared timestamp, so no step looks more recent than another."""
+    timed = dataset.info.timestamps != "none"
+    found: dict[str, list[Step]] = defaultdict(list)
+    for event in sorted(events if events is not None else dataset.events, key=lambda e: e.timestamp if timed else 0):
+        kind = EVENT_TYPE_INDEX[event.event_type]
+        stamp = event.timestamp if timed else 0
+        if event.target_type == "bundle":
+            found[event.user_id].append(Step(PAD, vocabulary.bundle(event.target_id), kind, stamp))
+        else:
+            found[event.user_id].append(Step(vocabulary.item(event.target_id), PAD, kind, stamp))
+    return dict(found)
+
+
+def build_vocabulary(dataset: Dataset, max_members: int) -> Vocabulary:
+    bundles_seen = {e.target_id for e in dataset.events if e.target_type == "bundle"}
+    items_seen = {e.target_id for e in dataset.events if e.target_type == "item"}
+    for bundle_id in bundles_seen:
+        items_seen.update(dataset.bundles[bundle_id].item_ids)
+    item_ids = [item for item in dataset.items if item in items_seen]
+    bundles = {b.bundle_id: b.item_ids for b in dataset.bundles.values() if b.bundle_id in bundles_seen}
+    return Vocabulary.build(item_ids, bundles, max_members)
+
+
+def prepare(dataset: Dataset, text_vectors: np.ndarray | None, max_members: int) -> TrainingData:
+    """`text_vectors` is [len(dataset.items), text_dim] in items.csv order, or None."""
+    vocabulary = build_vocabulary(dataset, max_members)
+    text_dim = 0 if text_vectors is None else text_vectors.shape[1]
+    item_text = np.zeros((vocabulary.num_item_rows, max(text_dim, 1)), dtype=np.float32)
+    if text_vectors is not None:
+        for position, item_id in enumerate(dataset.items):
+            if vocabulary.has_item(item_id):
+                item_text[vocabulary.item(item_id)] = text_vectors[position]
+    return TrainingData(
+        vocabulary=vocabulary,
+        item_text=item_text[:, :text_dim] if text_dim else item_text[:, :0],
+        histories=history_steps(dataset, vocabulary),
+        task=dataset.info.task,
+        causal=dataset.info.timestamps != "none",
+        clock=dataset.info.timestamps == "unix",
+    )
+
+
+def carve_validation(dataset: Dataset, share: float, seed: int) -> Dataset:
+    """A dataset without valid.csv still needs a validation split to stop on: the newest target of
+    a `share` of the users with at least two targets moves from events to valid."""
+    kind = "bundle" if dataset.info.task == "bundle" else "item"
+    by_user: dict[str, list[int]] = defaultdict(list)
+    for n, event in enumerate(dataset.events):
+        if event.target_type == kind:
+            by_user[event.user_id].append(n)
+    rng = random.Random(seed)
+    eligible = sorted(user for user, rows in by_user.items() if len(rows) >= 2)
+    chosen = rng.sample(eligible, max(1, int(len(eligible) * share))) if eligible else []
+    moved = {max(by_user[user], key=lambda n: (dataset.events[n].timestamp, n)) for user in chosen}
+    events = [e for n, e in enumerate(dataset.events) if n not in moved]
+    valid = [HeldOut(dataset.events[n].user_id, dataset.events[n].target_id) for n in sorted(moved)]
+    return dataclasses.replace(dataset, events=events, valid=valid)
+
+
+@dataclass
+class Batch:
+    seq: np.ndarray  # [B, 5, L]
+    position_kinds: np.ndarray  # [B, L+1] ITEM / BUNDLE / 0: what each position predicts
+    position_targets: np.ndarray  # [B, L+1] the index it predicts; the last position is the user
+    # token's: the example's target, where the full score (with target attention) trains
+
+
+def examples(data: TrainingData, length: int, rng: random.Random) -> list[tuple[list[Step], list[Step]]]:
+    """One epoch of (input steps, predicted steps) pairs. Ordered: one per user, the whole history
+    (position i predicts step i+1). Unordered: one per target interaction, the rest shuffled."""
+    out = []
+    for user in sorted(data.histories):
+        steps = data.histories[user]
+        if data.causal:
+            window = steps[-(length + 1) :]
+            out.append((window[:-1], window[1:]))
+            continue
+        target_positions = [n for n, s in enumerate(steps) if _kind(s) == data.target_kind]
+        others = [n for n, s in enumerate(steps) if _kind(s) != data.target_kind]
+        # every target interaction, and as many of the other kind (item likes for a bundle task)
+        chosen = target_positions + rng.sample(others, min(len(others), len(target_positions)))
+        for n in chosen:
+            rest = steps[:n] + steps[n + 1 :]
+            rng.shuffle(rest)
+            out.append((rest[:length], [steps[n]]))
+    rng.shuffle(out)
+    return out
+
+
+def batches(pairs: list[tuple[list[Step], list[Step]]], size: int, rng: random.Random) -> list[list]:
+    """Groups examples of similar history length into batches (in a random order), so a batch is
+    padded to its own longest history rather than the model's maximum: most histories are short."""
+    ordered = sorted(pairs, key=lambda pair: len(pair[0]))  # stable: ties keep the shuffled order
+    grouped = [ordered[start : start + size] for start in range(0, len(ordered), size)]
+    rng.shuffle(grouped)
+    return grouped
+
+
+def make_batch(pairs: list[tuple[list[Step], list[Step]]], length: int, *, clock: bool, causal: bool) -> Batch:
+    """Pads to the batch's longest history, at most `length`. Causal: input step j predicts
+    predicted[j] (the step after it) and the user token predicts the last one too. Unordered: only
+    the user token predicts (its single predicted step)."""
+    length = max(1, min(length, max(len(inputs) for inputs, _ in pairs)))
+    seq = np.stack([encode_sequence(inputs, length, clock=clock) for inputs, _ in pairs])
+    kinds = np.zeros((len(pairs), length + 1), dtype=np.int64)
+    targets = np.zeros((len(pairs), length + 1), dtype=np.int64)
+    for row, (inputs, predicted) in enumerate(pairs):
+        placed = list(zip(range(length - len(inputs), length), predicted, strict=True)) if causal else []
+        for position, step in [*placed, (length, predicted[-1])]:
+            kinds[row, position] = _kind(step)
+            targets[row, position] = step.bundle if step.bundle else step.item
+    return Batch(seq, kinds, targets)
+
+
+def _kind(step: Step) -> int:
+    return BUNDLE if step.bundle != PAD else ITEM

@@ -1,0 +1,200 @@
+"""The Transformer bundle ranker (PyTorch). Training and export only; serving runs its ONNX export.
+
+Shape of the model, following the lesson in PERF-FLOORS.md (encode the user once, candidates
+attend to the result):
+- An item is its learned id row plus a projection of its title's text embedding. Items the model
+  never saw use the "unknown" id row plus their text, which is also what id-dropout trains.
+- A candidate is a set of items: attention pooling over its members (no order), plus the learned
+  row of the catalogue bundle when it has one. An item is a bundle of one.
+- The behaviour sequence (item or bundle steps, with event type, recency and age) goes through
+  pre-norm self-attention blocks, causal when the data has an order, with a user token appended as
+  the newest step; its output is the user vector (the two-tower head).
+- Score = <user vector, candidate> + target attention: the candidate attends over the encoded
+  sequence (as in Alibaba's BST/DIN), and the attended context is compared with the candidate.
+
+Every masked softmax uses a large negative number rather than -inf, so that an empty sequence or a
+padding row never produces NaN. The code sticks to ops that export cleanly to ONNX.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from bundlerec.ranking.features import NUM_AGE_BUCKETS, NUM_EVENT_TYPES, PAD, UNKNOWN
+
+NEGATIVE = -1e9
+
+
+@dataclass
+class ModelConfig:
+    num_item_rows: int
+    num_bundle_rows: int
+    text_dim: int  # 0 when the data has no item text
+    causal: bool  # the data orders events in time (unix or ordinal timestamps)
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    max_sequence: int = 50
+    max_members: int = 32
+    dropout: float = 0.3
+    id_dropout: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SelfAttentionBlock(nn.Module):
+    """Pre-norm multi-head self-attention and feed-forward, written out so it exports cleanly."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        """x [B, T, d]; bias [B, 1, T, T] additive attention mask."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // self.heads) + bias, dim=-1)
+        attended = (self.drop(weights) @ v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.drop(self.out(attended))
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+
+class BundleRanker(nn.Module):
+    def __init__(self, config: ModelConfig, item_text: Tensor, bundle_members: Tensor) -> None:
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.item_id = nn.Embedding(config.num_item_rows, d, padding_idx=PAD)
+        self.bundle_id = nn.Embedding(config.num_bundle_rows, d, padding_idx=PAD)
+        self.register_buffer("item_text", item_text.float())
+        self.register_buffer("bundle_members", bundle_members.long()[:, : config.max_members])
+        self.text_proj = nn.Linear(max(config.text_dim, 1), d)
+        self.event_type = nn.Embedding(NUM_EVENT_TYPES, d, padding_idx=PAD)
+        self.recency = nn.Embedding(config.max_sequence, d)
+        self.age = nn.Embedding(NUM_AGE_BUCKETS, d)
+        self.user_token = nn.Parameter(torch.zeros(d))
+        self.pool_key = nn.Linear(d, d)
+        self.pool_query = nn.Parameter(torch.zeros(d))
+        self.candidate_norm = nn.LayerNorm(d)
+        self.blocks = nn.ModuleList(SelfAttentionBlock(d, config.heads, config.dropout) for _ in range(config.layers))
+        self.sequence_norm = nn.LayerNorm(d)
+        self.user_proj = nn.Linear(d, d)
+        self.target_query = nn.Linear(d, d)
+        self.target_key = nn.Linear(d, d)
+        self.target_value = nn.Linear(d, d)
+        self.target_out = nn.Linear(d, d, bias=False)
+        self.drop = nn.Dropout(config.dropout)
+        nn.init.normal_(self.item_id.weight, std=0.05)
+        nn.init.normal_(self.bundle_id.weight, std=0.05)
+        nn.init.zeros_(self.target_out.weight)  # start as a pure two-tower model
+
+    # ---- representations -------------------------------------------------------------------
+    def projected_text(self) -> Tensor:
+        """[num_item_rows, d]: the text part of every known item (zeros when there is no text)."""
+        if self.config.text_dim == 0:
+            return torch.zeros_like(self.item_id.weight)
+        return self.text_proj(self.item_text) * (self.item_text.abs().sum(-1, keepdim=True) > 0)
+
+    def items(self, index: Tensor, projected: Tensor, extra_text: Tensor | None = None) -> Tensor:
+        """Item vectors for indices of any shape; index >= num_item_rows selects a row of extra_text."""
+        rows = self.config.num_item_rows
+        known = index < rows
+        known_index = torch.where(known, index, torch.full_like(index, UNKNOWN))
+        id_index = known_index
+        if self.training and self.config.id_dropout > 0:
+            dropped = (torch.rand(index.shape, device=index.device) < self.config.id_dropout) & (index > UNKNOWN)
+            id_index = torch.where(dropped, torch.full_like(index, UNKNOWN), known_index)
+        vectors = self.item_id(id_index) + projected[known_index]
+        if extra_text is not None and self.config.text_dim:
+            extra_index = torch.clamp(index - rows, 0, extra_text.shape[0] - 1)
+            extra = self.text_proj(extra_text)[extra_index] * (extra_text.abs().sum(-1) > 0)[extra_index].unsqueeze(-1)
+            vectors = torch.where(known.unsqueeze(-1), vectors, self.item_id.weight[UNKNOWN] + extra)
+        return vectors
+
+    def sets(self, members: Tensor, bundles: Tensor, projected: Tensor, extra_text: Tensor | None = None) -> Tensor:
+        """Candidate vectors: members [..., M] item indices (0 = none), bundles [...] → [..., d]."""
+        vectors = self.items(members, projected, extra_text)
+        if members.shape[-1] == 1:  # single items: pooling one vector is the vector (a training shortcut;
+            return self.candidate_norm(vectors[..., 0, :] + self.bundle_id(bundles))  # export traces M > 1)
+        present = (members != PAD).unsqueeze(-1)
+        logits = (torch.tanh(self.pool_key(vectors)) * self.pool_query).sum(-1, keepdim=True)
+        weights = torch.softmax(logits.masked_fill(~present, NEGATIVE), dim=-2) * present
+        pooled = (weights * vectors).sum(-2)
+        return self.candidate_norm(pooled + self.bundle_id(bundles))
+
+    def bundle_table(self, projected: Tensor) -> Tensor:
+        """[num_bundle_rows, d]: every known bundle as a candidate (row 0 and 1 unused)."""
+        rows = torch.arange(self.config.num_bundle_rows, device=projected.device)
+        return self.sets(self.bundle_members, rows, projected)
+
+    # ---- the sequence ----------------------------------------------------------------------
+    def encode(
+        self, seq: Tensor, projected: Tensor, bundles: Tensor, extra_text: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """seq [B, 5, L] (features.encode_sequence) → (states [B, L+1, d], key bias [B, 1, 1, L+1]).
+        The last state is the user token's."""
+        items, bundle_steps, types, recency, age = seq.unbind(1)
+        item_vectors = self.sets(items.unsqueeze(-1), torch.zeros_like(items), projected, extra_text)
+        steps = torch.where((bundle_steps != PAD).unsqueeze(-1), bundles[bundle_steps], item_vectors)
+        steps = steps + self.event_type(types) + self.recency(recency) + self.age(age)
+        b, length = items.shape
+        x = torch.cat([self.drop(steps), self.user_token.expand(b, 1, -1)], dim=1)
+        user_token = torch.ones_like(items[:, :1], dtype=torch.bool)
+        present = torch.cat([(items != PAD) | (bundle_steps != PAD), user_token], 1)
+        key_bias = torch.where(present, 0.0, NEGATIVE)[:, None, None, :]
+        bias = key_bias
+        if self.config.causal:
+            later = torch.triu(torch.ones(length + 1, length + 1, dtype=torch.bool, device=seq.device), diagonal=1)
+            bias = bias + torch.where(later, NEGATIVE, 0.0)
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.sequence_norm(x), key_bias
+
+    def user_vectors(self, states: Tensor) -> Tensor:
+        return self.user_proj(states)
+
+    # ---- scoring ---------------------------------------------------------------------------
+    def target_attention(self, candidates: Tensor, states: Tensor, key_bias: Tensor) -> Tensor:
+        """candidates [B, N, d] or [N, d] (shared), states [B, T, d] → [B, N] target-attention scores."""
+        query = self.target_query(candidates)
+        keys = self.target_key(states)
+        values = self.target_value(states)
+        scale = 1.0 / math.sqrt(self.config.dim)
+        if candidates.dim() == 2:
+            logits = torch.einsum("nd,btd->bnt", query, keys) * scale
+        else:
+            logits = torch.einsum("bnd,btd->bnt", query, keys) * scale
+        weights = torch.softmax(logits + key_bias[:, 0], dim=-1)
+        context = weights @ values  # [B, N, d]
+        return (context * self.target_out(candidates)).sum(-1)
+
+    def score(self, user: Tensor, candidates: Tensor, states: Tensor, key_bias: Tensor) -> Tensor:
+        """Full score of candidates [B, N, d] (or shared [N, d]) for users [B, d]."""
+        if candidates.dim() == 2:
+            two_tower = user @ candidates.T
+        else:
+            two_tower = (user.unsqueeze(1) * candidates).sum(-1)
+        return two_tower + self.target_attention(candidates, states, key_bias)
+
+    def forward(
+        self, seq: Tensor, cand_items: Tensor, cand_bundles: Tensor, extra_text: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The serving signature: seq [B, 5, L], cand_items [B, N, M], cand_bundles [B, N],
+        extra_text [E, text_dim] → (scores [B, N], user vectors [B, d])."""
+        projected = self.projected_text()
+        bundles = self.bundle_table(projected)
+        states, key_bias = self.encode(seq, projected, bundles, extra_text)
+        user = self.user_vectors(states[:, -1])
+        candidates = self.sets(cand_items, cand_bundles, projected, extra_text)
+        return self.score(user, candidates, states, key_bias), user

@@ -1,0 +1,109 @@
+"""The trained model as a Scorer of the evaluation harness: full ranking of every item or bundle.
+
+Scores with the PyTorch weights rather than the ONNX file, because full ranking shares the
+candidate side across users (every candidate is encoded once per split, not once per user); the
+ONNX parity test is what ties the two together. Items the model has no row for are scored from
+their text, through the same `extra_text` path the ranker service uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from bundlerec.datasets import Dataset
+from bundlerec.evaluation.protocol import EvalSplit
+from bundlerec.ranking.features import EVENT_TYPE_INDEX, PAD, UNKNOWN, Step, encode_candidates, encode_sequence
+from bundlerec.ranking.vocabulary import Vocabulary
+from bundlerec.training.model import BundleRanker
+
+
+class ItemMapper:
+    """Maps dataset item ids to model indices; an unknown item with text gets an extra-text row."""
+
+    def __init__(self, dataset: Dataset, vocabulary: Vocabulary, text_vectors: np.ndarray | None) -> None:
+        self.vocabulary = vocabulary
+        self.extra_rows: dict[str, int] = {}
+        extra = []
+        if text_vectors is not None:
+            for position, item_id in enumerate(dataset.items):
+                if not vocabulary.has_item(item_id) and np.any(text_vectors[position]):
+                    self.extra_rows[item_id] = vocabulary.num_item_rows + len(extra)
+                    extra.append(text_vectors[position])
+        width = text_vectors.shape[1] if text_vectors is not None else 1
+        self.extra_text = np.asarray(extra, dtype=np.float32).reshape(-1, width)
+        if not len(self.extra_text):
+            self.extra_text = np.zeros((1, width), dtype=np.float32)
+
+    def item(self, item_id: str) -> int:
+        if self.vocabulary.has_item(item_id):
+            return self.vocabulary.item(item_id)
+        return self.extra_rows.get(item_id, UNKNOWN)
+
+
+class ModelScorer:
+    def __init__(
+        self,
+        name: str,
+        model: BundleRanker,
+        dataset: Dataset,
+        vocabulary: Vocabulary,
+        text_vectors: np.ndarray | None,
+        batch_users: int = 32,
+    ) -> None:
+        self.name = name
+        self.model = model
+        self.dataset = dataset
+        self.vocabulary = vocabulary
+        self.mapper = ItemMapper(dataset, vocabulary, text_vectors)
+        self.timed = dataset.info.timestamps != "none"
+        self.clock = dataset.info.timestamps == "unix"
+        self.batch_users = batch_users
+        self._candidates: tuple[tuple[str, ...], torch.Tensor] | None = None
+
+    def _steps(self, split: EvalSplit, user: str) -> list[Step]:
+        out = []
+        for s in split.histories.get(user, []):
+            stamp = s.timestamp if self.timed else 0
+            if s.target_type == "bundle":
+                bundle = self.vocabulary.bundle(s.target_id)
+                if bundle > UNKNOWN:
+                    out.append(Step(PAD, bundle, EVENT_TYPE_INDEX[s.event_type], stamp))
+            else:
+                out.append(Step(self.mapper.item(s.target_id), PAD, EVENT_TYPE_INDEX[s.event_type], stamp))
+        return out
+
+    def _candidate_table(self, split: EvalSplit, projected: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        key = tuple(split.target_ids)
+        if self._candidates is None or self._candidates[0] != key:
+            if split.task == "bundle":
+                pairs = [
+                    (self.vocabulary.bundle(b), [self.mapper.item(i) for i in self.dataset.bundles[b].item_ids])
+                    for b in split.target_ids
+                ]
+            else:
+                pairs = [(0, [self.mapper.item(i)]) for i in split.target_ids]
+            bundles, items = encode_candidates(pairs, self.model.config.max_members)
+            bundles[bundles == UNKNOWN] = PAD  # a bundle without a learned row is just its items
+            table = self.model.sets(torch.from_numpy(items), torch.from_numpy(bundles), projected, extra)
+            self._candidates = (key, table)
+        return self._candidates[1]
+
+    @torch.inference_mode()
+    def score(self, split: EvalSplit, users: Sequence[str]) -> np.ndarray:
+        self.model.eval()
+        projected = self.model.projected_text()
+        bundles = self.model.bundle_table(projected)
+        extra = torch.from_numpy(self.mapper.extra_text)
+        candidates = self._candidate_table(split, projected, extra)
+        length = self.model.config.max_sequence
+        out = np.empty((len(users), len(split.target_ids)), dtype=np.float32)
+        for start in range(0, len(users), self.batch_users):
+            chunk = users[start : start + self.batch_users]
+            seq = np.stack([encode_sequence(self._steps(split, u), length, clock=self.clock) for u in chunk])
+            states, key_bias = self.model.encode(torch.from_numpy(seq), projected, bundles, extra)
+            user = self.model.user_vectors(states[:, -1])
+            out[start : start + len(chunk)] = self.model.score(user, candidates, states, key_bias).numpy()
+        return out

@@ -1,0 +1,153 @@
+"""The training loop: epochs of shuffled examples, validation after each, early stopping.
+
+Deterministic for a given seed, data and thread count: every random draw comes from generators
+seeded here (Python's for example order, torch's for dropout and negatives).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from bundlerec.datasets import Dataset
+from bundlerec.evaluation.metrics import evaluate_scorer
+from bundlerec.evaluation.protocol import build_split
+from bundlerec.training.data import TrainingData, batches, carve_validation, examples, make_batch, prepare
+from bundlerec.training.model import BundleRanker, ModelConfig
+from bundlerec.training.objective import batch_loss
+from bundlerec.training.scorer import ModelScorer
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class TrainSettings:
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    max_sequence: int = 50
+    max_members: int = 32
+    dropout: float = 0.3
+    id_dropout: float = 0.1
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    negatives: int = 256
+    max_epochs: int = 40
+    patience: int = 3  # epochs without a better validation metric before stopping
+    validation_users: int = 2000  # a fixed sample keeps each epoch's validation cheap
+    validation_share: float = 0.1  # of users, when the dataset has no valid.csv
+    use_text: bool = True
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    two_tower: float
+    full: float
+    metric: float
+    seconds: float
+
+
+@dataclass
+class TrainedModel:
+    model: BundleRanker
+    data: TrainingData
+    settings: TrainSettings
+    metric_name: str
+    validation: dict[str, float]  # the best epoch's full validation metrics
+    history: list[EpochRecord] = field(default_factory=list)
+    validation_carved: bool = False
+
+
+def selection_metric(task: str) -> str:
+    return "NDCG@20" if task == "bundle" else "NDCG@10"
+
+
+def train(
+    dataset: Dataset, settings: TrainSettings, text_vectors: np.ndarray | None, progress: Progress = print
+) -> TrainedModel:
+    torch.manual_seed(settings.seed)
+    carved = not dataset.valid
+    if carved:
+        dataset = carve_validation(dataset, settings.validation_share, settings.seed)
+        progress(f"no valid.csv: validating on the newest target of {len(dataset.valid):,} users, held out of training")
+    text = text_vectors if settings.use_text else None
+    data = prepare(dataset, text, settings.max_members)
+    config = ModelConfig(
+        num_item_rows=data.vocabulary.num_item_rows,
+        num_bundle_rows=data.vocabulary.num_bundle_rows,
+        text_dim=data.item_text.shape[1],
+        causal=data.causal,
+        dim=settings.dim,
+        layers=settings.layers,
+        heads=settings.heads,
+        max_sequence=settings.max_sequence,
+        max_members=settings.max_members,
+        dropout=settings.dropout,
+        id_dropout=settings.id_dropout,
+    )
+    model = BundleRanker(config, torch.from_numpy(data.item_text), torch.from_numpy(data.vocabulary.bundle_members))
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    generator = torch.Generator().manual_seed(settings.seed)
+    rng = random.Random(settings.seed)
+
+    split = build_split(dataset, "valid")
+    if len(split.users) > settings.validation_users:
+        split.users = sorted(random.Random(settings.seed).sample(split.users, settings.validation_users))
+    scorer = ModelScorer("ours", model, dataset, data.vocabulary, text)
+    metric_name = selection_metric(dataset.info.task)
+    progress(
+        f"training on {len(data.histories):,} users, {data.vocabulary.num_item_rows - 2:,} items, "
+        f"{data.vocabulary.num_bundle_rows - 2:,} bundles ({'ordered' if data.causal else 'unordered'} histories); "
+        f"selecting on validation {metric_name} over {len(split.users):,} users"
+    )
+
+    best: tuple[float, dict, dict[str, float]] | None = None
+    history: list[EpochRecord] = []
+    stale = 0
+    for epoch in range(1, settings.max_epochs + 1):
+        started = time.monotonic()
+        model.train()
+        pairs = examples(data, settings.max_sequence, rng)
+        totals = np.zeros(3)
+        count = 0
+        for group in batches(pairs, settings.batch_size, rng):
+            batch = make_batch(group, settings.max_sequence, clock=data.clock, causal=data.causal)
+            loss, parts = batch_loss(model, batch, settings.negatives, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            totals += (loss.item(), parts["two_tower"], parts["full"])
+            count += 1
+        metrics = evaluate_scorer(split, scorer, ks=(10, 20))
+        record = EpochRecord(epoch, *(totals / max(count, 1)), metrics[metric_name], time.monotonic() - started)
+        history.append(record)
+        improved = best is None or record.metric > best[0]
+        progress(
+            f"epoch {epoch:3d}  loss {record.loss:.4f} (two-tower {record.two_tower:.4f}, full {record.full:.4f})  "
+            f"valid {metric_name} {record.metric:.4f}{' *' if improved else ''}  {record.seconds:.0f} s"
+        )
+        if improved:
+            best = (record.metric, copy.deepcopy(model.state_dict()), metrics)
+            stale = 0
+        else:
+            stale += 1
+            if stale >= settings.patience:
+                progress(f"stopping: no better validation {metric_name} for {settings.patience} epochs")
+                break
+    assert best is not None
+    model.load_state_dict(best[1])
+    model.eval()
+    return TrainedModel(model, data, settings, metric_name, best[2], history, carved)
