@@ -1,4 +1,4 @@
-"""The `bundlerec` command: serve, migrate, demo.
+"""The `bundlerec` command: serve, migrate, import, train, evaluate, demo.
 
 `bundlerec serve SERVICE --help` lists that service's settings; each is also read from the
 environment as BUNDLEREC_<SERVICE>_<SETTING> (for example BUNDLEREC_PROFILE_DATABASE_URL).
@@ -39,7 +39,7 @@ SERVICES = {
         "bundlerec.candidate.server:build",
         "bundlerec.candidate.catalogue:MIGRATIONS",
     ),
-    "ranker": ServiceEntry("bundlerec.runtime.settings:ServiceSettings", None),
+    "ranker": ServiceEntry("bundlerec.ranker.settings:RankerSettings", "bundlerec.ranker.server:build"),
     "gateway": ServiceEntry("bundlerec.runtime.settings:ServiceSettings", None),
 }
 
@@ -133,6 +133,15 @@ def _import(path: str, on_error: str, *, events: bool) -> int:
     return 0
 
 
+def _training_commands():  # a module, or None
+    """`train` and `evaluate` exist only where the train extra (torch) is installed."""
+    try:
+        from bundlerec.training import commands
+    except ImportError:
+        return None
+    return commands
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bundlerec", description="Real-time personalized bundle recommendations.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +168,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--on-error", choices=["reject", "skip"], default="reject", help="bad rows: reject the import or skip them"
     )
     importer.add_argument("--no-events", action="store_true", help="import the catalogue only")
+    training = _training_commands()
+    if training is not None:
+        training.add_training_options(
+            commands.add_parser("train", help="train the Transformer ranker on a dataset (needs the train extra)")
+        )
+        training.add_evaluation_options(
+            commands.add_parser("evaluate", help="full-ranking evaluation against baselines (needs the train extra)")
+        )
     demo = commands.add_parser("demo", help="run the product on embedded defaults and show what it does")
     demo.add_argument("--workdir", default="var/demo", help="where the demo keeps its database (default: var/demo)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's data from an earlier run")
@@ -173,6 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _export_encoder(args.out)
     if args.command == "import":
         return _import(args.path, args.on_error, events=not args.no_events)
+    if args.command == "train":
+        return training.run_train(args)
+    if args.command == "evaluate":
+        return training.run_evaluate(args)
     if args.command == "demo-data":
         from bundlerec.datasets.demo import generate_demo_shop
 

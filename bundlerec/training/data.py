@@ -119,7 +119,8 @@ def examples(data: TrainingData, length: int, rng: random.Random) -> list[tuple[
         steps = data.histories[user]
         if data.causal:
             window = steps[-(length + 1) :]
-            out.append((window[:-1], window[1:]))
+            # a single step is still an example: the user token learns what a newcomer picks first
+            out.append((window[:-1], window[1:]) if len(window) > 1 else ([], window))
             continue
         target_positions = [n for n, s in enumerate(steps) if _kind(s) == data.target_kind]
         others = [n for n, s in enumerate(steps) if _kind(s) != data.target_kind]
@@ -151,7 +152,7 @@ def make_batch(pairs: list[tuple[list[Step], list[Step]]], length: int, *, clock
     kinds = np.zeros((len(pairs), length + 1), dtype=np.int64)
     targets = np.zeros((len(pairs), length + 1), dtype=np.int64)
     for row, (inputs, predicted) in enumerate(pairs):
-        placed = list(zip(range(length - len(inputs), length), predicted, strict=True)) if causal else []
+        placed = list(zip(range(length - len(inputs), length), predicted, strict=False)) if causal else []
         for position, step in [*placed, (length, predicted[-1])]:
             kinds[row, position] = _kind(step)
             targets[row, position] = step.bundle if step.bundle else step.item

@@ -86,7 +86,6 @@ class BundleRanker(nn.Module):
         self.user_token = nn.Parameter(torch.zeros(d))
         self.pool_key = nn.Linear(d, d)
         self.pool_query = nn.Parameter(torch.zeros(d))
-        self.candidate_norm = nn.LayerNorm(d)
         self.blocks = nn.ModuleList(SelfAttentionBlock(d, config.heads, config.dropout) for _ in range(config.layers))
         self.sequence_norm = nn.LayerNorm(d)
         self.user_proj = nn.Linear(d, d)
@@ -95,8 +94,16 @@ class BundleRanker(nn.Module):
         self.target_value = nn.Linear(d, d)
         self.target_out = nn.Linear(d, d, bias=False)
         self.drop = nn.Dropout(config.dropout)
-        nn.init.normal_(self.item_id.weight, std=0.05)
-        nn.init.normal_(self.bundle_id.weight, std=0.05)
+        # Ids carry the signal, the step's context only modulates it: context rows start small so
+        # they do not drown the item (nn.Embedding's default N(0, 1) would be 20 times its size).
+        for table in (self.item_id, self.bundle_id):
+            nn.init.normal_(table.weight, std=d**-0.5)
+        for table in (self.event_type, self.recency, self.age):
+            nn.init.normal_(table.weight, std=0.02)
+        with torch.no_grad():
+            self.item_id.weight[PAD].zero_()
+            self.bundle_id.weight[PAD].zero_()
+            self.event_type.weight[PAD].zero_()
         nn.init.zeros_(self.target_out.weight)  # start as a pure two-tower model
 
     # ---- representations -------------------------------------------------------------------
@@ -112,8 +119,11 @@ class BundleRanker(nn.Module):
         known = index < rows
         known_index = torch.where(known, index, torch.full_like(index, UNKNOWN))
         id_index = known_index
-        if self.training and self.config.id_dropout > 0:
-            dropped = (torch.rand(index.shape, device=index.device) < self.config.id_dropout) & (index > UNKNOWN)
+        if self.training and self.config.id_dropout > 0 and self.config.text_dim:
+            # Id-dropout teaches the text path to stand in for a missing id (cold items); an item
+            # without text keeps its id, since nothing could stand in for it.
+            has_text = self.item_text.abs().sum(-1) > 0
+            dropped = (torch.rand(index.shape, device=index.device) < self.config.id_dropout) & has_text[known_index]
             id_index = torch.where(dropped, torch.full_like(index, UNKNOWN), known_index)
         vectors = self.item_id(id_index) + projected[known_index]
         if extra_text is not None and self.config.text_dim:
@@ -126,12 +136,12 @@ class BundleRanker(nn.Module):
         """Candidate vectors: members [..., M] item indices (0 = none), bundles [...] → [..., d]."""
         vectors = self.items(members, projected, extra_text)
         if members.shape[-1] == 1:  # single items: pooling one vector is the vector (a training shortcut;
-            return self.candidate_norm(vectors[..., 0, :] + self.bundle_id(bundles))  # export traces M > 1)
+            return vectors[..., 0, :] + self.bundle_id(bundles)  # export traces M > 1)
         present = (members != PAD).unsqueeze(-1)
         logits = (torch.tanh(self.pool_key(vectors)) * self.pool_query).sum(-1, keepdim=True)
         weights = torch.softmax(logits.masked_fill(~present, NEGATIVE), dim=-2) * present
         pooled = (weights * vectors).sum(-2)
-        return self.candidate_norm(pooled + self.bundle_id(bundles))
+        return pooled + self.bundle_id(bundles)
 
     def bundle_table(self, projected: Tensor) -> Tensor:
         """[num_bundle_rows, d]: every known bundle as a candidate (row 0 and 1 unused)."""

@@ -61,7 +61,7 @@ class ModelScorer:
         self.timed = dataset.info.timestamps != "none"
         self.clock = dataset.info.timestamps == "unix"
         self.batch_users = batch_users
-        self._candidates: tuple[tuple[str, ...], torch.Tensor] | None = None
+        self._candidates: tuple[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def _steps(self, split: EvalSplit, user: str) -> list[Step]:
         out = []
@@ -76,6 +76,8 @@ class ModelScorer:
         return out
 
     def _candidate_table(self, split: EvalSplit, projected: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        """Every target of the split as a candidate vector. The index arrays are kept between
+        calls; the vectors are not, since the weights change while training."""
         key = tuple(split.target_ids)
         if self._candidates is None or self._candidates[0] != key:
             if split.task == "bundle":
@@ -87,9 +89,9 @@ class ModelScorer:
                 pairs = [(0, [self.mapper.item(i)]) for i in split.target_ids]
             bundles, items = encode_candidates(pairs, self.model.config.max_members)
             bundles[bundles == UNKNOWN] = PAD  # a bundle without a learned row is just its items
-            table = self.model.sets(torch.from_numpy(items), torch.from_numpy(bundles), projected, extra)
-            self._candidates = (key, table)
-        return self._candidates[1]
+            self._candidates = (key, (torch.from_numpy(items), torch.from_numpy(bundles)))
+        items, bundles = self._candidates[1]
+        return self.model.sets(items, bundles, projected, extra)
 
     @torch.inference_mode()
     def score(self, split: EvalSplit, users: Sequence[str]) -> np.ndarray:

@@ -79,6 +79,9 @@ def train(
     dataset: Dataset, settings: TrainSettings, text_vectors: np.ndarray | None, progress: Progress = print
 ) -> TrainedModel:
     torch.manual_seed(settings.seed)
+    # Embedding gradients are otherwise summed in whatever order the threads finish, which makes
+    # two runs differ in the last bits; the deterministic kernels cost little here.
+    torch.use_deterministic_algorithms(True)
     carved = not dataset.valid
     if carved:
         dataset = carve_validation(dataset, settings.validation_share, settings.seed)

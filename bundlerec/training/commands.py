@@ -1,0 +1,150 @@
+"""`bundlerec train` and `bundlerec evaluate`: the command-line side of training and evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bundlerec.datasets import Dataset, read_dataset
+from bundlerec.ranking.artifact import WEIGHTS_FILE, ModelManifest
+from bundlerec.ranking.vocabulary import Vocabulary
+from bundlerec.training.model import BundleRanker, ModelConfig
+from bundlerec.training.scorer import ModelScorer
+from bundlerec.training.text import item_text_vectors
+from bundlerec.training.train import TrainedModel, TrainSettings, train
+
+DEFAULT_MODELS = "var/bundlerec/models"
+DEFAULT_ENCODER = "var/bundlerec/encoder"
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainSettings()
+    parser.add_argument("--data", required=True, help="a dataset in the import format")
+    parser.add_argument("--out", default=DEFAULT_MODELS, help="models directory (default: %(default)s)")
+    parser.add_argument("--encoder-dir", default=DEFAULT_ENCODER, help="exported text encoder (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=defaults.max_epochs, help="at most (default: %(default)s)")
+    parser.add_argument("--patience", type=int, default=defaults.patience, help="(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="same seed, same data: same model")
+    parser.add_argument("--dim", type=int, default=defaults.dim, help="(default: %(default)s)")
+    parser.add_argument("--layers", type=int, default=defaults.layers, help="(default: %(default)s)")
+    parser.add_argument("--max-sequence", type=int, default=defaults.max_sequence, help="(default: %(default)s)")
+    parser.add_argument("--no-text", action="store_true", help="train without the items' text embeddings")
+    parser.add_argument("--int8", action="store_true", help="also write a dynamically quantized model for CPUs")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+
+
+def settings_from(args: argparse.Namespace) -> TrainSettings:
+    return dataclasses.replace(
+        TrainSettings(),
+        max_epochs=args.epochs,
+        patience=args.patience,
+        seed=args.seed,
+        dim=args.dim,
+        layers=args.layers,
+        max_sequence=args.max_sequence,
+        use_text=not args.no_text,
+    )
+
+
+def _read(path: str) -> Dataset:
+    started = time.monotonic()
+    dataset = read_dataset(path)
+    counts = dataset.counts()
+    print(
+        f"{dataset.info.name}: {counts['items']:,} items, {counts['bundles']:,} bundles, "
+        f"{len(dataset.events):,} events ({time.monotonic() - started:.0f} s)",
+        file=sys.stderr,
+    )
+    return dataset
+
+
+def train_and_write(args: argparse.Namespace, dataset: Dataset) -> tuple[TrainedModel, Path, np.ndarray | None]:
+    from bundlerec.training.export import write_model_dir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = settings_from(args)
+    vectors, identity = item_text_vectors(dataset, Path(args.encoder_dir)) if settings.use_text else (None, None)
+    trained = train(dataset, settings, vectors, progress=lambda line: print(line, file=sys.stderr))
+    path = write_model_dir(
+        trained, Path(args.out), dataset_name=dataset.info.name, text_encoder=identity, int8=args.int8
+    )
+    print(f"model written to {path}", file=sys.stderr)
+    return trained, path, vectors
+
+
+def run_train(args: argparse.Namespace) -> int:
+    trained, path, _ = train_and_write(args, _read(args.data))
+    shown = {k: round(v, 4) for k, v in trained.validation.items() if "@" in k and "cold" not in k}
+    print(f"{path}\nvalidation: {shown}")
+    return 0
+
+
+def load_model(directory: Path) -> tuple[BundleRanker, Vocabulary, ModelManifest]:
+    """A model directory's PyTorch weights (a plain state dict, loaded with weights_only)."""
+    manifest = ModelManifest.read(directory)
+    vocabulary = Vocabulary.load(directory)
+    config = ModelConfig(**manifest.model)
+    state = torch.load(directory / WEIGHTS_FILE, weights_only=True)
+    model = BundleRanker(config, state["item_text"], state["bundle_members"])
+    model.load_state_dict(state)
+    return model.eval(), vocabulary, manifest
+
+
+def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
+    add_training_options(parser)
+    parser.add_argument("--model", help="a model directory to evaluate (default: train one with these settings first)")
+    parser.add_argument("--split", choices=["test", "valid"], default="test", help="(default: %(default)s)")
+    parser.add_argument("--json", help="also write the figures as JSON to this file")
+    parser.add_argument("--plot", help="PNG comparing the models over K (default: next to --json, else none)")
+    parser.add_argument(
+        "--text-ablation", action="store_true", help="also train and report a model without text (cold items)"
+    )
+    parser.add_argument("--baselines", default="popularity,item_knn,bpr", help="comma-separated (default: all)")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from bundlerec.evaluation.report import format_table, plot_over_k, write_json
+    from bundlerec.evaluation.run import run_evaluation
+
+    dataset = _read(args.data)
+    if args.model:
+        model, vocabulary, manifest = load_model(Path(args.model))
+        vectors = None
+        if manifest.text_encoder:
+            vectors, identity = item_text_vectors(dataset, Path(args.encoder_dir))
+            if identity and identity["model_name"] != manifest.text_encoder["model_name"]:
+                print(f"warning: the model was trained with {manifest.text_encoder}, the encoder is {identity}")
+        ours = ModelScorer("ours", model, dataset, vocabulary, vectors)
+    else:
+        trained, _, vectors = train_and_write(args, dataset)
+        ours = ModelScorer("ours", trained.model, dataset, trained.data.vocabulary, vectors)
+    extra = {}
+    if args.text_ablation and vectors is not None:
+        plain = argparse.Namespace(**{**vars(args), "no_text": True})
+        trained, _, _ = train_and_write(plain, dataset)
+        name = "ours without text"
+        extra[name] = ModelScorer(name, trained.model, dataset, trained.data.vocabulary, None)
+    baselines = tuple(name for name in args.baselines.split(",") if name)
+    report = run_evaluation(
+        dataset,
+        split=args.split,
+        ours=ours,
+        extra=extra,
+        baselines=baselines,
+        seed=args.seed,
+        progress=lambda line: print(line, file=sys.stderr),
+    )
+    print(format_table(report))
+    if args.json:
+        write_json(report, Path(args.json))
+    plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
+    if plot:
+        plot_over_k(report, Path(plot))
+    return 0

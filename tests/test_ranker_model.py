@@ -1,0 +1,142 @@
+"""The ranker model: ONNX export parity with PyTorch on real data, determinism, artifacts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs the train extra (torch)")
+ort = pytest.importorskip("onnxruntime")
+
+from bundlerec.datasets import Dataset, read_dataset  # noqa: E402
+from bundlerec.datasets.demo import generate_demo_shop  # noqa: E402
+from bundlerec.evaluation.protocol import build_split  # noqa: E402
+from bundlerec.ranking.artifact import INT8_FILE, ONNX_FILE, ModelArtifactError, ModelManifest, model_versions  # noqa: E402
+from bundlerec.ranking.features import encode_candidates, encode_sequence  # noqa: E402
+from bundlerec.training.commands import load_model  # noqa: E402
+from bundlerec.training.export import ServingRanker, write_model_dir  # noqa: E402
+from bundlerec.training.scorer import ModelScorer  # noqa: E402
+from bundlerec.training.text import item_text_vectors  # noqa: E402
+from bundlerec.training.train import TrainSettings, train  # noqa: E402
+
+SCIENTIFIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-scientific"
+QUICK = TrainSettings(max_epochs=1, dim=32, validation_users=200)
+
+
+def scientific_sample(users: int = 250, cold_items: int = 60) -> Dataset:
+    """The first `users` users of amazon-scientific, their items and `cold_items` items nobody in
+    the sample touched (so the model meets items it has no row for)."""
+    if not SCIENTIFIC.is_dir():
+        pytest.skip("../shared/data/amazon-scientific is not available")
+    full = read_dataset(SCIENTIFIC)
+    kept = sorted({e.user_id for e in full.events})[:users]
+    keep = set(kept)
+    events = [e for e in full.events if e.user_id in keep]
+    valid = [r for r in full.valid if r.user_id in keep]
+    test = [r for r in full.test if r.user_id in keep]
+    used = {e.target_id for e in events} | {r.target_id for r in valid + test}
+    unused = [i for i in full.items if i not in used][:cold_items]
+    items = {i: it for i, it in full.items.items() if i in used or i in unused}
+    return dataclasses.replace(full, items=items, events=events, valid=valid, test=test)
+
+
+@pytest.fixture(scope="module")
+def demo_shop(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    out = tmp_path_factory.mktemp("shop")
+    generate_demo_shop(out, seed=3, users=80, items=200)
+    return read_dataset(out)
+
+
+def onnx_vs_torch(model_dir: Path, dataset: Dataset, vectors: np.ndarray | None) -> float:
+    """Largest |ONNX - PyTorch| score over real users' sequences and real candidates."""
+    model, vocabulary, manifest = load_model(model_dir)
+    scorer = ModelScorer("ours", model, dataset, vocabulary, vectors)
+    split = build_split(dataset, "test")
+    session = ort.InferenceSession(str(model_dir / ONNX_FILE), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    serving = ServingRanker(model)
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for start in range(0, 40, 8):
+        users = split.users[start : start + 8]
+        seq = np.stack(
+            [encode_sequence(scorer._steps(split, u), manifest.max_sequence, clock=manifest.clock) for u in users]
+        )
+        pairs = []
+        for _ in range(30):  # singles, known bundles and bundles built from random items
+            members = rng.choice(list(dataset.items), size=rng.integers(1, 5), replace=False)
+            bundle = rng.choice(list(dataset.bundles)) if dataset.bundles and rng.random() < 0.3 else ""
+            if bundle:
+                members = dataset.bundles[bundle].item_ids
+            pairs.append(
+                (
+                    vocabulary.bundle(bundle) if vocabulary.bundle(bundle) > 1 else 0,
+                    [scorer.mapper.item(m) for m in members],
+                )
+            )
+        bundles, items = encode_candidates(pairs, manifest.max_members)
+        cand_items = np.repeat(items[None], len(users), axis=0)
+        cand_bundles = np.repeat(bundles[None], len(users), axis=0)
+        feeds = {
+            "sequence": seq,
+            "cand_items": cand_items,
+            "cand_bundles": cand_bundles,
+            "extra_text": scorer.mapper.extra_text,
+        }
+        onnx_scores, onnx_user = session.run(None, {k: v for k, v in feeds.items() if k in names})
+        with torch.no_grad():
+            torch_scores, torch_user = serving(
+                *(torch.from_numpy(feeds[k]) for k in ("sequence", "cand_items", "cand_bundles", "extra_text"))
+            )
+        worst = max(worst, float(np.abs(onnx_scores - torch_scores.numpy()).max()))
+        worst = max(worst, float(np.abs(onnx_user - torch_user.numpy()).max()))
+    return worst
+
+
+def test_onnx_matches_pytorch_on_amazon_scientific_with_text(encoder_dir: str, tmp_path: Path) -> None:
+    dataset = scientific_sample()
+    vectors, identity = item_text_vectors(dataset, Path(encoder_dir), cache_dir=None)
+    assert vectors is not None
+    trained = train(dataset, QUICK, vectors, progress=lambda line: None)
+    path = write_model_dir(trained, tmp_path, dataset_name="sample", text_encoder=identity, int8=True)
+    assert (path / INT8_FILE).is_file()
+    scorer = ModelScorer("ours", trained.model, dataset, trained.data.vocabulary, vectors)
+    assert len(scorer.mapper.extra_rows) >= 30  # the cold items reach the model through their text
+    assert onnx_vs_torch(path, dataset, vectors) <= 1e-4
+
+
+def test_onnx_matches_pytorch_with_bundles(demo_shop: Dataset, tmp_path: Path) -> None:
+    trained = train(demo_shop, QUICK, None, progress=lambda line: None)
+    assert trained.data.vocabulary.num_bundle_rows > 2
+    path = write_model_dir(trained, tmp_path, dataset_name="demo", text_encoder=None)
+    assert onnx_vs_torch(path, demo_shop, None) <= 1e-4
+
+
+def test_same_seed_same_data_same_model(demo_shop: Dataset) -> None:
+    first = train(demo_shop, QUICK, None, progress=lambda line: None).model.state_dict()
+    second = train(demo_shop, QUICK, None, progress=lambda line: None).model.state_dict()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    other = train(demo_shop, dataclasses.replace(QUICK, seed=1), None, progress=lambda line: None).model.state_dict()
+    assert not torch.equal(first["item_id.weight"], other["item_id.weight"])
+
+
+def test_model_directory_is_complete_and_versioned(demo_shop: Dataset, tmp_path: Path) -> None:
+    trained = train(demo_shop, dataclasses.replace(QUICK, max_epochs=2, patience=5), None, progress=lambda line: None)
+    first = write_model_dir(trained, tmp_path, dataset_name="demo", text_encoder=None)
+    second = write_model_dir(trained, tmp_path, dataset_name="demo", text_encoder=None)
+    assert model_versions(tmp_path) == [first.name, second.name]  # names sort by creation
+    manifest = ModelManifest.read(first)
+    assert manifest.task == "next_item" and len(manifest.epochs) == 2
+    assert set(manifest.metrics) >= {"HR@10", "NDCG@10"}
+    assert (first / "training_curves.png").stat().st_size > 1000
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+    # a tampered model is refused rather than served
+    (first / ONNX_FILE).write_bytes(b"not a model")
+    with pytest.raises(ModelArtifactError, match="checksum"):
+        ModelManifest.read(first)
+    json.loads((second / "manifest.json").read_text())
