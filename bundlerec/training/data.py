@@ -37,6 +37,18 @@ class TrainingData:
     causal: bool
     clock: bool
 
+    def target_counts(self) -> dict[int, np.ndarray]:
+        """Training interactions per item row and per bundle row."""
+        items = np.zeros(self.vocabulary.num_item_rows, dtype=np.int64)
+        bundles = np.zeros(self.vocabulary.num_bundle_rows, dtype=np.int64)
+        for steps in self.histories.values():
+            for step in steps:
+                if step.bundle:
+                    bundles[step.bundle] += 1
+                else:
+                    items[step.item] += 1
+        return {ITEM: items, BUNDLE: bundles}
+
     @property
     def target_kind(self) -> int:
         return BUNDLE if self.task == "bundle" else ITEM

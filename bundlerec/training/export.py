@@ -46,10 +46,10 @@ class ServingRanker(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         model = self.model
         extra = extra_text if model.config.text_dim else None
-        states, key_bias = model.encode(sequence, self.projected, self.bundles, extra)
-        user = model.user_vectors(states[:, -1])
+        encoded = model.encode(sequence, self.projected, self.bundles, extra)
+        user = model.user_vectors(encoded.states[:, -1])
         candidates = model.sets(cand_items, cand_bundles, self.projected, extra)
-        return model.score(user, candidates, states, key_bias), user
+        return model.score(user, candidates, encoded), user
 
 
 def example_inputs(model: BundleRanker) -> tuple[Tensor, Tensor, Tensor, Tensor]:

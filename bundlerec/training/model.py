@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +46,14 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class Encoded(NamedTuple):
+    """A batch of encoded sequences, the user token last."""
+
+    states: Tensor  # [B, L+1, d] after self-attention: the user vector comes from states[:, -1]
+    memory: Tensor  # [B, L+1, d] the steps as they went in: what target attention reads
+    key_bias: Tensor  # [B, 1, 1, L+1] 0 for present steps, NEGATIVE for padding
 
 
 class SelfAttentionBlock(nn.Module):
@@ -149,16 +158,14 @@ class BundleRanker(nn.Module):
         return self.sets(self.bundle_members, rows, projected)
 
     # ---- the sequence ----------------------------------------------------------------------
-    def encode(
-        self, seq: Tensor, projected: Tensor, bundles: Tensor, extra_text: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """seq [B, 5, L] (features.encode_sequence) → (states [B, L+1, d], key bias [B, 1, 1, L+1]).
-        The last state is the user token's."""
+    def encode(self, seq: Tensor, projected: Tensor, bundles: Tensor, extra_text: Tensor | None = None) -> Encoded:
+        """seq [B, 5, L] (features.encode_sequence) → the encoded batch."""
         items, bundle_steps, types, recency, age = seq.unbind(1)
         item_vectors = self.sets(items.unsqueeze(-1), torch.zeros_like(items), projected, extra_text)
         steps = torch.where((bundle_steps != PAD).unsqueeze(-1), bundles[bundle_steps], item_vectors)
-        steps = steps + self.event_type(types) + self.recency(recency) + self.age(age)
         b, length = items.shape
+        memory = torch.cat([steps, self.user_token.expand(b, 1, -1)], dim=1)
+        steps = steps + self.event_type(types) + self.recency(recency) + self.age(age)
         x = torch.cat([self.drop(steps), self.user_token.expand(b, 1, -1)], dim=1)
         user_token = torch.ones_like(items[:, :1], dtype=torch.bool)
         present = torch.cat([(items != PAD) | (bundle_steps != PAD), user_token], 1)
@@ -169,33 +176,35 @@ class BundleRanker(nn.Module):
             bias = bias + torch.where(later, NEGATIVE, 0.0)
         for block in self.blocks:
             x = block(x, bias)
-        return self.sequence_norm(x), key_bias
+        return Encoded(self.sequence_norm(x), memory, key_bias)
 
     def user_vectors(self, states: Tensor) -> Tensor:
         return self.user_proj(states)
 
     # ---- scoring ---------------------------------------------------------------------------
-    def target_attention(self, candidates: Tensor, states: Tensor, key_bias: Tensor) -> Tensor:
-        """candidates [B, N, d] or [N, d] (shared), states [B, T, d] → [B, N] target-attention scores."""
+    def target_attention(self, candidates: Tensor, encoded: Encoded) -> Tensor:
+        """candidates [B, N, d] or [N, d] (shared) → [B, N]: each candidate attends over the steps
+        themselves (not their contextualized states), so the term stays an item-to-item similarity
+        in the spirit of DIN and NAIS, which is what sparse data supports."""
         query = self.target_query(candidates)
-        keys = self.target_key(states)
-        values = self.target_value(states)
+        keys = self.target_key(encoded.memory)
+        values = self.target_value(encoded.memory)
         scale = 1.0 / math.sqrt(self.config.dim)
         if candidates.dim() == 2:
             logits = torch.einsum("nd,btd->bnt", query, keys) * scale
         else:
             logits = torch.einsum("bnd,btd->bnt", query, keys) * scale
-        weights = torch.softmax(logits + key_bias[:, 0], dim=-1)
-        context = weights @ values  # [B, N, d]
+        weights = torch.softmax(logits + encoded.key_bias[:, 0], dim=-1)
+        context = self.drop(weights @ values)  # [B, N, d]
         return (context * self.target_out(candidates)).sum(-1)
 
-    def score(self, user: Tensor, candidates: Tensor, states: Tensor, key_bias: Tensor) -> Tensor:
+    def score(self, user: Tensor, candidates: Tensor, encoded: Encoded) -> Tensor:
         """Full score of candidates [B, N, d] (or shared [N, d]) for users [B, d]."""
         if candidates.dim() == 2:
             two_tower = user @ candidates.T
         else:
             two_tower = (user.unsqueeze(1) * candidates).sum(-1)
-        return two_tower + self.target_attention(candidates, states, key_bias)
+        return two_tower + self.target_attention(candidates, encoded)
 
     def forward(
         self, seq: Tensor, cand_items: Tensor, cand_bundles: Tensor, extra_text: Tensor
@@ -204,7 +213,7 @@ class BundleRanker(nn.Module):
         extra_text [E, text_dim] → (scores [B, N], user vectors [B, d])."""
         projected = self.projected_text()
         bundles = self.bundle_table(projected)
-        states, key_bias = self.encode(seq, projected, bundles, extra_text)
-        user = self.user_vectors(states[:, -1])
+        encoded = self.encode(seq, projected, bundles, extra_text)
+        user = self.user_vectors(encoded.states[:, -1])
         candidates = self.sets(cand_items, cand_bundles, projected, extra_text)
-        return self.score(user, candidates, states, key_bias), user
+        return self.score(user, candidates, encoded), user

@@ -5,8 +5,11 @@ Two terms, both softmax cross-entropy over candidates of the target's kind (item
   bundle (the exact softmax; catalogues of this size fit, and it is what makes SASRec-style models
   strong on full ranking);
 - the full score at the user token (two-tower plus target attention), against the batch's own
-  targets (in-batch negatives) and uniformly sampled ones; a sampled column equal to the row's own
-  target is masked, so no positive is ever treated as a negative.
+  targets (in-batch negatives) and negatives sampled by popularity; a sampled column equal to the
+  row's own target is masked, so no positive is ever treated as a negative. Both kinds of negative
+  arrive in proportion to popularity, so every logit is corrected by the log of its sampling
+  probability (the logQ correction of Yi et al., RecSys 2019); without it the score learns to
+  favour popular targets, which full ranking punishes.
 """
 
 from __future__ import annotations
@@ -17,17 +20,27 @@ from torch import Tensor
 
 from bundlerec.ranking.features import FIRST_ID
 from bundlerec.training.data import BUNDLE, ITEM, Batch
-from bundlerec.training.model import NEGATIVE, BundleRanker
+from bundlerec.training.model import NEGATIVE, BundleRanker, Encoded
 
 
-def batch_loss(model: BundleRanker, batch: Batch, negatives: int, generator: torch.Generator) -> tuple[Tensor, dict]:
+def sampling_distribution(counts: Tensor) -> Tensor:
+    """Popularity with add-one smoothing over the learned rows; padding and unknown are never drawn."""
+    weights = counts.double() + 1.0
+    weights[:FIRST_ID] = 0.0
+    return weights / weights.sum()
+
+
+def batch_loss(
+    model: BundleRanker, batch: Batch, negatives: int, sampling: dict[int, Tensor], generator: torch.Generator
+) -> tuple[Tensor, dict]:
+    """`sampling` maps ITEM and BUNDLE to sampling_distribution() over that table's rows."""
     seq = torch.from_numpy(batch.seq)
     kinds = torch.from_numpy(batch.position_kinds)
     targets = torch.from_numpy(batch.position_targets)
     projected = model.projected_text()
     bundles = model.bundle_table(projected)
-    states, key_bias = model.encode(seq, projected, bundles)
-    users = model.user_vectors(states)
+    encoded = model.encode(seq, projected, bundles)
+    users = model.user_vectors(encoded.states)
     rows = model.config.num_item_rows
     items = model.sets(torch.arange(rows).unsqueeze(-1), torch.zeros(rows, dtype=torch.long), projected)
     tables = {ITEM: items, BUNDLE: bundles}
@@ -52,9 +65,11 @@ def batch_loss(model: BundleRanker, batch: Batch, negatives: int, generator: tor
             continue
         positives = final_target[where]
         own = positives.unique()
-        sampled = torch.randint(FIRST_ID, table.shape[0], (negatives,), generator=generator)
+        sampled = torch.multinomial(sampling[kind], negatives, replacement=True, generator=generator)
         columns = torch.cat([own, sampled])
-        scores = model.score(users[where, -1], table[columns], states[where], key_bias[where])
+        rows_encoded = Encoded(*(part[where] for part in encoded))
+        log_q = torch.log(sampling[kind][columns]).float()
+        scores = model.score(users[where, -1], table[columns], rows_encoded) - log_q
         label = torch.searchsorted(own, positives)
         duplicate = (columns.unsqueeze(0) == positives.unsqueeze(1)) & (
             torch.arange(len(columns)).unsqueeze(0) != label.unsqueeze(1)

@@ -105,7 +105,7 @@ class ModelScorer:
         for start in range(0, len(users), self.batch_users):
             chunk = users[start : start + self.batch_users]
             seq = np.stack([encode_sequence(self._steps(split, u), length, clock=self.clock) for u in chunk])
-            states, key_bias = self.model.encode(torch.from_numpy(seq), projected, bundles, extra)
-            user = self.model.user_vectors(states[:, -1])
-            out[start : start + len(chunk)] = self.model.score(user, candidates, states, key_bias).numpy()
+            encoded = self.model.encode(torch.from_numpy(seq), projected, bundles, extra)
+            user = self.model.user_vectors(encoded.states[:, -1])
+            out[start : start + len(chunk)] = self.model.score(user, candidates, encoded).numpy()
         return out

@@ -21,7 +21,7 @@ from bundlerec.evaluation.metrics import evaluate_scorer
 from bundlerec.evaluation.protocol import build_split
 from bundlerec.training.data import TrainingData, batches, carve_validation, examples, make_batch, prepare
 from bundlerec.training.model import BundleRanker, ModelConfig
-from bundlerec.training.objective import batch_loss
+from bundlerec.training.objective import batch_loss, sampling_distribution
 from bundlerec.training.scorer import ModelScorer
 
 Progress = Callable[[str], None]
@@ -104,6 +104,7 @@ def train(
     model = BundleRanker(config, torch.from_numpy(data.item_text), torch.from_numpy(data.vocabulary.bundle_members))
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     generator = torch.Generator().manual_seed(settings.seed)
+    sampling = {kind: sampling_distribution(torch.from_numpy(c)) for kind, c in data.target_counts().items()}
     rng = random.Random(settings.seed)
 
     split = build_split(dataset, "valid")
@@ -128,7 +129,7 @@ def train(
         count = 0
         for group in batches(pairs, settings.batch_size, rng):
             batch = make_batch(group, settings.max_sequence, clock=data.clock, causal=data.causal)
-            loss, parts = batch_loss(model, batch, settings.negatives, generator)
+            loss, parts = batch_loss(model, batch, settings.negatives, sampling, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
