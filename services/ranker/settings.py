@@ -28,7 +28,11 @@ class RankerSettings(ServiceSettings):
     intra_op_threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads; 0: its default.")
     max_batch: int = Field(16, ge=1, le=1024, description="Most Rank requests fused into one model run.")
     max_wait_ms: float = Field(
-        2.0, ge=0, le=1000, description="Longest a queued request waits for others to join its batch."
+        0.0,
+        ge=0,
+        le=1000,
+        description="Longest a queued request waits for others to join its batch. 0: no waiting, a run takes "
+        "whatever queued while the previous run was busy (bench/ranker.py: waiting only adds latency on CPU).",
     )
     max_candidates: int = Field(1000, ge=1, le=100_000, description="Most candidates in one Rank request.")
     max_members: int = Field(200, ge=1, le=10_000, description="Most item ids in one candidate.")
