@@ -215,7 +215,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=300, help="timed runs per latency figure")
     parser.add_argument("--seconds", type=float, default=4.0, help="per throughput figure")
     parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--max-wait-ms", type=float, default=2.0, help="of the micro-batching service")
+    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="of the micro-batching service")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

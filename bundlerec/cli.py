@@ -137,7 +137,9 @@ def _training_commands():  # a module, or None
     """`train` and `evaluate` exist only where the train extra (torch) is installed."""
     try:
         from bundlerec.training import commands
-    except ImportError:
+    except ModuleNotFoundError as error:
+        if error.name != "torch":
+            raise
         return None
     return commands
 

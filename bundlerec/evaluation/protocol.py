@@ -90,7 +90,8 @@ def build_split(dataset: Dataset, split: str) -> EvalSplit:
         for row in dataset.valid:
             steps = histories.setdefault(row.user_id, [])
             after = steps[-1].timestamp + 1 if steps else 0
-            steps.append(Step("item", row.target_id, "purchase", after))
+            kind = steps[-1].event_type if steps else "purchase"  # the kind of event this dataset records
+            steps.append(Step("item", row.target_id, kind, after))
 
     held: dict[str, list[int]] = defaultdict(list)
     for row in dataset.test if split == "test" else dataset.valid:

@@ -45,6 +45,7 @@ class ModelManifest:
     text_encoder: dict[str, Any] | None  # the encoder manifest's model name and dimension, None without text
     onnx_sha256: str
     has_int8: bool = False
+    int8_sha256: str = ""
     epochs: list[dict[str, float]] = field(default_factory=list)
 
     @property
@@ -77,6 +78,8 @@ class ModelManifest:
             raise ModelArtifactError(f"{path}: unreadable manifest ({error})") from error
         if sha256_of(directory / ONNX_FILE) != manifest.onnx_sha256:
             raise ModelArtifactError(f"{directory / ONNX_FILE}: does not match the manifest's checksum")
+        if manifest.has_int8 and sha256_of(directory / INT8_FILE) != manifest.int8_sha256:
+            raise ModelArtifactError(f"{directory / INT8_FILE}: does not match the manifest's checksum")
         return manifest
 
 

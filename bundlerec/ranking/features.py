@@ -48,10 +48,26 @@ def age_bucket(seconds: float) -> int:
     return min(1 + int(math.log2(1.0 + hours)), MAX_AGE_BUCKET)
 
 
+def collapse_repeats(steps: Sequence[Step]) -> list[Step]:
+    """Consecutive steps on the same target become one: a view → click → add-to-cart → purchase
+    funnel on one item is one step (the strongest event type, the latest time). Otherwise most of
+    a funnel-shaped history would teach the model to predict the item just seen."""
+    out: list[Step] = []
+    for step in steps:
+        last = out[-1] if out else None
+        if last is not None and (last.item, last.bundle) == (step.item, step.bundle) and step.item != UNKNOWN:
+            out[-1] = Step(step.item, step.bundle, max(last.event_type, step.event_type), step.timestamp)
+        else:
+            out.append(step)
+    return out
+
+
 def encode_sequence(steps: Sequence[Step], length: int, *, clock: bool) -> np.ndarray:
-    """The newest `length` steps as a [5, length] int64 array (items, bundles, types, recency, age),
-    left-padded. `clock` says whether timestamps are real times (Unix seconds) or only an order."""
+    """The newest `length` steps (repeats collapsed) as a [5, length] int64 array (items, bundles,
+    types, recency, age), left-padded. `clock` says whether timestamps are real times (Unix
+    seconds) or only an order."""
     out = np.zeros((5, length), dtype=np.int64)
+    steps = collapse_repeats(steps)
     kept = steps[-length:] if length else []
     if not kept:
         return out

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bundlerec.datasets import Dataset, HeldOut
-from bundlerec.ranking.features import EVENT_TYPE_INDEX, PAD, Step, encode_sequence
+from bundlerec.ranking.features import EVENT_TYPE_INDEX, PAD, Step, collapse_repeats, encode_sequence
 from bundlerec.ranking.vocabulary import Vocabulary
 
 ITEM, BUNDLE = 1, 2  # target kinds (0 = no target at this position)
@@ -54,19 +54,20 @@ class TrainingData:
         return BUNDLE if self.task == "bundle" else ITEM
 
 
-def history_steps(dataset: Dataset, vocabulary: Vocabulary, events=None) -> dict[str, list[Step]]:
-    """Each user's events as model steps, oldest first (ties keep file order). Datasets without
-    timestamps get one shared timestamp, so no step looks more recent than another."""
+def history_steps(dataset: Dataset, vocabulary: Vocabulary) -> dict[str, list[Step]]:
+    """Each user's events as model steps, oldest first (ties keep file order), repeats collapsed
+    as encode_sequence does at serving. Datasets without timestamps get one shared timestamp, so
+    no step looks more recent than another."""
     timed = dataset.info.timestamps != "none"
     found: dict[str, list[Step]] = defaultdict(list)
-    for event in sorted(events if events is not None else dataset.events, key=lambda e: e.timestamp if timed else 0):
+    for event in sorted(dataset.events, key=lambda e: e.timestamp if timed else 0):
         kind = EVENT_TYPE_INDEX[event.event_type]
         stamp = event.timestamp if timed else 0
         if event.target_type == "bundle":
             found[event.user_id].append(Step(PAD, vocabulary.bundle(event.target_id), kind, stamp))
         else:
             found[event.user_id].append(Step(vocabulary.item(event.target_id), PAD, kind, stamp))
-    return dict(found)
+    return {user: collapse_repeats(steps) for user, steps in found.items()}
 
 
 def build_vocabulary(dataset: Dataset, max_members: int) -> Vocabulary:
@@ -139,9 +140,8 @@ def examples(data: TrainingData, length: int, rng: random.Random) -> list[tuple[
         # every target interaction, and as many of the other kind (item likes for a bundle task)
         chosen = target_positions + rng.sample(others, min(len(others), len(target_positions)))
         for n in chosen:
-            rest = steps[:n] + steps[n + 1 :]
-            rng.shuffle(rest)
-            out.append((rest[:length], [steps[n]]))
+            rest = (steps[:n] + steps[n + 1 :])[-length:]  # the newest, as scoring and serving keep
+            out.append((rest, [steps[n]]))
     rng.shuffle(out)
     return out
 

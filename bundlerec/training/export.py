@@ -139,6 +139,7 @@ def write_model_dir(
             text_encoder=text_encoder,
             onnx_sha256=sha256_of(staging / ONNX_FILE),
             has_int8=int8,
+            int8_sha256=sha256_of(staging / INT8_FILE) if int8 else "",
             epochs=[json.loads(json.dumps(vars(r))) for r in trained.history],
         ).write(staging)
         staging.rename(models_dir / version)
@@ -150,4 +151,4 @@ def write_model_dir(
 
 def _next(version: str) -> str:
     stem, _, n = version.partition(".")
-    return f"{stem}.{int(n or 0) + 1}"
+    return f"{stem}.{int(n or 0) + 1:03d}"  # zero-padded, so names keep sorting by creation

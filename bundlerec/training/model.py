@@ -150,6 +150,11 @@ class BundleRanker(nn.Module):
         logits = (torch.tanh(self.pool_key(vectors)) * self.pool_query).sum(-1, keepdim=True)
         weights = torch.softmax(logits.masked_fill(~present, NEGATIVE), dim=-2) * present
         pooled = (weights * vectors).sum(-2)
+        if self.training and self.config.id_dropout > 0:
+            # A bundle first seen at serving time is its members alone; dropping learned bundle
+            # rows in training keeps the members-only path in use (new bundles, built bundles).
+            dropped = torch.rand(bundles.shape, device=bundles.device) < self.config.id_dropout
+            bundles = torch.where(dropped, torch.zeros_like(bundles), bundles)
         return pooled + self.bundle_id(bundles)
 
     def bundle_table(self, projected: Tensor) -> Tensor:

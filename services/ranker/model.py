@@ -26,7 +26,8 @@ CPU = "CPUExecutionProvider"
 REQUIRED_INPUTS = {"sequence", "cand_items", "cand_bundles"}
 TEXT_INPUT = "extra_text"
 OUTPUTS = ["scores", "user_vector"]
-MODEL_KEYS = {"num_item_rows", "causal", "dim", "max_sequence", "max_members", "text_dim"}  # what serving reads
+# what serving reads of the manifest's model settings
+MODEL_KEYS = {"num_item_rows", "num_bundle_rows", "causal", "dim", "max_sequence", "max_members", "text_dim"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +94,8 @@ def load_model(
         raise ModelArtifactError(f"{directory}: the manifest's model settings lack {sorted(missing)}")
     if vocabulary.num_item_rows != manifest.model["num_item_rows"]:
         raise ModelArtifactError(f"{directory}: the vocabulary does not match the manifest's item count")
+    if vocabulary.num_bundle_rows != manifest.model["num_bundle_rows"]:
+        raise ModelArtifactError(f"{directory}: the vocabulary does not match the manifest's bundle count")
     quantized = use_int8 and manifest.has_int8 and (directory / INT8_FILE).is_file()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -23,7 +23,7 @@ from pathlib import Path
 from bundlerec.errors import FailedPrecondition, NotFound, Unavailable
 from bundlerec.ranker import metrics
 from bundlerec.ranker.model import LoadedModel
-from bundlerec.ranking.artifact import ModelArtifactError, model_versions
+from bundlerec.ranking.artifact import model_versions
 
 log = logging.getLogger("bundlerec.ranker")
 
@@ -117,7 +117,7 @@ class ModelRegistry:
     async def _load(self, version: str, files: Fingerprint) -> LoadedModel:
         try:
             model = await asyncio.to_thread(self._loader, self.models_dir / version)
-        except ModelArtifactError as error:
+        except Exception as error:  # a bad file of any kind fails the version, never the request
             metrics.MODEL_LOADS.labels("failed").inc()
             reason = str(error).replace(str(self.models_dir), "MODELS_DIR")
             log.warning("model version not loaded", extra={"fields": {"version": version, "reason": reason}})
@@ -137,7 +137,7 @@ class ModelRegistry:
             try:
                 await self.reload(version)
                 return
-            except FailedPrecondition as error:
+            except (FailedPrecondition, NotFound) as error:
                 self._problem = error.message
         if not wanted:
             self._problem = self._missing()
