@@ -36,6 +36,12 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=defaults.layers, help="(default: %(default)s)")
     parser.add_argument("--max-sequence", type=int, default=defaults.max_sequence, help="(default: %(default)s)")
     parser.add_argument("--no-text", action="store_true", help="train without the items' text embeddings")
+    parser.add_argument(
+        "--order",
+        choices=["auto", "sequence", "set"],
+        default=defaults.order,
+        help="read histories as sequences or sets (default: auto, by the dataset's timestamps)",
+    )
     parser.add_argument("--int8", action="store_true", help="also write a dynamically quantized model for CPUs")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
 
@@ -50,6 +56,7 @@ def settings_from(args: argparse.Namespace) -> TrainSettings:
         layers=args.layers,
         max_sequence=args.max_sequence,
         use_text=not args.no_text,
+        order=args.order,
     )
 
 

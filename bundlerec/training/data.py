@@ -4,12 +4,11 @@ The vocabulary holds every item and bundle that has training signal: items seen 
 seen in events, and the members of those bundles. Everything else reaches the model through its
 text only, which is how the model scores what it never saw.
 
-Two regimes, chosen by the data rather than a flag:
-- ordered (timestamps "unix" or "ordinal"): each user's history is a sequence; the model reads it
-  causally and learns to predict every next step (as SASRec does) and, with the full score, the
-  last one;
-- unordered (timestamps "none", e.g. Youshu): a history is a set; each example leaves one
-  interaction out and predicts it from the others, in a fresh random order every epoch.
+Two regimes (TrainSettings.order; "auto" picks by the dataset's timestamps):
+- sequence (timestamps are real times, e.g. sessions): each user's history is read causally and
+  every step learns to predict the next (as SASRec does); the user token predicts the last one;
+- set (timestamps only an order, or none, as in Youshu): each example leaves one interaction out
+  and predicts it from the others.
 """
 
 from __future__ import annotations
@@ -80,8 +79,11 @@ def build_vocabulary(dataset: Dataset, max_members: int) -> Vocabulary:
     return Vocabulary.build(item_ids, bundles, max_members)
 
 
-def prepare(dataset: Dataset, text_vectors: np.ndarray | None, max_members: int) -> TrainingData:
-    """`text_vectors` is [len(dataset.items), text_dim] in items.csv order, or None."""
+def prepare(dataset: Dataset, text_vectors: np.ndarray | None, max_members: int, order: str = "auto") -> TrainingData:
+    """`text_vectors` is [len(dataset.items), text_dim] in items.csv order, or None; `order` is
+    TrainSettings.order."""
+    if order not in ("auto", "sequence", "set"):
+        raise ValueError(f"order must be auto, sequence or set, got {order!r}")
     vocabulary = build_vocabulary(dataset, max_members)
     text_dim = 0 if text_vectors is None else text_vectors.shape[1]
     item_text = np.zeros((vocabulary.num_item_rows, max(text_dim, 1)), dtype=np.float32)
@@ -94,7 +96,7 @@ def prepare(dataset: Dataset, text_vectors: np.ndarray | None, max_members: int)
         item_text=item_text[:, :text_dim] if text_dim else item_text[:, :0],
         histories=history_steps(dataset, vocabulary),
         task=dataset.info.task,
-        causal=dataset.info.timestamps != "none",
+        causal=order == "sequence" or (order == "auto" and dataset.info.timestamps == "unix"),
         clock=dataset.info.timestamps == "unix",
     )
 

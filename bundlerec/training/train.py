@@ -34,16 +34,21 @@ class TrainSettings:
     heads: int = 2
     max_sequence: int = 50
     max_members: int = 32
-    dropout: float = 0.3
+    dropout: float = 0.5
     id_dropout: float = 0.1
     batch_size: int = 256
-    learning_rate: float = 2e-3
+    learning_rate: float = 5e-3
     negatives: int = 256
     max_epochs: int = 40
     patience: int = 3  # epochs without a better validation metric before stopping
     validation_users: int = 2000  # a fixed sample keeps each epoch's validation cheap
     validation_share: float = 0.1  # of users, when the dataset has no valid.csv
     use_text: bool = True
+    # "sequence": histories are read causally and every step predicts the next; "set": each
+    # interaction is predicted from all the others. "auto": sequence where timestamps are real
+    # times (sessions), set where they are only an order or absent (review-ordered purchases,
+    # where the set reading validated better on amazon-scientific).
+    order: str = "auto"
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -87,7 +92,7 @@ def train(
         dataset = carve_validation(dataset, settings.validation_share, settings.seed)
         progress(f"no valid.csv: validating on the newest target of {len(dataset.valid):,} users, held out of training")
     text = text_vectors if settings.use_text else None
-    data = prepare(dataset, text, settings.max_members)
+    data = prepare(dataset, text, settings.max_members, order=settings.order)
     config = ModelConfig(
         num_item_rows=data.vocabulary.num_item_rows,
         num_bundle_rows=data.vocabulary.num_bundle_rows,
