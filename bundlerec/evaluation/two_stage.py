@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bundlerec.candidate.index import CatalogueIndex
-from bundlerec.candidate.model import Bundle, Filter, Item, RecentInteraction, RetrievalRequest
+from bundlerec.candidate.model import Bundle, Filter, Item, RecentInteraction, RetrievalRequest, Source
 from bundlerec.candidate.retrieval import retrieve
 from bundlerec.datasets import Dataset
 from bundlerec.evaluation.protocol import EvalSplit, Scorer
@@ -38,7 +38,8 @@ class CandidateRetriever:
         bundles = [Bundle(b.bundle_id, b.item_ids, b.title) for b in dataset.bundles.values()]
         self.index.load(items, bundles, dataset_statistics(dataset))
 
-    def candidates(self, split: EvalSplit, user: str, k: int) -> list[str]:
+    def candidates(self, split: EvalSplit, user: str, k: int, sources: frozenset[Source] | None = None) -> list[str]:
+        """The user's top `k` targets of the split's kind from `sources` (default: all, merged)."""
         steps = split.histories.get(user, [])
         bundle_task = split.task == "bundle"
         seen_items = frozenset(s.target_id for s in steps if s.target_type == "item")
@@ -51,6 +52,7 @@ class CandidateRetriever:
             item_limit=0 if bundle_task else k,
             bundle_limit=k if bundle_task else 0,
             filter=Filter(exclude_item_ids=seen_items, exclude_bundle_ids=seen_bundles),
+            sources=sources if sources is not None else frozenset(Source),
         )
         got = retrieve(self.index, request)
         return [c.target_id for c in (got.bundles if bundle_task else got.items)]
@@ -64,8 +66,7 @@ class CandidatesOnly:
     ranker: Scorer
     retriever: CandidateRetriever
     k: int
-    found: int = 0
-    positives: int = 0
+    recalls: list[float] = dataclasses.field(default_factory=list)  # per user: found / positives
 
     def score(self, split: EvalSplit, users: Sequence[str]) -> np.ndarray:
         scores = np.array(self.ranker.score(split, users), dtype=np.float32)
@@ -74,13 +75,14 @@ class CandidatesOnly:
             mask = np.ones(scores.shape[1], dtype=bool)
             mask[kept] = False
             scores[row, mask] = -np.inf
-            self.found += len(set(kept) & set(split.positives[user].tolist()))
-            self.positives += len(split.positives[user])
+            positives = set(split.positives[user].tolist())
+            self.recalls.append(len(set(kept) & positives) / len(positives))
         return scores
 
     @property
     def recall(self) -> float:
-        return self.found / self.positives if self.positives else 0.0
+        """Candidate recall@k, averaged over users (as FORMAT.md's Recall is)."""
+        return sum(self.recalls) / len(self.recalls) if self.recalls else 0.0
 
 
 def sample_users(split: EvalSplit, users: int, seed: int) -> EvalSplit:
