@@ -140,3 +140,36 @@ def test_model_directory_is_complete_and_versioned(demo_shop: Dataset, tmp_path:
     with pytest.raises(ModelArtifactError, match="checksum"):
         ModelManifest.read(first)
     json.loads((second / "manifest.json").read_text())
+
+
+def test_a_dataset_without_valid_csv_validates_on_held_out_targets(demo_shop: Dataset) -> None:
+    from bundlerec.training.data import carve_validation
+
+    carved = carve_validation(dataclasses.replace(demo_shop, valid=[]), share=0.5, seed=0)
+    assert carved.valid and len(carved.events) < len(demo_shop.events)
+    for row in carved.valid:  # the positive is out of the history, so it can be ranked and hit
+        assert not any(e.user_id == row.user_id and e.target_id == row.target_id for e in carved.events)
+    trained = train(dataclasses.replace(demo_shop, valid=[]), QUICK, None, progress=lambda line: None)
+    assert trained.validation_carved and "NDCG@10" in trained.validation
+
+
+def test_two_stage_ranks_only_the_retrieved_candidates(demo_shop: Dataset, encoder_dir: str) -> None:
+    from bundlerec.evaluation.two_stage import CandidateRetriever, CandidatesOnly
+
+    trained = train(demo_shop, QUICK, None, progress=lambda line: None)
+    ours = ModelScorer("ours", trained.model, demo_shop, trained.data.vocabulary, None)
+    split = build_split(demo_shop, "test")
+    vectors, _ = item_text_vectors(demo_shop, Path(encoder_dir), cache_dir=None)
+    retriever = CandidateRetriever(demo_shop, vectors)
+    users = split.users[:20]
+    staged = CandidatesOnly("two-stage", ours, retriever, k=30)
+    scores, full = staged.score(split, users), ours.score(split, users)
+    expected_recall = []
+    for row, user in enumerate(users):
+        kept = [split.target_index[t] for t in retriever.candidates(split, user, 30)]
+        assert 0 < len(kept) <= 30
+        assert np.array_equal(np.flatnonzero(np.isfinite(scores[row])), np.sort(kept))
+        assert np.allclose(scores[row, kept], full[row, kept])  # the ranker's own scores, unchanged
+        positives = set(split.positives[user].tolist())
+        expected_recall.append(len(positives & set(kept)) / len(positives))
+    assert staged.recall == pytest.approx(sum(expected_recall) / len(users))

@@ -112,9 +112,12 @@ def carve_validation(dataset: Dataset, share: float, seed: int) -> Dataset:
     rng = random.Random(seed)
     eligible = sorted(user for user, rows in by_user.items() if len(rows) >= 2)
     chosen = rng.sample(eligible, max(1, int(len(eligible) * share))) if eligible else []
-    moved = {max(by_user[user], key=lambda n: (dataset.events[n].timestamp, n)) for user in chosen}
-    events = [e for n, e in enumerate(dataset.events) if n not in moved]
-    valid = [HeldOut(dataset.events[n].user_id, dataset.events[n].target_id) for n in sorted(moved)]
+    newest = sorted(max(by_user[user], key=lambda n: (dataset.events[n].timestamp, n)) for user in chosen)
+    valid = [HeldOut(dataset.events[n].user_id, dataset.events[n].target_id) for n in newest]
+    # every event of the user on that target leaves the history (the views before the purchase
+    # too), or the protocol would mask the positive out of the ranking
+    held = {(row.user_id, row.target_id) for row in valid}
+    events = [e for e in dataset.events if (e.user_id, e.target_id) not in held]
     return dataclasses.replace(dataset, events=events, valid=valid)
 
 
