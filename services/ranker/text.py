@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bundlerec import db
 from bundlerec.candidate.catalogue import from_bytes, items_t
+from bundlerec.encoder.runtime import item_text
 
 log = logging.getLogger("bundlerec.ranker")
 
@@ -45,11 +46,15 @@ class CatalogueTextSource:
         async def work(conn: AsyncConnection) -> dict[str, np.ndarray]:
             found: dict[str, np.ndarray] = {}
             for start in range(0, len(item_ids), CHUNK):
-                query = select(items_t.c.item_id, items_t.c.text_vector).where(
+                columns = (items_t.c.item_id, items_t.c.title, items_t.c.category, items_t.c.brand)
+                query = select(*columns, items_t.c.text_vector).where(
                     items_t.c.item_id.in_(item_ids[start : start + CHUNK]), items_t.c.text_vector.is_not(None)
                 )
-                for item_id, blob in await conn.execute(query):
-                    found[item_id] = from_bytes(blob)  # type: ignore[assignment]
+                for item_id, title, category, brand, blob in await conn.execute(query):
+                    # The catalogue embeds "" for an item without any text; training gives such an
+                    # item no text row, so serving must not feed it one either.
+                    if item_text(title, category, brand):
+                        found[item_id] = from_bytes(blob)  # type: ignore[assignment]
             return found
 
         return await db.read(self._engine, work)
