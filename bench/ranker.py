@@ -105,8 +105,11 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def latency(model_dir: Path, request: ranker_pb2.RankRequest, runs: int) -> tuple[dict[str, list[float]], float]:
-    """Per-runtime latencies (ms) of one request, and the largest ONNX-vs-PyTorch score difference."""
+def latency(
+    model_dir: Path, request: ranker_pb2.RankRequest, runs: int
+) -> tuple[dict[str, list[float]], float, tuple[float, float] | None]:
+    """Per-runtime latencies (ms) of one request, the largest ONNX-vs-PyTorch score difference,
+    and int8's accuracy cost on it: (largest |score difference|, share of fp32's top 20 it keeps)."""
     import torch
 
     from bundlerec.training.export import ServingRanker
@@ -132,7 +135,13 @@ def latency(model_dir: Path, request: ranker_pb2.RankRequest, runs: int) -> tupl
         "onnxruntime int8": timed(lambda: int8.run(*one, None), runs) if int8.quantized else [],
         "batch of 8, one ORT call": timed(lambda: fp32.run(*eight, None), max(20, runs // 4)),
     }
-    return figures, float(np.abs(fp32.run(*one, None)[0] - run_torch()).max())
+    reference = fp32.run(*one, None)[0][0]
+    cost = None
+    if int8.quantized:
+        quantized = int8.run(*one, None)[0][0]
+        top = set(np.argsort(-reference)[:20].tolist()) & set(np.argsort(-quantized)[:20].tolist())
+        cost = (float(np.abs(quantized - reference).max()), len(top) / 20)
+    return figures, float(np.abs(reference - run_torch()[0]).max()), cost
 
 
 async def drive(call: Callable[[], Awaitable[object]], concurrency: int, seconds: float) -> tuple[float, list[float]]:
@@ -222,7 +231,7 @@ def main() -> int:
         model_dir = Path(args.model_dir).resolve() if args.model_dir else train_demo_model(Path(tmp))
         item_ids = json.loads((model_dir / "vocabulary.json").read_text())["items"]
         requests = [make_request(item_ids, seed) for seed in range(32)]
-        lat, difference = latency(model_dir, requests[0], args.runs)
+        lat, difference, int8_cost = latency(model_dir, requests[0], args.runs)
         levels = [int(c) for c in args.concurrency.split(",")]
         batched = run_service(model_dir, 16, args.max_wait_ms, requests, levels, args.seconds)
         single = run_service(model_dir, 1, 0.0, requests, levels, args.seconds)
@@ -237,6 +246,9 @@ def main() -> int:
         p50, p99 = pct(values, 50), pct(values, 99)
         print(f"{name:<26}{p50:>9.3f}{p99:>9.3f}{p50 / base:>8.2f}   {FLOORS[name]}{extra}")
     print(f"ONNX vs PyTorch on this request, max |score difference|: {difference:.2e}")
+    if int8_cost:
+        worst, kept = int8_cost
+        print(f"int8 vs fp32 on this request: max |score difference| {worst:.3f}, top 20 kept {kept:.0%}")
     print(f"\nthrough gRPC, micro-batching waits at most {args.max_wait_ms} ms for company")
     print(f"{'':<14}{'max_batch 16':>26}{'max_batch 1':>26}{'16 / 1':>8}{'bare gRPC':>11}")
     print(f"{'concurrency':<14}{'req/s  p50  p99  batch':>26}{'req/s  p50  p99':>26}{'':>8}{'req/s':>11}")
