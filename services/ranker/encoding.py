@@ -27,10 +27,13 @@ class EncodedRequest:
 
 
 def unknown_items(model: LoadedModel, query: RankQuery) -> list[str]:
-    """Item ids of the request the model has no learned row for (first-seen order, unique)."""
+    """Item ids of the request the model has no learned row for (first-seen order, unique). Only
+    what the model will read counts: the newest max_sequence steps and each candidate's first
+    max_members items, so a huge request cannot flood the catalogue with lookups."""
+    steps, members = model.manifest.max_sequence, model.manifest.max_members
     ids: Iterable[str] = (
-        *(s.target_id for s in query.sequence if s.target_type == "item"),
-        *(i for c in query.candidates for i in c.item_ids),
+        *(s.target_id for s in query.sequence[-steps:] if s.target_type == "item"),
+        *(i for c in query.candidates for i in c.item_ids[:members]),
     )
     return [i for i in dict.fromkeys(ids) if not model.vocabulary.has_item(i)]
 
