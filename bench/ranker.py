@@ -39,7 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bundlerec.ranker.encoding import encode_query
 from bundlerec.ranker.model import LoadedModel, load_model
 from bundlerec.ranker.servicer import query_from_pb
-from bundlerec.ranking.artifact import WEIGHTS_FILE
 from bundlerec.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from tests.processes import free_port, start_service, wait_serving
 
@@ -112,18 +111,15 @@ def latency(
     and int8's accuracy cost on it: (largest |score difference|, share of fp32's top 20 it keeps)."""
     import torch
 
+    from bundlerec.training.commands import load_weights
     from bundlerec.training.export import ServingRanker
-    from bundlerec.training.model import BundleRanker, ModelConfig
 
     fp32 = load_model(model_dir, providers="cpu")
     int8 = load_model(model_dir, providers="cpu", use_int8=True)
     one, eight = arrays(fp32, request, 1), arrays(fp32, request, 8)
-    config = ModelConfig(**fp32.manifest.model)
-    state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    model = BundleRanker(config, state["item_text"], state["bundle_members"])
-    model.load_state_dict(state)
+    model, _, manifest = load_weights(model_dir)
     eager = ServingRanker(model)  # freezes its tables from the loaded weights, as the export does
-    torch_inputs = [torch.from_numpy(a) for a in one] + [torch.zeros(1, max(config.text_dim, 1))]
+    torch_inputs = [torch.from_numpy(a) for a in one] + [torch.zeros(1, max(manifest.text_dim, 1))]
 
     def run_torch() -> np.ndarray:
         with torch.inference_mode():

@@ -17,7 +17,7 @@ from bundlerec.datasets.demo import generate_demo_shop  # noqa: E402
 from bundlerec.evaluation.protocol import build_split  # noqa: E402
 from bundlerec.ranking.artifact import INT8_FILE, ONNX_FILE, ModelArtifactError, ModelManifest, model_versions  # noqa: E402
 from bundlerec.ranking.features import encode_candidates, encode_sequence  # noqa: E402
-from bundlerec.training.commands import load_model  # noqa: E402
+from bundlerec.training.commands import load_weights  # noqa: E402
 from bundlerec.training.export import ServingRanker, write_model_dir  # noqa: E402
 from bundlerec.training.scorer import ModelScorer  # noqa: E402
 from bundlerec.training.text import item_text_vectors  # noqa: E402
@@ -53,7 +53,7 @@ def demo_shop(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
 
 def onnx_vs_torch(model_dir: Path, dataset: Dataset, vectors: np.ndarray | None) -> float:
     """Largest |ONNX - PyTorch| score over real users' sequences and real candidates."""
-    model, vocabulary, manifest = load_model(model_dir)
+    model, vocabulary, manifest = load_weights(model_dir)
     scorer = ModelScorer("ours", model, dataset, vocabulary, vectors)
     split = build_split(dataset, "test")
     session = ort.InferenceSession(str(model_dir / ONNX_FILE), providers=["CPUExecutionProvider"])

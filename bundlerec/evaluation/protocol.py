@@ -85,7 +85,7 @@ def build_split(dataset: Dataset, split: str) -> EvalSplit:
     index = {target: n for n, target in enumerate(target_ids)}
     target_type = "bundle" if task == "bundle" else "item"
 
-    histories = _event_histories(dataset)
+    histories = event_histories(dataset)
     if task == "next_item" and split == "test":  # the valid row is history at test time (FORMAT.md)
         for row in dataset.valid:
             steps = histories.setdefault(row.user_id, [])
@@ -113,7 +113,7 @@ def build_split(dataset: Dataset, split: str) -> EvalSplit:
     return EvalSplit(dataset, task, split, target_ids, users, histories, positives, excluded, counts)
 
 
-def _event_histories(dataset: Dataset) -> dict[str, list[Step]]:
+def event_histories(dataset: Dataset) -> dict[str, list[Step]]:
     """events.csv per user, sorted by timestamp; Python's sort is stable, so ties keep file order."""
     grouped: dict[str, list[Step]] = defaultdict(list)
     for e in dataset.events:

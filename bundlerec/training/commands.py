@@ -94,7 +94,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_model(directory: Path) -> tuple[BundleRanker, Vocabulary, ModelManifest]:
+def load_weights(directory: Path) -> tuple[BundleRanker, Vocabulary, ModelManifest]:
     """A model directory's PyTorch weights (a plain state dict, loaded with weights_only)."""
     manifest = ModelManifest.read(directory)
     vocabulary = Vocabulary.load(directory)
@@ -129,7 +129,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     dataset = _read(args.data)
     if args.model:
-        model, vocabulary, manifest = load_model(Path(args.model))
+        model, vocabulary, manifest = load_weights(Path(args.model))
         vectors = None
         if manifest.text_encoder:
             vectors, identity = item_text_vectors(dataset, Path(args.encoder_dir))

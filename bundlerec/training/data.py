@@ -16,12 +16,15 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from bundlerec.datasets import Dataset, HeldOut
-from bundlerec.ranking.features import EVENT_TYPE_INDEX, PAD, Step, collapse_repeats, encode_sequence
+from bundlerec.evaluation.protocol import Step as HistoryStep
+from bundlerec.evaluation.protocol import event_histories
+from bundlerec.ranking.features import EVENT_TYPE_INDEX, PAD, UNKNOWN, Step, collapse_repeats, encode_sequence
 from bundlerec.ranking.vocabulary import Vocabulary
 
 ITEM, BUNDLE = 1, 2  # target kinds (0 = no target at this position)
@@ -53,20 +56,32 @@ class TrainingData:
         return BUNDLE if self.task == "bundle" else ITEM
 
 
+def model_steps(
+    steps: Iterable[HistoryStep], vocabulary: Vocabulary, item_index: Callable[[str], int], *, timed: bool
+) -> list[Step]:
+    """A history of ids (evaluation.protocol) as model steps. Bundles the model has no row for are
+    left out; `item_index` maps an item id (the vocabulary's, or one that also knows extra-text
+    rows). Datasets without timestamps get one shared timestamp, so no step looks newer."""
+    out = []
+    for s in steps:
+        stamp = s.timestamp if timed else 0
+        if s.target_type == "bundle":
+            bundle = vocabulary.bundle(s.target_id)
+            if bundle > UNKNOWN:
+                out.append(Step(PAD, bundle, EVENT_TYPE_INDEX[s.event_type], stamp))
+        else:
+            out.append(Step(item_index(s.target_id), PAD, EVENT_TYPE_INDEX[s.event_type], stamp))
+    return out
+
+
 def history_steps(dataset: Dataset, vocabulary: Vocabulary) -> dict[str, list[Step]]:
     """Each user's events as model steps, oldest first (ties keep file order), repeats collapsed
-    as encode_sequence does at serving. Datasets without timestamps get one shared timestamp, so
-    no step looks more recent than another."""
+    as encode_sequence does at serving."""
     timed = dataset.info.timestamps != "none"
-    found: dict[str, list[Step]] = defaultdict(list)
-    for event in sorted(dataset.events, key=lambda e: e.timestamp if timed else 0):
-        kind = EVENT_TYPE_INDEX[event.event_type]
-        stamp = event.timestamp if timed else 0
-        if event.target_type == "bundle":
-            found[event.user_id].append(Step(PAD, vocabulary.bundle(event.target_id), kind, stamp))
-        else:
-            found[event.user_id].append(Step(vocabulary.item(event.target_id), PAD, kind, stamp))
-    return {user: collapse_repeats(steps) for user, steps in found.items()}
+    return {
+        user: collapse_repeats(model_steps(steps, vocabulary, vocabulary.item, timed=timed))
+        for user, steps in event_histories(dataset).items()
+    }
 
 
 def build_vocabulary(dataset: Dataset, max_members: int) -> Vocabulary:

@@ -15,8 +15,9 @@ import torch
 
 from bundlerec.datasets import Dataset
 from bundlerec.evaluation.protocol import EvalSplit
-from bundlerec.ranking.features import EVENT_TYPE_INDEX, PAD, UNKNOWN, Step, encode_candidates, encode_sequence
+from bundlerec.ranking.features import PAD, UNKNOWN, Step, encode_candidates, encode_sequence
 from bundlerec.ranking.vocabulary import Vocabulary
+from bundlerec.training.data import model_steps
 from bundlerec.training.model import BundleRanker
 
 
@@ -64,16 +65,7 @@ class ModelScorer:
         self._candidates: tuple[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def _steps(self, split: EvalSplit, user: str) -> list[Step]:
-        out = []
-        for s in split.histories.get(user, []):
-            stamp = s.timestamp if self.timed else 0
-            if s.target_type == "bundle":
-                bundle = self.vocabulary.bundle(s.target_id)
-                if bundle > UNKNOWN:
-                    out.append(Step(PAD, bundle, EVENT_TYPE_INDEX[s.event_type], stamp))
-            else:
-                out.append(Step(self.mapper.item(s.target_id), PAD, EVENT_TYPE_INDEX[s.event_type], stamp))
-        return out
+        return model_steps(split.histories.get(user, []), self.vocabulary, self.mapper.item, timed=self.timed)
 
     def _candidate_table(self, split: EvalSplit, projected: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
         """Every target of the split as a candidate vector. The index arrays are kept between

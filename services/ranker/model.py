@@ -16,16 +16,17 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from bundlerec.ranking.artifact import INT8_FILE, ONNX_FILE, ModelArtifactError, ModelManifest
+from bundlerec.ranking.artifact import INPUTS, INT8_FILE, ONNX_FILE, ModelArtifactError, ModelManifest
+from bundlerec.ranking.artifact import OUTPUTS as ARTIFACT_OUTPUTS
 from bundlerec.ranking.vocabulary import Vocabulary
 
 log = logging.getLogger("bundlerec.ranker")
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-REQUIRED_INPUTS = {"sequence", "cand_items", "cand_bundles"}
-TEXT_INPUT = "extra_text"
-OUTPUTS = ["scores", "user_vector"]
+TEXT_INPUT = "extra_text"  # present only in models trained with text
+REQUIRED_INPUTS = set(INPUTS) - {TEXT_INPUT}
+OUTPUTS = list(ARTIFACT_OUTPUTS)
 # what serving reads of the manifest's model settings
 MODEL_KEYS = {"num_item_rows", "num_bundle_rows", "causal", "dim", "max_sequence", "max_members", "text_dim"}
 
