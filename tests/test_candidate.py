@@ -63,6 +63,7 @@ async def running_candidate(database_url: str, encoder_dir: str, **overrides: ob
         "database_url": database_url,
         "encoder_dir": encoder_dir,
         "index_dir": "",
+        "models_dir": "",
         "health_interval_seconds": 0.2,
         **overrides,
     }

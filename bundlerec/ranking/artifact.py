@@ -5,6 +5,10 @@
         model.int8.onnx       optional: dynamically quantized for CPU serving
         weights.pt            the PyTorch state dict (evaluation and fine-tuning; never loaded to serve)
         vocabulary.json, bundle_members.npy   id maps (vocabulary.py)
+        collaborative.npz     the two-tower candidate vectors (float32) of every item and bundle the
+                              vocabulary knows: item_ids [n], items [n, d], bundle_ids [m], bundles [m, d],
+                              d = the model's dim; <user_vector, vector> is the model's two-tower score
+                              (the candidate service fuses them into its item and bundle vectors)
         training_curves.png   loss and validation metric per epoch
         manifest.json         written last: a directory without it is incomplete and never loaded
 
@@ -19,11 +23,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 WEIGHTS_FILE = "weights.pt"
 CURVES_FILE = "training_curves.png"
+COLLABORATIVE_FILE = "collaborative.npz"
 INPUTS = ("sequence", "cand_items", "cand_bundles", "extra_text")
 OUTPUTS = ("scores", "user_vector")
 
@@ -46,6 +53,7 @@ class ModelManifest:
     onnx_sha256: str
     has_int8: bool = False
     int8_sha256: str = ""
+    collaborative_sha256: str = ""  # empty: a version written before the collaborative vectors were exported
     epochs: list[dict[str, float]] = field(default_factory=list)
 
     @property
@@ -80,7 +88,49 @@ class ModelManifest:
             raise ModelArtifactError(f"{directory / ONNX_FILE}: does not match the manifest's checksum")
         if manifest.has_int8 and sha256_of(directory / INT8_FILE) != manifest.int8_sha256:
             raise ModelArtifactError(f"{directory / INT8_FILE}: does not match the manifest's checksum")
+        collaborative = directory / COLLABORATIVE_FILE
+        if manifest.collaborative_sha256 and sha256_of(collaborative) != manifest.collaborative_sha256:
+            raise ModelArtifactError(f"{collaborative}: does not match the manifest's checksum")
         return manifest
+
+
+@dataclass(frozen=True)
+class CollaborativeVectors:
+    """What COLLABORATIVE_FILE holds: the model's candidate vectors of its known items and bundles."""
+
+    item_ids: list[str]
+    items: np.ndarray  # [len(item_ids), d] float32
+    bundle_ids: list[str]
+    bundles: np.ndarray  # [len(bundle_ids), d] float32
+
+    def save(self, path: Path) -> None:
+        with path.open("wb") as f:  # a file object: np.savez would append ".npz" to a name lacking it
+            np.savez(
+                f,
+                item_ids=np.asarray(self.item_ids, dtype=str),
+                items=np.asarray(self.items, dtype=np.float32),
+                bundle_ids=np.asarray(self.bundle_ids, dtype=str),
+                bundles=np.asarray(self.bundles, dtype=np.float32),
+            )
+
+    @classmethod
+    def load(cls, path: Path, dim: int) -> CollaborativeVectors:
+        """Reads and checks the file (no pickles); `dim` is the manifest's vector_dim."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in ("item_ids", "items", "bundle_ids", "bundles")}
+        except (OSError, ValueError, KeyError) as error:
+            raise ModelArtifactError(f"{path}: unreadable collaborative vectors ({error})") from error
+        for ids, vectors in (("item_ids", "items"), ("bundle_ids", "bundles")):
+            shape = arrays[vectors].shape
+            if shape != (len(arrays[ids]), dim) or not np.isfinite(arrays[vectors]).all():
+                raise ModelArtifactError(f"{path}: {vectors} must be finite, one row of {dim} per id (got {shape})")
+        return cls(
+            [str(i) for i in arrays["item_ids"]],
+            arrays["items"].astype(np.float32),
+            [str(b) for b in arrays["bundle_ids"]],
+            arrays["bundles"].astype(np.float32),
+        )
 
 
 def sha256_of(path: Path) -> str:
@@ -91,6 +141,15 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and modification times of a version's files: changes when someone fixes them."""
+    try:
+        stats = [(path.name, path.stat()) for path in directory.iterdir()]
+    except OSError:
+        return ()
+    return tuple(sorted((name, stat.st_size, stat.st_mtime_ns) for name, stat in stats))
 
 
 def model_versions(models_dir: Path) -> list[str]:

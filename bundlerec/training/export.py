@@ -3,6 +3,7 @@
 The exported graph holds the item and bundle tables precomputed (learned id rows plus projected
 text, bundle vectors from their members), so a request pays only for its own sequence and
 candidates. Batch, sequence length, candidate count, bundle size and extra-text rows are dynamic.
+Beside it go the same candidate vectors as arrays (COLLABORATIVE_FILE), for two-tower retrieval.
 """
 
 from __future__ import annotations
@@ -18,14 +19,18 @@ import torch
 from torch import Tensor, nn
 
 from bundlerec.ranking.artifact import (
+    COLLABORATIVE_FILE,
     INPUTS,
     INT8_FILE,
     ONNX_FILE,
     OUTPUTS,
     WEIGHTS_FILE,
+    CollaborativeVectors,
     ModelManifest,
     sha256_of,
 )
+from bundlerec.ranking.features import FIRST_ID
+from bundlerec.ranking.vocabulary import Vocabulary
 from bundlerec.training.model import BundleRanker
 from bundlerec.training.train import TrainedModel
 
@@ -49,7 +54,7 @@ class ServingRanker(nn.Module):
         encoded = model.encode(sequence, self.projected, self.bundles, extra)
         user = model.user_vectors(encoded.states[:, -1])
         candidates = model.sets(cand_items, cand_bundles, self.projected, extra)
-        return model.score(user, candidates, encoded), user
+        return model.with_wide(model.score(user, candidates, encoded), sequence, cand_items, cand_bundles), user
 
 
 def example_inputs(model: BundleRanker) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -91,6 +96,18 @@ def export_onnx(model: BundleRanker, path: Path, opset: int = 17) -> None:
         )
 
 
+def collaborative_vectors(model: BundleRanker, vocabulary: Vocabulary) -> CollaborativeVectors:
+    """Every known item and bundle as the model's two-tower head sees a candidate (eval mode): an
+    item is a set of one, a bundle its table row; padding and "unknown" rows are left out."""
+    model.eval()
+    with torch.no_grad():
+        projected = model.projected_text()
+        rows = torch.arange(FIRST_ID, model.config.num_item_rows)
+        items = model.sets(rows.unsqueeze(-1), torch.zeros_like(rows), projected)
+        bundles = model.bundle_table(projected)[FIRST_ID:]
+    return CollaborativeVectors(list(vocabulary.item_ids), items.numpy(), list(vocabulary.bundle_ids), bundles.numpy())
+
+
 def quantize_int8(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -123,6 +140,7 @@ def write_model_dir(
             quantize_int8(staging / ONNX_FILE, staging / INT8_FILE)
         torch.save(model.state_dict(), staging / WEIGHTS_FILE)
         trained.data.vocabulary.save(staging)
+        collaborative_vectors(model, trained.data.vocabulary).save(staging / COLLABORATIVE_FILE)
         if curves:
             from bundlerec.training.curves import plot_curves
 
@@ -140,6 +158,7 @@ def write_model_dir(
             onnx_sha256=sha256_of(staging / ONNX_FILE),
             has_int8=int8,
             int8_sha256=sha256_of(staging / INT8_FILE) if int8 else "",
+            collaborative_sha256=sha256_of(staging / COLLABORATIVE_FILE),
             epochs=[json.loads(json.dumps(vars(r))) for r in trained.history],
         ).write(staging)
         staging.rename(models_dir / version)

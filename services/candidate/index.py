@@ -1,5 +1,6 @@
 """The in-memory view of the catalogue that retrieval runs on: fused item and bundle vectors in
-FAISS, filter columns by item slot, bundle membership, co-occurrence and popularity.
+FAISS (text, external vector, and the ranker's collaborative vectors when a model provides them),
+filter columns by item slot, bundle membership, co-occurrence and popularity.
 
 Built from the catalogue store at start, then kept current by every catalogue write, so a new
 item is retrievable by the very next call.
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bundlerec.candidate.collaborative import Collaborative
+from bundlerec.candidate.fusion import Fusion
 from bundlerec.candidate.model import MAX_BUNDLE_FOR_PAIRS, Bundle, Filter, Item
 from bundlerec.candidate.statistics import BehaviourStatistics
-from bundlerec.candidate.vectors import VectorIndex, normalize
+from bundlerec.candidate.vectors import VectorIndex
 
 
 def category_matches(path: str, prefix: str) -> bool:
@@ -27,14 +30,20 @@ def category_matches(path: str, prefix: str) -> bool:
 
 
 class CatalogueIndex:
-    def __init__(self, text_dim: int, external_dim: int = 0, *, exact_below: int = 100_000) -> None:
-        self.text_dim = text_dim
-        self.external_dim = external_dim
+    def __init__(
+        self,
+        text_dim: int,
+        external_dim: int = 0,
+        *,
+        exact_below: int = 100_000,
+        collaborative: Collaborative | None = None,
+    ) -> None:
+        self.fusion = Fusion(text_dim, external_dim, collaborative)
         self.items: dict[str, Item] = {}
         self.bundles: dict[str, Bundle] = {}
         self.bundles_of: dict[str, set[str]] = defaultdict(set)
-        self.item_vectors = VectorIndex(text_dim + external_dim, exact_below=exact_below)
-        self.bundle_vectors = VectorIndex(text_dim + external_dim, exact_below=exact_below)
+        self.item_vectors = VectorIndex(self.fusion.dim, exact_below=exact_below, normalize_vectors=False)
+        self.bundle_vectors = VectorIndex(self.fusion.dim, exact_below=exact_below, normalize_vectors=False)
         self.event_pairs: dict[str, dict[str, float]] = defaultdict(dict)
         self.bundle_pairs: dict[str, dict[str, float]] = defaultdict(dict)
         self.popularity: dict[str, float] = {}
@@ -44,22 +53,27 @@ class CatalogueIndex:
 
     # -- vectors --------------------------------------------------------------------------
 
-    def fuse(self, text_vector: np.ndarray, external: tuple[float, ...], *, has_text: bool = True) -> np.ndarray:
-        """Text embedding ⊕ external vector, each unit length; a missing part is zeros. An item
-        without any text (ids only, as in some research datasets) gets no text part: the encoder's
-        embedding of "" is the same for all of them and would make them all look alike."""
-        text = np.asarray(text_vector, np.float32)
-        parts = [normalize(text) if has_text else np.zeros_like(text)]
-        if self.external_dim:
-            ext = np.zeros(self.external_dim, np.float32) if not external else np.asarray(external, np.float32)
-            parts.append(normalize(ext))
-        return np.concatenate(parts)
+    @property
+    def text_dim(self) -> int:
+        return self.fusion.text_dim
+
+    @property
+    def external_dim(self) -> int:
+        return self.fusion.external_dim
+
+    @property
+    def collaborative(self) -> Collaborative | None:
+        return self.fusion.collaborative
+
+    def with_collaborative(self, collaborative: Collaborative | None) -> CatalogueIndex:
+        """An empty index of the same settings that fuses `collaborative` (a new model version)."""
+        return CatalogueIndex(
+            self.text_dim, self.external_dim, exact_below=self.item_vectors.exact_below, collaborative=collaborative
+        )
 
     def _bundle_vector(self, bundle: Bundle) -> np.ndarray | None:
-        members = [m for m in bundle.item_ids if m in self.item_vectors.slot_of]
-        if not members:
-            return None
-        return normalize(np.mean([self.item_vectors.vector(m) for m in members], axis=0))
+        members = [self.item_vectors.vector(m) for m in bundle.item_ids if m in self.item_vectors.slot_of]
+        return self.fusion.bundle(bundle.bundle_id, members) if members else None
 
     # -- changes --------------------------------------------------------------------------
 
@@ -82,8 +96,8 @@ class CatalogueIndex:
             return False
         return self.item_vectors.restore(directory / "items") and self.bundle_vectors.restore(directory / "bundles")
 
-    def _config(self) -> list[int]:
-        return [self.text_dim, self.external_dim, self.item_vectors.exact_below]
+    def _config(self) -> list[int | str]:
+        return [*self.fusion.stamp(), self.item_vectors.exact_below]
 
     def load(
         self,
@@ -97,7 +111,7 @@ class CatalogueIndex:
         (see `restore`) from a save of this very catalogue generation."""
         self.items = {item.item_id: item for item, _ in items}
         if not vectors_restored:
-            vectors = [self.fuse(v, it.external_vector, has_text=_has_text(it)) for it, v in items]
+            vectors = [self.fusion.item(it, v) for it, v in items]
             self.item_vectors.build([it.item_id for it, _ in items], np.stack(vectors) if items else None)
         self.popularity = dict(statistics.popularity)
         self.event_pairs, self.bundle_pairs = defaultdict(dict), defaultdict(dict)
@@ -129,7 +143,7 @@ class CatalogueIndex:
 
     def upsert_item(self, item: Item, text_vector: np.ndarray) -> None:
         self.items[item.item_id] = item
-        self.item_vectors.upsert(item.item_id, self.fuse(text_vector, item.external_vector, has_text=_has_text(item)))
+        self.item_vectors.upsert(item.item_id, self.fusion.item(item, text_vector))
         self._set_item_columns(item)
         for bundle_id in self.bundles_of.get(item.item_id, ()):
             self.upsert_bundle(self.bundles[bundle_id])
@@ -182,8 +196,9 @@ class CatalogueIndex:
         self._bundles_dirty = True
 
     # -- filters --------------------------------------------------------------------------
-    # Per item slot: stock, price, category and brand codes, popularity. Kept up to date item by
-    # item as the catalogue changes; rebuilt whole only when the vector index renumbers its slots.
+    # Per item slot: stock, price, category and brand codes, popularity, whether the model knows the
+    # item (it has a collaborative part). Kept up to date item by item as the catalogue changes;
+    # rebuilt whole only when the vector index renumbers its slots.
 
     def _set_item_columns(self, item: Item) -> None:
         if self._columns_layout != self.item_vectors.layout:
@@ -196,11 +211,13 @@ class CatalogueIndex:
             self._category = np.concatenate([self._category, np.full(grow, -1, np.int32)])
             self._brand = np.concatenate([self._brand, np.full(grow, -1, np.int32)])
             self._popularity_by_slot = np.concatenate([self._popularity_by_slot, np.full(grow, -1.0)])
+            self._known_by_slot = np.concatenate([self._known_by_slot, np.zeros(grow, bool)])
         self._in_stock[slot] = item.in_stock
         self._price[slot] = np.nan if item.price is None else item.price
         self._category[slot] = self._code(self._category_names, self._category_codes, item.category)
         self._brand[slot] = self._code(self._brand_names, self._brand_codes, item.brand.casefold())
         self._popularity_by_slot[slot] = self.popularity.get(item.item_id, 0.0)
+        self._known_by_slot[slot] = self.collaborative is not None and item.item_id in self.collaborative.items
         self._order_dirty = True
 
     @staticmethod
@@ -222,6 +239,7 @@ class CatalogueIndex:
             self._category = np.full(n, -1, np.int32)
             self._brand = np.full(n, -1, np.int32)
             self._popularity_by_slot = np.full(n, -1.0)
+            self._known_by_slot = np.zeros(n, bool)
             self._category_names, self._category_codes = [], {}
             self._brand_names, self._brand_codes = [], {}
             for key in slots:
@@ -246,7 +264,24 @@ class CatalogueIndex:
             pop = np.maximum(self._popularity_by_slot[:n], 0.0)
             self._bundle_popularity = self._per_bundle(pop, "sum") / sizes
             self._bundle_popularity_order = np.lexsort((np.arange(len(sizes)), -self._bundle_popularity))
+            named = self.collaborative.bundles if self.collaborative else {}
+            known = np.array([key in named for key in self.bundle_vectors.key_at], bool)
+            self._bundle_known = known | (self._per_bundle(self._known_by_slot, "sum") > 0)
             self._bundles_dirty = False
+
+    def collaborative_items(self) -> np.ndarray:
+        """By item slot: whether the item has a collaborative part (the model knows it)."""
+        self._refresh_columns()
+        return self._known_by_slot[: len(self.item_vectors.key_at)]
+
+    def collaborative_bundles(self) -> np.ndarray:
+        """By bundle slot: whether the bundle has a collaborative part (the model knows it or a member)."""
+        self._refresh_columns()
+        return self._bundle_known
+
+    def warm(self) -> None:
+        """Builds the derived arrays now rather than on the first retrieval."""
+        self._refresh_columns()
 
     def _per_bundle(self, values: np.ndarray, how: str) -> np.ndarray:
         """Per bundle slot: the sum of `values` over its members, or ("all") whether every
@@ -346,7 +381,3 @@ class CatalogueIndex:
                     if other != item_id:
                         found[other] = found.get(other, 0.0) + 1.0 / len(members)
         return found
-
-
-def _has_text(item: Item) -> bool:
-    return bool(item.title.strip() or item.category.strip() or item.brand.strip())

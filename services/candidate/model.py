@@ -38,6 +38,7 @@ class Source(enum.IntEnum):
     POPULARITY = 3
     ANCHOR = 4
     BUNDLE_MEMBERSHIP = 5
+    TWO_TOWER = 6  # nearest neighbours of the ranker's user vector among the model's collaborative vectors
 
 
 # How strongly a recent interaction says "more like this" when building the query.

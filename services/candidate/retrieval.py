@@ -34,6 +34,7 @@ SOURCE_WEIGHTS = {
     Source.VECTOR: 1.0,
     Source.CO_OCCURRENCE: 1.0,
     Source.BUNDLE_MEMBERSHIP: 0.8,
+    Source.TWO_TOWER: 1.0,
     Source.POPULARITY: 0.3,
 }
 RRF_K = 60  # the usual constant of reciprocal rank fusion (Cormack et al., 2009)
@@ -94,15 +95,20 @@ class _Context:
     weights: dict[str, float]  # recent items (bundles as their members) → weight
     query: np.ndarray | None
     anchor: str  # the anchor item when it is in the catalogue, else ""
+    two_tower: np.ndarray | None  # the ranker's user vector in the collaborative part
 
 
 def retrieve(index: CatalogueIndex, request: RetrievalRequest) -> Retrieved:
     weights = interaction_weights(index, request.recent)
-    query = query_vector(index, weights)
-    if request.user_vector:  # the service checked its dimension
-        user = normalize(np.asarray(request.user_vector, np.float32))
-        query = user if query is None else normalize(query + user)
-    context = _Context(weights, query, request.anchor_item_id if request.anchor_item_id in index.items else "")
+    query, two_tower = query_vector(index, weights), None
+    user = request.user_vector  # the service checked its dimension: the model's, or the fused vectors'
+    if user and index.collaborative and len(user) == index.collaborative.dim:
+        two_tower = index.fusion.collaborative_query(user)
+    elif user:
+        unit = normalize(np.asarray(user, np.float32))
+        query = unit if query is None else normalize(query + unit)
+    anchor = request.anchor_item_id if request.anchor_item_id in index.items else ""
+    context = _Context(weights, query, anchor, two_tower)
     items = _item_candidates(index, request, context) if request.item_limit else []
     bundles = _bundle_candidates(index, request, context) if request.bundle_limit else []
     return Retrieved(items, bundles, f"v{index.version}")
@@ -121,6 +127,9 @@ def _item_candidates(index: CatalogueIndex, request: RetrievalRequest, context: 
     merged = _Merger()
     if Source.VECTOR in sources and context.query is not None:
         merged.add(Source.VECTOR, index.item_vectors.search(context.query, limit, mask), is_bundle=False)
+    if Source.TWO_TOWER in sources and context.two_tower is not None:
+        known = mask & index.collaborative_items()
+        merged.add(Source.TWO_TOWER, index.item_vectors.search(context.two_tower, limit, known), is_bundle=False)
     if Source.CO_OCCURRENCE in sources and context.weights:
         together: dict[str, float] = defaultdict(float)
         for item_id, w in context.weights.items():
@@ -154,6 +163,9 @@ def _bundle_candidates(index: CatalogueIndex, request: RetrievalRequest, context
     merged = _Merger()
     if Source.VECTOR in sources and context.query is not None:
         merged.add(Source.VECTOR, index.bundle_vectors.search(context.query, limit, mask), is_bundle=True)
+    if Source.TWO_TOWER in sources and context.two_tower is not None:
+        known = mask & index.collaborative_bundles()
+        merged.add(Source.TWO_TOWER, index.bundle_vectors.search(context.two_tower, limit, known), is_bundle=True)
     if Source.CO_OCCURRENCE in sources:
         together: dict[str, float] = defaultdict(float)
         for bundle_id, w in recent_bundles(request.recent).items():

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
 from bundlerec.candidate.catalogue import CatalogueStore
+from bundlerec.candidate.collaborative import ModelWatcher
 from bundlerec.candidate.index import CatalogueIndex
 from bundlerec.candidate.service import CandidateService, Encoder
 from bundlerec.candidate.servicer import CandidateServicer
@@ -30,9 +32,15 @@ async def build(
         settings.database_url, migrate=settings.migrate_on_start, pool_size=settings.pool_size
     )
     dim = encoder.encode([""]).shape[1]
-    index = CatalogueIndex(dim, settings.external_vector_dim, exact_below=settings.exact_search_below)
+    watcher = ModelWatcher(Path(settings.models_dir)) if settings.models_dir else None
+    collaborative = await asyncio.to_thread(watcher.initial) if watcher else None
+    index = CatalogueIndex(
+        dim, settings.external_vector_dim, exact_below=settings.exact_search_below, collaborative=collaborative
+    )
     service = CandidateService(store, index, encoder, Path(settings.index_dir) if settings.index_dir else None)
     await service.load()
+    if watcher:
+        service.follow_models(watcher, settings.model_poll_seconds)
     servicer = CandidateServicer(service)
     return ServiceParts(
         name="candidate",

@@ -4,6 +4,8 @@ index in step, and answers retrieval and text search."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -15,7 +17,8 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from bundlerec import validation
-from bundlerec.candidate.catalogue import CatalogueStore
+from bundlerec.candidate.catalogue import CatalogueSnapshot, CatalogueStore
+from bundlerec.candidate.collaborative import ModelWatcher
 from bundlerec.candidate.index import CatalogueIndex
 from bundlerec.candidate.model import Bundle, Filter, Item, RetrievalRequest, Retrieved
 from bundlerec.candidate.retrieval import retrieve
@@ -62,10 +65,29 @@ class CandidateService:
         self._synced_generation = -1  # the catalogue generation the in-memory index reflects
         self._saved_generation = -1
         self._writes = asyncio.Lock()  # store and index change in the same order
+        self._watcher: asyncio.Task[None] | None = None
+        self._model_swap = asyncio.Lock()
+        # While a new model's index is built: the index updates of the writes made meanwhile, to replay on it.
+        self._replay: list[Callable[[], None]] | None = None
 
     async def load(self) -> None:
         """Builds the index from the catalogue store; items stored without a text vector (for
         example inserted by an older version) are encoded now and written back."""
+        snapshot = await self._embedded_snapshot()
+        self._instance, generation = await self.store.generation()  # no writer runs yet: the snapshot's
+        self.restored = bool(self.index_dir) and self.index.restore(self.index_dir, (self._instance, generation))  # type: ignore[arg-type]
+        self.index.load(
+            [(s.item, s.text_vector) for s in snapshot.items],  # type: ignore[misc]
+            snapshot.bundles,
+            snapshot.statistics,
+            vectors_restored=self.restored,
+        )
+        self._synced_generation = generation
+        if self.index_dir and not self.restored:
+            await asyncio.to_thread(self.index.save, self.index_dir, (self._instance, generation))
+        self._saved_generation = generation
+
+    async def _embedded_snapshot(self) -> CatalogueSnapshot:
         snapshot = await self.store.snapshot()
         stamp, stored_stamp = encoder_stamp(self.encoder), await self.store.encoder_stamp()
         if stored_stamp not in (None, stamp):  # another encoder embedded the catalogue: re-embed all
@@ -80,22 +102,76 @@ class CandidateService:
             snapshot = await self.store.snapshot()
         if stored_stamp != stamp:
             await self.store.set_encoder_stamp(stamp)
-        self._instance, generation = await self.store.generation()  # no writer runs yet: the snapshot's
-        self.restored = bool(self.index_dir) and self.index.restore(self.index_dir, (self._instance, generation))  # type: ignore[arg-type]
-        self.index.load(
-            [(s.item, s.text_vector) for s in snapshot.items],  # type: ignore[misc]
-            snapshot.bundles,
-            snapshot.statistics,
-            vectors_restored=self.restored,
-        )
-        self._synced_generation = generation
-        if self.index_dir and not self.restored:
-            await asyncio.to_thread(self.index.save, self.index_dir, (self._instance, generation))
-        self._saved_generation = generation
+        return snapshot
+
+    # -- the ranker's model ---------------------------------------------------------------
+
+    def follow_models(self, watcher: ModelWatcher, interval: float) -> None:
+        """Every `interval` seconds (0: never), swaps in the collaborative vectors of a newer model."""
+        if interval > 0 and self._watcher is None:
+            self._watcher = asyncio.create_task(self._follow(watcher, interval), name="candidate-model-watcher")
+
+    async def _follow(self, watcher: ModelWatcher, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.check_model(watcher)
+            except Exception as error:  # the watcher must outlive a bad poll (a vanished directory...)
+                log.warning("model watcher poll failed", extra={"fields": {"error": type(error).__name__}})
+
+    async def check_model(self, watcher: ModelWatcher) -> bool:
+        """One poll: True when a newer model version was found and its vectors are now fused.
+
+        The new vector indexes are built on a worker thread from a snapshot of the catalogue while
+        retrieval and catalogue writes go on with the current index; the writes made meanwhile are
+        replayed on the new index when it is swapped in."""
+        async with self._model_swap:
+            changed, collaborative = await asyncio.to_thread(watcher.poll)
+            if not changed or (collaborative is None and self.index.collaborative is None):
+                return False  # (a version without vectors after none: the index would be the same)
+            async with self._writes:
+                snapshot = await self._embedded_snapshot()
+                instance, generation = await self.store.generation()
+                self._replay = []
+            try:
+                index = self.index.with_collaborative(collaborative)
+                items = [(s.item, s.text_vector) for s in snapshot.items]
+
+                def build() -> None:
+                    index.load(items, snapshot.bundles, snapshot.statistics)  # type: ignore[arg-type]
+                    index.warm()
+
+                await asyncio.to_thread(build)
+                async with self._writes:
+                    await self._swap(index, instance, generation)
+            finally:
+                self._replay = None
+            return True
+
+    async def _swap(self, index: CatalogueIndex, instance: int, generation: int) -> None:
+        """Under the write lock: the new index replaces the current one, with the writes it missed."""
+        pending, self._replay = self._replay or [], None
+        self.index, self._instance = index, instance
+        try:
+            for update in pending:
+                update()
+        except Exception:
+            log.exception("replaying catalogue writes on the new model's index failed; rebuilding it")
+            await self.load()
+            return
+        if not pending:  # else the generation stays as the writes left it (in step, or -1)
+            self._synced_generation = generation
+        if self.index_dir and self._synced_generation >= 0:
+            await asyncio.to_thread(index.save, self.index_dir, (instance, self._synced_generation))
+            self._saved_generation = self._synced_generation
 
     async def close(self) -> None:
         """Saves the vector indexes when they changed and nobody else changed the catalogue since
         (then the saved generation matches; otherwise the next start rebuilds), and closes the store."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         try:
             if self.index_dir and self._synced_generation != self._saved_generation:
                 if await self.store.generation() == (self._instance, self._synced_generation):
@@ -229,6 +305,8 @@ class CandidateService:
             async with self._writes:
                 before = self._synced_generation
                 result = await store_write()
+                if self._replay is not None:
+                    self._replay.append(functools.partial(update_index, result))
                 try:
                     update_index(result)
                 except Exception:
@@ -261,12 +339,12 @@ class CandidateService:
     # -- retrieval ------------------------------------------------------------------------
 
     def retrieve(self, request: RetrievalRequest) -> Retrieved:
-        dim = self.index.item_vectors.dim
-        if request.user_vector and len(request.user_vector) != dim:
-            raise InvalidArgument(
-                "user_vector", f"has {len(request.user_vector)} dimensions; this catalogue uses {dim}"
-            )
-        return retrieve(self.index, request)
+        index = self.index  # one index for the whole call, even if a new model's is swapped in
+        fused, model = index.item_vectors.dim, index.collaborative.dim if index.collaborative else 0
+        if request.user_vector and len(request.user_vector) not in (fused, model):
+            expected = f"the ranker model's {model} or the fused {fused}" if model else f"{fused} (no ranker model)"
+            raise InvalidArgument("user_vector", f"has {len(request.user_vector)} dimensions; expected {expected}")
+        return retrieve(index, request)
 
     async def search_text(self, query: str, limit: int, item_filter: Filter) -> list[tuple[Item, float]]:
         validation.text("query", query, max_length=512, required=True)
@@ -274,9 +352,9 @@ class CandidateService:
             raise InvalidArgument("query", "is required")
         size = validation.page_size("limit", limit, default=20, maximum=200)
         vector = (await asyncio.to_thread(self.encoder.encode, [query]))[0]
-        query_vector = self.index.fuse(vector, ())
-        hits = self.index.item_vectors.search(query_vector, size, self.index.item_mask(item_filter))
-        return [(self.index.items[key], score) for key, score in hits]
+        index = self.index
+        hits = index.item_vectors.search(index.fusion.fuse(vector), size, index.item_mask(item_filter))
+        return [(index.items[key], score) for key, score in hits]
 
 
 def _check_batch(field: str, values: Sequence[object]) -> None:

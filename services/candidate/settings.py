@@ -33,3 +33,15 @@ class CandidateSettings(ServiceSettings):
     exact_search_below: int = Field(
         100_000, ge=0, description="Exact vector search below this many vectors, HNSW above (bench/retrieval.py)."
     )
+    models_dir: str = Field(
+        "var/bundlerec/models",
+        description="The ranker's models directory (as `bundlerec train` writes it): the collaborative vectors of "
+        "its newest version are fused into item and bundle vectors, and a Retrieve user_vector of the model's "
+        "dimension searches them (two-tower retrieval); empty: text and external vectors only.",
+    )
+    model_poll_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds between looks for a newer model version (then the vector indexes are rebuilt and "
+        "swapped in); 0: only at start.",
+    )

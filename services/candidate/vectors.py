@@ -1,4 +1,6 @@
-"""Nearest-neighbour search over L2-normalized vectors (inner product = cosine) with FAISS.
+"""Nearest-neighbour search by inner product with FAISS, over L2-normalized vectors (inner product =
+cosine) or, with `normalize_vectors=False`, over vectors stored as given (the catalogue's fused
+vectors, no longer than 1, whose parts keep their own scale: see index.CatalogueIndex.fuse).
 
 Keys (item or bundle ids) map to integer slots; FAISS stores vectors under their slot, so a
 filter is a bitmap over slots applied *during* the search (faiss.IDSelectorBitmap): a filtered
@@ -25,8 +27,17 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
 
 
 class VectorIndex:
-    def __init__(self, dim: int, *, exact_below: int = 100_000, hnsw_m: int = 32, ef_search: int = 512) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        exact_below: int = 100_000,
+        hnsw_m: int = 32,
+        ef_search: int = 512,
+        normalize_vectors: bool = True,
+    ) -> None:
         self.dim = dim
+        self.normalize_vectors = normalize_vectors
         self.exact_below = exact_below
         self.hnsw_m = hnsw_m
         self.ef_search = ef_search
@@ -63,9 +74,9 @@ class VectorIndex:
         self._tombstones = 0
         self._index = self._new_index(len(keys))
         if keys:
-            unit = normalize(vectors)
-            self.searchable = np.linalg.norm(unit, axis=1) > 0
-            self._index.add_with_ids(unit, np.arange(len(keys), dtype=np.int64))
+            stored = self._stored(vectors)
+            self.searchable = np.linalg.norm(stored, axis=1) > 0
+            self._index.add_with_ids(stored, np.arange(len(keys), dtype=np.int64))
 
     def upsert(self, key: str, vector: np.ndarray) -> None:
         self.remove(key)
@@ -76,10 +87,13 @@ class VectorIndex:
             grow = np.zeros(max(16, len(self.alive)), dtype=bool)
             self.alive = np.concatenate([self.alive, grow])
             self.searchable = np.concatenate([self.searchable, grow])
-        unit = normalize(vector.reshape(1, -1))
+        stored = self._stored(vector.reshape(1, -1))
         self.alive[slot] = True
-        self.searchable[slot] = bool(np.linalg.norm(unit) > 0)
-        self._index.add_with_ids(unit, np.array([slot], dtype=np.int64))
+        self.searchable[slot] = bool(np.linalg.norm(stored) > 0)
+        self._index.add_with_ids(stored, np.array([slot], dtype=np.int64))
+
+    def _stored(self, vectors: np.ndarray) -> np.ndarray:
+        return normalize(vectors) if self.normalize_vectors else np.ascontiguousarray(vectors, dtype=np.float32)
 
     def remove(self, key: str) -> None:
         slot = self.slot_of.pop(key, None)

@@ -23,21 +23,12 @@ from pathlib import Path
 from bundlerec.errors import FailedPrecondition, NotFound, Unavailable
 from bundlerec.ranker import metrics
 from bundlerec.ranker.model import LoadedModel
-from bundlerec.ranking.artifact import model_versions
+from bundlerec.ranking.artifact import fingerprint, model_versions
 
 log = logging.getLogger("bundlerec.ranker")
 
 Loader = Callable[[Path], LoadedModel]  # blocking: runs on a worker thread
 Fingerprint = tuple[tuple[str, int, int], ...]
-
-
-def fingerprint(directory: Path) -> Fingerprint:
-    """Names, sizes and modification times of a version's files: changes when someone fixes them."""
-    try:
-        stats = [(path.name, path.stat()) for path in directory.iterdir()]
-    except OSError:
-        return ()
-    return tuple(sorted((name, stat.st_size, stat.st_mtime_ns) for name, stat in stats))
 
 
 class ModelRegistry:
