@@ -84,14 +84,14 @@ def fit_item_knn(split: EvalSplit, *, seed: int = 0, neighbours: int = KNN_NEIGH
     targets = normalised[:, data.targets : data.targets + n_targets]
     similarity = (normalised.T @ targets).tocoo()
     self_pair = similarity.row == similarity.col + data.targets  # a target is not its own neighbour
-    keep = _top_per_group(similarity.row, similarity.data, neighbours) & ~self_pair
+    keep = top_per_group(similarity.row, similarity.data, neighbours) & ~self_pair
     pruned = sp.csr_matrix(
         (similarity.data[keep], (similarity.row[keep], similarity.col[keep])), shape=similarity.shape
     )
     return _ItemKNN(data, pruned, TIE_BREAK * popularity_scores(split))
 
 
-def _top_per_group(groups: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
+def top_per_group(groups: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
     """Mask of the k largest values within each group id (ties: first in input order)."""
     order = np.lexsort((-values, groups))
     sorted_groups = groups[order]

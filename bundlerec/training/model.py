@@ -22,10 +22,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from bundlerec.ranking.features import NUM_AGE_BUCKETS, NUM_EVENT_TYPES, PAD, UNKNOWN
+from bundlerec.training.cooccurrence import NeighbourTables, empty_tables
 
 NEGATIVE = -1e9
 
@@ -43,6 +45,7 @@ class ModelConfig:
     max_members: int = 32
     dropout: float = 0.3
     id_dropout: float = 0.1
+    neighbours: int = 100  # co-occurrence neighbours per column (cooccurrence.py); 0 = none
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,7 +83,9 @@ class SelfAttentionBlock(nn.Module):
 
 
 class BundleRanker(nn.Module):
-    def __init__(self, config: ModelConfig, item_text: Tensor, bundle_members: Tensor) -> None:
+    def __init__(
+        self, config: ModelConfig, item_text: Tensor, bundle_members: Tensor, neighbours: NeighbourTables | None = None
+    ) -> None:
         super().__init__()
         self.config = config
         d = config.dim
@@ -88,6 +93,13 @@ class BundleRanker(nn.Module):
         self.bundle_id = nn.Embedding(config.num_bundle_rows, d, padding_idx=PAD)
         self.register_buffer("item_text", item_text.float())
         self.register_buffer("bundle_members", bundle_members.long()[:, : config.max_members])
+        if neighbours is None:
+            neighbours = empty_tables(config.num_item_rows, config.num_bundle_rows, config.neighbours)
+        for name, table in zip(NeighbourTables._fields, neighbours, strict=True):
+            self.register_buffer(f"wide_{name}", torch.from_numpy(np.ascontiguousarray(table)))
+        # the mix of the two parts, set after training on validation (train.fit_wide_weight)
+        self.register_buffer("neural_weight", torch.ones(()))
+        self.register_buffer("wide_weight", torch.zeros(()))
         self.text_proj = nn.Linear(max(config.text_dim, 1), d)
         self.event_type = nn.Embedding(NUM_EVENT_TYPES, d, padding_idx=PAD)
         self.recency = nn.Embedding(config.max_sequence, d)
@@ -203,6 +215,43 @@ class BundleRanker(nn.Module):
         context = self.drop(weights @ values)  # [B, N, d]
         return (context * self.target_out(candidates)).sum(-1)
 
+    def wide(self, seq: Tensor) -> tuple[Tensor, Tensor]:
+        """seq [B, 5, L] → summed co-occurrence similarity of every item row [B, num_item_rows] and
+        every bundle row [B, num_bundle_rows] to the steps (cooccurrence.py)."""
+        items, bundle_steps = seq[:, 0], seq[:, 1]
+        rows = self.config.num_item_rows
+        known_item = torch.where(items < rows, items, torch.zeros_like(items))  # extra-text rows: none
+        column = torch.where(bundle_steps != PAD, bundle_steps + rows, known_item)
+        b = seq.shape[0]
+
+        def spread(index: Tensor, weight: Tensor, size: int) -> Tensor:
+            out = torch.zeros(b, size, dtype=weight.dtype, device=seq.device)
+            if index.shape[1] == 0:
+                return out
+            return out.scatter_add(1, index[column].flatten(1).long(), weight[column].flatten(1))
+
+        return (
+            spread(self.wide_item_index, self.wide_item_weight, rows),
+            spread(self.wide_bundle_index, self.wide_bundle_weight, self.config.num_bundle_rows),
+        )
+
+    def wide_score(self, wide: tuple[Tensor, Tensor], members: Tensor, bundles: Tensor) -> Tensor:
+        """Candidates (members [B, N, M] or shared [N, M], bundles [B, N] or [N]) → [B, N]: a known
+        bundle's own similarity, otherwise the mean over its members the model knows."""
+        item_wide, bundle_wide = wide
+        b = item_wide.shape[0]
+        known = (members != PAD) & (members < self.config.num_item_rows)
+        index = torch.where(known, members, torch.zeros_like(members))
+        if members.dim() == 2:
+            values = item_wide[:, index]  # [B, N, M]
+            bundle_values = bundle_wide[:, bundles]
+        else:
+            values = torch.gather(item_wide, 1, index.flatten(1)).reshape(index.shape)
+            bundle_values = torch.gather(bundle_wide, 1, bundles)
+        counts = known.sum(-1).clamp(min=1)
+        mean = (values * known).sum(-1) / counts
+        return torch.where(bundles > UNKNOWN, bundle_values, mean.expand(b, -1))
+
     def score(self, user: Tensor, candidates: Tensor, encoded: Encoded) -> Tensor:
         """Full score of candidates [B, N, d] (or shared [N, d]) for users [B, d]."""
         if candidates.dim() == 2:
@@ -221,4 +270,8 @@ class BundleRanker(nn.Module):
         encoded = self.encode(seq, projected, bundles, extra_text)
         user = self.user_vectors(encoded.states[:, -1])
         candidates = self.sets(cand_items, cand_bundles, projected, extra_text)
-        return self.score(user, candidates, encoded), user
+        return self.with_wide(self.score(user, candidates, encoded), seq, cand_items, cand_bundles), user
+
+    def with_wide(self, scores: Tensor, seq: Tensor, members: Tensor, bundles: Tensor) -> Tensor:
+        """The neural `scores` plus the weighted co-occurrence part: the model's final score."""
+        return self.neural_weight * scores + self.wide_weight * self.wide_score(self.wide(seq), members, bundles)

@@ -67,9 +67,8 @@ class ModelScorer:
     def _steps(self, split: EvalSplit, user: str) -> list[Step]:
         return model_steps(split.histories.get(user, []), self.vocabulary, self.mapper.item, timed=self.timed)
 
-    def _candidate_table(self, split: EvalSplit, projected: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
-        """Every target of the split as a candidate vector. The index arrays are kept between
-        calls; the vectors are not, since the weights change while training."""
+    def _candidate_index(self, split: EvalSplit) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every target of the split as candidate (members [N, M], bundle rows [N]), kept between calls."""
         key = tuple(split.target_ids)
         if self._candidates is None or self._candidates[0] != key:
             if split.task == "bundle":
@@ -82,22 +81,32 @@ class ModelScorer:
             bundles, items = encode_candidates(pairs, self.model.config.max_members)
             bundles[bundles == UNKNOWN] = PAD  # a bundle without a learned row is just its items
             self._candidates = (key, (torch.from_numpy(items), torch.from_numpy(bundles)))
-        items, bundles = self._candidates[1]
-        return self.model.sets(items, bundles, projected, extra)
+        return self._candidates[1]
+
+    def score(self, split: EvalSplit, users: Sequence[str]) -> np.ndarray:
+        neural, wide = self.parts(split, users)
+        return float(self.model.neural_weight) * neural + float(self.model.wide_weight) * wide
 
     @torch.inference_mode()
-    def score(self, split: EvalSplit, users: Sequence[str]) -> np.ndarray:
+    def parts(self, split: EvalSplit, users: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The neural score and the (unweighted) co-occurrence score of every target, [users, targets] each."""
         self.model.eval()
         projected = self.model.projected_text()
         bundles = self.model.bundle_table(projected)
         extra = torch.from_numpy(self.mapper.extra_text)
-        candidates = self._candidate_table(split, projected, extra)
+        members, rows = self._candidate_index(split)
+        # the vectors are not kept between calls, since the weights change while training
+        candidates = self.model.sets(members, rows, projected, extra)
         length = self.model.config.max_sequence
-        out = np.empty((len(users), len(split.target_ids)), dtype=np.float32)
+        neural = np.empty((len(users), len(split.target_ids)), dtype=np.float32)
+        wide = np.empty_like(neural)
         for start in range(0, len(users), self.batch_users):
             chunk = users[start : start + self.batch_users]
-            seq = np.stack([encode_sequence(self._steps(split, u), length, clock=self.clock) for u in chunk])
-            encoded = self.model.encode(torch.from_numpy(seq), projected, bundles, extra)
+            seq = torch.from_numpy(
+                np.stack([encode_sequence(self._steps(split, u), length, clock=self.clock) for u in chunk])
+            )
+            encoded = self.model.encode(seq, projected, bundles, extra)
             user = self.model.user_vectors(encoded.states[:, -1])
-            out[start : start + len(chunk)] = self.model.score(user, candidates, encoded).numpy()
-        return out
+            neural[start : start + len(chunk)] = self.model.score(user, candidates, encoded).numpy()
+            wide[start : start + len(chunk)] = self.model.wide_score(self.model.wide(seq), members, rows).numpy()
+        return neural, wide

@@ -18,7 +18,8 @@ import torch
 
 from bundlerec.datasets import Dataset
 from bundlerec.evaluation.metrics import evaluate_scorer
-from bundlerec.evaluation.protocol import build_split
+from bundlerec.evaluation.protocol import EvalSplit, build_split
+from bundlerec.training.cooccurrence import neighbour_tables
 from bundlerec.training.data import TrainingData, batches, carve_validation, examples, make_batch, prepare
 from bundlerec.training.model import BundleRanker, ModelConfig
 from bundlerec.training.objective import batch_loss, sampling_distribution
@@ -39,6 +40,7 @@ class TrainSettings:
     batch_size: int = 256
     learning_rate: float = 5e-3
     negatives: int = 256
+    neighbours: int = 100  # co-occurrence neighbours per item or bundle (cooccurrence.py); 0 = none
     max_epochs: int = 40
     patience: int = 3  # epochs without a better validation metric before stopping
     validation_users: int = 2000  # a fixed sample keeps each epoch's validation cheap
@@ -105,8 +107,12 @@ def train(
         max_members=settings.max_members,
         dropout=settings.dropout,
         id_dropout=settings.id_dropout,
+        neighbours=settings.neighbours,
     )
-    model = BundleRanker(config, torch.from_numpy(data.item_text), torch.from_numpy(data.vocabulary.bundle_members))
+    tables = neighbour_tables(data, settings.neighbours)
+    model = BundleRanker(
+        config, torch.from_numpy(data.item_text), torch.from_numpy(data.vocabulary.bundle_members), tables
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     generator = torch.Generator().manual_seed(settings.seed)
     sampling = {kind: sampling_distribution(torch.from_numpy(c)) for kind, c in data.target_counts().items()}
@@ -159,4 +165,45 @@ def train(
     assert best is not None
     model.load_state_dict(best[1])
     model.eval()
-    return TrainedModel(model, data, settings, metric_name, best[2], history, carved)
+    validation = fit_wide_weight(scorer, split, metric_name, progress)
+    return TrainedModel(model, data, settings, metric_name, validation, history, carved)
+
+
+WIDE_FACTORS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 32.0, 1000.0)
+
+
+def fit_wide_weight(scorer: ModelScorer, split: EvalSplit, metric_name: str, progress: Progress) -> dict[str, float]:
+    """Chooses the mix of the neural and the co-occurrence part on validation, whose targets the
+    co-occurrence counts never saw (on training examples the counts include the very pair being
+    predicted, so the mix cannot be learned with the network). With `unit` the ratio of the two
+    parts' spreads, factor f scores neural / (1 + f) + wide * unit * f / (1 + f): the ranking of
+    neural + f * unit * wide, at the scale of the larger part (float32 keeps its precision). Ties
+    keep the smaller factor. Returns the chosen mix's validation metrics."""
+    neural, wide = scorer.parts(split, split.users)
+    unit = float(neural.std() / wide.std()) if wide.std() > 0 else 0.0
+    rows = {user: n for n, user in enumerate(split.users)}
+    best: tuple[float, float, dict[str, float]] | None = None
+    for factor in WIDE_FACTORS if unit else (0.0,):
+        combined = _Precomputed(
+            np.float32(1 / (1 + factor)) * neural + np.float32(unit * factor / (1 + factor)) * wide, rows
+        )
+        metrics = evaluate_scorer(split, combined, ks=(10, 20))
+        if best is None or metrics[metric_name] > best[0]:
+            best = (metrics[metric_name], factor, metrics)
+    assert best is not None
+    score, factor, metrics = best
+    scorer.model.neural_weight.fill_(1 / (1 + factor))
+    scorer.model.wide_weight.fill_(unit * factor / (1 + factor))
+    neural_only = evaluate_scorer(split, _Precomputed(neural, rows), ks=(10, 20))[metric_name]
+    progress(f"co-occurrence factor {factor:g}: valid {metric_name} {neural_only:.4f} without it, {score:.4f} with it")
+    return metrics
+
+
+@dataclass
+class _Precomputed:
+    scores: np.ndarray
+    rows: dict[str, int]
+    name: str = "ours"
+
+    def score(self, split: EvalSplit, users: list[str]) -> np.ndarray:
+        return self.scores[[self.rows[user] for user in users]]
