@@ -21,7 +21,7 @@ from bundlerec.training.commands import load_weights  # noqa: E402
 from bundlerec.training.export import ServingRanker, write_model_dir  # noqa: E402
 from bundlerec.training.scorer import ModelScorer  # noqa: E402
 from bundlerec.training.text import item_text_vectors  # noqa: E402
-from bundlerec.training.train import TrainSettings, train  # noqa: E402
+from bundlerec.training.train import TrainedModel, TrainSettings, train  # noqa: E402
 
 SCIENTIFIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-scientific"
 QUICK = TrainSettings(max_epochs=1, dim=32, validation_users=200)
@@ -97,11 +97,20 @@ def onnx_vs_torch(model_dir: Path, dataset: Dataset, vectors: np.ndarray | None)
     return worst
 
 
+def with_both_parts(trained: TrainedModel) -> TrainedModel:
+    """Whatever mix validation chose on a quick run, the export must carry both parts."""
+    assert trained.model.wide_item_weight.abs().sum() > 0  # the co-occurrence tables are filled
+    with torch.no_grad():
+        trained.model.neural_weight.fill_(0.6)
+        trained.model.wide_weight.fill_(0.4)
+    return trained
+
+
 def test_onnx_matches_pytorch_on_amazon_scientific_with_text(encoder_dir: str, tmp_path: Path) -> None:
     dataset = scientific_sample()
     vectors, identity = item_text_vectors(dataset, Path(encoder_dir), cache_dir=None)
     assert vectors is not None
-    trained = train(dataset, QUICK, vectors, progress=lambda line: None)
+    trained = with_both_parts(train(dataset, QUICK, vectors, progress=lambda line: None))
     path = write_model_dir(trained, tmp_path, dataset_name="sample", text_encoder=identity, int8=True)
     assert (path / INT8_FILE).is_file()
     scorer = ModelScorer("ours", trained.model, dataset, trained.data.vocabulary, vectors)
@@ -110,7 +119,7 @@ def test_onnx_matches_pytorch_on_amazon_scientific_with_text(encoder_dir: str, t
 
 
 def test_onnx_matches_pytorch_with_bundles(demo_shop: Dataset, tmp_path: Path) -> None:
-    trained = train(demo_shop, QUICK, None, progress=lambda line: None)
+    trained = with_both_parts(train(demo_shop, QUICK, None, progress=lambda line: None))
     assert trained.data.vocabulary.num_bundle_rows > 2
     path = write_model_dir(trained, tmp_path, dataset_name="demo", text_encoder=None)
     assert onnx_vs_torch(path, demo_shop, None) <= 1e-4

@@ -42,6 +42,12 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         default=defaults.order,
         help="read histories as sequences or sets (default: auto, by the dataset's timestamps)",
     )
+    parser.add_argument(
+        "--neighbours",
+        type=int,
+        default=defaults.neighbours,
+        help="co-occurrence neighbours per item or bundle; 0 trains the Transformer alone (default: %(default)s)",
+    )
     parser.add_argument("--int8", action="store_true", help="also write a dynamically quantized model for CPUs")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
 
@@ -57,6 +63,7 @@ def settings_from(args: argparse.Namespace) -> TrainSettings:
         max_sequence=args.max_sequence,
         use_text=not args.no_text,
         order=args.order,
+        neighbours=args.neighbours,
     )
 
 

@@ -7,8 +7,8 @@ text only, which is how the model scores what it never saw.
 Two regimes (TrainSettings.order; "auto" picks by the dataset's timestamps):
 - sequence (timestamps are real times, e.g. sessions): each user's history is read causally and
   every step learns to predict the next (as SASRec does); the user token predicts the last one;
-- set (timestamps only an order, or none, as in Youshu): each example leaves one interaction out
-  and predicts it from the others.
+- set (timestamps only an order, or none, as in Youshu): each example leaves a random share of the
+  interactions out and predicts each of them from the rest.
 """
 
 from __future__ import annotations
@@ -138,15 +138,27 @@ def carve_validation(dataset: Dataset, share: float, seed: int) -> Dataset:
 
 @dataclass
 class Batch:
+    """A batch of examples and what they predict, flattened: prediction n is made by example
+    rows[n] at position positions[n] (L, the user token, or a step for causal examples)."""
+
     seq: np.ndarray  # [B, 5, L]
-    position_kinds: np.ndarray  # [B, L+1] ITEM / BUNDLE / 0: what each position predicts
-    position_targets: np.ndarray  # [B, L+1] the index it predicts; the last position is the user
-    # token's: the example's target, where the full score (with target attention) trains
+    rows: np.ndarray  # [T]
+    positions: np.ndarray  # [T] in 0..L
+    kinds: np.ndarray  # [T] ITEM or BUNDLE
+    targets: np.ndarray  # [T] the item or bundle row predicted
 
 
-def examples(data: TrainingData, length: int, rng: random.Random) -> list[tuple[list[Step], list[Step]]]:
-    """One epoch of (input steps, predicted steps) pairs. Ordered: one per user, the whole history
-    (position i predicts step i+1). Unordered: one per target interaction, the rest shuffled."""
+Example = tuple[list[Step], list[Step]]  # (input steps, predicted steps)
+
+
+def examples(data: TrainingData, length: int, rng: random.Random, mask_share: float = 0.2) -> list[Example]:
+    """One epoch of examples, one per user.
+
+    Ordered: the whole history, position i predicting step i+1 (as SASRec trains).
+    Unordered: a random `mask_share` of the user's interactions (at least one of the target kind)
+    leaves the history and the user token predicts each of them from the rest, as a denoising
+    autoencoder does (Mult-DAE, Liang et al., WWW 2018); every target interaction is predicted
+    about once in 1/mask_share epochs, and one encoding serves all of a user's predictions."""
     out = []
     for user in sorted(data.histories):
         steps = data.histories[user]
@@ -155,18 +167,19 @@ def examples(data: TrainingData, length: int, rng: random.Random) -> list[tuple[
             # a single step is still an example: the user token learns what a newcomer picks first
             out.append((window[:-1], window[1:]) if len(window) > 1 else ([], window))
             continue
-        target_positions = [n for n, s in enumerate(steps) if _kind(s) == data.target_kind]
+        targets = [n for n, s in enumerate(steps) if _kind(s) == data.target_kind]
         others = [n for n, s in enumerate(steps) if _kind(s) != data.target_kind]
-        # every target interaction, and as many of the other kind (item likes for a bundle task)
-        chosen = target_positions + rng.sample(others, min(len(others), len(target_positions)))
-        for n in chosen:
-            rest = (steps[:n] + steps[n + 1 :])[-length:]  # the newest, as scoring and serving keep
-            out.append((rest, [steps[n]]))
+        chosen = set(rng.sample(targets, max(1, round(mask_share * len(targets)))) if targets else [])
+        chosen.update(n for n in others if rng.random() < mask_share)
+        if not chosen:
+            continue
+        rest = [s for n, s in enumerate(steps) if n not in chosen][-length:]  # the newest, as serving keeps
+        out.append((rest, [steps[n] for n in sorted(chosen)]))
     rng.shuffle(out)
     return out
 
 
-def batches(pairs: list[tuple[list[Step], list[Step]]], size: int, rng: random.Random) -> list[list]:
+def batches(pairs: list[Example], size: int, rng: random.Random) -> list[list[Example]]:
     """Groups examples of similar history length into batches (in a random order), so a batch is
     padded to its own longest history rather than the model's maximum: most histories are short."""
     ordered = sorted(pairs, key=lambda pair: len(pair[0]))  # stable: ties keep the shuffled order
@@ -175,20 +188,21 @@ def batches(pairs: list[tuple[list[Step], list[Step]]], size: int, rng: random.R
     return grouped
 
 
-def make_batch(pairs: list[tuple[list[Step], list[Step]]], length: int, *, clock: bool, causal: bool) -> Batch:
+def make_batch(pairs: list[Example], length: int, *, clock: bool, causal: bool) -> Batch:
     """Pads to the batch's longest history, at most `length`. Causal: input step j predicts
-    predicted[j] (the step after it) and the user token predicts the last one too. Unordered: only
-    the user token predicts (its single predicted step)."""
+    predicted[j] (the step after it) and the user token predicts the last one too. Unordered: the
+    user token predicts every predicted step."""
     length = max(1, min(length, max(len(inputs) for inputs, _ in pairs)))
     seq = np.stack([encode_sequence(inputs, length, clock=clock) for inputs, _ in pairs])
-    kinds = np.zeros((len(pairs), length + 1), dtype=np.int64)
-    targets = np.zeros((len(pairs), length + 1), dtype=np.int64)
+    flat: list[tuple[int, int, int, int]] = []
     for row, (inputs, predicted) in enumerate(pairs):
-        placed = list(zip(range(length - len(inputs), length), predicted, strict=False)) if causal else []
-        for position, step in [*placed, (length, predicted[-1])]:
-            kinds[row, position] = _kind(step)
-            targets[row, position] = step.bundle if step.bundle else step.item
-    return Batch(seq, kinds, targets)
+        if causal:
+            placed = [*zip(range(length - len(inputs), length), predicted, strict=False), (length, predicted[-1])]
+        else:
+            placed = [(length, step) for step in predicted]
+        flat.extend((row, position, _kind(step), step.bundle or step.item) for position, step in placed)
+    rows, positions, kinds, targets = (np.array(column, dtype=np.int64) for column in zip(*flat, strict=True))
+    return Batch(seq, rows, positions, kinds, targets)
 
 
 def _kind(step: Step) -> int:

@@ -5,8 +5,8 @@ Two terms, both softmax cross-entropy over candidates of the target's kind (item
   bundle (the exact softmax; catalogues of this size fit, and it is what makes SASRec-style models
   strong on full ranking);
 - the full score at the user token (two-tower plus target attention), against the batch's own
-  targets (in-batch negatives) and negatives sampled by popularity; a sampled column equal to the
-  row's own target is masked, so no positive is ever treated as a negative. Both kinds of negative
+  targets (in-batch negatives) and negatives sampled by popularity; a column equal to another of
+  the example's targets is masked, so no positive is ever treated as a negative. Both kinds of negative
   arrive in proportion to popularity, so every logit is corrected by the log of its sampling
   probability (the logQ correction of Yi et al., RecSys 2019); without it the score learns to
   favour popular targets, which full ranking punishes.
@@ -35,45 +35,45 @@ def batch_loss(
 ) -> tuple[Tensor, dict]:
     """`sampling` maps ITEM and BUNDLE to sampling_distribution() over that table's rows."""
     seq = torch.from_numpy(batch.seq)
-    kinds = torch.from_numpy(batch.position_kinds)
-    targets = torch.from_numpy(batch.position_targets)
+    rows, positions = torch.from_numpy(batch.rows), torch.from_numpy(batch.positions)
+    kinds, targets = torch.from_numpy(batch.kinds), torch.from_numpy(batch.targets)
     projected = model.projected_text()
     bundles = model.bundle_table(projected)
     encoded = model.encode(seq, projected, bundles)
     users = model.user_vectors(encoded.states)
-    rows = model.config.num_item_rows
-    items = model.sets(torch.arange(rows).unsqueeze(-1), torch.zeros(rows, dtype=torch.long), projected)
+    n_items = model.config.num_item_rows
+    items = model.sets(torch.arange(n_items).unsqueeze(-1), torch.zeros(n_items, dtype=torch.long), projected)
     tables = {ITEM: items, BUNDLE: bundles}
 
     two_tower = torch.zeros(())
-    predicting = 0
     for kind, table in tables.items():
         where = kinds == kind
         if not where.any():
             continue
-        logits = users[where] @ table.T
+        logits = users[rows[where], positions[where]] @ table.T
         logits[:, :FIRST_ID] = NEGATIVE
         two_tower = two_tower + F.cross_entropy(logits, targets[where], reduction="sum")
-        predicting += int(where.sum())
-    two_tower = two_tower / max(predicting, 1)
+    two_tower = two_tower / len(targets)
 
     full = torch.zeros(())
-    final_kind, final_target = kinds[:, -1], targets[:, -1]
+    final = positions == seq.shape[-1]  # the user token's predictions
     for kind, table in tables.items():
-        where = final_kind == kind
+        where = final & (kinds == kind)
         if not where.any() or table.shape[0] <= FIRST_ID:
             continue
-        positives = final_target[where]
+        positives, owners = targets[where], rows[where]
         own = positives.unique()
         sampled = torch.multinomial(sampling[kind], negatives, replacement=True, generator=generator)
         columns = torch.cat([own, sampled])
-        rows_encoded = Encoded(*(part[where] for part in encoded))
+        examples, owner = owners.unique(return_inverse=True)
+        subset = Encoded(*(part[examples] for part in encoded))
         log_q = torch.log(sampling[kind][columns]).float()
-        scores = model.score(users[where, -1], table[columns], rows_encoded) - log_q
+        scores = (model.score(users[examples, -1], table[columns], subset) - log_q)[owner]
         label = torch.searchsorted(own, positives)
-        duplicate = (columns.unsqueeze(0) == positives.unsqueeze(1)) & (
-            torch.arange(len(columns)).unsqueeze(0) != label.unsqueeze(1)
-        )
-        full = full + F.cross_entropy(scores.masked_fill(duplicate, NEGATIVE), label, reduction="sum")
-    full = full / len(final_kind)
+        # every positive of the example is masked out of the others' softmax, not just the own target
+        is_positive = columns.unsqueeze(0) == positives.unsqueeze(1)  # [T, N]
+        example_positive = torch.zeros(len(examples), len(columns)).index_add_(0, owner, is_positive.float()) > 0
+        other = example_positive[owner] & (torch.arange(len(columns)).unsqueeze(0) != label.unsqueeze(1))
+        full = full + F.cross_entropy(scores.masked_fill(other, NEGATIVE), label, reduction="sum")
+    full = full / int(final.sum())
     return two_tower + full, {"two_tower": two_tower.item(), "full": full.item()}

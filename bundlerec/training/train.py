@@ -37,7 +37,7 @@ class TrainSettings:
     max_members: int = 32
     dropout: float = 0.5
     id_dropout: float = 0.1
-    batch_size: int = 256
+    batch_size: int = 0  # examples per step; 0: 256 for ordered histories, 64 for unordered (fewer predictions each)
     learning_rate: float = 5e-3
     negatives: int = 256
     neighbours: int = 100  # co-occurrence neighbours per item or bundle (cooccurrence.py); 0 = none
@@ -51,6 +51,7 @@ class TrainSettings:
     # times (sessions), set where they are only an order or absent (review-ordered purchases,
     # where the set reading validated better on amazon-scientific).
     order: str = "auto"
+    mask_share: float = 0.2  # set order: the share of a history each example predicts from the rest
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -135,10 +136,10 @@ def train(
     for epoch in range(1, settings.max_epochs + 1):
         started = time.monotonic()
         model.train()
-        pairs = examples(data, settings.max_sequence, rng)
+        pairs = examples(data, settings.max_sequence, rng, settings.mask_share)
         totals = np.zeros(3)
         count = 0
-        for group in batches(pairs, settings.batch_size, rng):
+        for group in batches(pairs, settings.batch_size or (256 if data.causal else 64), rng):
             batch = make_batch(group, settings.max_sequence, clock=data.clock, causal=data.causal)
             loss, parts = batch_loss(model, batch, settings.negatives, sampling, generator)
             optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,137 @@
+"""Training internals on real data: the co-occurrence part, set-order examples, the validation mix."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs the train extra (torch)")
+
+from bundlerec.datasets import Dataset, read_dataset  # noqa: E402
+from bundlerec.datasets.demo import generate_demo_shop  # noqa: E402
+from bundlerec.evaluation.baselines import fit_item_knn  # noqa: E402
+from bundlerec.evaluation.interactions import TIE_BREAK, popularity_scores  # noqa: E402
+from bundlerec.evaluation.metrics import evaluate_scorer  # noqa: E402
+from bundlerec.evaluation.protocol import build_split  # noqa: E402
+from bundlerec.training.cooccurrence import neighbour_tables  # noqa: E402
+from bundlerec.training.data import BUNDLE, ITEM, examples, make_batch, prepare  # noqa: E402
+from bundlerec.training.model import BundleRanker, ModelConfig  # noqa: E402
+from bundlerec.training.scorer import ModelScorer  # noqa: E402
+from bundlerec.training.train import TrainSettings, train  # noqa: E402
+from tests.test_ranker_model import SCIENTIFIC  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bundle_shop(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    out = tmp_path_factory.mktemp("shop")
+    generate_demo_shop(out, seed=5, users=60, items=150)
+    return dataclasses.replace(read_dataset(out))
+
+
+def untrained(dataset: Dataset, neighbours: int, max_sequence: int = 50) -> BundleRanker:
+    data = prepare(dataset, None, 32, order="set")
+    config = ModelConfig(
+        num_item_rows=data.vocabulary.num_item_rows,
+        num_bundle_rows=data.vocabulary.num_bundle_rows,
+        text_dim=0,
+        causal=False,
+        max_sequence=max_sequence,
+        neighbours=neighbours,
+    )
+    model = BundleRanker(
+        config,
+        torch.from_numpy(data.item_text),
+        torch.from_numpy(data.vocabulary.bundle_members),
+        neighbour_tables(data, neighbours),
+    )
+    return model.eval(), data
+
+
+def test_the_co_occurrence_part_is_item_knn() -> None:
+    """Without truncation the model's co-occurrence score of every item is item-kNN's (Deshpande &
+    Karypis cosine, summed over the history) on real data."""
+    if not SCIENTIFIC.is_dir():
+        pytest.skip("../shared/data/amazon-scientific is not available")
+    dataset = read_dataset(SCIENTIFIC)
+    model, data = untrained(dataset, neighbours=2000)
+    split = build_split(dataset, "valid")
+    # the model reads a history as steps (a re-bought item twice) and its newest 50, item-kNN as a set
+    distinct = [
+        u
+        for u in split.users
+        if len({s.target_id for s in split.histories.get(u, [])}) == len(split.histories.get(u, []))
+    ]
+    users = [u for u in distinct if len(split.histories.get(u, [])) <= 50]
+    assert len(users) > 2000
+    users = users[:600]
+    scorer = ModelScorer("ours", model, dataset, data.vocabulary, None)
+    _, wide = scorer.parts(split, users)
+    knn = fit_item_knn(split, neighbours=10_000).score(split, users) - TIE_BREAK * popularity_scores(split)
+    assert np.abs(knn).max() > 1.0  # real similarities, not an empty table
+    np.testing.assert_allclose(wide, knn, atol=1e-4)
+
+
+def test_bundles_score_through_their_row_or_their_members(bundle_shop: Dataset) -> None:
+    model, data = untrained(bundle_shop, neighbours=100)
+    bundle_rows = torch.arange(2, data.vocabulary.num_bundle_rows)
+    members = torch.from_numpy(data.vocabulary.bundle_members[2:])
+    history = next(steps for steps in data.histories.values() if len(steps) > 3)
+    from bundlerec.ranking.features import encode_sequence
+
+    seq = torch.from_numpy(encode_sequence(history, 50, clock=data.clock)[None])
+    wide = model.wide(seq)
+    assert wide[0].abs().sum() > 0 and wide[1].abs().sum() > 0
+    known = model.wide_score(wide, members, bundle_rows)
+    assert torch.allclose(known[0], wide[1][0, 2:])  # a catalogue bundle: its own similarity
+    built = model.wide_score(wide, members, torch.zeros_like(bundle_rows))  # the same members, no row
+    present = members != 0
+    expected = (wide[0][0][members] * present).sum(-1) / present.sum(-1)
+    assert torch.allclose(built[0], expected)  # a bundle first seen at serving: its members' mean
+
+
+def test_set_order_examples_predict_what_they_hide(bundle_shop: Dataset) -> None:
+    data = prepare(bundle_shop, None, 32, order="set")
+    pairs = examples(data, 1000, random.Random(0), mask_share=0.3)
+    assert len(pairs) == len(data.histories)
+    for inputs, predicted in pairs:
+        history = next(steps for steps in data.histories.values() if Counter(steps) == Counter(inputs + predicted))
+        assert any(step.bundle if data.target_kind == BUNDLE else not step.bundle for step in predicted) or not any(
+            step.bundle if data.target_kind == BUNDLE else not step.bundle for step in history
+        )
+    batch = make_batch(pairs[:8], 50, clock=data.clock, causal=False)
+    length = batch.seq.shape[-1]
+    assert (batch.positions == length).all()  # only the user token predicts
+    assert len(batch.targets) == sum(len(predicted) for _, predicted in pairs[:8])
+    assert set(batch.kinds.tolist()) <= {ITEM, BUNDLE}
+
+
+def test_causal_batches_predict_the_next_step_at_every_position(bundle_shop: Dataset) -> None:
+    data = prepare(bundle_shop, None, 32, order="sequence")
+    pairs = examples(data, 20, random.Random(0))
+    inputs, predicted = max(pairs, key=lambda pair: len(pair[0]))
+    batch = make_batch([(inputs, predicted)], 20, clock=data.clock, causal=True)
+    assert len(batch.targets) == len(predicted) + 1  # every step, and the user token once more
+    assert batch.positions[-1] == batch.seq.shape[-1]
+    assert batch.targets[-1] == (predicted[-1].bundle or predicted[-1].item)
+
+
+def test_the_validation_mix_is_the_models_own_and_never_worse_than_the_transformer_alone(bundle_shop: Dataset) -> None:
+    settings = TrainSettings(max_epochs=2, dim=32, validation_users=200)
+    lines: list[str] = []
+    trained = train(bundle_shop, settings, None, progress=lines.append)
+    model = trained.model
+    split = build_split(bundle_shop, "valid")
+    scorer = ModelScorer("ours", model, bundle_shop, trained.data.vocabulary, None)
+    metric = trained.metric_name
+    # the model, scored as it is exported, reaches the validation figure training reported
+    assert evaluate_scorer(split, scorer, ks=(10, 20))[metric] == pytest.approx(trained.validation[metric])
+    assert float(model.neural_weight) > 0 or float(model.wide_weight) > 0
+    with torch.no_grad():  # the Transformer alone is one of the mixes tried
+        model.neural_weight.fill_(1.0)
+        model.wide_weight.fill_(0.0)
+    assert evaluate_scorer(split, scorer, ks=(10, 20))[metric] <= trained.validation[metric] + 1e-9
+    assert any(line.startswith("co-occurrence factor") for line in lines)
