@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +21,7 @@ from bundlerec.evaluation.baselines import fit_item_knn  # noqa: E402
 from bundlerec.evaluation.interactions import TIE_BREAK, popularity_scores  # noqa: E402
 from bundlerec.evaluation.metrics import evaluate_scorer  # noqa: E402
 from bundlerec.evaluation.protocol import build_split  # noqa: E402
+from bundlerec.ranking.artifact import ModelManifest, model_versions  # noqa: E402
 from bundlerec.training.cooccurrence import neighbour_tables  # noqa: E402
 from bundlerec.training.data import BUNDLE, ITEM, examples, make_batch, prepare  # noqa: E402
 from bundlerec.training.model import BundleRanker, ModelConfig  # noqa: E402
@@ -135,3 +140,20 @@ def test_the_validation_mix_is_the_models_own_and_never_worse_than_the_transform
         model.wide_weight.fill_(0.0)
     assert evaluate_scorer(split, scorer, ks=(10, 20))[metric] <= trained.validation[metric] + 1e-9
     assert any(line.startswith("co-occurrence factor") for line in lines)
+
+
+def test_torchrun_trains_on_two_workers_and_one_writes_the_model(tmp_path: Path) -> None:
+    """PyTorch's own DistributedDataParallel under torchrun (Gloo on CPUs; NCCL between GPUs)."""
+    generate_demo_shop(tmp_path / "shop", seed=3, users=120, items=300)
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"),
+        *("-m", "bundlerec.cli", "train", "--data", str(tmp_path / "shop"), "--out", str(tmp_path / "models")),
+        *("--epochs", "2", "--dim", "16", "--no-text", "--threads", "1"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on 2 workers" in result.stderr
+    assert result.stderr.count("epoch   2") == 1  # one worker reports
+    (version,) = model_versions(tmp_path / "models")  # and one writes
+    assert len(ModelManifest.read(tmp_path / "models" / version).epochs) == 2

@@ -15,6 +15,7 @@ from bundlerec.datasets import Dataset, read_dataset
 from bundlerec.evaluation.report import Report
 from bundlerec.ranking.artifact import WEIGHTS_FILE, ModelManifest
 from bundlerec.ranking.vocabulary import Vocabulary
+from bundlerec.training.distributed import launched_rank
 from bundlerec.training.model import BundleRanker, ModelConfig
 from bundlerec.training.scorer import ModelScorer
 from bundlerec.training.text import item_text_vectors
@@ -86,7 +87,10 @@ def train_and_write(args: argparse.Namespace, dataset: Dataset) -> tuple[Trained
         torch.set_num_threads(args.threads)
     settings = settings_from(args)
     vectors, identity = item_text_vectors(dataset, Path(args.encoder_dir)) if settings.use_text else (None, None)
-    trained = train(dataset, settings, vectors, progress=lambda line: print(line, file=sys.stderr))
+    main = launched_rank() == 0  # under torchrun only the first worker reports and writes
+    trained = train(dataset, settings, vectors, progress=lambda line: print(line, file=sys.stderr) if main else None)
+    if not main:
+        sys.exit(0)
     path = write_model_dir(
         trained, Path(args.out), dataset_name=dataset.info.name, text_encoder=identity, int8=args.int8
     )

@@ -134,7 +134,7 @@ def write_model_dir(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        model = trained.model.eval()
+        model = trained.model.cpu().eval()
         export_onnx(model, staging / ONNX_FILE)
         if int8:
             quantize_int8(staging / ONNX_FILE, staging / INT8_FILE)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from bundlerec.ranking.features import FIRST_ID
 from bundlerec.training.data import BUNDLE, ITEM, Batch
@@ -30,50 +30,78 @@ def sampling_distribution(counts: Tensor) -> Tensor:
     return weights / weights.sum()
 
 
-def batch_loss(
-    model: BundleRanker, batch: Batch, negatives: int, sampling: dict[int, Tensor], generator: torch.Generator
-) -> tuple[Tensor, dict]:
-    """`sampling` maps ITEM and BUNDLE to sampling_distribution() over that table's rows."""
-    seq = torch.from_numpy(batch.seq)
-    rows, positions = torch.from_numpy(batch.rows), torch.from_numpy(batch.positions)
-    kinds, targets = torch.from_numpy(batch.kinds), torch.from_numpy(batch.targets)
-    projected = model.projected_text()
-    bundles = model.bundle_table(projected)
-    encoded = model.encode(seq, projected, bundles)
-    users = model.user_vectors(encoded.states)
-    n_items = model.config.num_item_rows
-    items = model.sets(torch.arange(n_items).unsqueeze(-1), torch.zeros(n_items, dtype=torch.long), projected)
-    tables = {ITEM: items, BUNDLE: bundles}
+class TrainingLoss(nn.Module):
+    """The loss of one batch as a module's forward, so that DistributedDataParallel can wrap it:
+    DDP synchronizes the gradients of what its wrapped forward ran."""
 
-    two_tower = torch.zeros(())
-    for kind, table in tables.items():
-        where = kinds == kind
-        if not where.any():
-            continue
-        logits = users[rows[where], positions[where]] @ table.T
-        logits[:, :FIRST_ID] = NEGATIVE
-        two_tower = two_tower + F.cross_entropy(logits, targets[where], reduction="sum")
-    two_tower = two_tower / len(targets)
+    def __init__(self, model: BundleRanker, sampling: dict[int, Tensor]) -> None:
+        """`sampling` maps ITEM and BUNDLE to sampling_distribution() over that table's rows."""
+        super().__init__()
+        self.model = model
+        self.log_q = {kind: torch.log(p).float() for kind, p in sampling.items()}
 
-    full = torch.zeros(())
-    final = positions == seq.shape[-1]  # the user token's predictions
-    for kind, table in tables.items():
-        where = final & (kinds == kind)
-        if not where.any() or table.shape[0] <= FIRST_ID:
-            continue
-        positives, owners = targets[where], rows[where]
-        own = positives.unique()
-        sampled = torch.multinomial(sampling[kind], negatives, replacement=True, generator=generator)
-        columns = torch.cat([own, sampled])
-        examples, owner = owners.unique(return_inverse=True)
-        subset = Encoded(*(part[examples] for part in encoded))
-        log_q = torch.log(sampling[kind][columns]).float()
-        scores = (model.score(users[examples, -1], table[columns], subset) - log_q)[owner]
-        label = torch.searchsorted(own, positives)
-        # every positive of the example is masked out of the others' softmax, not just the own target
-        is_positive = columns.unsqueeze(0) == positives.unsqueeze(1)  # [T, N]
-        example_positive = torch.zeros(len(examples), len(columns)).index_add_(0, owner, is_positive.float()) > 0
-        other = example_positive[owner] & (torch.arange(len(columns)).unsqueeze(0) != label.unsqueeze(1))
-        full = full + F.cross_entropy(scores.masked_fill(other, NEGATIVE), label, reduction="sum")
-    full = full / int(final.sum())
-    return two_tower + full, {"two_tower": two_tower.item(), "full": full.item()}
+    def forward(
+        self, seq: Tensor, rows: Tensor, positions: Tensor, kinds: Tensor, targets: Tensor, negatives: dict[int, Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """A Batch as tensors on the model's device, and the sampled negatives of each kind →
+        (loss, two-tower term, full term)."""
+        model = self.model
+        device = seq.device
+        projected = model.projected_text()
+        bundles = model.bundle_table(projected)
+        encoded = model.encode(seq, projected, bundles)
+        users = model.user_vectors(encoded.states)
+        n_items = model.config.num_item_rows
+        every_item = torch.arange(n_items, device=device)
+        items = model.sets(every_item.unsqueeze(-1), torch.zeros_like(every_item), projected)
+        tables = {ITEM: items, BUNDLE: bundles}
+
+        two_tower = torch.zeros((), device=device)
+        for kind, table in tables.items():
+            where = kinds == kind
+            if not where.any():
+                continue
+            logits = users[rows[where], positions[where]] @ table.T
+            logits[:, :FIRST_ID] = NEGATIVE
+            two_tower = two_tower + F.cross_entropy(logits, targets[where], reduction="sum")
+        two_tower = two_tower / len(targets)
+
+        full = torch.zeros((), device=device)
+        final = positions == seq.shape[-1]  # the user token's predictions
+        for kind, table in tables.items():
+            where = final & (kinds == kind)
+            if not where.any() or table.shape[0] <= FIRST_ID:
+                continue
+            positives, owners = targets[where], rows[where]
+            own = positives.unique()
+            columns = torch.cat([own, negatives[kind]])
+            examples, owner = owners.unique(return_inverse=True)
+            subset = Encoded(*(part[examples] for part in encoded))
+            log_q = self.log_q[kind].to(device)[columns]
+            scores = (model.score(users[examples, -1], table[columns], subset) - log_q)[owner]
+            label = torch.searchsorted(own, positives)
+            # every positive of the example is kept out of the others' softmax, not just the own target
+            is_positive = (columns.unsqueeze(0) == positives.unsqueeze(1)).float()  # [T, N]
+            example_positive = torch.zeros(len(examples), len(columns), device=device).index_add_(0, owner, is_positive)
+            own_column = torch.arange(len(columns), device=device).unsqueeze(0) == label.unsqueeze(1)
+            other = (example_positive[owner] > 0) & ~own_column
+            full = full + F.cross_entropy(scores.masked_fill(other, NEGATIVE), label, reduction="sum")
+        full = full / final.sum()
+        return two_tower + full, two_tower.detach(), full.detach()
+
+
+def batch_tensors(batch: Batch, device: torch.device) -> tuple[Tensor, ...]:
+    return tuple(
+        torch.from_numpy(a).to(device) for a in (batch.seq, batch.rows, batch.positions, batch.kinds, batch.targets)
+    )
+
+
+def sample_negatives(
+    sampling: dict[int, Tensor], count: int, generator: torch.Generator, device: torch.device
+) -> dict[int, Tensor]:
+    """`count` rows of each kind by popularity, drawn on the CPU generator (reproducible anywhere)."""
+    return {
+        kind: torch.multinomial(p, count, replacement=True, generator=generator).to(device)
+        for kind, p in sampling.items()
+        if len(p) > FIRST_ID
+    }

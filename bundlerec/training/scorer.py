@@ -91,10 +91,11 @@ class ModelScorer:
     def parts(self, split: EvalSplit, users: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The neural score and the (unweighted) co-occurrence score of every target, [users, targets] each."""
         self.model.eval()
+        device = self.model.user_token.device
         projected = self.model.projected_text()
         bundles = self.model.bundle_table(projected)
-        extra = torch.from_numpy(self.mapper.extra_text)
-        members, rows = self._candidate_index(split)
+        extra = torch.from_numpy(self.mapper.extra_text).to(device)
+        members, rows = (index.to(device) for index in self._candidate_index(split))
         # the vectors are not kept between calls, since the weights change while training
         candidates = self.model.sets(members, rows, projected, extra)
         length = self.model.config.max_sequence
@@ -104,9 +105,9 @@ class ModelScorer:
             chunk = users[start : start + self.batch_users]
             seq = torch.from_numpy(
                 np.stack([encode_sequence(self._steps(split, u), length, clock=self.clock) for u in chunk])
-            )
+            ).to(device)
             encoded = self.model.encode(seq, projected, bundles, extra)
             user = self.model.user_vectors(encoded.states[:, -1])
-            neural[start : start + len(chunk)] = self.model.score(user, candidates, encoded).numpy()
-            wide[start : start + len(chunk)] = self.model.wide_score(self.model.wide(seq), members, rows).numpy()
+            neural[start : start + len(chunk)] = self.model.score(user, candidates, encoded).cpu().numpy()
+            wide[start : start + len(chunk)] = self.model.wide_score(self.model.wide(seq), members, rows).cpu().numpy()
         return neural, wide

@@ -8,6 +8,7 @@ catalogue and encoder are embedded once, whoever asks (training, evaluation, ben
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,5 +53,7 @@ def item_text_vectors(
     print(f"embedded {len(present):,} item texts in {time.monotonic() - started:.0f} s", file=sys.stderr)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, vectors)
+        partial = cache.with_suffix(f".{os.getpid()}.partial.npy")  # workers under torchrun may race
+        np.save(partial, vectors)
+        os.replace(partial, cache)
     return vectors, identity

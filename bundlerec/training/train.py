@@ -19,10 +19,11 @@ import torch
 from bundlerec.datasets import Dataset
 from bundlerec.evaluation.metrics import evaluate_scorer
 from bundlerec.evaluation.protocol import EvalSplit, build_split
+from bundlerec.training import distributed
 from bundlerec.training.cooccurrence import neighbour_tables
 from bundlerec.training.data import TrainingData, batches, carve_validation, examples, make_batch, prepare
 from bundlerec.training.model import BundleRanker, ModelConfig
-from bundlerec.training.objective import batch_loss, sampling_distribution
+from bundlerec.training.objective import TrainingLoss, batch_tensors, sample_negatives, sampling_distribution
 from bundlerec.training.scorer import ModelScorer
 
 Progress = Callable[[str], None]
@@ -86,10 +87,12 @@ def selection_metric(task: str) -> str:
 def train(
     dataset: Dataset, settings: TrainSettings, text_vectors: np.ndarray | None, progress: Progress = print
 ) -> TrainedModel:
-    torch.manual_seed(settings.seed)
+    workers = distributed.start()
+    torch.manual_seed(settings.seed + workers.rank)  # dropout differs between workers; DDP shares the start
     # Embedding gradients are otherwise summed in whatever order the threads finish, which makes
-    # two runs differ in the last bits; the deterministic kernels cost little here.
-    torch.use_deterministic_algorithms(True)
+    # two runs differ in the last bits; the deterministic kernels cost little here. On a GPU some
+    # kernels (index_add_, embedding backward) have no deterministic version: runs may differ there.
+    torch.use_deterministic_algorithms(True, warn_only=workers.device.type == "cuda")
     carved = not dataset.valid
     if carved:
         dataset = carve_validation(dataset, settings.validation_share, settings.seed)
@@ -113,10 +116,11 @@ def train(
     tables = neighbour_tables(data, settings.neighbours)
     model = BundleRanker(
         config, torch.from_numpy(data.item_text), torch.from_numpy(data.vocabulary.bundle_members), tables
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    generator = torch.Generator().manual_seed(settings.seed)
+    ).to(workers.device)
     sampling = {kind: sampling_distribution(torch.from_numpy(c)) for kind, c in data.target_counts().items()}
+    step = distributed.wrap(TrainingLoss(model, sampling), workers)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    generator = torch.Generator().manual_seed(settings.seed + workers.rank)
     rng = random.Random(settings.seed)
 
     split = build_split(dataset, "valid")
@@ -127,7 +131,7 @@ def train(
     progress(
         f"training on {len(data.histories):,} users, {data.vocabulary.num_item_rows - 2:,} items, "
         f"{data.vocabulary.num_bundle_rows - 2:,} bundles ({'ordered' if data.causal else 'unordered'} histories); "
-        f"selecting on validation {metric_name} over {len(split.users):,} users"
+        f"selecting on validation {metric_name} over {len(split.users):,} users; on {workers.describe()}"
     )
 
     best: tuple[float, dict, dict[str, float]] | None = None
@@ -139,13 +143,15 @@ def train(
         pairs = examples(data, settings.max_sequence, rng, settings.mask_share)
         totals = np.zeros(3)
         count = 0
-        for group in batches(pairs, settings.batch_size or (256 if data.causal else 64), rng):
+        epoch_batches = batches(pairs, settings.batch_size or (256 if data.causal else 64), rng)
+        for group in distributed.share(epoch_batches, workers):
             batch = make_batch(group, settings.max_sequence, clock=data.clock, causal=data.causal)
-            loss, parts = batch_loss(model, batch, settings.negatives, sampling, generator)
+            negatives = sample_negatives(sampling, settings.negatives, generator, workers.device)
+            loss, two_tower, full = step(*batch_tensors(batch, workers.device), negatives)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            totals += (loss.item(), parts["two_tower"], parts["full"])
+            totals += (loss.item(), two_tower.item(), full.item())
             count += 1
         metrics = evaluate_scorer(split, scorer, ks=(10, 20))
         record = EpochRecord(epoch, *(totals / max(count, 1)), metrics[metric_name], time.monotonic() - started)
@@ -167,6 +173,7 @@ def train(
     model.load_state_dict(best[1])
     model.eval()
     validation = fit_wide_weight(scorer, split, metric_name, progress)
+    distributed.stop(workers)
     return TrainedModel(model, data, settings, metric_name, validation, history, carved)
 
 
