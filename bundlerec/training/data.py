@@ -74,13 +74,15 @@ def model_steps(
     return out
 
 
-def history_steps(dataset: Dataset, vocabulary: Vocabulary) -> dict[str, list[Step]]:
-    """Each user's events as model steps, oldest first (ties keep file order), repeats collapsed
-    as encode_sequence does at serving."""
+def history_steps(
+    dataset: Dataset, vocabulary: Vocabulary, histories: dict[str, list[HistoryStep]] | None = None
+) -> dict[str, list[Step]]:
+    """Each user's events (or the given `histories`) as model steps, oldest first (ties keep file
+    order), repeats collapsed as encode_sequence does at serving."""
     timed = dataset.info.timestamps != "none"
     return {
         user: collapse_repeats(model_steps(steps, vocabulary, vocabulary.item, timed=timed))
-        for user, steps in event_histories(dataset).items()
+        for user, steps in (event_histories(dataset) if histories is None else histories).items()
     }
 
 

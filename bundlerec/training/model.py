@@ -127,6 +127,12 @@ class BundleRanker(nn.Module):
             self.event_type.weight[PAD].zero_()
         nn.init.zeros_(self.target_out.weight)  # start as a pure two-tower model
 
+    def set_neighbours(self, tables: NeighbourTables) -> None:
+        """Replaces the co-occurrence tables (same vocabulary, same shapes)."""
+        with torch.no_grad():
+            for name, table in zip(NeighbourTables._fields, tables, strict=True):
+                getattr(self, f"wide_{name}").copy_(torch.from_numpy(table))
+
     # ---- representations -------------------------------------------------------------------
     def projected_text(self) -> Tensor:
         """[num_item_rows, d]: the text part of every known item (zeros when there is no text)."""

@@ -21,7 +21,15 @@ from bundlerec.evaluation.metrics import evaluate_scorer
 from bundlerec.evaluation.protocol import EvalSplit, build_split
 from bundlerec.training import distributed
 from bundlerec.training.cooccurrence import neighbour_tables
-from bundlerec.training.data import TrainingData, batches, carve_validation, examples, make_batch, prepare
+from bundlerec.training.data import (
+    TrainingData,
+    batches,
+    carve_validation,
+    examples,
+    history_steps,
+    make_batch,
+    prepare,
+)
 from bundlerec.training.model import BundleRanker, ModelConfig
 from bundlerec.training.objective import TrainingLoss, batch_tensors, sample_negatives, sampling_distribution
 from bundlerec.training.scorer import ModelScorer
@@ -173,6 +181,12 @@ def train(
     model.load_state_dict(best[1])
     model.eval()
     validation = fit_wide_weight(scorer, split, metric_name, progress)
+    if data.task == "next_item" and dataset.valid:
+        # FORMAT.md puts the validation rows in the test-time history of next-item data, so the
+        # model that is kept counts their co-occurrences too (the baselines fit on them as well);
+        # the mix chosen above carries over.
+        known = history_steps(dataset, data.vocabulary, build_split(dataset, "test").histories)
+        model.set_neighbours(neighbour_tables(dataclasses.replace(data, histories=known), settings.neighbours))
     distributed.stop(workers)
     return TrainedModel(model, data, settings, metric_name, validation, history, carved)
 
