@@ -93,13 +93,17 @@ def fit_item_knn(split: EvalSplit, *, seed: int = 0, neighbours: int = KNN_NEIGH
 
 def top_per_group(groups: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
     """Mask of the k largest values within each group id (ties: first in input order)."""
+    return rank_in_group(groups, values) < k
+
+
+def rank_in_group(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Each value's rank (0 = largest) among the values of its group id, in input order (ties:
+    first in input order)."""
     order = np.lexsort((-values, groups))
     sorted_groups = groups[order]
-    starts = np.searchsorted(sorted_groups, sorted_groups, side="left")
-    rank = np.arange(len(order)) - starts
-    keep = np.zeros(len(order), dtype=bool)
-    keep[order] = rank < k
-    return keep
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - np.searchsorted(sorted_groups, sorted_groups, side="left")
+    return rank
 
 
 BASELINES = {"popularity": fit_popularity, "item_knn": fit_item_knn, "bpr": fit_bpr}

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from bundlerec.evaluation.baselines import top_per_group
+from bundlerec.evaluation.baselines import rank_in_group
 from bundlerec.ranking.features import FIRST_ID, PAD
 from bundlerec.training.data import TrainingData
 
@@ -82,10 +82,7 @@ def _fill(
     similarity = (normalised.T @ targets).tocoo()
     valid = (similarity.col >= FIRST_ID) & (similarity.row != similarity.col + offset) & (similarity.data > 0)
     source, target, value = similarity.row[valid], similarity.col[valid], similarity.data[valid]
-    keep = top_per_group(source, value, index.shape[1])
-    source, target, value = source[keep], target[keep], value[keep]
-    order = np.lexsort((-value, source))
-    source, target, value = source[order], target[order], value[order]
-    slot = np.arange(len(source)) - np.searchsorted(source, source, side="left")
-    index[source, slot] = target
-    weight[source, slot] = value
+    slot = rank_in_group(source, value)  # 0 = the most similar
+    keep = slot < index.shape[1]
+    index[source[keep], slot[keep]] = target[keep]
+    weight[source[keep], slot[keep]] = value[keep]

@@ -102,8 +102,7 @@ def collaborative_vectors(model: BundleRanker, vocabulary: Vocabulary) -> Collab
     model.eval()
     with torch.no_grad():
         projected = model.projected_text()
-        rows = torch.arange(FIRST_ID, model.config.num_item_rows)
-        items = model.sets(rows.unsqueeze(-1), torch.zeros_like(rows), projected)
+        items = model.item_table(projected)[FIRST_ID:]
         bundles = model.bundle_table(projected)[FIRST_ID:]
     return CollaborativeVectors(list(vocabulary.item_ids), items.numpy(), list(vocabulary.bundle_ids), bundles.numpy())
 

@@ -175,6 +175,11 @@ class BundleRanker(nn.Module):
             bundles = torch.where(dropped, torch.zeros_like(bundles), bundles)
         return pooled + self.bundle_id(bundles)
 
+    def item_table(self, projected: Tensor) -> Tensor:
+        """[num_item_rows, d]: every known item as a candidate (a set of one; rows 0 and 1 unused)."""
+        rows = torch.arange(self.config.num_item_rows, device=projected.device)
+        return self.sets(rows.unsqueeze(-1), torch.zeros_like(rows), projected)
+
     def bundle_table(self, projected: Tensor) -> Tensor:
         """[num_bundle_rows, d]: every known bundle as a candidate (row 0 and 1 unused)."""
         rows = torch.arange(self.config.num_bundle_rows, device=projected.device)

@@ -51,10 +51,7 @@ class TrainingLoss(nn.Module):
         bundles = model.bundle_table(projected)
         encoded = model.encode(seq, projected, bundles)
         users = model.user_vectors(encoded.states)
-        n_items = model.config.num_item_rows
-        every_item = torch.arange(n_items, device=device)
-        items = model.sets(every_item.unsqueeze(-1), torch.zeros_like(every_item), projected)
-        tables = {ITEM: items, BUNDLE: bundles}
+        tables = {ITEM: model.item_table(projected), BUNDLE: bundles}
 
         two_tower = torch.zeros((), device=device)
         for kind, table in tables.items():
