@@ -22,7 +22,7 @@ from bundlerec.evaluation.interactions import TIE_BREAK, popularity_scores  # no
 from bundlerec.evaluation.metrics import evaluate_scorer  # noqa: E402
 from bundlerec.evaluation.protocol import build_split  # noqa: E402
 from bundlerec.ranking.artifact import ModelManifest, model_versions  # noqa: E402
-from bundlerec.training.cooccurrence import neighbour_tables  # noqa: E402
+from bundlerec.training.cooccurrence import cooccurrence_matrix, neighbour_tables  # noqa: E402
 from bundlerec.training.data import BUNDLE, ITEM, examples, make_batch, prepare  # noqa: E402
 from bundlerec.training.model import BundleRanker, ModelConfig  # noqa: E402
 from bundlerec.training.scorer import ModelScorer  # noqa: E402
@@ -37,7 +37,7 @@ def bundle_shop(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     return dataclasses.replace(read_dataset(out))
 
 
-def untrained(dataset: Dataset, neighbours: int, max_sequence: int = 50) -> BundleRanker:
+def untrained(dataset: Dataset, neighbours: int, max_sequence: int = 50, l2: float = 0.0) -> BundleRanker:
     data = prepare(dataset, None, 32, order="set")
     config = ModelConfig(
         num_item_rows=data.vocabulary.num_item_rows,
@@ -51,7 +51,7 @@ def untrained(dataset: Dataset, neighbours: int, max_sequence: int = 50) -> Bund
         config,
         torch.from_numpy(data.item_text),
         torch.from_numpy(data.vocabulary.bundle_members),
-        neighbour_tables(data, neighbours),
+        neighbour_tables(data, neighbours, l2),
     )
     return model.eval(), data
 
@@ -78,6 +78,45 @@ def test_the_co_occurrence_part_is_item_knn() -> None:
     knn = fit_item_knn(split, neighbours=10_000).score(split, users) - TIE_BREAK * popularity_scores(split)
     assert np.abs(knn).max() > 1.0  # real similarities, not an empty table
     np.testing.assert_allclose(wide, knn, atol=1e-4)
+
+
+def test_the_ease_part_is_the_closed_form(bundle_shop: Dataset) -> None:
+    """Without truncation the EASE tables give every user's score of Steck's closed form
+    B = -P / diag(P), P = (XᵀX + λI)⁻¹, diag(B) = 0, computed here in float64 from the raw
+    columns; the negative weights are kept."""
+    l2 = 20.0
+    model, data = untrained(bundle_shop, neighbours=1000, max_sequence=1000, l2=l2)
+    matrix = cooccurrence_matrix(data).toarray().astype(np.float64)
+    used = matrix.sum(0) > 0
+    inverse = np.linalg.inv(matrix[:, used].T @ matrix[:, used] + l2 * np.eye(used.sum()))
+    closed = np.zeros((matrix.shape[1], matrix.shape[1]))
+    closed[np.ix_(used, used)] = inverse / -np.diag(inverse)
+    np.fill_diagonal(closed, 0.0)
+    assert (closed < -1e-3).any()
+    n_items = data.vocabulary.num_item_rows
+    from bundlerec.ranking.features import encode_sequence
+
+    users = [steps for steps in data.histories.values() if len({(s.item, s.bundle) for s in steps}) == len(steps)][:40]
+    seq = torch.from_numpy(np.stack([encode_sequence(steps, 1000, clock=data.clock) for steps in users]))
+    item_wide, bundle_wide = model.wide(seq)
+    history = np.zeros((len(users), matrix.shape[1]))
+    for row, steps in enumerate(users):
+        for step in steps:
+            history[row, n_items + step.bundle if step.bundle else step.item] = 1.0
+    expected = history @ closed
+    np.testing.assert_allclose(item_wide.numpy()[:, 2:], expected[:, 2:n_items], atol=1e-4)
+    np.testing.assert_allclose(bundle_wide.numpy()[:, 2:], expected[:, n_items + 2 :], atol=1e-4)
+
+
+def test_ease_keeps_the_strongest_weights_of_either_sign(bundle_shop: Dataset) -> None:
+    full, _ = untrained(bundle_shop, neighbours=1000, l2=20.0)
+    truncated, _ = untrained(bundle_shop, neighbours=5, l2=20.0)
+    for name in ("item", "bundle"):
+        weights = getattr(full, f"wide_{name}_weight").numpy()
+        kept = getattr(truncated, f"wide_{name}_weight").numpy()
+        strongest = -np.sort(-np.abs(weights), axis=1)[:, :5]
+        np.testing.assert_allclose(np.abs(kept), strongest, rtol=1e-6)
+    assert (truncated.wide_item_weight.numpy() < 0).any()
 
 
 def test_bundles_score_through_their_row_or_their_members(bundle_shop: Dataset) -> None:
@@ -135,7 +174,8 @@ def test_the_validation_mix_is_the_models_own_and_never_worse_than_the_transform
     kept = model.wide_item_weight.numpy().copy()
     # the kept model counts the validation rows' co-occurrences too (next-item data: they are
     # test-time history); the mix was chosen with the training events' tables
-    events_only = neighbour_tables(trained.data, settings.neighbours)
+    events_only = neighbour_tables(trained.data, settings.neighbours, model.config.wide_l2)
+    assert model.config.wide_l2 in settings.wide_l2_grid  # EASE, its L2 chosen on validation
     assert not np.array_equal(kept, events_only.item_weight)
     model.set_neighbours(events_only)
     # the model, scored as it is exported, reaches the validation figure training reported

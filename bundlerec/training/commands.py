@@ -49,6 +49,13 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         default=defaults.neighbours,
         help="co-occurrence neighbours per item or bundle; 0 trains the Transformer alone (default: %(default)s)",
     )
+    parser.add_argument(
+        "--wide",
+        choices=["ease", "cosine"],
+        default=defaults.wide,
+        help="how the co-occurrence part weighs a pair: EASE, its L2 chosen on validation, or cosine item-kNN "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--int8", action="store_true", help="also write a dynamically quantized model for CPUs")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
 
@@ -65,6 +72,7 @@ def settings_from(args: argparse.Namespace) -> TrainSettings:
         use_text=not args.no_text,
         order=args.order,
         neighbours=args.neighbours,
+        wide=args.wide,
     )
 
 

@@ -46,6 +46,7 @@ class ModelConfig:
     dropout: float = 0.3
     id_dropout: float = 0.1
     neighbours: int = 100  # co-occurrence neighbours per column (cooccurrence.py); 0 = none
+    wide_l2: float = 0.0  # how the tables were weighed: EASE's L2 regularization, 0 = cosine
 
     def to_dict(self) -> dict:
         return asdict(self)

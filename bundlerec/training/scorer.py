@@ -88,8 +88,9 @@ class ModelScorer:
         return float(self.model.neural_weight) * neural + float(self.model.wide_weight) * wide
 
     @torch.inference_mode()
-    def parts(self, split: EvalSplit, users: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """The neural score and the (unweighted) co-occurrence score of every target, [users, targets] each."""
+    def parts(self, split: EvalSplit, users: Sequence[str], neural: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The neural score and the (unweighted) co-occurrence score of every target, [users, targets]
+        each; without `neural` the first is left unfilled (only the tables are read)."""
         self.model.eval()
         device = self.model.user_token.device
         projected = self.model.projected_text()
@@ -99,15 +100,16 @@ class ModelScorer:
         # the vectors are not kept between calls, since the weights change while training
         candidates = self.model.sets(members, rows, projected, extra)
         length = self.model.config.max_sequence
-        neural = np.empty((len(users), len(split.target_ids)), dtype=np.float32)
-        wide = np.empty_like(neural)
+        scores = np.empty((len(users), len(split.target_ids)), dtype=np.float32)
+        wide = np.empty_like(scores)
         for start in range(0, len(users), self.batch_users):
             chunk = users[start : start + self.batch_users]
             seq = torch.from_numpy(
                 np.stack([encode_sequence(self._steps(split, u), length, clock=self.clock) for u in chunk])
             ).to(device)
-            encoded = self.model.encode(seq, projected, bundles, extra)
-            user = self.model.user_vectors(encoded.states[:, -1])
-            neural[start : start + len(chunk)] = self.model.score(user, candidates, encoded).cpu().numpy()
+            if neural:
+                encoded = self.model.encode(seq, projected, bundles, extra)
+                user = self.model.user_vectors(encoded.states[:, -1])
+                scores[start : start + len(chunk)] = self.model.score(user, candidates, encoded).cpu().numpy()
             wide[start : start + len(chunk)] = self.model.wide_score(self.model.wide(seq), members, rows).cpu().numpy()
-        return neural, wide
+        return scores, wide
