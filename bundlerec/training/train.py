@@ -127,9 +127,8 @@ def train(
     )
     # the co-occurrence tables stay empty while the network trains (its loss never reads them) and
     # are filled after it, with the weighing chosen on validation (choose_wide_tables)
-    model = BundleRanker(
-        config, torch.from_numpy(data.item_text), torch.from_numpy(data.vocabulary.bundle_members)
-    ).to(workers.device)
+    members = torch.from_numpy(data.vocabulary.bundle_members)
+    model = BundleRanker(config, torch.from_numpy(data.item_text), members).to(workers.device)
     sampling = {kind: sampling_distribution(torch.from_numpy(c)) for kind, c in data.target_counts().items()}
     step = distributed.wrap(TrainingLoss(model, sampling), workers)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
