@@ -22,7 +22,13 @@ from bundlerec.evaluation.interactions import TIE_BREAK, popularity_scores  # no
 from bundlerec.evaluation.metrics import evaluate_scorer  # noqa: E402
 from bundlerec.evaluation.protocol import build_split  # noqa: E402
 from bundlerec.ranking.artifact import ModelManifest, model_versions  # noqa: E402
-from bundlerec.training.cooccurrence import cooccurrence_matrix, neighbour_tables  # noqa: E402
+from bundlerec.training.cooccurrence import (  # noqa: E402
+    blend_tables,
+    cooccurrence_matrix,
+    cosine_tables,
+    ease_tables,
+    neighbour_tables,
+)
 from bundlerec.training.data import BUNDLE, ITEM, examples, make_batch, prepare  # noqa: E402
 from bundlerec.training.model import BundleRanker, ModelConfig  # noqa: E402
 from bundlerec.training.scorer import ModelScorer  # noqa: E402
@@ -119,6 +125,24 @@ def test_ease_keeps_the_strongest_weights_of_either_sign(bundle_shop: Dataset) -
     assert (truncated.wide_item_weight.numpy() < 0).any()
 
 
+def test_the_blend_adds_ease_and_cosine_at_their_own_scale(bundle_shop: Dataset) -> None:
+    data = prepare(bundle_shop, None, 32, order="set")
+    ease, cosine = ease_tables(data, 1000, 20.0), cosine_tables(data, 1000)
+    blended = blend_tables(ease, cosine, 0.5)
+
+    def dense(index: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(index), int(index.max()) + 1))
+        np.add.at(out, (np.arange(len(index))[:, None], index), weight)
+        return out
+
+    for name in ("item", "bundle"):
+        e, c, b = (dense(getattr(t, f"{name}_index"), getattr(t, f"{name}_weight")) for t in (ease, cosine, blended))
+        rms = [np.sqrt(np.mean(np.square(m[m != 0]))) for m in (e, c)]
+        np.testing.assert_allclose(b, e / rms[0] + 0.5 * c / rms[1], atol=1e-5)
+    small = blend_tables(ease_tables(data, 4, 20.0), cosine_tables(data, 4), 0.5)  # at most k kept
+    assert (small.item_index != 0).sum(1).max() == 4
+
+
 def test_bundles_score_through_their_row_or_their_members(bundle_shop: Dataset) -> None:
     model, data = untrained(bundle_shop, neighbours=100)
     bundle_rows = torch.arange(2, data.vocabulary.num_bundle_rows)
@@ -174,7 +198,8 @@ def test_the_validation_mix_is_the_models_own_and_never_worse_than_the_transform
     kept = model.wide_item_weight.numpy().copy()
     # the kept model counts the validation rows' co-occurrences too (next-item data: they are
     # test-time history); the mix was chosen with the training events' tables
-    events_only = neighbour_tables(trained.data, settings.neighbours, model.config.wide_l2)
+    config = model.config
+    events_only = neighbour_tables(trained.data, settings.neighbours, config.wide_l2, config.wide_cosine_share)
     assert model.config.wide_l2 in settings.wide_l2_grid  # EASE, its L2 chosen on validation
     assert not np.array_equal(kept, events_only.item_weight)
     model.set_neighbours(events_only)

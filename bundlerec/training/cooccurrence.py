@@ -56,15 +56,20 @@ def empty_tables(num_item_rows: int, num_bundle_rows: int, k: int) -> NeighbourT
 
 
 def neighbour_tables(
-    data: TrainingData, k: int, l2: float = 0.0, max_columns: int = MAX_DENSE_COLUMNS
+    data: TrainingData, k: int, l2: float = 0.0, cosine_share: float = 0.0, max_columns: int = MAX_DENSE_COLUMNS
 ) -> NeighbourTables:
-    """The tables of `data`: EASE with L2 regularization `l2` when it is positive, cosine when 0."""
+    """The tables of `data`: cosine when `l2` is 0; otherwise EASE with L2 regularization `l2`,
+    blended with `cosine_share` of the cosine tables (blend_tables)."""
+    if l2 <= 0:
+        return cosine_tables(data, k)
+    ease = ease_tables(data, k, l2, max_columns)
+    return blend_tables(ease, cosine_tables(data, k), cosine_share) if cosine_share > 0 else ease
+
+
+def cosine_tables(data: TrainingData, k: int) -> NeighbourTables:
     matrix = cooccurrence_matrix(data)
     n_items, n_bundles = data.vocabulary.num_item_rows, data.vocabulary.num_bundle_rows
     tables = empty_tables(n_items, n_bundles, k)
-    if l2 > 0:
-        _fill_ease(matrix, l2, max_columns, n_items, tables)
-        return tables
     norms = np.sqrt(np.asarray(matrix.sum(axis=0)).ravel())
     inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0).astype(np.float32)
     normalised = (matrix @ sp.diags(inverse)).tocsc()
@@ -72,6 +77,42 @@ def neighbour_tables(
     if n_bundles > FIRST_ID:
         _fill_cosine(normalised, normalised[:, n_items:], n_items, tables.bundle_index, tables.bundle_weight)
     return tables
+
+
+def ease_tables(data: TrainingData, k: int, l2: float, max_columns: int = MAX_DENSE_COLUMNS) -> NeighbourTables:
+    n_items, n_bundles = data.vocabulary.num_item_rows, data.vocabulary.num_bundle_rows
+    tables = empty_tables(n_items, n_bundles, k)
+    _fill_ease(cooccurrence_matrix(data), l2, max_columns, n_items, tables)
+    return tables
+
+
+def blend_tables(ease: NeighbourTables, cosine: NeighbourTables, cosine_share: float) -> NeighbourTables:
+    """EASE + cosine_share × cosine, each table divided by the root mean square of its weights, and
+    each column's k strongest of the sum kept. EASE discounts rare columns (their few
+    co-occurrences explain little), cosine favours them (its normalization), so the blend keeps
+    the accuracy of the one and most of the other's reach into the long tail."""
+    k = ease.item_index.shape[1]
+    out = NeighbourTables(*(np.zeros_like(table) for table in ease))
+    for kind in ("item", "bundle"):
+        e_index, e_weight = getattr(ease, f"{kind}_index"), getattr(ease, f"{kind}_weight")
+        if e_index.shape[1] == 0:
+            continue
+        c_index, c_weight = getattr(cosine, f"{kind}_index"), getattr(cosine, f"{kind}_weight")
+        size = int(max(e_index.max(), c_index.max())) + 1
+        summed = (_as_matrix(e_index, e_weight, size, 1.0) + _as_matrix(c_index, c_weight, size, cosine_share)).tocoo()
+        slot = rank_in_group(summed.row, np.abs(summed.data))
+        keep = (slot < k) & (summed.data != 0)
+        getattr(out, f"{kind}_index")[summed.row[keep], slot[keep]] = summed.col[keep]
+        getattr(out, f"{kind}_weight")[summed.row[keep], slot[keep]] = summed.data[keep]
+    return out
+
+
+def _as_matrix(index: np.ndarray, weight: np.ndarray, size: int, share: float) -> sp.csr_matrix:
+    present = weight != 0
+    scale = np.sqrt(np.mean(np.square(weight[present]))) if present.any() else 1.0
+    rows = np.broadcast_to(np.arange(len(index))[:, None], index.shape)[present]
+    data = (weight[present] * (share / scale)).astype(np.float32)
+    return sp.csr_matrix((data, (rows, index[present])), shape=(len(index), size))
 
 
 def cooccurrence_matrix(data: TrainingData) -> sp.csr_matrix:

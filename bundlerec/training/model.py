@@ -46,7 +46,8 @@ class ModelConfig:
     dropout: float = 0.3
     id_dropout: float = 0.1
     neighbours: int = 100  # co-occurrence neighbours per column (cooccurrence.py); 0 = none
-    wide_l2: float = 0.0  # how the tables were weighed: EASE's L2 regularization, 0 = cosine
+    wide_l2: float = 0.0  # how the tables were weighed: EASE's L2 regularization, 0 = cosine only
+    wide_cosine_share: float = 0.0  # and the share of cosine blended in (cooccurrence.blend_tables)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,6 +124,10 @@ class BundleRanker(nn.Module):
         for table in (self.event_type, self.recency, self.age):
             nn.init.normal_(table.weight, std=0.02)
         with torch.no_grad():
+            if config.text_dim:
+                # An item with text starts as its text and its id row learns what the text misses:
+                # a random row would drown the text of a rare item, which few updates ever move.
+                self.item_id.weight[self.item_text.abs().sum(-1) > 0] = 0.0
             self.item_id.weight[PAD].zero_()
             self.bundle_id.weight[PAD].zero_()
             self.event_type.weight[PAD].zero_()

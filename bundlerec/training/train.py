@@ -20,7 +20,13 @@ from bundlerec.datasets import Dataset
 from bundlerec.evaluation.metrics import evaluate_scorer
 from bundlerec.evaluation.protocol import EvalSplit, build_split
 from bundlerec.training import distributed
-from bundlerec.training.cooccurrence import NeighbourTables, neighbour_tables
+from bundlerec.training.cooccurrence import (
+    NeighbourTables,
+    blend_tables,
+    cosine_tables,
+    ease_tables,
+    neighbour_tables,
+)
 from bundlerec.training.data import (
     TrainingData,
     batches,
@@ -50,10 +56,11 @@ class TrainSettings:
     learning_rate: float = 5e-3
     negatives: int = 256
     neighbours: int = 100  # co-occurrence neighbours per item or bundle (cooccurrence.py); 0 = none
-    # how the co-occurrence part weighs a pair: "ease" (L2 chosen on validation from wide_l2_grid)
-    # or "cosine" (item-kNN)
+    # how the co-occurrence part weighs a pair: "ease" (blended with cosine; L2 and share chosen on
+    # validation from the grids) or "cosine" (item-kNN)
     wide: str = "ease"
     wide_l2_grid: tuple[float, ...] = (50.0, 200.0, 500.0, 1500.0)
+    wide_cosine_grid: tuple[float, ...] = (0.0, 0.3, 1.0, 3.0)  # share of cosine blended into EASE
     max_epochs: int = 40
     patience: int = 3  # epochs without a better validation metric before stopping
     validation_users: int = 2000  # a fixed sample keeps each epoch's validation cheap
@@ -192,7 +199,8 @@ def train(
         # the mix chosen above carries over.
         known = history_steps(dataset, data.vocabulary, build_split(dataset, "test").histories)
         with_valid = dataclasses.replace(data, histories=known)
-        model.set_neighbours(neighbour_tables(with_valid, settings.neighbours, model.config.wide_l2))
+        share = model.config.wide_cosine_share
+        model.set_neighbours(neighbour_tables(with_valid, settings.neighbours, model.config.wide_l2, share))
     distributed.stop(workers)
     return TrainedModel(model, data, settings, metric_name, validation, history, carved)
 
@@ -205,30 +213,38 @@ def choose_wide_tables(
     metric_name: str,
     progress: Progress,
 ) -> None:
-    """Fills the model's co-occurrence tables: cosine, or EASE with the L2 of `wide_l2_grid` whose
-    tables alone reach the best validation metric (ties keep the smaller; the chosen L2 is kept in
-    the model's config for the refit on next-item data and for the manifest)."""
+    """Fills the model's co-occurrence tables: cosine, or EASE blended with cosine, with the L2 of
+    `wide_l2_grid` and the share of `wide_cosine_grid` whose tables alone reach the best validation
+    metric (ties keep the earlier pair). The choice is kept in the model's config, for the refit on
+    next-item data and for the manifest."""
     model = scorer.model
     if settings.neighbours == 0:
         return
+    cosine = cosine_tables(data, settings.neighbours)
     if settings.wide == "cosine":
-        model.set_neighbours(neighbour_tables(data, settings.neighbours))
+        model.set_neighbours(cosine)
         return
     if settings.wide != "ease":
         raise ValueError(f"wide must be ease or cosine, got {settings.wide!r}")
-    best: tuple[float, float, NeighbourTables] | None = None
+    best: tuple[float, float, float, NeighbourTables] | None = None
     for l2 in settings.wide_l2_grid:
         started = time.monotonic()
-        tables = neighbour_tables(data, settings.neighbours, l2)
-        model.set_neighbours(tables)
-        metric = evaluate_scorer(split, _WideOnly(scorer), ks=(10, 20))[metric_name]
+        ease = ease_tables(data, settings.neighbours, l2)
         seconds = time.monotonic() - started
-        progress(f"co-occurrence EASE l2 {l2:g}: valid {metric_name} {metric:.4f} on its own  {seconds:.0f} s")
-        if best is None or metric > best[0]:
-            best = (metric, l2, tables)
+        for share in settings.wide_cosine_grid:
+            tables = blend_tables(ease, cosine, share) if share else ease
+            model.set_neighbours(tables)
+            metric = evaluate_scorer(split, _WideOnly(scorer), ks=(10, 20))[metric_name]
+            if best is None or metric > best[0]:
+                best = (metric, l2, share, tables)
+        progress(f"co-occurrence EASE l2 {l2:g} (inverted in {seconds:.0f} s): best valid {metric_name} {best[0]:.4f}")
     assert best is not None
-    model.set_neighbours(best[2])
-    model.config.wide_l2 = best[1]
+    metric, model.config.wide_l2, model.config.wide_cosine_share, tables = best
+    model.set_neighbours(tables)
+    progress(
+        f"co-occurrence part: EASE l2 {model.config.wide_l2:g} + {model.config.wide_cosine_share:g} cosine, "
+        f"valid {metric_name} {metric:.4f} on its own"
+    )
 
 
 @dataclass
