@@ -40,7 +40,7 @@ SERVICES = {
         "bundlerec.candidate.catalogue:MIGRATIONS",
     ),
     "ranker": ServiceEntry("bundlerec.ranker.settings:RankerSettings", "bundlerec.ranker.server:build"),
-    "gateway": ServiceEntry("bundlerec.runtime.settings:ServiceSettings", None),
+    "gateway": ServiceEntry("bundlerec.gateway.settings:GatewaySettings", "bundlerec.gateway.server:build"),
 }
 
 

@@ -155,6 +155,22 @@ async def test_sensitive_categories_hidden_without_consent(profile: ProfileServe
     assert {a.category for a in shown.affinities} == {"Outdoor > Hiking", "Health > Supplements"}
 
 
+async def test_purchased_items_cover_the_whole_history_newest_purchase_first(
+    profile: ProfileServer, user_id: str
+) -> None:
+    base = time.time() - 1000
+    bought = [event(user_id, f"old-{i}", kind=common_pb2.EVENT_TYPE_PURCHASE, at=base + i) for i in range(3)]
+    views = [event(user_id, f"seen-{i}", at=base + 10 + i) for i in range(60)]  # beyond the sequence
+    again = event(user_id, "old-0", kind=common_pb2.EVENT_TYPE_PURCHASE, at=base + 100)
+    bundle = event(user_id, "kit", kind=common_pb2.EVENT_TYPE_PURCHASE, target_type=common_pb2.TARGET_TYPE_BUNDLE)
+    pill = event(user_id, "pill", kind=common_pb2.EVENT_TYPE_PURCHASE, category="Health > Supplements", at=base + 50)
+    await record(profile, *bought, *views, again, bundle, pill)
+    got = await get_profile(profile, user_id, length=10)
+    assert list(got.purchased_item_ids) == ["old-0", "old-2", "old-1"]  # items only; sensitive only with consent
+    await profile.stub.SetConsent(profile_pb2.SetConsentRequest(user_id=user_id, sensitive_categories=True))
+    assert "pill" in (await get_profile(profile, user_id)).purchased_item_ids
+
+
 async def test_sensitive_filter_still_fills_the_requested_sequence(profile: ProfileServer, user_id: str) -> None:
     base = time.time() - 100
     normal = [event(user_id, f"book-{i}", category="Books", at=base + i) for i in range(3)]

@@ -47,6 +47,7 @@ class Profile:
     total_events: int
     first_event_at_us: int | None
     last_event_at_us: int | None
+    purchased_item_ids: list[str] = field(default_factory=list)  # most recent purchase first
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from bundlerec import validation
 from bundlerec.errors import InvalidArgument, NotFound
+from bundlerec.privacy import SensitiveCategories
 from bundlerec.profile.model import (
     EVENT_WEIGHTS,
     CategoryAffinity,
@@ -41,26 +42,6 @@ US_PER_SECOND = 1_000_000
 
 def now_us() -> int:
     return time.time_ns() // 1000
-
-
-class SensitiveCategories:
-    """Matches category paths against configured sensitive names (case-insensitive)."""
-
-    def __init__(self, entries: Sequence[str]) -> None:
-        self._paths = [self._levels(e) for e in entries if e.strip()]
-
-    @staticmethod
-    def _levels(path: str) -> tuple[str, ...]:
-        return tuple(level.strip().casefold() for level in path.split(">") if level.strip())
-
-    def __contains__(self, category: str) -> bool:
-        levels = self._levels(category)
-        for entry in self._paths:
-            if levels[: len(entry)] == entry:
-                return True
-            if len(entry) == 1 and entry[0] in levels:
-                return True
-        return False
 
 
 def _encode_token(kind: str, value: int) -> str:
@@ -129,6 +110,7 @@ class ProfileService:
             total_events=rows.total_events,
             first_event_at_us=rows.first_event_at_us,
             last_event_at_us=rows.last_event_at_us,
+            purchased_item_ids=rows.purchased_item_ids,
         )
 
     def _affinities(self, counted: list[tuple[str, EventType, int, int]], consent: Consent) -> list[CategoryAffinity]:

@@ -108,6 +108,7 @@ def profile_pb(p: Profile) -> profile_pb2.Profile:
         total_events=p.total_events,
         first_event_at=timestamp_pb(p.first_event_at_us),
         last_event_at=timestamp_pb(p.last_event_at_us),
+        purchased_item_ids=p.purchased_item_ids,
     )
 
 

@@ -42,6 +42,7 @@ class ProfileRows:
     last_event_at_us: int | None
     # The latest events with a category, counted by (category, type, day since the epoch).
     affinity: list[tuple[str, EventType, int, int]]
+    purchased_item_ids: list[str]  # items bought, most recent purchase first
 
 
 class ProfileStore(Protocol):
@@ -96,6 +97,17 @@ _latest = (
     .order_by(events_t.c.occurred_at_us.desc(), events_t.c.id.desc())
     .limit(bindparam("window"))
     .subquery()
+)
+_PURCHASED = (
+    select(events_t.c.target_id, events_t.c.category, func.max(events_t.c.occurred_at_us).label("last"))
+    .where(
+        events_t.c.user_id == bindparam("user_id"),
+        events_t.c.event_type == EventType.PURCHASE.value,
+        events_t.c.target_type == TargetType.ITEM.value,
+    )
+    .group_by(events_t.c.target_id, events_t.c.category)
+    .order_by(func.max(events_t.c.occurred_at_us).desc(), events_t.c.target_id)
+    .limit(bindparam("limit"))
 )
 _AFFINITY = select(_latest.c.category, _latest.c.event_type, _latest.c.day, func.count().label("n")).group_by(
     _latest.c.category, _latest.c.event_type, _latest.c.day
@@ -354,7 +366,13 @@ class SqlProfileStore:
     # -- reads ----------------------------------------------------------------------------
 
     async def profile_rows(
-        self, user_id: str, *, sequence_length: int, affinity_window: int, is_sensitive: Callable[[str], bool]
+        self,
+        user_id: str,
+        *,
+        sequence_length: int,
+        affinity_window: int,
+        is_sensitive: Callable[[str], bool],
+        max_purchased: int = 1000,
     ) -> ProfileRows | None:
         async def work(conn: AsyncConnection) -> ProfileRows | None:
             user_stats = (await conn.execute(_USER_STATS, {"user_id": user_id})).all()
@@ -365,6 +383,8 @@ class SqlProfileStore:
             keep = (lambda _: True) if consent.sensitive_categories else (lambda c: not is_sensitive(c))
             recent = await self._recent_events(conn, user_id, sequence_length, keep)
             by_day = await conn.execute(_AFFINITY, {"user_id": user_id, "window": affinity_window})
+            bought = await conn.execute(_PURCHASED, {"user_id": user_id, "limit": max_purchased})
+            purchased = list(dict.fromkeys(r.target_id for r in bought if keep(r.category)))
             return ProfileRows(
                 consent=consent,
                 recent_events=recent,
@@ -373,6 +393,7 @@ class SqlProfileStore:
                 first_event_at_us=min((r.first for r in stats), default=None),
                 last_event_at_us=max((r.last for r in stats), default=None),
                 affinity=[(r.category, EventType(r.event_type), r.day, r.n) for r in by_day],
+                purchased_item_ids=purchased,
             )
 
         return await db.read(self.engine, work)

@@ -1,0 +1,251 @@
+"""gRPC adapters of the pipeline's ports: one per downstream service, each translating protos to the
+gateway's domain and every failure to StageFailed. Every call carries a deadline.
+
+The candidate adapter also keeps a short-lived cache of catalogue items (title, category, brand,
+price, stock), so a page does not cost a catalogue read per request; stock changes reach the page
+within `catalogue_ttl_seconds`, and retrieval itself filters on live stock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+
+import grpc
+
+from bundlerec import errors
+from bundlerec.events import EventType
+from bundlerec.gateway.model import Found, HistoryStep, Requester, Retrieved, Source
+from bundlerec.gateway.page import PageItem
+from bundlerec.gateway.ports import CandidateQuery, StageFailed
+from bundlerec.v1 import (
+    candidate_pb2,
+    candidate_pb2_grpc,
+    common_pb2,
+    profile_pb2,
+    profile_pb2_grpc,
+    ranker_pb2,
+    ranker_pb2_grpc,
+)
+
+EVENT_TYPES = {
+    common_pb2.EVENT_TYPE_VIEW: EventType.VIEW,
+    common_pb2.EVENT_TYPE_CLICK: EventType.CLICK,
+    common_pb2.EVENT_TYPE_ADD_TO_CART: EventType.ADD_TO_CART,
+    common_pb2.EVENT_TYPE_PURCHASE: EventType.PURCHASE,
+    common_pb2.EVENT_TYPE_RATING: EventType.RATING,
+    common_pb2.EVENT_TYPE_LIKE: EventType.LIKE,
+}
+EVENT_TYPE_PB = {kind: pb for pb, kind in EVENT_TYPES.items()}
+SOURCES = {s.value: s for s in Source}
+MAX_GET_ITEMS = 1000  # GetItems' limit per call
+
+
+def failure(error: BaseException) -> StageFailed:
+    if isinstance(error, grpc.aio.AioRpcError):
+        code = error.code()
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return StageFailed("deadline_exceeded")
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+            return StageFailed("unavailable")
+        return StageFailed(f"error_{code.name.lower()}")
+    if isinstance(error, TimeoutError):
+        return StageFailed("deadline_exceeded")
+    return StageFailed("error")
+
+
+def target_pb(target_id: str, is_bundle: bool) -> common_pb2.TargetRef:
+    kind = common_pb2.TARGET_TYPE_BUNDLE if is_bundle else common_pb2.TARGET_TYPE_ITEM
+    return common_pb2.TargetRef(type=kind, id=target_id)
+
+
+class ProfileClient:
+    def __init__(self, channel: grpc.aio.Channel, history_length: int = 50) -> None:
+        self.stub = profile_pb2_grpc.ProfileServiceStub(channel)
+        self.history_length = history_length
+
+    async def requester(self, user_id: str, seconds: float) -> Requester:
+        request = profile_pb2.GetProfileRequest(user_id=user_id, sequence_length=self.history_length)
+        try:
+            profile = (await self.stub.GetProfile(request, timeout=seconds)).profile
+        except (grpc.aio.AioRpcError, TimeoutError) as error:
+            raise failure(error) from None
+        if not profile.consent.personalization:
+            return Requester(user_id, anonymous=False)  # nothing of the history is read
+        history = tuple(
+            HistoryStep(
+                target_id=e.target.id,
+                is_bundle=e.target.type == common_pb2.TARGET_TYPE_BUNDLE,
+                kind=EVENT_TYPES.get(e.type, EventType.VIEW),
+                at_us=e.timestamp.seconds * 1_000_000 + e.timestamp.nanos // 1000,
+                category=e.category,
+            )
+            for e in profile.recent_events
+        )
+        return Requester(
+            user_id,
+            anonymous=False,
+            personalized=True,
+            sensitive_allowed=profile.consent.sensitive_categories,
+            history=history,
+            affinities=tuple((a.category, a.score) for a in profile.affinities),
+            purchased=frozenset(profile.purchased_item_ids),
+        )
+
+
+class CandidateClient:
+    def __init__(self, channel: grpc.aio.Channel, catalogue_ttl_seconds: float = 30.0, max_cached: int = 200_000):
+        self.stub = candidate_pb2_grpc.CandidateServiceStub(channel)
+        self.ttl = catalogue_ttl_seconds
+        self.max_cached = max_cached
+        self._cache: dict[str, tuple[float, PageItem | None]] = {}
+
+    async def retrieve(self, query: CandidateQuery, seconds: float) -> Retrieved:
+        f = query.filter
+        request = candidate_pb2.RetrieveRequest(
+            recent=[
+                candidate_pb2.RecentInteraction(target=target_pb(s.target_id, s.is_bundle), type=EVENT_TYPE_PB[s.kind])
+                for s in query.recent
+            ],
+            anchor_item_id=query.anchor_item_id,
+            item_limit=query.item_limit,
+            bundle_limit=query.bundle_limit,
+            filter=candidate_pb2.CandidateFilter(
+                in_stock_only=f.in_stock_only,
+                include_categories=f.include_categories,
+                exclude_categories=f.exclude_categories,
+                include_brands=f.include_brands,
+                exclude_brands=f.exclude_brands,
+                min_price=f.min_price,
+                max_price=f.max_price,
+                exclude_item_ids=f.exclude_item_ids,
+                exclude_bundle_ids=f.exclude_bundle_ids,
+            ),
+            sources=[s.value for s in query.sources],
+        )
+        for n, step in enumerate(query.recent):
+            if step.at_us:
+                request.recent[n].timestamp.FromMicroseconds(step.at_us)
+        try:
+            response = await self.stub.Retrieve(request, timeout=seconds)
+        except (grpc.aio.AioRpcError, TimeoutError) as error:
+            raise failure(error) from None
+        return Retrieved(tuple(_found(c) for c in response.items), tuple(_found(c) for c in response.bundles))
+
+    async def items(self, item_ids: Sequence[str], seconds: float) -> Mapping[str, PageItem]:
+        now = time.monotonic()
+        out: dict[str, PageItem] = {}
+        missing = []
+        for item_id in dict.fromkeys(item_ids):
+            cached = self._cache.get(item_id)
+            if cached is not None and now - cached[0] < self.ttl:
+                if cached[1] is not None:
+                    out[item_id] = cached[1]
+            else:
+                missing.append(item_id)
+        chunks = [missing[n : n + MAX_GET_ITEMS] for n in range(0, len(missing), MAX_GET_ITEMS)]
+        try:
+            async with asyncio.timeout(seconds):
+                responses = await asyncio.gather(
+                    *(self.stub.GetItems(candidate_pb2.GetItemsRequest(item_ids=c), timeout=seconds) for c in chunks)
+                )
+        except (grpc.aio.AioRpcError, TimeoutError) as error:
+            raise failure(error) from None
+        if len(self._cache) + len(missing) > self.max_cached:
+            self._cache.clear()
+        for response in responses:
+            for pb in response.items:
+                item = PageItem(
+                    item_id=pb.item_id,
+                    title=pb.title,
+                    category=pb.category,
+                    brand=pb.brand,
+                    price=pb.price if pb.HasField("price") else None,
+                    in_stock=pb.availability.in_stock if pb.HasField("availability") else True,
+                )
+                out[item.item_id] = item
+                self._cache[item.item_id] = (now, item)
+            for item_id in response.missing_item_ids:
+                self._cache[item_id] = (now, None)
+        return out
+
+
+class RankerClient:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.stub = ranker_pb2_grpc.RankerServiceStub(channel)
+
+    async def rank(
+        self,
+        history: Sequence[HistoryStep],
+        candidates: Sequence[tuple[str, tuple[str, ...]]],
+        model_version: str,
+        seconds: float,
+    ) -> tuple[list[float], str]:
+        request = ranker_pb2.RankRequest(
+            sequence=[
+                ranker_pb2.SequenceStep(target=target_pb(s.target_id, s.is_bundle), type=EVENT_TYPE_PB[s.kind])
+                for s in history
+            ],
+            candidates=[ranker_pb2.BundleCandidate(bundle_id=b, item_ids=items) for b, items in candidates],
+            model_version=model_version,
+        )
+        for n, step in enumerate(history):
+            if step.at_us:
+                request.sequence[n].timestamp.FromMicroseconds(step.at_us)
+        try:
+            response = await self.stub.Rank(request, timeout=seconds)
+        except (grpc.aio.AioRpcError, TimeoutError) as error:
+            raise failure(error) from None
+        if len(response.scores) != len(candidates):
+            raise StageFailed("error")
+        return list(response.scores), response.model_version
+
+
+def _found(pb: candidate_pb2.Candidate) -> Found:
+    is_bundle = pb.target.type == common_pb2.TARGET_TYPE_BUNDLE
+    return Found(
+        target_id=pb.target.id,
+        is_bundle=is_bundle,
+        score=pb.score,
+        sources=frozenset(SOURCES[s] for s in pb.sources if s in SOURCES),
+        item_ids=tuple(pb.item_ids) if is_bundle else (pb.target.id,),
+    )
+
+
+class AccountsClient:
+    """The profile service's write side, for Track, SetUserConsent and ForgetUser. These do not
+    degrade: an event the profile service did not acknowledge is not accepted, so the caller gets
+    the error (UNAVAILABLE: retry; the event ids make the retry safe) and nothing is lost."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout_seconds: float = 5.0) -> None:
+        self.stub = profile_pb2_grpc.ProfileServiceStub(channel)
+        self.timeout = timeout_seconds
+
+    async def record_events(self, events: Sequence[common_pb2.Event]) -> profile_pb2.RecordEventsResponse:
+        return await self._call(self.stub.RecordEvents, profile_pb2.RecordEventsRequest(events=events))
+
+    async def set_consent(self, request: profile_pb2.SetConsentRequest) -> profile_pb2.SetConsentResponse:
+        return await self._call(self.stub.SetConsent, request)
+
+    async def delete_user(self, user_id: str) -> profile_pb2.DeleteUserResponse:
+        return await self._call(self.stub.DeleteUser, profile_pb2.DeleteUserRequest(user_id=user_id))
+
+    async def _call(self, method, request):  # type: ignore[no-untyped-def]
+        try:
+            return await method(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as error:
+            raise forwarded(error) from None
+
+
+def forwarded(error: grpc.aio.AioRpcError) -> errors.BundlerecError:
+    """A downstream error as the gateway's own: a bad field keeps its name (`events[3].timestamp`)."""
+    code, details = error.code(), error.details() or ""
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        field, _, problem = details.partition(": ")
+        return errors.InvalidArgument(field if problem else "request", problem or details or "is invalid")
+    if code == grpc.StatusCode.NOT_FOUND:
+        return errors.NotFound(details)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return errors.FailedPrecondition(details)
+    return errors.Unavailable("the profile service did not answer; retry (event ids make retries safe)")

@@ -1,0 +1,145 @@
+"""The gateway's domain: what a recommendation request asks and what a page holds. Plain data,
+no grpc. The other services' answers arrive here already translated by the adapters (clients.py)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from bundlerec.events import EventType
+from bundlerec.gateway.page import PageItem
+
+
+class Placement(enum.StrEnum):
+    UNSPECIFIED = "unspecified"
+    HOME = "home"
+    PRODUCT_PAGE = "product_page"
+    CART = "cart"
+    CHECKOUT = "checkout"
+    EMAIL = "email"
+
+
+class Stage(enum.StrEnum):
+    PROFILE = "profile"
+    CANDIDATES = "candidates"
+    RANKER = "ranker"
+    RULES = "rules"
+
+
+class Source(enum.IntEnum):
+    """Where a candidate came from (values match the API's CandidateSource)."""
+
+    VECTOR = 1
+    CO_OCCURRENCE = 2
+    POPULARITY = 3
+    ANCHOR = 4
+    BUNDLE_MEMBERSHIP = 5
+    TWO_TOWER = 6
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryStep:
+    """One event of the requester's history, newest last."""
+
+    target_id: str
+    is_bundle: bool
+    kind: EventType
+    at_us: int
+    category: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    """Who asks, as far as this request may know: nothing of the history unless `personalized`."""
+
+    user_id: str  # the user id, or the session id of an anonymous visitor
+    anonymous: bool
+    personalized: bool = False
+    sensitive_allowed: bool = False
+    history: tuple[HistoryStep, ...] = ()
+    affinities: tuple[tuple[str, float], ...] = ()  # (category path, score), strongest first
+    purchased: frozenset[str] = frozenset()  # items bought (the profile's whole record, not only `history`)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    placement: Placement = Placement.UNSPECIFIED
+    anchor_item_id: str = ""
+    cart_item_ids: tuple[str, ...] = ()
+    budget: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A candidate from retrieval: an item (a bundle of one) or a catalogue bundle."""
+
+    target_id: str
+    is_bundle: bool
+    score: float
+    sources: frozenset[Source]
+    item_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Retrieved:
+    items: tuple[Found, ...]
+    bundles: tuple[Found, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A bundle the ranker (or the fallback order) has scored: curated or built for this request."""
+
+    bundle_id: str  # "" for a bundle built for this request
+    items: tuple[PageItem, ...]
+    score: float
+    sources: frozenset[Source]
+    generated: bool
+    evidence: str = ""  # for explanations: the item of the requester's it was found through, if any
+
+
+@dataclass(frozen=True, slots=True)
+class Degradation:
+    stage: Stage
+    reason: str  # "deadline_exceeded", "unavailable", "circuit_open", "error"
+    fallback: str  # "candidate_order", "cached_popular", "anonymous"
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """One bundle of the page, as the caller receives it."""
+
+    bundle_id: str
+    items: tuple[PageItem, ...]
+    score: float
+    explanation: str
+    generated: bool
+    sources: frozenset[Source]
+
+    @property
+    def total_price(self) -> float:
+        return sum(item.price or 0.0 for item in self.items)
+
+
+@dataclass
+class Recommendation:
+    recommendation_id: str
+    bundles: list[Shown]
+    model_version: str
+    variant: str
+    personalized: bool
+    degraded: list[Degradation] = field(default_factory=list)
+    trace: Trace | None = None
+
+
+@dataclass
+class TraceStage:
+    stage: Stage
+    duration_ms: float
+    counters: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Trace:
+    stages: list[TraceStage] = field(default_factory=list)
+    actions: list = field(default_factory=list)  # page.RuleAction

@@ -1,0 +1,328 @@
+"""The recommendation pipeline: profile → candidates → bundles → ranker → rules → privacy → page.
+
+Each downstream stage runs under its share of the request's deadline and behind a circuit
+breaker; when one fails, the page is still made from what is left, and the response says which
+stage degraded and what stood in for it:
+- profile unavailable or late → the requester is treated as anonymous (nothing personal is used);
+- candidate service unavailable → the popular bundles the gateway keeps fresh (popular.py);
+- ranker unavailable or late → the candidate service's order.
+Only a bad request is an error. No grpc here: the stages are ports (ports.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from bundlerec.gateway.builder import BuildLimits, build_bundles, complements_first
+from bundlerec.gateway.experiments import Experiments
+from bundlerec.gateway.explain import explain, usable_evidence
+from bundlerec.gateway.impressions import ImpressionLog
+from bundlerec.gateway.model import (
+    Context,
+    Degradation,
+    Found,
+    Placement,
+    Recommendation,
+    Requester,
+    Retrieved,
+    Scored,
+    Shown,
+    Source,
+    Stage,
+    Trace,
+    TraceStage,
+)
+from bundlerec.gateway.page import PageBundle, PageItem, RuleAction, assemble_page
+from bundlerec.gateway.popular import PopularCache
+from bundlerec.gateway.ports import CandidateFilter, CandidatePort, CandidateQuery, ProfilePort, RankerPort, StageFailed
+from bundlerec.gateway.resilience import CircuitBreaker, Deadline
+from bundlerec.gateway.rules import EffectiveRules, RuleOverrides, Rules, RulesSource, effective_rules
+from bundlerec.privacy import SensitiveCategories
+
+log = logging.getLogger("bundlerec.gateway")
+ANCHORED_PLACEMENTS = (Placement.PRODUCT_PAGE, Placement.CART)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    deadline_seconds: float = 0.1
+    # shares of the deadline per stage; what is left after the ranker is for rules and the page
+    profile_share: float = 0.2
+    candidates_share: float = 0.4
+    ranker_share: float = 0.3
+    candidate_limit: int = 100  # items and bundles asked from retrieval
+    history_length: int = 50
+    build: BuildLimits = field(default_factory=BuildLimits)
+    sensitive: SensitiveCategories = field(default_factory=lambda: SensitiveCategories(()))
+    breaker_failures: int = 5
+    breaker_reset_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    user_id: str  # "" for an anonymous session
+    session_id: str
+    context: Context
+    page_size: int
+    overrides: RuleOverrides = field(default_factory=RuleOverrides)
+    debug: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.user_id or self.session_id
+
+
+class Recommender:
+    def __init__(
+        self,
+        profile: ProfilePort,
+        candidates: CandidatePort,
+        ranker: RankerPort,
+        rules: RulesSource,
+        popular: PopularCache,
+        impressions: ImpressionLog,
+        experiments: Experiments,
+        settings: PipelineSettings,
+    ) -> None:
+        self.profile, self.candidates, self.ranker = profile, candidates, ranker
+        self.rules, self.popular, self.impressions, self.experiments = rules, popular, impressions, experiments
+        self.settings = settings
+        self.breakers = {
+            stage: CircuitBreaker(stage.value, settings.breaker_failures, settings.breaker_reset_seconds)
+            for stage in (Stage.PROFILE, Stage.CANDIDATES, Stage.RANKER)
+        }
+
+    async def recommend(self, query: RecommendQuery) -> Recommendation:
+        s = self.settings
+        deadline = Deadline(s.deadline_seconds)
+        run = _Run(query, deadline, Trace() if query.debug else None)
+        rules = effective_rules(self.rules.current, query.overrides, query.context.budget)  # bad overrides: raise
+        variant = self.experiments.assign(query.key)
+
+        requester = Requester(query.key, anonymous=not query.user_id)
+        if query.user_id:
+            budget = deadline.budget(s.profile_share, reserve=s.candidates_share + s.ranker_share)
+            got = await self._call(
+                run, Stage.PROFILE, "anonymous", budget, lambda seconds: self.profile.requester(query.user_id, seconds)
+            )
+            if got is not None:
+                requester = got
+        history = requester.history[-s.history_length :] if requester.personalized else ()
+
+        anchor = self._anchor(query.context, requester)
+        retrieval = CandidateQuery(
+            recent=history,
+            anchor_item_id=anchor,
+            item_limit=s.candidate_limit,
+            bundle_limit=s.candidate_limit,
+            filter=_filter(rules),
+        )
+
+        async def retrieve_with_items(seconds: float) -> tuple[Retrieved, Mapping[str, PageItem]]:
+            started = time.monotonic()
+            found = await self.candidates.retrieve(retrieval, seconds)
+            ids = _item_ids(found, [anchor, *(h.target_id for h in history[-5:] if not h.is_bundle)])
+            return found, await self.candidates.items(ids, max(0.001, seconds - (time.monotonic() - started)))
+
+        budget = deadline.budget(s.candidates_share, reserve=s.ranker_share)
+        got_candidates = await self._call(run, Stage.CANDIDATES, "cached_popular", budget, retrieve_with_items)
+        found, catalogue = got_candidates if got_candidates is not None else self.popular.snapshot()
+        run.count(Stage.CANDIDATES, {"items": len(found.items), "bundles": len(found.bundles)})
+
+        unscored = self._bundles(found, catalogue, anchor, rules, run)
+        scored, version = unscored, ""
+        if unscored:
+            budget = deadline.budget(s.ranker_share, reserve=0.05)
+
+            async def rank(seconds: float) -> tuple[list[float], str]:
+                pairs = [(b.bundle_id, tuple(i.item_id for i in b.items)) for b in unscored]
+                return await self.ranker.rank(history, pairs, variant.model_version, seconds)
+
+            ranked = await self._call(run, Stage.RANKER, "candidate_order", budget, rank)
+            if ranked is not None:
+                scores, version = ranked
+                scored = [_with_score(b, score) for b, score in zip(unscored, scores, strict=True)]
+        scored = sorted(scored, key=lambda b: -b.score)  # stable: retrieval order among equals
+        if query.context.placement in ANCHORED_PLACEMENTS and anchor:
+            # a product page or cart shows what completes its item first ("complete the look")
+            scored = [b for b in scored if _holds(b, anchor)] + [b for b in scored if not _holds(b, anchor)]
+        scored = self._rotate(query.key, scored, run)
+
+        started = time.monotonic()
+        by_key = {_key(b.bundle_id, b.items): b for b in scored}
+        page = assemble_page(
+            [PageBundle(b.bundle_id, b.items, b.score, b.generated) for b in scored],
+            rules,
+            page_size=query.page_size,
+            purchased_item_ids=requester.purchased if requester.personalized else frozenset(),
+        )
+        shown = []
+        for bundle in page.bundles:
+            origin = by_key[_key(bundle.bundle_id, bundle.items)]
+            reason = explain(origin, requester, query.context, catalogue, s.sensitive)
+            shown.append(Shown(bundle.bundle_id, bundle.items, bundle.score, reason, bundle.generated, origin.sources))
+        if run.trace is not None:
+            run.trace.stages.append(TraceStage(Stage.RULES, (time.monotonic() - started) * 1000, {"page": len(shown)}))
+            run.trace.actions.extend(page.actions)
+        return Recommendation(
+            recommendation_id=uuid.uuid4().hex,
+            bundles=shown,
+            model_version=version,
+            variant=variant.name,
+            personalized=requester.personalized,
+            degraded=run.degraded,
+            trace=run.trace,
+        )
+
+    # ---- stages --------------------------------------------------------------------------
+    async def _call(
+        self, run: _Run, stage: Stage, fallback: str, budget: float, call: Callable[[float], Awaitable[T]]
+    ) -> T | None:
+        """Runs one stage under its breaker and budget; None (and a Degradation) when it failed."""
+        breaker = self.breakers[stage]
+        started = time.monotonic()
+        reason = ""
+        result: T | None = None
+        if not breaker.allow():
+            reason = "circuit_open"
+        elif budget <= 0.0005:
+            reason = "deadline_exceeded"
+        else:
+            try:
+                result = await call(budget)
+                breaker.succeeded()
+            except StageFailed as failure:
+                breaker.failed()
+                reason = failure.reason
+        if reason:
+            run.degraded.append(Degradation(stage, reason, fallback))
+            log.warning("stage degraded", extra={"fields": {"stage": stage.value, "reason": reason}})
+        if run.trace is not None:
+            run.trace.stages.append(TraceStage(stage, (time.monotonic() - started) * 1000))
+        return result
+
+    def _anchor(self, context: Context, requester: Requester) -> str:
+        """What built bundles grow around: the page's item, else the cart's newest, else (only when
+        personalized) the newest item of the history that is not in a sensitive category."""
+        if context.anchor_item_id:
+            return context.anchor_item_id
+        if context.cart_item_ids:
+            return context.cart_item_ids[-1]
+        if requester.personalized:
+            for step in reversed(requester.history):
+                if not step.is_bundle and usable_evidence(step.category, requester, self.settings.sensitive):
+                    return step.target_id
+        return ""
+
+    def _bundles(
+        self, found: Retrieved, catalogue: Mapping[str, PageItem], anchor: str, rules: EffectiveRules, run: _Run
+    ) -> list[Scored]:
+        """Curated bundles among the candidates, plus bundles built around the anchor, in fallback
+        order (retrieval score; a built bundle takes its best complement's)."""
+        out: list[Scored] = []
+        for bundle in found.bundles:
+            items = tuple(catalogue.get(i) or PageItem(i) for i in bundle.item_ids)
+            out.append(Scored(bundle.target_id, items, bundle.score, bundle.sources, generated=False))
+        seed = catalogue.get(anchor)
+        built = 0
+        if seed is not None:
+            ordered = complements_first([f for f in found.items if f.target_id in catalogue])
+            scores = {f.target_id: f for f in ordered}
+            limits = BuildLimits(
+                min_size=max(self.settings.build.min_size, rules.min_bundle_size),
+                max_size=min(self.settings.build.max_size, rules.max_bundle_size),
+                max_bundles=self.settings.build.max_bundles,
+                budget=rules.budget,
+            )
+            for members in build_bundles(seed, [catalogue[f.target_id] for f in ordered], limits, rules.in_stock_only):
+                parts = [scores[m.item_id] for m in members[1:]]
+                sources = frozenset().union(*(p.sources for p in parts)) | {Source.ANCHOR}
+                out.append(Scored("", members, max(p.score for p in parts), sources, generated=True, evidence=anchor))
+                built += 1
+        run.count(Stage.CANDIDATES, {"bundles.curated": len(found.bundles), "bundles.generated": built})
+        return out
+
+    def _rotate(self, key: str, scored: list[Scored], run: _Run) -> list[Scored]:
+        """Bundles this requester was shown many times without interacting score below every other
+        (in their own order), so fresh ones get the places; they still fill a page that needs them."""
+        tired = self.impressions.overexposed(key, [_key(b.bundle_id, b.items) for b in scored])
+        if not tired:
+            return scored
+        floor = min(b.score for b in scored) - 1.0
+        out, demoted = [], []
+        for bundle in scored:
+            if _key(bundle.bundle_id, bundle.items) in tired:
+                demoted.append(_with_score(bundle, floor - 1e-3 * len(demoted)))
+                if run.trace is not None:
+                    target = bundle.bundle_id or "+".join(i.item_id for i in bundle.items)
+                    run.trace.actions.append(
+                        RuleAction("rotation", "bundle", target, "moved_down", "shown often without interaction")
+                    )
+            else:
+                out.append(bundle)
+        return out + demoted
+
+
+@dataclass
+class _Run:
+    query: RecommendQuery
+    deadline: Deadline
+    trace: Trace | None
+    degraded: list[Degradation] = field(default_factory=list)
+
+    def count(self, stage: Stage, counters: Mapping[str, float]) -> None:
+        if self.trace is None:
+            return
+        for entry in self.trace.stages:
+            if entry.stage is stage:
+                entry.counters.update(counters)
+                return
+        self.trace.stages.append(TraceStage(stage, 0.0, dict(counters)))
+
+
+def bundle_key(bundle_id: str, item_ids: Sequence[str]) -> str:
+    """A catalogue bundle by its id; a built one by its sorted items (what impressions count)."""
+    return f"b:{bundle_id}" if bundle_id else "i:" + "|".join(sorted(item_ids))
+
+
+def _key(bundle_id: str, items: Sequence[PageItem]) -> str:
+    return bundle_key(bundle_id, [i.item_id for i in items])
+
+
+def _holds(bundle: Scored, item_id: str) -> bool:
+    return any(item.item_id == item_id for item in bundle.items)
+
+
+def _with_score(bundle: Scored, score: float) -> Scored:
+    return Scored(bundle.bundle_id, bundle.items, float(score), bundle.sources, bundle.generated, bundle.evidence)
+
+
+def _item_ids(found: Retrieved, extra: Sequence[str]) -> list[str]:
+    ids = dict.fromkeys(i for i in extra if i)
+    for candidate in (*found.items, *found.bundles):
+        ids.update(dict.fromkeys(candidate.item_ids or (candidate.target_id,)))
+    return list(ids)
+
+
+def _filter(rules: Rules) -> CandidateFilter:
+    """The rules the candidate service can apply during retrieval (the page applies all of them again)."""
+    return CandidateFilter(
+        in_stock_only=rules.in_stock_only,
+        include_categories=tuple(rules.include_categories),
+        exclude_categories=tuple(rules.exclude_categories),
+        include_brands=tuple(rules.include_brands),
+        exclude_brands=tuple(rules.exclude_brands),
+        min_price=rules.min_price,
+        max_price=rules.max_price,
+        exclude_item_ids=tuple(rules.blocklist_items),
+        exclude_bundle_ids=tuple(rules.blocklist_bundles),
+    )
+
+
+__all__ = ["Found", "PipelineSettings", "RecommendQuery", "Recommender", "bundle_key"]

@@ -1,0 +1,99 @@
+"""Assembles the gateway for the shared runtime: channels to the three services, the pipeline, and
+the background tasks that keep the rules and the popular fallback fresh."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+
+from bundlerec.gateway.builder import BuildLimits
+from bundlerec.gateway.clients import AccountsClient, CandidateClient, ProfileClient, RankerClient
+from bundlerec.gateway.experiments import Experiments
+from bundlerec.gateway.impressions import ImpressionLog
+from bundlerec.gateway.pipeline import PipelineSettings, Recommender
+from bundlerec.gateway.popular import PopularCache
+from bundlerec.gateway.rules import RulesError, RulesSource
+from bundlerec.gateway.servicer import GatewayServicer
+from bundlerec.gateway.settings import GatewaySettings
+from bundlerec.privacy import SensitiveCategories
+from bundlerec.runtime.server import ServiceParts
+from bundlerec.v1 import gateway_pb2, gateway_pb2_grpc
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["RecommendationService"].full_name
+
+
+@dataclass
+class Gateway:
+    servicer: GatewayServicer
+    impressions: ImpressionLog  # the gateway's only per-user state (erased with the user)
+    close: Callable[[], Awaitable[None]]
+
+    def parts(self) -> ServiceParts:
+        return ServiceParts(
+            name="gateway",
+            register=lambda server: gateway_pb2_grpc.add_RecommendationServiceServicer_to_server(self.servicer, server),
+            service_names=[SERVICE_NAME],
+            close=self.close,
+        )
+
+
+async def build(settings: GatewaySettings) -> ServiceParts:
+    return (await assemble(settings)).parts()
+
+
+async def assemble(settings: GatewaySettings) -> Gateway:
+    """A bad rules file stops the start (SystemExit naming the field); downstream services need not
+    be up: the gateway serves degraded pages until they are."""
+    try:
+        rules = RulesSource(settings.rules_file or None)
+    except RulesError as error:
+        raise SystemExit(f"bundlerec serve gateway: {error}") from None
+    channels = [
+        grpc.aio.insecure_channel(address)
+        for address in (settings.profile_address, settings.candidate_address, settings.ranker_address)
+    ]
+    profile_channel, candidate_channel, ranker_channel = channels
+    candidates = CandidateClient(candidate_channel, settings.catalogue_ttl_seconds)
+    popular = PopularCache(candidates, limit=settings.candidate_limit)
+    impressions = ImpressionLog(settings.rotate_after_impressions)
+    recommender = Recommender(
+        profile=ProfileClient(profile_channel, settings.history_length),
+        candidates=candidates,
+        ranker=RankerClient(ranker_channel),
+        rules=rules,
+        popular=popular,
+        impressions=impressions,
+        experiments=Experiments(salt=settings.experiment_salt, variants=tuple(settings.experiment_variants)),
+        settings=PipelineSettings(
+            deadline_seconds=settings.deadline_ms / 1000,
+            profile_share=settings.profile_share,
+            candidates_share=settings.candidates_share,
+            ranker_share=settings.ranker_share,
+            candidate_limit=settings.candidate_limit,
+            history_length=settings.history_length,
+            build=BuildLimits(max_size=settings.built_bundle_size, max_bundles=settings.built_bundles),
+            sensitive=SensitiveCategories(settings.sensitive_categories),
+            breaker_failures=settings.breaker_failures,
+            breaker_reset_seconds=settings.breaker_reset_seconds,
+        ),
+    )
+    servicer = GatewayServicer(recommender, AccountsClient(profile_channel), impressions)
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(popular.run(settings.popular_refresh_seconds, stop)),
+        asyncio.create_task(rules.watch(settings.rules_poll_seconds, stop)),
+    ]
+
+    async def close() -> None:
+        stop.set()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for channel in channels:
+            await channel.close()
+
+    return Gateway(servicer, impressions, close)

@@ -1,0 +1,211 @@
+"""gRPC face of the gateway: checks and translates proto ↔ domain, nothing else."""
+
+from __future__ import annotations
+
+import math
+
+from bundlerec import validation
+from bundlerec.errors import InvalidArgument
+from bundlerec.gateway.clients import AccountsClient
+from bundlerec.gateway.impressions import ImpressionLog
+from bundlerec.gateway.model import Context, Placement, Recommendation, Stage
+from bundlerec.gateway.page import PageItem
+from bundlerec.gateway.pipeline import Recommender, RecommendQuery, bundle_key
+from bundlerec.gateway.rules import RuleOverrides
+from bundlerec.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, profile_pb2
+
+MAX_PAGE = 50
+MAX_CART = 100
+MAX_TRACKED = 1000
+PLACEMENTS = {
+    gateway_pb2.PLACEMENT_UNSPECIFIED: Placement.UNSPECIFIED,
+    gateway_pb2.PLACEMENT_HOME: Placement.HOME,
+    gateway_pb2.PLACEMENT_PRODUCT_PAGE: Placement.PRODUCT_PAGE,
+    gateway_pb2.PLACEMENT_CART: Placement.CART,
+    gateway_pb2.PLACEMENT_CHECKOUT: Placement.CHECKOUT,
+    gateway_pb2.PLACEMENT_EMAIL: Placement.EMAIL,
+}
+STAGES_PB = {
+    Stage.PROFILE: gateway_pb2.STAGE_PROFILE,
+    Stage.CANDIDATES: gateway_pb2.STAGE_CANDIDATES,
+    Stage.RANKER: gateway_pb2.STAGE_RANKER,
+    Stage.RULES: gateway_pb2.STAGE_RULES,
+}
+
+
+def query_from_pb(pb: gateway_pb2.RecommendRequest) -> RecommendQuery:
+    validation.identifier("user_id", pb.user_id, required=False)
+    validation.identifier("session_id", pb.session_id, required=False)
+    if not pb.user_id and not pb.session_id:
+        raise InvalidArgument("user_id", "is required (or session_id for an anonymous visitor)")
+    placement = PLACEMENTS.get(pb.context.placement)
+    if placement is None:
+        raise InvalidArgument("context.placement", "is not a known placement")
+    validation.identifier("context.anchor_item_id", pb.context.anchor_item_id, required=False)
+    cart = validation.identifiers("context.cart_item_ids", pb.context.cart_item_ids, max_count=MAX_CART)
+    budget = None
+    if pb.context.HasField("budget"):
+        budget = validation.finite("context.budget", pb.context.budget)
+        if budget < 0:
+            raise InvalidArgument("context.budget", "must not be negative")
+    page_size = validation.page_size("page_size", pb.page_size, default=10, maximum=MAX_PAGE)
+    return RecommendQuery(
+        user_id=pb.user_id,
+        session_id=pb.session_id,
+        context=Context(placement, pb.context.anchor_item_id, tuple(cart), budget),
+        page_size=page_size,
+        overrides=overrides_from_pb(pb.overrides),
+        debug=pb.debug,
+    )
+
+
+def overrides_from_pb(pb: gateway_pb2.RuleOverrides) -> RuleOverrides:
+    """Present fields only; effective_rules() checks their values and names `overrides.<field>`."""
+
+    def opt(name: str):  # type: ignore[no-untyped-def]
+        value = getattr(pb, name) if pb.HasField(name) else None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidArgument(f"overrides.{name}", "must be a finite number")
+        return value
+
+    return RuleOverrides(
+        in_stock_only=opt("in_stock_only"),
+        max_per_brand=opt("max_per_brand"),
+        max_per_category=opt("max_per_category"),
+        diversity_weight=opt("diversity_weight"),
+        exclude_brands=tuple(pb.exclude_brands),
+        exclude_categories=tuple(pb.exclude_categories),
+        min_price=opt("min_price"),
+        max_price=opt("max_price"),
+        min_bundle_size=opt("min_bundle_size"),
+        max_bundle_size=opt("max_bundle_size"),
+    )
+
+
+def item_pb(item: PageItem) -> common_pb2.Item:
+    pb = common_pb2.Item(
+        item_id=item.item_id,
+        title=item.title,
+        category=item.category,
+        brand=item.brand,
+        availability=common_pb2.Availability(in_stock=item.in_stock),
+    )
+    if item.price is not None:
+        pb.price = item.price
+    return pb
+
+
+def recommendation_pb(r: Recommendation) -> gateway_pb2.RecommendResponse:
+    pb = gateway_pb2.RecommendResponse(
+        recommendation_id=r.recommendation_id,
+        bundles=[
+            gateway_pb2.RecommendedBundle(
+                bundle_id=b.bundle_id,
+                items=[item_pb(i) for i in b.items],
+                score=b.score,
+                explanation=b.explanation,
+                total_price=b.total_price,
+                generated=b.generated,
+                sources=sorted(s.value for s in b.sources),
+            )
+            for b in r.bundles
+        ],
+        model_version=r.model_version,
+        experiment_variant=r.variant,
+        degraded=[
+            gateway_pb2.Degradation(stage=STAGES_PB[d.stage], reason=d.reason, fallback=d.fallback) for d in r.degraded
+        ],
+        personalized=r.personalized,
+    )
+    if r.trace is not None:
+        pb.trace.stages.extend(
+            gateway_pb2.TraceStage(stage=STAGES_PB[t.stage], duration_ms=t.duration_ms, counters=t.counters)
+            for t in r.trace.stages
+        )
+        for action in r.trace.actions:
+            kind = common_pb2.TARGET_TYPE_BUNDLE if action.target_kind == "bundle" else common_pb2.TARGET_TYPE_ITEM
+            pb.trace.rule_actions.append(
+                gateway_pb2.RuleAction(
+                    rule=action.rule,
+                    target=common_pb2.TargetRef(type=kind, id=action.target_id),
+                    action=action.action,
+                    detail=action.detail,
+                )
+            )
+    return pb
+
+
+class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
+    def __init__(self, recommender: Recommender, accounts: AccountsClient, impressions: ImpressionLog) -> None:
+        self.recommender = recommender
+        self.accounts = accounts
+        self.impressions = impressions
+        self._impression_ids: dict[str, None] = {}  # recent impression ids, for idempotent retries
+
+    async def Recommend(
+        self, request: gateway_pb2.RecommendRequest, context: object
+    ) -> gateway_pb2.RecommendResponse:
+        return recommendation_pb(await self.recommender.recommend(query_from_pb(request)))
+
+    async def Track(self, request: gateway_pb2.TrackRequest, context: object) -> gateway_pb2.TrackResponse:
+        if len(request.events) > MAX_TRACKED:
+            raise InvalidArgument("events", f"has {len(request.events)} events; at most {MAX_TRACKED}")
+        if len(request.impressions) > MAX_TRACKED:
+            raise InvalidArgument("impressions", f"has {len(request.impressions)} impressions; at most {MAX_TRACKED}")
+        for n, impression in enumerate(request.impressions):  # all checked before anything is kept
+            field = f"impressions[{n}]"
+            validation.identifier(f"{field}.impression_id", impression.impression_id)
+            validation.identifier(f"{field}.user_id", impression.user_id)
+            validation.identifier(f"{field}.recommendation_id", impression.recommendation_id)
+            validation.identifier(f"{field}.bundle_id", impression.bundle_id, required=False)
+            validation.identifiers(f"{field}.item_ids", impression.item_ids, max_count=MAX_PAGE)
+            if not impression.bundle_id and not impression.item_ids:
+                raise InvalidArgument(f"{field}.item_ids", "is required for a generated bundle")
+            if impression.position < 0:
+                raise InvalidArgument(f"{field}.position", "must not be negative")
+        recorded = None
+        if request.events:
+            recorded = await self.accounts.record_events(request.events)
+            for event in request.events:
+                self.impressions.interacted(event.user_id, event.target.id)
+        counted = 0
+        for impression in request.impressions:
+            if impression.impression_id in self._impression_ids:
+                continue
+            self._remember(impression.impression_id)
+            key = bundle_key(impression.bundle_id, impression.item_ids)
+            self.impressions.shown(impression.user_id, key, impression.item_ids)
+            counted += 1
+        return gateway_pb2.TrackResponse(
+            events_recorded=recorded.recorded if recorded else 0,
+            events_duplicate=recorded.duplicates if recorded else 0,
+            events_anonymized=recorded.anonymized if recorded else 0,
+            impressions_recorded=counted,
+        )
+
+    async def SetUserConsent(
+        self, request: gateway_pb2.SetUserConsentRequest, context: object
+    ) -> gateway_pb2.SetUserConsentResponse:
+        validation.identifier("user_id", request.user_id)
+        forwarded = profile_pb2.SetConsentRequest(user_id=request.user_id)
+        if request.HasField("personalization"):
+            forwarded.personalization = request.personalization
+            if not request.personalization:
+                self.impressions.forget(request.user_id)
+        if request.HasField("sensitive_categories"):
+            forwarded.sensitive_categories = request.sensitive_categories
+        response = await self.accounts.set_consent(forwarded)
+        return gateway_pb2.SetUserConsentResponse(consent=response.consent)
+
+    async def ForgetUser(
+        self, request: gateway_pb2.ForgetUserRequest, context: object
+    ) -> gateway_pb2.ForgetUserResponse:
+        validation.identifier("user_id", request.user_id)
+        response = await self.accounts.delete_user(request.user_id)
+        shown = self.impressions.forget(request.user_id)
+        return gateway_pb2.ForgetUserResponse(existed=response.existed or shown)
+
+    def _remember(self, impression_id: str) -> None:
+        self._impression_ids[impression_id] = None
+        while len(self._impression_ids) > 1_000_000:
+            del self._impression_ids[next(iter(self._impression_ids))]

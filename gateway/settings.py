@@ -1,0 +1,62 @@
+"""Settings of the gateway (env prefix BUNDLEREC_GATEWAY_)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from bundlerec.gateway.experiments import Variant
+from bundlerec.runtime.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="BUNDLEREC_GATEWAY_")
+
+    port: int = Field(50050, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    metrics_port: int = Field(9100, ge=0, le=65535, description="Prometheus /metrics port; 0 disables it.")
+    profile_address: str = Field("127.0.0.1:50051", description="The profile service, host:port.")
+    candidate_address: str = Field("127.0.0.1:50052", description="The candidate service, host:port.")
+    ranker_address: str = Field("127.0.0.1:50053", description="The ranker service, host:port.")
+    deadline_ms: float = Field(
+        100.0, gt=0, le=60_000, description="One deadline for a whole Recommend call, split into stage budgets."
+    )
+    profile_share: float = Field(0.2, gt=0, lt=1, description="Share of the deadline for the profile read.")
+    candidates_share: float = Field(
+        0.4, gt=0, lt=1, description="Share of the deadline for retrieval and the catalogue read."
+    )
+    ranker_share: float = Field(0.3, gt=0, lt=1, description="Share of the deadline for ranking.")
+    candidate_limit: int = Field(100, ge=1, le=2000, description="Items and bundles asked of retrieval.")
+    history_length: int = Field(50, ge=0, le=1000, description="Most recent events of a profile that are used.")
+    built_bundle_size: int = Field(3, ge=2, le=5, description="Items of a bundle built for the request, at most.")
+    built_bundles: int = Field(10, ge=0, le=100, description="Bundles built per request around the anchor, at most.")
+    rules_file: str = Field("", description="Business rules (TOML, see gateway/rules.example.toml); empty: defaults.")
+    rules_poll_seconds: float = Field(2.0, gt=0, description="How often the rules file is checked for changes.")
+    popular_refresh_seconds: float = Field(
+        30.0, gt=0, description="How often the popular bundles kept for the candidate-service fallback refresh."
+    )
+    catalogue_ttl_seconds: float = Field(30.0, ge=0, description="How long catalogue item data is cached.")
+    breaker_failures: int = Field(5, ge=1, description="Consecutive failures of a stage that open its circuit.")
+    breaker_reset_seconds: float = Field(5.0, gt=0, description="How long an open circuit waits before a probe.")
+    rotate_after_impressions: int = Field(
+        5, ge=0, description="Impressions without interaction after which a bundle rotates down; 0: never."
+    )
+    sensitive_categories: list[str] = Field(
+        default_factory=lambda: ["Health", "Medical", "Adult", "Sexual Wellness", "Religion"],
+        description="Categories never used as evidence or named in explanations without consent (as the "
+        "profile service's). JSON list.",
+    )
+    experiment_salt: str = Field("bundlerec", description="Salt of the variant assignment hash.")
+    experiment_variants: list[Variant] = Field(
+        default_factory=list,
+        description='Experiment variants, JSON: [{"name": "a", "share": 0.5, "model_version": ""}, ...]; '
+        "shares sum to 1; empty: everyone in 'default'.",
+    )
+    user_hash_key: SecretStr = Field(
+        SecretStr(""), description="Key of the hash that stands for user ids in logs. Set a random secret."
+    )
+
+    @model_validator(mode="after")
+    def _shares_leave_room(self) -> GatewaySettings:
+        if self.profile_share + self.candidates_share + self.ranker_share > 1:
+            raise ValueError("profile_share + candidates_share + ranker_share must not exceed 1")
+        return self

@@ -1,0 +1,332 @@
+"""The gateway against the three real services (in-process servers on port 0, SQLite stores, the
+real sentence encoder, a real ONNX model trained on the demo shop)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from bundlerec.datasets import read_dataset
+from bundlerec.datasets.demo import generate_demo_shop
+from bundlerec.gateway.server import Gateway, assemble, build
+from bundlerec.gateway.settings import GatewaySettings
+from bundlerec.importer import ImportTargets, import_dataset
+from bundlerec.runtime.server import RunningServer, start_server
+from bundlerec.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from tests.conftest import ProfileServer, rows_mentioning, running_profile
+from tests.test_candidate import CandidateServer, running_candidate
+from tests.test_ranker_service import RankerServer, field_of, running_ranker
+
+torch = pytest.importorskip("torch", reason="training the test model needs the train extra (torch)")
+
+ITEM = common_pb2.TARGET_TYPE_ITEM
+
+
+@dataclass
+class Suite:
+    root: Path
+    catalogue_url: str
+    profile_url: str
+    models: Path
+    items: dict[str, tuple[str, str, float]]  # item id → (category, brand, price)
+    purchases: dict[str, set[str]]  # user → items bought
+
+
+@pytest.fixture(scope="module")
+async def suite(tmp_path_factory: pytest.TempPathFactory, encoder_dir: str) -> Suite:
+    from bundlerec.training.export import write_model_dir
+    from bundlerec.training.train import TrainSettings, train
+
+    root = tmp_path_factory.mktemp("gateway")
+    generate_demo_shop(root / "shop", seed=2, users=60, items=150, bundles=30)
+    targets = ImportTargets(
+        catalogue_url=f"sqlite:///{root / 'catalogue.sqlite3'}",
+        profile_url=f"sqlite:///{root / 'profile.sqlite3'}",
+        encoder_dir=encoder_dir,
+    )
+    await import_dataset(str(root / "shop"), targets, say=lambda _: None)
+    dataset = read_dataset(root / "shop")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    trained = functools.partial(train, progress=lambda _: None)(dataset, TrainSettings(max_epochs=1, dim=32), None)
+    torch.set_num_threads(threads)
+    write_model_dir(trained, root / "models", dataset_name="demo", text_encoder=None, curves=False)
+    purchases: dict[str, set[str]] = {}
+    for event in dataset.events:
+        if event.event_type == "purchase" and event.target_type == "item":
+            purchases.setdefault(event.user_id, set()).add(event.target_id)
+    items = {i.item_id: (i.category, i.brand, i.price or 0.0) for i in dataset.items.values()}
+    return Suite(root, targets.catalogue_url, targets.profile_url or "", root / "models", items, purchases)
+
+
+@dataclass
+class Running:
+    profile: ProfileServer
+    candidate: CandidateServer
+    ranker: RankerServer
+    gateway: Gateway
+    server: RunningServer
+    stub: gateway_pb2_grpc.RecommendationServiceStub
+
+
+@contextlib.asynccontextmanager
+async def running_suite(suite: Suite, encoder_dir: str, **gateway: object) -> AsyncIterator[Running]:
+    async with (
+        running_profile(suite.profile_url) as profile,
+        running_candidate(suite.catalogue_url, encoder_dir) as candidate,
+        running_ranker(suite.models) as ranker,
+    ):
+        values: dict[str, object] = {
+            "port": 0,
+            "metrics_port": 0,
+            "profile_address": profile.address,
+            "candidate_address": f"127.0.0.1:{candidate.running.port}",
+            "ranker_address": f"127.0.0.1:{ranker.running.port}",
+            "deadline_ms": 5000,  # the machine is shared with training jobs; deadlines are tested apart
+            "health_interval_seconds": 0.2,
+            **gateway,
+        }
+        settings = GatewaySettings(**values)  # type: ignore[arg-type]
+        assembled = await assemble(settings)
+        server = await start_server(settings, assembled.parts())
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        stub = gateway_pb2_grpc.RecommendationServiceStub(channel)
+        try:
+            yield Running(profile, candidate, ranker, assembled, server, stub)
+        finally:
+            await channel.close()
+            await server.stop()
+
+
+@pytest.fixture(scope="module")
+async def shop(suite: Suite, encoder_dir: str) -> AsyncIterator[Running]:
+    async with running_suite(suite, encoder_dir) as running:
+        yield running
+
+
+def buyer(suite: Suite) -> str:
+    return max(sorted(suite.purchases), key=lambda u: len(suite.purchases[u]))
+
+
+async def recommend(stub: gateway_pb2_grpc.RecommendationServiceStub, **fields: object):  # type: ignore[no-untyped-def]
+    return await stub.Recommend(gateway_pb2.RecommendRequest(**fields))  # type: ignore[arg-type]
+
+
+def event(user: str, item: str, kind: int = common_pb2.EVENT_TYPE_VIEW, category: str = "") -> common_pb2.Event:
+    return common_pb2.Event(
+        event_id=uuid.uuid4().hex,
+        user_id=user,
+        type=kind,
+        target=common_pb2.TargetRef(type=ITEM, id=item),
+        category=category,
+    )
+
+
+async def test_a_known_user_gets_a_personalized_page_that_respects_the_default_rules(
+    shop: Running, suite: Suite
+) -> None:
+    user = buyer(suite)
+    response = await recommend(shop.stub, user_id=user, page_size=8)
+    assert response.personalized and not response.degraded
+    assert response.model_version and response.recommendation_id and response.experiment_variant == "default"
+    assert 0 < len(response.bundles) <= 8
+    seen: set[str] = set()
+    for bundle in response.bundles:
+        ids = [i.item_id for i in bundle.items]
+        assert not seen & set(ids), "an item repeated across bundles"
+        seen.update(ids)
+        assert not set(ids) & suite.purchases[user], "an item the user already bought"
+        assert all(i.availability.in_stock for i in bundle.items)
+        assert 1 <= len(ids) <= 5 and bundle.explanation
+        assert bundle.total_price == pytest.approx(sum(suite.items[i][2] for i in ids))
+
+
+async def test_a_product_page_leads_with_a_bundle_of_its_item(shop: Running, suite: Suite) -> None:
+    anchor = next(i for i, (category, _, _) in suite.items.items() if category.startswith("Electronics > Phones"))
+    context = gateway_pb2.RecommendContext(placement=gateway_pb2.PLACEMENT_PRODUCT_PAGE, anchor_item_id=anchor)
+    response = await recommend(shop.stub, session_id="visitor-1", context=context, page_size=10, debug=True)
+    assert anchor in [i.item_id for i in response.bundles[0].items]
+    assert "you're looking at" in response.bundles[0].explanation
+    counters = {k: v for s in response.trace.stages for k, v in s.counters.items()}
+    assert counters["bundles.generated"] > 0
+    for bundle in (b for b in response.bundles if b.generated):
+        categories = [suite.items[i.item_id][0] for i in bundle.items]
+        assert bundle.items[0].item_id == anchor and 2 <= len(bundle.items) <= 3
+        assert len(set(categories)) == len(categories), "two items of one category in a built bundle"
+    assert not response.personalized
+    stages = {s.stage for s in response.trace.stages}
+    assert {gateway_pb2.STAGE_CANDIDATES, gateway_pb2.STAGE_RANKER, gateway_pb2.STAGE_RULES} <= stages
+    plain = await recommend(shop.stub, session_id="visitor-1", context=context, page_size=10)
+    assert not plain.HasField("trace")
+
+
+async def test_a_budget_caps_every_bundle(shop: Running, suite: Suite) -> None:
+    anchor = next(i for i, (_, _, price) in suite.items.items() if 20 < price < 60)
+    context = gateway_pb2.RecommendContext(anchor_item_id=anchor, budget=120.0)
+    response = await recommend(shop.stub, user_id=buyer(suite), context=context, page_size=10)
+    assert response.bundles
+    assert all(b.total_price <= 120.0 + 1e-6 for b in response.bundles)
+
+
+async def test_overrides_exclude_brands_and_bad_requests_name_the_field(shop: Running, suite: Suite) -> None:
+    user = buyer(suite)
+    first = await recommend(shop.stub, user_id=user, page_size=10)
+    brand = first.bundles[0].items[0].brand
+    overrides = gateway_pb2.RuleOverrides(exclude_brands=[brand])
+    again = await recommend(shop.stub, user_id=user, page_size=10, overrides=overrides)
+    assert all(i.brand != brand for b in again.bundles for i in b.items)
+    bad = [
+        ({}, "user_id"),
+        ({"user_id": user, "page_size": 51}, "page_size"),
+        ({"user_id": user, "overrides": gateway_pb2.RuleOverrides(diversity_weight=2.0)}, "overrides.diversity_weight"),
+        ({"user_id": user, "context": gateway_pb2.RecommendContext(budget=-1.0)}, "context.budget"),
+        ({"user_id": "x" * 300}, "user_id"),
+    ]
+    for fields, name in bad:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await recommend(shop.stub, **fields)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field_of(caught.value) == name
+
+
+async def test_tracked_events_change_the_next_page_and_bad_events_are_refused_whole(
+    shop: Running, suite: Suite
+) -> None:
+    user = f"new-{uuid.uuid4().hex[:8]}"
+    before = await recommend(shop.stub, user_id=user, page_size=5)
+    camera = [i for i, (category, _, _) in suite.items.items() if "Camera" in category or "Phone" in category][:3]
+    events = [event(user, item, kind, suite.items[item][0]) for item in camera for kind in (1, 2, 3)]
+    tracked = await shop.stub.Track(gateway_pb2.TrackRequest(events=events))
+    assert tracked.events_recorded == len(events)
+    after = await recommend(shop.stub, user_id=user, page_size=5)
+    assert [b.bundle_id or tuple(i.item_id for i in b.items) for b in after.bundles] != [
+        b.bundle_id or tuple(i.item_id for i in b.items) for b in before.bundles
+    ]
+    assert any("you" in b.explanation for b in after.bundles)  # evidence from the new history
+    broken = [event(user, camera[0]), common_pb2.Event(event_id="e1", user_id=user, type=1)]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await shop.stub.Track(gateway_pb2.TrackRequest(events=broken))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field_of(caught.value) == "events[1].target"
+    again = await shop.stub.Track(gateway_pb2.TrackRequest(events=events))  # a retry is not counted twice
+    assert again.events_duplicate == len(events) and again.events_recorded == 0
+
+
+async def test_without_consent_nothing_personal_is_used_and_erasure_leaves_nothing(shop: Running, suite: Suite) -> None:
+    user = f"private-{uuid.uuid4().hex[:8]}"
+    item = next(iter(suite.items))
+    await shop.stub.Track(gateway_pb2.TrackRequest(events=[event(user, item, 4, suite.items[item][0])]))
+    assert (await recommend(shop.stub, user_id=user)).personalized
+    await shop.stub.SetUserConsent(gateway_pb2.SetUserConsentRequest(user_id=user, personalization=False))
+    page = await recommend(shop.stub, user_id=user, page_size=10)
+    assert not page.personalized
+    assert all("you " not in b.explanation.replace("you're", "") for b in page.bundles)
+
+    other = f"erased-{uuid.uuid4().hex[:8]}"
+    await shop.stub.Track(gateway_pb2.TrackRequest(events=[event(other, item, 4, suite.items[item][0])]))
+    shown = (await recommend(shop.stub, user_id=other)).bundles[0]
+    impression = gateway_pb2.Impression(
+        impression_id=uuid.uuid4().hex,
+        user_id=other,
+        recommendation_id="r1",
+        bundle_id=shown.bundle_id,
+        item_ids=[i.item_id for i in shown.items],
+    )
+    await shop.stub.Track(gateway_pb2.TrackRequest(impressions=[impression]))
+    assert (await shop.stub.ForgetUser(gateway_pb2.ForgetUserRequest(user_id=other))).existed
+    assert await rows_mentioning(suite.profile_url, other) == {}
+    assert other not in shop.gateway.impressions
+    fresh = await recommend(shop.stub, user_id=other, page_size=10)
+    assert all("bought" not in b.explanation for b in fresh.bundles)  # treated as new: no history
+
+
+async def test_a_bundle_shown_many_times_without_interaction_rotates_down(suite: Suite, encoder_dir: str) -> None:
+    async with running_suite(suite, encoder_dir, rotate_after_impressions=2) as running:
+        user = buyer(suite)
+        first = await recommend(running.stub, user_id=user, page_size=5)
+        top = first.bundles[0]
+        for _ in range(2):
+            shown = gateway_pb2.Impression(
+                impression_id=uuid.uuid4().hex,
+                user_id=user,
+                recommendation_id=first.recommendation_id,
+                bundle_id=top.bundle_id,
+                item_ids=[i.item_id for i in top.items],
+            )
+            await running.stub.Track(gateway_pb2.TrackRequest(impressions=[shown]))
+        later = await recommend(running.stub, user_id=user, page_size=5)
+        keys = [(b.bundle_id, tuple(i.item_id for i in b.items)) for b in later.bundles]
+        assert (top.bundle_id, tuple(i.item_id for i in top.items)) not in keys[:1]
+
+
+async def test_each_failing_stage_degrades_the_page_instead_of_failing_it(suite: Suite, encoder_dir: str) -> None:
+    user = buyer(suite)
+    async with running_suite(suite, encoder_dir, popular_refresh_seconds=0.2, breaker_failures=2) as running:
+        healthy = await recommend(running.stub, user_id=user, page_size=5)
+        assert not healthy.degraded and healthy.personalized
+
+        await running.ranker.running.stop()
+        page = await recommend(running.stub, user_id=user, page_size=5)
+        assert [(d.stage, d.fallback) for d in page.degraded] == [(gateway_pb2.STAGE_RANKER, "candidate_order")]
+        assert page.bundles and not page.model_version
+
+        await running.candidate.running.stop()
+        page = await recommend(running.stub, user_id=user, page_size=5)
+        fallbacks = {(d.stage, d.fallback) for d in page.degraded}
+        assert (gateway_pb2.STAGE_CANDIDATES, "cached_popular") in fallbacks
+        assert page.bundles, "the popular bundles kept by the gateway stand in"
+
+        await running.profile.running.stop()
+        for _ in range(3):  # the third call finds the profile circuit open
+            page = await recommend(running.stub, user_id=user, page_size=5)
+        reasons = {d.stage: d.reason for d in page.degraded}
+        assert reasons[gateway_pb2.STAGE_PROFILE] == "circuit_open"
+        assert not page.personalized and page.bundles
+
+
+async def test_a_corrupt_rules_file_stops_the_start(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text("max_per_brand = 'two'\n")
+    with pytest.raises(SystemExit, match="max_per_brand"):
+        await build(GatewaySettings(port=0, metrics_port=0, rules_file=str(rules)))
+
+
+async def test_rules_file_blocklist_applies_and_a_bad_edit_keeps_the_old_rules(
+    suite: Suite, encoder_dir: str, tmp_path: Path
+) -> None:
+    user = buyer(suite)
+    rules = tmp_path / "rules.toml"
+    rules.write_text("")
+    async with running_suite(suite, encoder_dir, rules_file=str(rules), rules_poll_seconds=0.05) as running:
+        first = await recommend(running.stub, user_id=user, page_size=5)
+        blocked = first.bundles[0].items[0].item_id
+        rules.write_text(f'blocklist_items = ["{blocked}"]\n')
+        await _until(lambda: _blocked(running, user, blocked))
+        rules.write_text("blocklist_items = 42\n")  # a bad edit: the old rules stay
+        await asyncio.sleep(0.3)
+        page = await recommend(running.stub, user_id=user, page_size=5)
+        assert all(i.item_id != blocked for b in page.bundles for i in b.items)
+
+
+async def _blocked(running: Running, user: str, item: str) -> bool:
+    page = await recommend(running.stub, user_id=user, page_size=5)
+    return all(i.item_id != item for b in page.bundles for i in b.items)
+
+
+async def _until(check, seconds: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
