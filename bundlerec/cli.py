@@ -1,4 +1,5 @@
-"""The `bundlerec` command: serve, migrate, import, train, evaluate, demo.
+"""The `bundlerec` command: serve, migrate, import, train, evaluate, demo, and the gateway's client
+commands recommend, track and forget.
 
 `bundlerec serve SERVICE --help` lists that service's settings; each is also read from the
 environment as BUNDLEREC_<SERVICE>_<SETTING> (for example BUNDLEREC_PROFILE_DATABASE_URL).
@@ -17,6 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from pydantic_settings import CliApp
 
+from bundlerec.client import add_client_commands, run_client_command
 from bundlerec.runtime.logs import configure_logging
 from bundlerec.runtime.settings import ServiceSettings
 
@@ -178,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         training.add_evaluation_options(
             commands.add_parser("evaluate", help="full-ranking evaluation against baselines (needs the train extra)")
         )
+    add_client_commands(commands)
     demo = commands.add_parser("demo", help="run the product on embedded defaults and show what it does")
     demo.add_argument("--workdir", default="var/demo", help="where the demo keeps its database (default: var/demo)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's data from an earlier run")
@@ -196,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return training.run_train(args)
     if args.command == "evaluate":
         return training.run_evaluate(args)
+    if args.command in ("recommend", "track", "forget"):
+        return run_client_command(args)
     if args.command == "demo-data":
         from bundlerec.datasets.demo import generate_demo_shop
 

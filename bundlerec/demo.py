@@ -1,158 +1,200 @@
-"""The main job on embedded defaults: run the profile service on SQLite, feed it demo behaviour,
-and show what it keeps.
+"""The main job on embedded defaults: the whole product, end to end, on one machine.
 
-Runs the service as a separate process, exactly as `bundlerec serve profile` would in
-production, and talks to it only over gRPC.
+Generates the demo shop, imports it (catalogue and events, SQLite), trains a small ranker, starts
+the four services as separate processes on localhost exactly as `bundlerec serve NAME` runs them
+in production, shows recommendations with their explanations, records new behaviour for one
+shopper through the gateway and shows that shopper's next page change, then stops everything with
+SIGTERM. Everything it writes is under the work directory (default var/demo).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bundlerec.v1 import common_pb2, profile_pb2, profile_pb2_grpc
+from bundlerec.client import print_page, recommend_request, view_event
+from bundlerec.v1 import gateway_pb2, gateway_pb2_grpc
 
-# A small shop: categories with items, and shoppers with a favourite category each.
-CATALOGUE = {
-    "Outdoor > Hiking": ["trail boots", "rain shell", "trekking poles", "day pack", "headlamp"],
-    "Electronics > Cameras": ["mirrorless camera", "35mm lens", "tripod", "SD card", "camera bag"],
-    "Kitchen > Coffee": ["burr grinder", "pour-over kettle", "filter papers", "espresso beans", "scale"],
-    "Health > Supplements": ["vitamin D", "omega-3", "magnesium"],
-}
-SHOPPERS = {"alice": "Outdoor > Hiking", "bob": "Electronics > Cameras", "carol": "Kitchen > Coffee"}
-FUNNEL = [
-    (common_pb2.EVENT_TYPE_VIEW, 1.0),
-    (common_pb2.EVENT_TYPE_CLICK, 0.6),
-    (common_pb2.EVENT_TYPE_ADD_TO_CART, 0.35),
-    (common_pb2.EVENT_TYPE_PURCHASE, 0.2),
-]
-TYPE_NAMES = {v: k.removeprefix("EVENT_TYPE_").lower() for k, v in common_pb2.EventType.items()}
+SERVICES = ("profile", "candidate", "ranker", "gateway")
+ENCODER_DIR = "var/bundlerec/encoder"  # shared with `bundlerec encoder export` and training
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
 
 def _free_port() -> int:
+    import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def demo_events(seed: int = 7) -> list[common_pb2.Event]:
-    """Sessions of view → click → add_to_cart → purchase, mostly in each shopper's favourite."""
-    rng = random.Random(seed)
-    start = int(time.time()) - 14 * 86_400
-    events = []
-    for user, favourite in SHOPPERS.items():
-        clock = start
-        for session in range(6):
-            category = favourite if rng.random() < 0.75 else rng.choice(list(CATALOGUE))
-            item = rng.randrange(len(CATALOGUE[category]))
-            for kind, chance in FUNNEL:
-                if rng.random() > chance:
-                    break
-                clock += rng.randint(20, 600)
-                events.append(
-                    common_pb2.Event(
-                        event_id=f"demo-{user}-{session}-{kind}",
-                        user_id=user,
-                        type=kind,
-                        target=common_pb2.TargetRef(type=common_pb2.TARGET_TYPE_ITEM, id=f"{category}/{item}"),
-                        timestamp={"seconds": clock},
-                        category=category,
-                        context={"placement": "home"},
-                    )
-                )
-            clock += rng.randint(3_600, 86_400)
-    return events
-
-
-def _item_title(target_id: str) -> str:
-    category, _, index = target_id.rpartition("/")
-    return CATALOGUE[category][int(index)]
-
-
-def _wait_ready(channel: grpc.Channel, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    stub = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the profile service exited with code {process.returncode}")
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the profile service did not become ready in time")
-
-
-def _print_profile(profile: profile_pb2.Profile) -> None:
-    print(
-        f"  user {profile.user_id}: {profile.total_events} events kept, personalization "
-        f"{'allowed' if profile.consent.personalization else 'NOT allowed'}"
-    )
-    counts = ", ".join(f"{TYPE_NAMES[c.type]} {c.count}" for c in profile.counts)
-    print(f"    counts:      {counts or '-'}")
-    affinities = ", ".join(f"{a.category} {a.score:.2f}" for a in profile.affinities[:3])
-    print(f"    affinities:  {affinities or '-'}")
-    recent = ", ".join(f"{TYPE_NAMES[e.type]} {_item_title(e.target.id)}" for e in profile.recent_events[-4:])
-    print(f"    latest:      {recent or '-'}")
+def _step(number: int, text: str) -> None:
+    print(f"[{number}/7] {text}", flush=True)
 
 
 def run_demo(workdir: str, *, keep: bool = False) -> int:
-    root = Path(workdir)
+    root = Path(workdir).resolve()
     if root.exists() and not keep:
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    database = f"sqlite:///{(root / 'profile.sqlite3').resolve()}"
-    print(f"[1/4] starting the profile service on 127.0.0.1:{port} (SQLite: {root / 'profile.sqlite3'})")
+    started = time.monotonic()
+    shop = root / "shop"
+    catalogue_url = f"sqlite:///{root / 'catalogue.sqlite3'}"
+    profile_url = f"sqlite:///{root / 'profile.sqlite3'}"
+
+    _step(1, f"generating the demo shop in {shop}")
+    from bundlerec.datasets.demo import generate_demo_shop
+
+    if not (shop / "dataset.json").is_file():
+        generate_demo_shop(shop, seed=1, users=300, items=600, bundles=120)
+    _step(2, "exporting the sentence encoder and importing the shop (catalogue + events, SQLite)")
+    from bundlerec.importer import ImportTargets, import_dataset
+    from bundlerec.training.text import ensure_encoder
+
+    ensure_encoder(Path(ENCODER_DIR))
+    targets = ImportTargets(catalogue_url=catalogue_url, profile_url=profile_url, encoder_dir=ENCODER_DIR)
+    asyncio.run(import_dataset(str(shop), targets, say=lambda line: print(f"      {line}", flush=True)))
+
+    _step(3, "training a small ranker (PyTorch, exported to ONNX)")
+    models = root / "models"
+    if not any(models.glob("*/manifest.json")):
+        train = [sys.executable, "-m", "bundlerec.cli", "train", "--data", str(shop), "--out", str(models)]
+        train += ["--epochs", "4", "--dim", "32", "--encoder-dir", ENCODER_DIR]
+        if subprocess.run(train, check=False).returncode != 0:
+            print("training failed", file=sys.stderr)
+            return 1
+
+    _step(4, "starting the profile, candidate, ranker and gateway services as separate processes")
+    ports = {name: _free_port() for name in SERVICES}
     env = {
-        **os.environ,
-        "BUNDLEREC_PROFILE_DATABASE_URL": database,
-        "BUNDLEREC_PROFILE_PORT": str(port),
-        "BUNDLEREC_PROFILE_METRICS_PORT": "0",
-        "BUNDLEREC_PROFILE_LOG_FORMAT": "text",
-        "BUNDLEREC_PROFILE_LOG_LEVEL": "warning",
+        "BUNDLEREC_PROFILE_DATABASE_URL": profile_url,
+        "BUNDLEREC_CANDIDATE_DATABASE_URL": catalogue_url,
+        "BUNDLEREC_CANDIDATE_ENCODER_DIR": ENCODER_DIR,
+        "BUNDLEREC_CANDIDATE_INDEX_DIR": str(root / "index"),
+        "BUNDLEREC_CANDIDATE_MODELS_DIR": str(models),
+        "BUNDLEREC_RANKER_MODELS_DIR": str(models),
+        "BUNDLEREC_RANKER_CATALOGUE_DATABASE_URL": catalogue_url,
+        "BUNDLEREC_GATEWAY_PROFILE_ADDRESS": f"127.0.0.1:{ports['profile']}",
+        "BUNDLEREC_GATEWAY_CANDIDATE_ADDRESS": f"127.0.0.1:{ports['candidate']}",
+        "BUNDLEREC_GATEWAY_RANKER_ADDRESS": f"127.0.0.1:{ports['ranker']}",
+        # a fresh machine is still warming up (imports, first model runs): a roomier deadline than
+        # the 100 ms default keeps the demo's pages whole
+        "BUNDLEREC_GATEWAY_DEADLINE_MS": "500",
+        "BUNDLEREC_GATEWAY_RULES_FILE": str(Path(__file__).resolve().parent.parent / "gateway" / "rules.example.toml"),
     }
-    process = subprocess.Popen([sys.executable, "-m", "bundlerec.cli", "serve", "profile"], env=env)
+    services: list[Service] = []
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            _wait_ready(channel, process)
-            stub = profile_pb2_grpc.ProfileServiceStub(channel)
-            events = demo_events()
-            reply = stub.RecordEvents(profile_pb2.RecordEventsRequest(events=events), timeout=10)
-            print(
-                f"[2/4] recorded {reply.recorded} demo events for {len(SHOPPERS)} shoppers "
-                f"({reply.duplicates} duplicates)"
-            )
-            retry = stub.RecordEvents(profile_pb2.RecordEventsRequest(events=events), timeout=10)
-            print(
-                f"      the same batch again (a client retry): {retry.recorded} recorded, "
-                f"{retry.duplicates} duplicates -- ingestion is idempotent"
-            )
-            print("[3/4] profiles:")
-            for user in SHOPPERS:
-                _print_profile(stub.GetProfile(profile_pb2.GetProfileRequest(user_id=user), timeout=5).profile)
-            consent = stub.SetConsent(profile_pb2.SetConsentRequest(user_id="carol", personalization=False), timeout=5)
-            print(f"[4/4] carol withdraws personalization consent: {consent.events_erased} events erased")
-            _print_profile(stub.GetProfile(profile_pb2.GetProfileRequest(user_id="carol"), timeout=5).profile)
-            popular = stub.ListPopularTargets(
-                profile_pb2.ListPopularTargetsRequest(target_type=common_pb2.TARGET_TYPE_ITEM, page_size=3), timeout=5
-            )
-            names = ", ".join(f"{_item_title(t.target.id)} ({t.score:.1f})" for t in popular.targets)
-            print(f"      popular items (anonymous aggregates, carol's behaviour still counted): {names}")
+        for name in SERVICES:
+            services.append(_start(name, ports[name], env))
+            _wait_serving(services[-1])
+            print(f"      {name} serving on {services[-1].address}", flush=True)
+        gateway = services[-1]
+        with grpc.insecure_channel(gateway.address) as channel:
+            _show(gateway_pb2_grpc.RecommendationServiceStub(channel), shop)
     finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=30)
-    print(f"the profile service shut down cleanly (exit code {code})" if code == 0 else f"service exit code {code}")
-    return 0 if code == 0 else 1
+        codes = _stop(services)
+    clean = all(code == 0 for code in codes.values())
+    summary = ", ".join(f"{name} {code}" for name, code in codes.items())
+    print(f"[7/7] stopped with SIGTERM: exit codes {summary}; {time.monotonic() - started:.0f} s in all", flush=True)
+    return 0 if clean else 1
+
+
+def _show(stub: gateway_pb2_grpc.RecommendationServiceStub, shop: Path) -> None:
+    from bundlerec.datasets import read_dataset
+
+    dataset = read_dataset(shop)
+    active = Counter(e.user_id for e in dataset.events)
+    users = [user for user, _ in active.most_common(3)]
+    _step(5, "recommendations through the gateway (profile -> candidates -> ranker -> rules)")
+    for user in users:
+        print(f"    {user} on the home page:", flush=True)
+        print_page(stub.Recommend(recommend_request(user=user, page_size=3), timeout=10), sys.stdout, "      ")
+    anchor = next(iter(dataset.bundles.values())).item_ids[0]
+    title = dataset.items[anchor].title
+    print(f"    an anonymous visitor on the product page of {title!r}:", flush=True)
+    request = recommend_request(session="visitor-1", placement="product_page", anchor=anchor, page_size=3)
+    print_page(stub.Recommend(request, timeout=10), sys.stdout, "      ")
+
+    user = users[-1]
+    seen = {e.target_id for e in dataset.events if e.user_id == user}
+    categories = Counter(dataset.items[i].category for i in seen if i in dataset.items)
+    fresh = [i for i in dataset.items.values() if i.category not in categories and i.item_id not in seen]
+    chosen = [i for i in fresh if i.category == fresh[0].category][:3]
+    _step(6, f"{user} looks at {len(chosen)} items of {chosen[0].category!r}, new to them; their next page:")
+    before = stub.Recommend(recommend_request(user=user, page_size=3), timeout=10)
+    events = [view_event(user, i.item_id, kind, i.category) for i in chosen for kind in ("view", "click")]
+    events.append(view_event(user, chosen[0].item_id, "add_to_cart", chosen[0].category))
+    reply = stub.Track(gateway_pb2.TrackRequest(events=events), timeout=10)
+    print(f"      tracked {reply.events_recorded} events", flush=True)
+    after = stub.Recommend(recommend_request(user=user, page_size=3), timeout=10)
+    print_page(after, sys.stdout, "      ")
+    changed = [b.bundle_id for b in before.bundles] != [b.bundle_id for b in after.bundles] or [
+        [i.item_id for i in b.items] for b in before.bundles
+    ] != [[i.item_id for i in b.items] for b in after.bundles]
+    print(f"      the page {'changed' if changed else 'did NOT change'} after the new events", flush=True)
+
+
+def _start(name: str, port: int, env: dict[str, str]) -> Service:
+    prefix = f"BUNDLEREC_{name.upper()}_"
+    full = {
+        **os.environ,
+        **env,
+        f"{prefix}PORT": str(port),
+        f"{prefix}METRICS_PORT": "0",
+        f"{prefix}LOG_FORMAT": "text",
+        f"{prefix}LOG_LEVEL": "error",
+    }
+    process = subprocess.Popen([sys.executable, "-m", "bundlerec.cli", "serve", name], env=full)
+    return Service(name, port, process)
+
+
+def _wait_serving(service: Service, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(service.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if service.process.poll() is not None:
+                raise SystemExit(f"the {service.name} service exited with code {service.process.returncode}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise SystemExit(f"the {service.name} service was not serving after {timeout:.0f} s")
+
+
+def _stop(services: list[Service]) -> dict[str, int]:
+    for service in reversed(services):
+        if service.process.poll() is None:
+            service.process.send_signal(signal.SIGTERM)
+    codes = {}
+    for service in services:
+        try:
+            codes[service.name] = service.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            service.process.kill()
+            codes[service.name] = service.process.wait()
+    return codes

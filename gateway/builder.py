@@ -3,9 +3,11 @@ newest item) plus complementary items among the retrieved candidates.
 
 A complement is an item of another category than every member so far (a phone gets a case and a
 charger, not a second phone), in stock, that keeps the bundle within the budget and is not a
-near-duplicate of a member (same category, or titles sharing most of their words). Complements
-found through the seed itself (the candidate service's anchor source) come first, then those
-bought together with the requester's items, then the rest in retrieval order. Each further bundle
+near-duplicate of a member (same category, or titles sharing most of their words). It must also be
+related to the seed: found through the seed itself (the candidate service's anchor source: bought
+with it, or similar items of other categories), or of the seed's department (the first level of
+its category path), so that a phone never gets dog food. Anchor complements come first, then
+those bought together with the requester's items, then the rest, in retrieval order. Each further bundle
 starts its search one complement later, so the built bundles differ rather than repeat one set.
 The ranker then scores them like any curated bundle.
 """
@@ -43,11 +45,20 @@ def complements_first(found: Sequence[Found]) -> list[Found]:
     return sorted(found, key=group)  # stable: retrieval order within a group
 
 
+def related(seed: PageItem, candidate: Found, item: PageItem) -> bool:
+    """Whether a candidate may complete a bundle of `seed`: an anchor complement, or same department."""
+    return Source.ANCHOR in candidate.sources or department(item.category) == department(seed.category) != ""
+
+
+def department(category: str) -> str:
+    return category.split(">", 1)[0].strip().casefold()
+
+
 def build_bundles(
     seed: PageItem, candidates: Sequence[PageItem], limits: BuildLimits, in_stock_only: bool = True
 ) -> list[tuple[PageItem, ...]]:
     """Up to `limits.max_bundles` distinct bundles of `seed` plus complements from `candidates`
-    (already in the order to try them)."""
+    (related ones, already in the order to try them)."""
     if limits.max_size < 2 or (in_stock_only and not seed.in_stock):
         return []
     if limits.budget is not None and (seed.price or 0.0) > limits.budget:

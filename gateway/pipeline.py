@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from bundlerec.gateway.builder import BuildLimits, build_bundles, complements_first
+from bundlerec.gateway.builder import BuildLimits, build_bundles, complements_first, related
 from bundlerec.gateway.experiments import Experiments
 from bundlerec.gateway.explain import explain, usable_evidence
 from bundlerec.gateway.impressions import ImpressionLog
@@ -232,7 +232,9 @@ class Recommender:
         seed = catalogue.get(anchor)
         built = 0
         if seed is not None:
-            ordered = complements_first([f for f in found.items if f.target_id in catalogue])
+            ordered = complements_first(
+                [f for f in found.items if f.target_id in catalogue and related(seed, f, catalogue[f.target_id])]
+            )
             scores = {f.target_id: f for f in ordered}
             limits = BuildLimits(
                 min_size=max(self.settings.build.min_size, rules.min_bundle_size),

@@ -26,6 +26,14 @@ from bundlerec.v1 import gateway_pb2, gateway_pb2_grpc
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["RecommendationService"].full_name
 
 
+async def _connect(channels: list[grpc.aio.Channel], seconds: float = 2.0) -> None:
+    """Opens the connections before the first request, whose budget would otherwise pay for them;
+    a service that is not up yet is no reason to wait longer (its stage degrades until it is)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await asyncio.gather(*(channel.channel_ready() for channel in channels))
+
+
 @dataclass
 class Gateway:
     servicer: GatewayServicer
@@ -82,6 +90,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         ),
     )
     servicer = GatewayServicer(recommender, AccountsClient(profile_channel), impressions)
+    await _connect(channels)
     stop = asyncio.Event()
     tasks = [
         asyncio.create_task(popular.run(settings.popular_refresh_seconds, stop)),

@@ -1,0 +1,126 @@
+"""`bundlerec recommend`, `track` and `forget`: a running gateway from the command line (and the
+demo's way of talking to it). Only the gateway's public API is used."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from collections.abc import Sequence
+from typing import TextIO
+
+import grpc
+from google.protobuf import json_format
+
+from bundlerec.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+
+DEFAULT_GATEWAY = "127.0.0.1:50050"
+EVENT_TYPES = {"view": 1, "click": 2, "add_to_cart": 3, "purchase": 4, "like": 6}
+PLACEMENTS = {"home": 1, "product_page": 2, "cart": 3, "checkout": 4, "email": 5}
+STAGES = {v: k.removeprefix("STAGE_").lower() for k, v in gateway_pb2.Stage.items()}
+
+
+def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    recommend = commands.add_parser("recommend", help="ask a running gateway for a page of bundles")
+    who = recommend.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a user id")
+    who.add_argument("--session", help="an anonymous session id")
+    recommend.add_argument("--placement", choices=sorted(PLACEMENTS), default="home")
+    recommend.add_argument("--anchor", default="", help="the item on the page (complete the look)")
+    recommend.add_argument("--budget", type=float, help="most total price of a bundle")
+    recommend.add_argument("--page-size", type=int, default=5)
+    recommend.add_argument("--debug", action="store_true", help="print the gateway's trace of every stage")
+    recommend.add_argument("--json", action="store_true", help="print the response as JSON")
+    track = commands.add_parser("track", help="send one behaviour event through a running gateway")
+    track.add_argument("--user", required=True)
+    track.add_argument("--item", required=True, help="the item id")
+    track.add_argument("--type", choices=sorted(EVENT_TYPES), default="view")
+    track.add_argument("--category", default="", help="the item's category path")
+    forget = commands.add_parser("forget", help="erase a user everywhere the suite keeps data")
+    forget.add_argument("--user", required=True)
+    for parser in (recommend, track, forget):
+        parser.add_argument("--gateway", default=DEFAULT_GATEWAY, help="host:port (default: %(default)s)")
+        parser.add_argument("--timeout", type=float, default=5.0, help="seconds (default: %(default)s)")
+
+
+def run_client_command(args: argparse.Namespace) -> int:
+    with grpc.insecure_channel(args.gateway) as channel:
+        stub = gateway_pb2_grpc.RecommendationServiceStub(channel)
+        try:
+            if args.command == "recommend":
+                request = recommend_request(
+                    user=args.user or "",
+                    session=args.session or "",
+                    placement=args.placement,
+                    anchor=args.anchor,
+                    budget=args.budget,
+                    page_size=args.page_size,
+                    debug=args.debug,
+                )
+                response = stub.Recommend(request, timeout=args.timeout)
+                if args.json:
+                    print(json_format.MessageToJson(response, preserving_proto_field_name=True))
+                else:
+                    print_page(response, sys.stdout)
+            elif args.command == "track":
+                event = view_event(args.user, args.item, args.type, args.category)
+                reply = stub.Track(gateway_pb2.TrackRequest(events=[event]), timeout=args.timeout)
+                print(json.dumps(json_format.MessageToDict(reply, preserving_proto_field_name=True)))
+            else:
+                reply = stub.ForgetUser(gateway_pb2.ForgetUserRequest(user_id=args.user), timeout=args.timeout)
+                print(f"{args.user}: {'erased' if reply.existed else 'nothing was kept'}")
+        except grpc.RpcError as error:
+            print(f"bundlerec {args.command}: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            return 1
+    return 0
+
+
+def recommend_request(
+    *,
+    user: str = "",
+    session: str = "",
+    placement: str = "home",
+    anchor: str = "",
+    budget: float | None = None,
+    page_size: int = 5,
+    debug: bool = False,
+) -> gateway_pb2.RecommendRequest:
+    context = gateway_pb2.RecommendContext(placement=PLACEMENTS[placement], anchor_item_id=anchor)
+    if budget is not None:
+        context.budget = budget
+    return gateway_pb2.RecommendRequest(
+        user_id=user, session_id=session, context=context, page_size=page_size, debug=debug
+    )
+
+
+def view_event(user: str, item: str, kind: str = "view", category: str = "") -> common_pb2.Event:
+    return common_pb2.Event(
+        event_id=uuid.uuid4().hex,
+        user_id=user,
+        type=EVENT_TYPES[kind],
+        target=common_pb2.TargetRef(type=common_pb2.TARGET_TYPE_ITEM, id=item),
+        category=category,
+    )
+
+
+def print_page(response: gateway_pb2.RecommendResponse, out: TextIO, indent: str = "  ", limit: int = 0) -> None:
+    mode = "personalized" if response.personalized else "not personalized"
+    version = response.model_version or "none (ranker not used)"
+    print(f"{indent}{mode}; model {version}; variant {response.experiment_variant}", file=out)
+    for d in response.degraded:
+        print(f"{indent}degraded: {STAGES.get(d.stage, d.stage)} ({d.reason}) -> {d.fallback}", file=out)
+    for n, bundle in enumerate(response.bundles[: limit or None], 1):
+        kind = "built for you" if bundle.generated else bundle.bundle_id
+        print(f"{indent}{n}. [{kind}] {bundle.total_price:.2f}  - {bundle.explanation}", file=out)
+        for item in bundle.items:
+            print(f"{indent}     {item.title or item.item_id}  ({item.category})", file=out)
+    if response.HasField("trace"):
+        for stage in response.trace.stages:
+            counters = ", ".join(f"{k} {v:g}" for k, v in sorted(stage.counters.items()))
+            print(f"{indent}trace {STAGES.get(stage.stage)}: {stage.duration_ms:.1f} ms {counters}", file=out)
+        for action in response.trace.rule_actions:
+            print(f"{indent}rule {action.rule}: {action.action} {action.target.id} ({action.detail})", file=out)
+
+
+__all__: Sequence[str] = ["add_client_commands", "print_page", "recommend_request", "run_client_command"]
