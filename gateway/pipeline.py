@@ -149,9 +149,11 @@ class Recommender:
                 scores, version = ranked
                 scored = [_with_score(b, score) for b, score in zip(unscored, scores, strict=True)]
         scored = sorted(scored, key=lambda b: -b.score)  # stable: retrieval order among equals
-        if query.context.placement in ANCHORED_PLACEMENTS and anchor:
-            # a product page or cart shows what completes its item first ("complete the look")
-            scored = [b for b in scored if _holds(b, anchor)] + [b for b in scored if not _holds(b, anchor)]
+        if query.context.placement in ANCHORED_PLACEMENTS and anchor and scored:
+            # a product page or cart shows what completes its item first ("complete the look"): the
+            # bundles holding it score above every other (the page orders by score, then diversity)
+            lift = max(b.score for b in scored) - min(b.score for b in scored) + 1.0
+            scored = [_with_score(b, b.score + lift) if _holds(b, anchor) else b for b in scored]
         scored = self._rotate(query.key, scored, run)
 
         started = time.monotonic()
