@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from bundlerec.gateway import metrics
 from bundlerec.gateway.builder import BuildLimits, build_bundles, complements_first, related
 from bundlerec.gateway.experiments import Experiments
 from bundlerec.gateway.explain import explain, usable_evidence
@@ -40,7 +41,7 @@ from bundlerec.gateway.model import (
 from bundlerec.gateway.page import PageBundle, PageItem, RuleAction, assemble_page
 from bundlerec.gateway.popular import PopularCache
 from bundlerec.gateway.ports import CandidateFilter, CandidatePort, CandidateQuery, ProfilePort, RankerPort, StageFailed
-from bundlerec.gateway.resilience import CircuitBreaker, Deadline
+from bundlerec.gateway.resilience import BreakerState, CircuitBreaker, Deadline
 from bundlerec.gateway.rules import EffectiveRules, RuleOverrides, Rules, RulesSource, effective_rules
 from bundlerec.privacy import SensitiveCategories
 
@@ -169,6 +170,10 @@ class Recommender:
             origin = by_key[_key(bundle.bundle_id, bundle.items)]
             reason = explain(origin, requester, query.context, catalogue, s.sensitive)
             shown.append(Shown(bundle.bundle_id, bundle.items, bundle.score, reason, bundle.generated, origin.sources))
+        metrics.STAGE_LATENCY.labels(Stage.RULES.value).observe(time.monotonic() - started)
+        metrics.PAGES.labels(variant.name, str(requester.personalized).lower()).inc()
+        for bundle in shown:
+            metrics.PAGE_BUNDLES.labels("generated" if bundle.generated else "curated").inc()
         if run.trace is not None:
             run.trace.stages.append(TraceStage(Stage.RULES, (time.monotonic() - started) * 1000, {"page": len(shown)}))
             run.trace.actions.extend(page.actions)
@@ -191,6 +196,7 @@ class Recommender:
         started = time.monotonic()
         reason = ""
         result: T | None = None
+        before = breaker.state
         if not breaker.allow():
             reason = "circuit_open"
         elif budget <= 0.0005:
@@ -202,11 +208,18 @@ class Recommender:
             except StageFailed as failure:
                 breaker.failed()
                 reason = failure.reason
+        now = breaker.state
+        opened = now is BreakerState.OPEN and before is BreakerState.CLOSED
+        if opened or (now is BreakerState.CLOSED and before is not BreakerState.CLOSED):
+            # one line per change of state, not per request: an outage must not flood the logs
+            level = logging.WARNING if breaker.state is BreakerState.OPEN else logging.INFO
+            log.log(level, f"circuit {breaker.state.value}", extra={"fields": {"stage": stage.value, "reason": reason}})
         if reason:
             run.degraded.append(Degradation(stage, reason, fallback))
-            log.warning("stage degraded", extra={"fields": {"stage": stage.value, "reason": reason}})
+            metrics.DEGRADED.labels(stage.value, reason).inc()
         if run.trace is not None:
             run.trace.stages.append(TraceStage(stage, (time.monotonic() - started) * 1000))
+        metrics.STAGE_LATENCY.labels(stage.value).observe(time.monotonic() - started)
         return result
 
     def _anchor(self, context: Context, requester: Requester) -> str:

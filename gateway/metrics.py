@@ -1,0 +1,29 @@
+"""The gateway's Prometheus metrics, beside the per-RPC ones every service has."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from bundlerec.runtime.metrics import LATENCY_BUCKETS
+
+STAGE_LATENCY = Histogram(
+    "bundlerec_gateway_stage_duration_seconds",
+    "Time a Recommend call spent in each stage (profile, candidates, ranker, rules).",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+DEGRADED = Counter(
+    "bundlerec_gateway_degraded_total",
+    "Stages that failed or were skipped in a Recommend call, by stage and reason; each was replaced by a fallback.",
+    ["stage", "reason"],
+)
+PAGES = Counter(
+    "bundlerec_gateway_pages_total",
+    "Pages served, by experiment variant and whether they were personalized.",
+    ["variant", "personalized"],
+)
+PAGE_BUNDLES = Counter(
+    "bundlerec_gateway_page_bundles_total",
+    "Bundles shown on pages: curated (from the catalogue) or generated (built for the request).",
+    ["kind"],
+)
