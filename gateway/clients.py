@@ -18,7 +18,7 @@ from bundlerec import errors
 from bundlerec.events import EventType
 from bundlerec.gateway.model import Found, HistoryStep, Requester, Retrieved, Source
 from bundlerec.gateway.page import PageItem
-from bundlerec.gateway.ports import CandidateQuery, StageFailed
+from bundlerec.gateway.ports import CandidateFilter, CandidateQuery, StageFailed
 from bundlerec.v1 import (
     candidate_pb2,
     candidate_pb2_grpc,
@@ -101,8 +101,25 @@ class CandidateClient:
         self.max_cached = max_cached
         self._cache: dict[str, tuple[float, PageItem | None]] = {}
 
+    async def search_text(
+        self, text: str, limit: int, item_filter: CandidateFilter, seconds: float
+    ) -> list[tuple[PageItem, float]]:
+        request = candidate_pb2.SearchTextRequest(query=text, limit=limit, filter=filter_pb(item_filter))
+        try:
+            response = await self.stub.SearchText(request, timeout=seconds)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise forwarded(error) from None  # the caller's query or filter, not an outage
+            raise failure(error) from None
+        except TimeoutError as error:
+            raise failure(error) from None
+        found = [(page_item(r.item), r.score) for r in response.results]
+        now = time.monotonic()
+        for item, _ in found:
+            self._cache[item.item_id] = (now, item)
+        return found
+
     async def retrieve(self, query: CandidateQuery, seconds: float) -> Retrieved:
-        f = query.filter
         request = candidate_pb2.RetrieveRequest(
             recent=[
                 candidate_pb2.RecentInteraction(target=target_pb(s.target_id, s.is_bundle), type=EVENT_TYPE_PB[s.kind])
@@ -111,17 +128,7 @@ class CandidateClient:
             anchor_item_id=query.anchor_item_id,
             item_limit=query.item_limit,
             bundle_limit=query.bundle_limit,
-            filter=candidate_pb2.CandidateFilter(
-                in_stock_only=f.in_stock_only,
-                include_categories=f.include_categories,
-                exclude_categories=f.exclude_categories,
-                include_brands=f.include_brands,
-                exclude_brands=f.exclude_brands,
-                min_price=f.min_price,
-                max_price=f.max_price,
-                exclude_item_ids=f.exclude_item_ids,
-                exclude_bundle_ids=f.exclude_bundle_ids,
-            ),
+            filter=filter_pb(query.filter),
             sources=[s.value for s in query.sources],
         )
         for n, step in enumerate(query.recent):
@@ -156,14 +163,7 @@ class CandidateClient:
             self._cache.clear()
         for response in responses:
             for pb in response.items:
-                item = PageItem(
-                    item_id=pb.item_id,
-                    title=pb.title,
-                    category=pb.category,
-                    brand=pb.brand,
-                    price=pb.price if pb.HasField("price") else None,
-                    in_stock=pb.availability.in_stock if pb.HasField("availability") else True,
-                )
+                item = page_item(pb)
                 out[item.item_id] = item
                 self._cache[item.item_id] = (now, item)
             for item_id in response.missing_item_ids:
@@ -200,6 +200,31 @@ class RankerClient:
         if len(response.scores) != len(candidates):
             raise StageFailed("error")
         return list(response.scores), response.model_version
+
+
+def page_item(pb: common_pb2.Item) -> PageItem:
+    return PageItem(
+        item_id=pb.item_id,
+        title=pb.title,
+        category=pb.category,
+        brand=pb.brand,
+        price=pb.price if pb.HasField("price") else None,
+        in_stock=pb.availability.in_stock if pb.HasField("availability") else True,
+    )
+
+
+def filter_pb(f: CandidateFilter) -> candidate_pb2.CandidateFilter:
+    return candidate_pb2.CandidateFilter(
+        in_stock_only=f.in_stock_only,
+        include_categories=f.include_categories,
+        exclude_categories=f.exclude_categories,
+        include_brands=f.include_brands,
+        exclude_brands=f.exclude_brands,
+        min_price=f.min_price,
+        max_price=f.max_price,
+        exclude_item_ids=f.exclude_item_ids,
+        exclude_bundle_ids=f.exclude_bundle_ids,
+    )
 
 
 def _found(pb: candidate_pb2.Candidate) -> Found:

@@ -102,14 +102,14 @@ class Recommender:
     async def recommend(self, query: RecommendQuery) -> Recommendation:
         s = self.settings
         deadline = Deadline(s.deadline_seconds)
-        run = _Run(query, deadline, Trace() if query.debug else None)
+        run = Run(deadline, Trace() if query.debug else None)
         rules = effective_rules(self.rules.current, query.overrides, query.context.budget)  # bad overrides: raise
         variant = self.experiments.assign(query.key)
 
         requester = Requester(query.key, anonymous=not query.user_id)
         if query.user_id:
             budget = deadline.budget(s.profile_share, reserve=s.candidates_share + s.ranker_share)
-            got = await self._call(
+            got = await self.call_stage(
                 run, Stage.PROFILE, "anonymous", budget, lambda seconds: self.profile.requester(query.user_id, seconds)
             )
             if got is not None:
@@ -132,7 +132,7 @@ class Recommender:
             return found, await self.candidates.items(ids, max(0.001, seconds - (time.monotonic() - started)))
 
         budget = deadline.budget(s.candidates_share, reserve=s.ranker_share)
-        got_candidates = await self._call(run, Stage.CANDIDATES, "cached_popular", budget, retrieve_with_items)
+        got_candidates = await self.call_stage(run, Stage.CANDIDATES, "cached_popular", budget, retrieve_with_items)
         found, catalogue = got_candidates if got_candidates is not None else self.popular.snapshot()
         run.count(Stage.CANDIDATES, {"items": len(found.items), "bundles": len(found.bundles)})
 
@@ -145,7 +145,7 @@ class Recommender:
                 pairs = [(b.bundle_id, tuple(i.item_id for i in b.items)) for b in unscored]
                 return await self.ranker.rank(history, pairs, variant.model_version, seconds)
 
-            ranked = await self._call(run, Stage.RANKER, "candidate_order", budget, rank)
+            ranked = await self.call_stage(run, Stage.RANKER, "candidate_order", budget, rank)
             if ranked is not None:
                 scores, version = ranked
                 scored = [_with_score(b, score) for b, score in zip(unscored, scores, strict=True)]
@@ -188,8 +188,8 @@ class Recommender:
         )
 
     # ---- stages --------------------------------------------------------------------------
-    async def _call(
-        self, run: _Run, stage: Stage, fallback: str, budget: float, call: Callable[[float], Awaitable[T]]
+    async def call_stage(
+        self, run: Run, stage: Stage, fallback: str, budget: float, call: Callable[[float], Awaitable[T]]
     ) -> T | None:
         """Runs one stage under its breaker and budget; None (and a Degradation) when it failed."""
         breaker = self.breakers[stage]
@@ -236,7 +236,7 @@ class Recommender:
         return ""
 
     def _bundles(
-        self, found: Retrieved, catalogue: Mapping[str, PageItem], anchor: str, rules: EffectiveRules, run: _Run
+        self, found: Retrieved, catalogue: Mapping[str, PageItem], anchor: str, rules: EffectiveRules, run: Run
     ) -> list[Scored]:
         """Curated bundles among the candidates, plus bundles built around the anchor, in fallback
         order (retrieval score; a built bundle takes its best complement's)."""
@@ -265,7 +265,7 @@ class Recommender:
         run.count(Stage.CANDIDATES, {"bundles.curated": len(found.bundles), "bundles.generated": built})
         return out
 
-    def _rotate(self, key: str, scored: list[Scored], run: _Run) -> list[Scored]:
+    def _rotate(self, key: str, scored: list[Scored], run: Run) -> list[Scored]:
         """Bundles this requester was shown many times without interacting score below every other
         (in their own order), so fresh ones get the places; they still fill a page that needs them."""
         tired = self.impressions.overexposed(key, [_key(b.bundle_id, b.items) for b in scored])
@@ -287,8 +287,9 @@ class Recommender:
 
 
 @dataclass
-class _Run:
-    query: RecommendQuery
+class Run:
+    """One request's passage through the stages: its deadline, trace and degradations."""
+
     deadline: Deadline
     trace: Trace | None
     degraded: list[Degradation] = field(default_factory=list)
@@ -342,4 +343,4 @@ def _filter(rules: Rules) -> CandidateFilter:
     )
 
 
-__all__ = ["Found", "PipelineSettings", "RecommendQuery", "Recommender", "bundle_key"]
+__all__ = ["Found", "PipelineSettings", "RecommendQuery", "Recommender", "Run", "bundle_key"]

@@ -52,6 +52,10 @@ class CandidatePort(Protocol):
 
     async def items(self, item_ids: Sequence[str], seconds: float) -> Mapping[str, PageItem]: ...
 
+    async def search_text(
+        self, text: str, limit: int, item_filter: CandidateFilter, seconds: float
+    ) -> list[tuple[PageItem, float]]: ...
+
 
 class RankerPort(Protocol):
     async def rank(

@@ -11,8 +11,10 @@ from bundlerec.gateway.impressions import ImpressionLog
 from bundlerec.gateway.model import Context, Placement, Recommendation, Stage
 from bundlerec.gateway.page import PageItem
 from bundlerec.gateway.pipeline import Recommender, RecommendQuery, bundle_key
-from bundlerec.gateway.rules import RuleOverrides
-from bundlerec.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, profile_pb2
+from bundlerec.gateway.ports import CandidateFilter
+from bundlerec.gateway.rules import RuleOverrides, Rules
+from bundlerec.gateway.search import SearchQuery, search
+from bundlerec.v1 import candidate_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc, profile_pb2
 
 MAX_PAGE = 50
 MAX_CART = 100
@@ -56,6 +58,30 @@ def query_from_pb(pb: gateway_pb2.RecommendRequest) -> RecommendQuery:
         page_size=page_size,
         overrides=overrides_from_pb(pb.overrides),
         debug=pb.debug,
+    )
+
+
+def search_from_pb(pb: gateway_pb2.SearchRequest, rules: Rules) -> SearchQuery:
+    """The caller's filter, plus the configured stock rule and blocklist (checked by the candidate
+    service, which names a bad filter field)."""
+    validation.identifier("user_id", pb.user_id, required=False)
+    validation.text("query", pb.query, max_length=512, required=True)
+    f = pb.filter
+    return SearchQuery(
+        user_id=pb.user_id,
+        text=pb.query,
+        page_size=validation.page_size("page_size", pb.page_size, default=20, maximum=100),
+        filter=CandidateFilter(
+            in_stock_only=f.in_stock_only or rules.in_stock_only,
+            include_categories=tuple(f.include_categories),
+            exclude_categories=tuple(f.exclude_categories) + tuple(rules.exclude_categories),
+            include_brands=tuple(f.include_brands),
+            exclude_brands=tuple(f.exclude_brands) + tuple(rules.exclude_brands),
+            min_price=f.min_price if f.HasField("min_price") else None,
+            max_price=f.max_price if f.HasField("max_price") else None,
+            exclude_item_ids=tuple(f.exclude_item_ids) + tuple(rules.blocklist_items),
+            exclude_bundle_ids=tuple(f.exclude_bundle_ids),
+        ),
     )
 
 
@@ -146,6 +172,16 @@ class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
         self, request: gateway_pb2.RecommendRequest, context: object
     ) -> gateway_pb2.RecommendResponse:
         return recommendation_pb(await self.recommender.recommend(query_from_pb(request)))
+
+    async def Search(self, request: gateway_pb2.SearchRequest, context: object) -> gateway_pb2.SearchResponse:
+        found = await search(self.recommender, search_from_pb(request, self.recommender.rules.current))
+        return gateway_pb2.SearchResponse(
+            results=[candidate_pb2.ScoredItem(item=item_pb(item), score=score) for item, score in found.results],
+            degraded=[
+                gateway_pb2.Degradation(stage=STAGES_PB[d.stage], reason=d.reason, fallback=d.fallback)
+                for d in found.degraded
+            ],
+        )
 
     async def Track(self, request: gateway_pb2.TrackRequest, context: object) -> gateway_pb2.TrackResponse:
         if len(request.events) > MAX_TRACKED:

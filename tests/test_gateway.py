@@ -330,3 +330,20 @@ async def _until(check, seconds: float = 5.0) -> None:  # type: ignore[no-untype
     raise AssertionError("condition not met in time")
 
 
+
+
+async def test_search_finds_by_text_reorders_for_the_user_and_names_bad_fields(shop: Running, suite: Suite) -> None:
+    found = await shop.stub.Search(gateway_pb2.SearchRequest(query="smartphone", page_size=5))
+    assert len(found.results) == 5 and not found.degraded
+    assert "Phones" in found.results[0].item.category
+    personal = await shop.stub.Search(gateway_pb2.SearchRequest(user_id=buyer(suite), query="smartphone", page_size=5))
+    assert len(personal.results) == 5 and not personal.degraded
+    assert all("Phones" in r.item.category or "phone" in r.item.title.lower() for r in personal.results[:3])
+    for request, name in (
+        (gateway_pb2.SearchRequest(query=""), "query"),
+        (gateway_pb2.SearchRequest(query="x", page_size=101), "page_size"),
+        (gateway_pb2.SearchRequest(query="x" * 513), "query"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await shop.stub.Search(request)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field_of(caught.value) == name
