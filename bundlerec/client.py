@@ -16,8 +16,20 @@ from google.protobuf import json_format
 from bundlerec.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 DEFAULT_GATEWAY = "127.0.0.1:50050"
-EVENT_TYPES = {"view": 1, "click": 2, "add_to_cart": 3, "purchase": 4, "like": 6}
-PLACEMENTS = {"home": 1, "product_page": 2, "cart": 3, "checkout": 4, "email": 5}
+EVENT_TYPES = {
+    "view": common_pb2.EVENT_TYPE_VIEW,
+    "click": common_pb2.EVENT_TYPE_CLICK,
+    "add_to_cart": common_pb2.EVENT_TYPE_ADD_TO_CART,
+    "purchase": common_pb2.EVENT_TYPE_PURCHASE,
+    "like": common_pb2.EVENT_TYPE_LIKE,
+}  # a rating needs a value: not offered by this one-event command
+PLACEMENTS = {
+    "home": gateway_pb2.PLACEMENT_HOME,
+    "product_page": gateway_pb2.PLACEMENT_PRODUCT_PAGE,
+    "cart": gateway_pb2.PLACEMENT_CART,
+    "checkout": gateway_pb2.PLACEMENT_CHECKOUT,
+    "email": gateway_pb2.PLACEMENT_EMAIL,
+}
 STAGES = {v: k.removeprefix("STAGE_").lower() for k, v in gateway_pb2.Stage.items()}
 
 

@@ -4,7 +4,8 @@ Generates the demo shop, imports it (catalogue and events, SQLite), trains a sma
 the four services as separate processes on localhost exactly as `bundlerec serve NAME` runs them
 in production, shows recommendations with their explanations, records new behaviour for one
 shopper through the gateway and shows that shopper's next page change, then stops everything with
-SIGTERM. Everything it writes is under the work directory (default var/demo).
+SIGTERM. It writes under the work directory (default var/demo), except the exported text encoder,
+which it shares with the other commands (var/bundlerec/encoder).
 """
 
 from __future__ import annotations
@@ -55,9 +56,14 @@ def _step(number: int, text: str) -> None:
 
 def run_demo(workdir: str, *, keep: bool = False) -> int:
     root = Path(workdir).resolve()
+    marker = root / ".bundlerec-demo"
     if root.exists() and not keep:
+        if any(root.iterdir()) and not marker.is_file():
+            print(f"{root} is not empty and not a demo directory: not deleting it (use another --workdir)")
+            return 2
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
+    marker.touch()
     started = time.monotonic()
     shop = root / "shop"
     catalogue_url = f"sqlite:///{root / 'catalogue.sqlite3'}"
@@ -140,6 +146,7 @@ def _show(stub: gateway_pb2_grpc.RecommendationServiceStub, shop: Path) -> None:
     seen = {e.target_id for e in dataset.events if e.user_id == user}
     categories = Counter(dataset.items[i].category for i in seen if i in dataset.items)
     fresh = [i for i in dataset.items.values() if i.category not in categories and i.item_id not in seen]
+    fresh = fresh or [i for i in dataset.items.values() if i.item_id not in seen]
     chosen = [i for i in fresh if i.category == fresh[0].category][:3]
     _step(6, f"{user} looks at {len(chosen)} items of {chosen[0].category!r}, new to them; their next page:")
     before = stub.Recommend(recommend_request(user=user, page_size=3), timeout=10)

@@ -40,6 +40,8 @@ EVENT_TYPES = {
 EVENT_TYPE_PB = {kind: pb for pb, kind in EVENT_TYPES.items()}
 SOURCES = {s.value: s for s in Source}
 MAX_GET_ITEMS = 1000  # GetItems' limit per call
+# answers about one request, not the service's health (a model version a variant names is not loaded)
+REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
 
 
 def failure(error: BaseException) -> StageFailed:
@@ -49,6 +51,8 @@ def failure(error: BaseException) -> StageFailed:
             return StageFailed("deadline_exceeded")
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
             return StageFailed("unavailable")
+        if code in REFUSALS:
+            return StageFailed(f"rejected_{code.name.lower()}", outage=False)
         return StageFailed(f"error_{code.name.lower()}")
     if isinstance(error, TimeoutError):
         return StageFailed("deadline_exceeded")

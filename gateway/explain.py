@@ -32,14 +32,18 @@ def usable_evidence(category: str, requester: Requester, sensitive: SensitiveCat
 def explain(
     bundle: Scored,
     requester: Requester,
+    anchor_id: str,
     context: Context,
     catalogue: Mapping[str, PageItem],
     sensitive: SensitiveCategories,
 ) -> str:
+    """`anchor_id` is the item the request's bundles were built around: the page's, the cart's
+    newest, or the history's newest (pipeline.Recommender._anchor)."""
     members = {item.item_id for item in bundle.items}
-    anchor = catalogue.get(context.anchor_item_id)
-    if anchor is not None and context.anchor_item_id in members and bundle.generated:
-        return f"goes with the {anchor.title or 'item'} you're looking at"
+    anchor = catalogue.get(anchor_id)
+    where = _where(anchor_id, context)
+    if anchor is not None and where and anchor_id in members:
+        return f"goes with the {anchor.title or 'item'} {where}"
     if requester.personalized:
         for step in reversed(requester.history):  # newest first
             item = catalogue.get(step.target_id)
@@ -51,8 +55,8 @@ def explain(
             if Source.CO_OCCURRENCE in bundle.sources or bundle.evidence == step.target_id:
                 return f"often bought with the {item.title or 'item'} you {verb}"
             break
-    if anchor is not None and Source.ANCHOR in bundle.sources:
-        return f"goes with the {anchor.title or 'item'} you're looking at"
+    if anchor is not None and where and Source.ANCHOR in bundle.sources:
+        return f"goes with the {anchor.title or 'item'} {where}"
     if requester.personalized and (Source.VECTOR in bundle.sources or Source.TWO_TOWER in bundle.sources):
         for category, _ in requester.affinities:
             if category and usable_evidence(category, requester, sensitive):
@@ -61,3 +65,12 @@ def explain(
     if Source.POPULARITY in bundle.sources or not requester.personalized:
         return "popular right now"
     return "picked for you"
+
+
+def _where(anchor_id: str, context: Context) -> str:
+    """How to name the anchor when it is the request's context; "" when it came from the history."""
+    if anchor_id and anchor_id == context.anchor_item_id:
+        return "you're looking at"
+    if anchor_id and anchor_id in context.cart_item_ids:
+        return "in your cart"
+    return ""

@@ -13,15 +13,18 @@ from collections.abc import Iterable, Sequence
 
 
 class ImpressionLog:
-    def __init__(self, rotate_after: int = 5, max_requesters: int = 100_000) -> None:
+    def __init__(self, rotate_after: int = 5, max_requesters: int = 100_000, max_per_requester: int = 500) -> None:
         self.rotate_after = rotate_after
         self.max_requesters = max_requesters
+        self.max_per_requester = max_per_requester
         self._shown: OrderedDict[str, dict[str, tuple[int, frozenset[str]]]] = OrderedDict()
 
     def shown(self, requester: str, bundle_key: str, item_ids: Iterable[str]) -> None:
         counts = self._touch(requester)
-        count, _ = counts.get(bundle_key, (0, frozenset()))
-        counts[bundle_key] = (count + 1, frozenset(item_ids))
+        count, _ = counts.pop(bundle_key, (0, frozenset()))
+        counts[bundle_key] = (count + 1, frozenset(item_ids))  # most recently shown last
+        while len(counts) > self.max_per_requester:
+            del counts[next(iter(counts))]
 
     def interacted(self, requester: str, target_id: str) -> None:
         """An event on an item or bundle: every bundle holding it (or being it) starts afresh."""

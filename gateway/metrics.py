@@ -8,13 +8,13 @@ from bundlerec.runtime.metrics import LATENCY_BUCKETS
 
 STAGE_LATENCY = Histogram(
     "bundlerec_gateway_stage_duration_seconds",
-    "Time a Recommend call spent in each stage (profile, candidates, ranker, rules).",
+    "Time a Recommend or Search call spent in each stage (profile, candidates, ranker, rules).",
     ["stage"],
     buckets=LATENCY_BUCKETS,
 )
 DEGRADED = Counter(
     "bundlerec_gateway_degraded_total",
-    "Stages that failed or were skipped in a Recommend call, by stage and reason; each was replaced by a fallback.",
+    "Stages that failed or were skipped in a call, by stage and reason; each was replaced by a fallback.",
     ["stage", "reason"],
 )
 PAGES = Counter(

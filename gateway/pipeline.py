@@ -26,7 +26,6 @@ from bundlerec.gateway.impressions import ImpressionLog
 from bundlerec.gateway.model import (
     Context,
     Degradation,
-    Found,
     Placement,
     Recommendation,
     Requester,
@@ -47,6 +46,7 @@ from bundlerec.privacy import SensitiveCategories
 
 log = logging.getLogger("bundlerec.gateway")
 ANCHORED_PLACEMENTS = (Placement.PRODUCT_PAGE, Placement.CART)
+MIN_BUDGET_SECONDS = 0.0005  # below this a call cannot succeed: the stage is skipped as late
 T = TypeVar("T")
 
 
@@ -73,6 +73,7 @@ class RecommendQuery:
     page_size: int
     overrides: RuleOverrides = field(default_factory=RuleOverrides)
     debug: bool = False
+    caller_seconds: float | None = None  # what is left of the caller's own deadline, when it set one
 
     @property
     def key(self) -> str:
@@ -94,14 +95,11 @@ class Recommender:
         self.profile, self.candidates, self.ranker = profile, candidates, ranker
         self.rules, self.popular, self.impressions, self.experiments = rules, popular, impressions, experiments
         self.settings = settings
-        self.breakers = {
-            stage: CircuitBreaker(stage.value, settings.breaker_failures, settings.breaker_reset_seconds)
-            for stage in (Stage.PROFILE, Stage.CANDIDATES, Stage.RANKER)
-        }
+        self.breakers: dict[tuple[Stage, str], CircuitBreaker] = {}
 
     async def recommend(self, query: RecommendQuery) -> Recommendation:
         s = self.settings
-        deadline = Deadline(s.deadline_seconds)
+        deadline = Deadline(min(s.deadline_seconds, query.caller_seconds or s.deadline_seconds))
         run = Run(deadline, Trace() if query.debug else None)
         rules = effective_rules(self.rules.current, query.overrides, query.context.budget)  # bad overrides: raise
         variant = self.experiments.assign(query.key)
@@ -136,7 +134,7 @@ class Recommender:
         found, catalogue = got_candidates if got_candidates is not None else self.popular.snapshot()
         run.count(Stage.CANDIDATES, {"items": len(found.items), "bundles": len(found.bundles)})
 
-        unscored = self._bundles(found, catalogue, anchor, rules, run)
+        unscored = self._bundles(found, catalogue, anchor, requester, rules, run)
         scored, version = unscored, ""
         if unscored:
             budget = deadline.budget(s.ranker_share, reserve=0.05)
@@ -145,7 +143,7 @@ class Recommender:
                 pairs = [(b.bundle_id, tuple(i.item_id for i in b.items)) for b in unscored]
                 return await self.ranker.rank(history, pairs, variant.model_version, seconds)
 
-            ranked = await self.call_stage(run, Stage.RANKER, "candidate_order", budget, rank)
+            ranked = await self.call_stage(run, Stage.RANKER, "candidate_order", budget, rank, variant.model_version)
             if ranked is not None:
                 scores, version = ranked
                 scored = [_with_score(b, score) for b, score in zip(unscored, scores, strict=True)]
@@ -155,7 +153,10 @@ class Recommender:
             # bundles holding it score above every other (the page orders by score, then diversity)
             lift = max(b.score for b in scored) - min(b.score for b in scored) + 1.0
             scored = [_with_score(b, b.score + lift) if _holds(b, anchor) else b for b in scored]
-        scored = self._rotate(query.key, scored, run)
+        if requester.personalized or requester.anonymous:
+            scored = self._rotate(query.key, scored, run)
+        else:
+            self.impressions.forget(query.key)  # tracked before the request knew their consent
 
         started = time.monotonic()
         by_key = {_key(b.bundle_id, b.items): b for b in scored}
@@ -168,7 +169,7 @@ class Recommender:
         shown = []
         for bundle in page.bundles:
             origin = by_key[_key(bundle.bundle_id, bundle.items)]
-            reason = explain(origin, requester, query.context, catalogue, s.sensitive)
+            reason = explain(origin, requester, anchor, query.context, catalogue, s.sensitive)
             shown.append(Shown(bundle.bundle_id, bundle.items, bundle.score, reason, bundle.generated, origin.sources))
         metrics.STAGE_LATENCY.labels(Stage.RULES.value).observe(time.monotonic() - started)
         metrics.PAGES.labels(variant.name, str(requester.personalized).lower()).inc()
@@ -189,31 +190,48 @@ class Recommender:
 
     # ---- stages --------------------------------------------------------------------------
     async def call_stage(
-        self, run: Run, stage: Stage, fallback: str, budget: float, call: Callable[[float], Awaitable[T]]
+        self,
+        run: Run,
+        stage: Stage,
+        fallback: str,
+        budget: float,
+        call: Callable[[float], Awaitable[T]],
+        key: str = "",
     ) -> T | None:
-        """Runs one stage under its breaker and budget; None (and a Degradation) when it failed."""
-        breaker = self.breakers[stage]
+        """Runs one stage under its breaker (one per stage and `key`: a model version) and budget;
+        None (and a Degradation) when it failed."""
+        breaker = self._breaker(stage, key)
         started = time.monotonic()
         reason = ""
         result: T | None = None
         before = breaker.state
-        if not breaker.allow():
-            reason = "circuit_open"
-        elif budget <= 0.0005:
-            reason = "deadline_exceeded"
-        else:
-            try:
-                result = await call(budget)
+        allowed = breaker.allow()
+        outcome: bool | None = None  # True: answered, False: failed as an outage, None: told nothing
+        try:
+            if not allowed:
+                reason = "circuit_open"
+            elif budget <= MIN_BUDGET_SECONDS:
+                reason = "deadline_exceeded"
+            else:
+                try:
+                    result = await call(budget)
+                    outcome = True
+                except StageFailed as failure:
+                    reason = failure.reason
+                    outcome = False if failure.outage else None
+        finally:  # also when the caller gave up (cancelled): a probe must never stay taken
+            if outcome is True:
                 breaker.succeeded()
-            except StageFailed as failure:
+            elif outcome is False:
                 breaker.failed()
-                reason = failure.reason
+            elif allowed:
+                breaker.release()
         now = breaker.state
         opened = now is BreakerState.OPEN and before is BreakerState.CLOSED
         if opened or (now is BreakerState.CLOSED and before is not BreakerState.CLOSED):
             # one line per change of state, not per request: an outage must not flood the logs
-            level = logging.WARNING if breaker.state is BreakerState.OPEN else logging.INFO
-            log.log(level, f"circuit {breaker.state.value}", extra={"fields": {"stage": stage.value, "reason": reason}})
+            level = logging.WARNING if now is BreakerState.OPEN else logging.INFO
+            log.log(level, f"circuit {now.value}", extra={"fields": {"stage": stage.value, "reason": reason}})
         if reason:
             run.degraded.append(Degradation(stage, reason, fallback))
             metrics.DEGRADED.labels(stage.value, reason).inc()
@@ -221,6 +239,14 @@ class Recommender:
             run.trace.stages.append(TraceStage(stage, (time.monotonic() - started) * 1000))
         metrics.STAGE_LATENCY.labels(stage.value).observe(time.monotonic() - started)
         return result
+
+    def _breaker(self, stage: Stage, key: str) -> CircuitBreaker:
+        breaker = self.breakers.get((stage, key))
+        if breaker is None:
+            s = self.settings
+            breaker = CircuitBreaker(stage.value, s.breaker_failures, s.breaker_reset_seconds)
+            self.breakers[(stage, key)] = breaker
+        return breaker
 
     def _anchor(self, context: Context, requester: Requester) -> str:
         """What built bundles grow around: the page's item, else the cart's newest, else (only when
@@ -231,20 +257,31 @@ class Recommender:
             return context.cart_item_ids[-1]
         if requester.personalized:
             for step in reversed(requester.history):
-                if not step.is_bundle and usable_evidence(step.category, requester, self.settings.sensitive):
+                known = step.category != ""  # an event without a category could be a sensitive item
+                if not step.is_bundle and known and usable_evidence(step.category, requester, self.settings.sensitive):
                     return step.target_id
         return ""
 
     def _bundles(
-        self, found: Retrieved, catalogue: Mapping[str, PageItem], anchor: str, rules: EffectiveRules, run: Run
+        self,
+        found: Retrieved,
+        catalogue: Mapping[str, PageItem],
+        anchor: str,
+        requester: Requester,
+        rules: EffectiveRules,
+        run: Run,
     ) -> list[Scored]:
         """Curated bundles among the candidates, plus bundles built around the anchor, in fallback
         order (retrieval score; a built bundle takes its best complement's)."""
         out: list[Scored] = []
         for bundle in found.bundles:
-            items = tuple(catalogue.get(i) or PageItem(i) for i in bundle.item_ids)
+            if not all(i in catalogue for i in bundle.item_ids):
+                continue  # a member just deleted: its stock and price are unknown, so is the bundle's
+            items = tuple(catalogue[i] for i in bundle.item_ids)
             out.append(Scored(bundle.target_id, items, bundle.score, bundle.sources, generated=False))
         seed = catalogue.get(anchor)
+        if seed is not None and not usable_evidence(seed.category, requester, self.settings.sensitive):
+            seed = None  # the event named no category, the catalogue says it is sensitive
         built = 0
         if seed is not None:
             ordered = complements_first(
@@ -343,4 +380,4 @@ def _filter(rules: Rules) -> CandidateFilter:
     )
 
 
-__all__ = ["Found", "PipelineSettings", "RecommendQuery", "Recommender", "Run", "bundle_key"]
+__all__ = ["PipelineSettings", "RecommendQuery", "Recommender", "Run", "bundle_key"]

@@ -15,9 +15,12 @@ from bundlerec.gateway.page import PageItem
 class StageFailed(Exception):
     """A downstream stage did not answer usefully in time."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, outage: bool = True) -> None:
         super().__init__(reason)
-        self.reason = reason  # "deadline_exceeded", "unavailable", "circuit_open", "error"
+        self.reason = reason  # "deadline_exceeded", "unavailable", "circuit_open", "rejected_...", "error"
+        # False when the stage refused this one request (an unknown model version, a filter it
+        # will not take): the fallback applies, but the stage's circuit breaker does not count it
+        self.outage = outage
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,9 +35,6 @@ class Deadline:
     def remaining(self) -> float:
         return max(0.0, self.total_seconds - (self.clock() - self.started))
 
-    def elapsed_ms(self) -> float:
-        return (self.clock() - self.started) * 1000.0
-
     def budget(self, share: float, reserve: float = 0.0) -> float:
         """Seconds for the next stage: `share` of the total, capped by what remains once `reserve`
         (a share of the total kept for the stages after this one) is set aside."""
@@ -78,6 +75,10 @@ class CircuitBreaker:
             self._probing = True
             return True
         return False
+
+    def release(self) -> None:
+        """An allowed call that told nothing (no budget left, cancelled): the probe slot frees up."""
+        self._probing = False
 
     def succeeded(self) -> None:
         self._consecutive = 0

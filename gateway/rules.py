@@ -42,8 +42,12 @@ log = logging.getLogger("bundlerec.gateway")
 
 # Separates the levels of a category path ("Home > Kitchen > Knives"), as in the import format.
 CATEGORY_SEPARATOR = ">"
-# The most entries one request may add to an exclude list.
-MAX_OVERRIDE_ENTRIES = 100
+# The candidate service accepts at most 100 entries per filter list and 10,000 excluded ids, and
+# the gateway passes these rules into its filter: a file may fill half of an exclude list, a
+# request the other half, so no valid file and request can make retrieval refuse the filter.
+FILTER_ENTRIES = 100
+BLOCKLIST_ENTRIES = 5_000  # half of the 10,000 excluded ids: Search adds the caller's own
+MAX_OVERRIDE_ENTRIES = FILTER_ENTRIES // 2
 
 
 def category_levels(path: str) -> tuple[str, ...]:
@@ -166,16 +170,16 @@ class Rules(BaseModel):
     )
     min_price: Price | None = Field(None, description="Remove a bundle with a member priced below this.")
     max_price: Price | None = Field(None, description="Remove a bundle with a member priced above this.")
-    include_categories: list[CategoryPrefix] = Field(
+    include_categories: Annotated[list[CategoryPrefix], Field(max_length=FILTER_ENTRIES)] = Field(
         [], description="If set, a bundle needs a member in one of these category prefixes (whole levels)."
     )
-    exclude_categories: list[CategoryPrefix] = Field(
+    exclude_categories: Annotated[list[CategoryPrefix], Field(max_length=FILTER_ENTRIES // 2)] = Field(
         [], description="Remove a bundle with a member in one of these category prefixes (whole levels)."
     )
-    include_brands: list[Brand] = Field(
+    include_brands: Annotated[list[Brand], Field(max_length=FILTER_ENTRIES)] = Field(
         [], description="If set, a bundle needs a member of one of these brands (case-insensitive)."
     )
-    exclude_brands: list[Brand] = Field(
+    exclude_brands: Annotated[list[Brand], Field(max_length=FILTER_ENTRIES // 2)] = Field(
         [], description="Remove a bundle with a member of one of these brands (case-insensitive)."
     )
     category_depth: int = Field(
@@ -191,8 +195,12 @@ class Rules(BaseModel):
     )
     min_bundle_size: Count = Field(1, description="Remove a bundle with fewer members.")
     max_bundle_size: Count = Field(5, description="Remove a bundle with more members.")
-    blocklist_items: list[Identifier] = Field([], description="Remove every bundle containing one of these items.")
-    blocklist_bundles: list[Identifier] = Field([], description="Never show these catalogue bundles.")
+    blocklist_items: Annotated[list[Identifier], Field(max_length=BLOCKLIST_ENTRIES)] = Field(
+        [], description="Remove every bundle containing one of these items."
+    )
+    blocklist_bundles: Annotated[list[Identifier], Field(max_length=BLOCKLIST_ENTRIES)] = Field(
+        [], description="Never show these catalogue bundles."
+    )
     promotions: list[Promotion] = Field([], description="Pins and boosts, each with a unique name.")
     max_promoted_share: Share = Field(
         0.3, description="Share of the page that pins and boosts may take (rounded down, at least 1 when above 0)."

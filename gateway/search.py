@@ -15,7 +15,7 @@ from bundlerec.errors import Unavailable
 from bundlerec.gateway.model import Degradation, Requester, Stage
 from bundlerec.gateway.page import PageItem
 from bundlerec.gateway.pipeline import Recommender, Run
-from bundlerec.gateway.ports import CandidateFilter, StageFailed
+from bundlerec.gateway.ports import CandidateFilter
 from bundlerec.gateway.resilience import Deadline
 
 TEXT_WEIGHT = 0.7
@@ -28,6 +28,7 @@ class SearchQuery:
     text: str
     page_size: int
     filter: CandidateFilter = field(default_factory=CandidateFilter)
+    caller_seconds: float | None = None
 
 
 @dataclass
@@ -38,7 +39,7 @@ class SearchResult:
 
 async def search(recommender: Recommender, query: SearchQuery) -> SearchResult:
     s = recommender.settings
-    run = Run(Deadline(s.deadline_seconds), None)
+    run = Run(Deadline(min(s.deadline_seconds, query.caller_seconds or s.deadline_seconds)), None)
     requester = Requester(query.user_id, anonymous=not query.user_id)
     if query.user_id:
         budget = run.deadline.budget(s.profile_share, reserve=s.candidates_share + s.ranker_share)
@@ -48,17 +49,20 @@ async def search(recommender: Recommender, query: SearchQuery) -> SearchResult:
         requester = got or requester
     budget = run.deadline.budget(s.candidates_share, reserve=s.ranker_share if requester.personalized else 0.05)
     limit = query.page_size * (WIDER if requester.personalized else 1)
-    try:
-        found = await recommender.candidates.search_text(query.text, limit, query.filter, max(budget, 0.001))
-    except StageFailed as failure:
-        raise Unavailable(f"search is unavailable ({failure.reason}); retry") from None
+    def text_search(seconds: float):  # type: ignore[no-untyped-def]
+        return recommender.candidates.search_text(query.text, limit, query.filter, seconds)
+
+    found = await recommender.call_stage(run, Stage.CANDIDATES, "none", budget, text_search)
+    if found is None:
+        raise Unavailable(f"search is unavailable ({run.degraded[-1].reason}); retry")
     if not requester.personalized or len(found) < 2:
         return SearchResult(found[: query.page_size], run.degraded)
     history = requester.history[-s.history_length :]
     pairs = [("", (item.item_id,)) for item, _ in found]
     budget = run.deadline.budget(s.ranker_share, reserve=0.05)
+    version = recommender.experiments.assign(query.user_id).model_version
     ranked = await recommender.call_stage(
-        run, Stage.RANKER, "text_order", budget, lambda t: recommender.ranker.rank(history, pairs, "", t)
+        run, Stage.RANKER, "text_order", budget, lambda t: recommender.ranker.rank(history, pairs, version, t), version
     )
     if ranked is None:
         return SearchResult(found[: query.page_size], run.degraded)

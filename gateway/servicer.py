@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
+
+import grpc
 
 from bundlerec import validation
 from bundlerec.errors import InvalidArgument
 from bundlerec.gateway.clients import AccountsClient
 from bundlerec.gateway.impressions import ImpressionLog
-from bundlerec.gateway.model import Context, Placement, Recommendation, Stage
+from bundlerec.gateway.model import Context, Degradation, Placement, Recommendation, Stage
 from bundlerec.gateway.page import PageItem
 from bundlerec.gateway.pipeline import Recommender, RecommendQuery, bundle_key
 from bundlerec.gateway.ports import CandidateFilter
-from bundlerec.gateway.rules import RuleOverrides, Rules
+from bundlerec.gateway.rules import BLOCKLIST_ENTRIES, MAX_OVERRIDE_ENTRIES, RuleOverrides, Rules
 from bundlerec.gateway.search import SearchQuery, search
 from bundlerec.v1 import candidate_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc, profile_pb2
 
 MAX_PAGE = 50
+CALLER_MARGIN_SECONDS = 0.002
 MAX_CART = 100
 MAX_TRACKED = 1000
 PLACEMENTS = {
@@ -67,6 +72,11 @@ def search_from_pb(pb: gateway_pb2.SearchRequest, rules: Rules) -> SearchQuery:
     validation.identifier("user_id", pb.user_id, required=False)
     validation.text("query", pb.query, max_length=512, required=True)
     f = pb.filter
+    for name in ("exclude_categories", "exclude_brands"):
+        if len(getattr(f, name)) > MAX_OVERRIDE_ENTRIES:
+            raise InvalidArgument(f"filter.{name}", f"has more than {MAX_OVERRIDE_ENTRIES} entries")
+    if len(f.exclude_item_ids) > BLOCKLIST_ENTRIES:
+        raise InvalidArgument("filter.exclude_item_ids", f"has more than {BLOCKLIST_ENTRIES} entries")
     return SearchQuery(
         user_id=pb.user_id,
         text=pb.query,
@@ -108,6 +118,16 @@ def overrides_from_pb(pb: gateway_pb2.RuleOverrides) -> RuleOverrides:
     )
 
 
+def _caller_seconds(context: grpc.aio.ServicerContext) -> float | None:
+    """What is left of the caller's deadline, less a margin for the reply; None without one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else max(0.0, remaining - CALLER_MARGIN_SECONDS)
+
+
+def degradations_pb(degraded: Sequence[Degradation]) -> list[gateway_pb2.Degradation]:
+    return [gateway_pb2.Degradation(stage=STAGES_PB[d.stage], reason=d.reason, fallback=d.fallback) for d in degraded]
+
+
 def item_pb(item: PageItem) -> common_pb2.Item:
     pb = common_pb2.Item(
         item_id=item.item_id,
@@ -138,9 +158,7 @@ def recommendation_pb(r: Recommendation) -> gateway_pb2.RecommendResponse:
         ],
         model_version=r.model_version,
         experiment_variant=r.variant,
-        degraded=[
-            gateway_pb2.Degradation(stage=STAGES_PB[d.stage], reason=d.reason, fallback=d.fallback) for d in r.degraded
-        ],
+        degraded=degradations_pb(r.degraded),
         personalized=r.personalized,
     )
     if r.trace is not None:
@@ -169,18 +187,19 @@ class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
         self._impression_ids: dict[str, None] = {}  # recent impression ids, for idempotent retries
 
     async def Recommend(
-        self, request: gateway_pb2.RecommendRequest, context: object
+        self, request: gateway_pb2.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.RecommendResponse:
-        return recommendation_pb(await self.recommender.recommend(query_from_pb(request)))
+        query = dataclasses.replace(query_from_pb(request), caller_seconds=_caller_seconds(context))
+        return recommendation_pb(await self.recommender.recommend(query))
 
-    async def Search(self, request: gateway_pb2.SearchRequest, context: object) -> gateway_pb2.SearchResponse:
-        found = await search(self.recommender, search_from_pb(request, self.recommender.rules.current))
+    async def Search(
+        self, request: gateway_pb2.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.SearchResponse:
+        query = search_from_pb(request, self.recommender.rules.current)
+        found = await search(self.recommender, dataclasses.replace(query, caller_seconds=_caller_seconds(context)))
         return gateway_pb2.SearchResponse(
             results=[candidate_pb2.ScoredItem(item=item_pb(item), score=score) for item, score in found.results],
-            degraded=[
-                gateway_pb2.Degradation(stage=STAGES_PB[d.stage], reason=d.reason, fallback=d.fallback)
-                for d in found.degraded
-            ],
+            degraded=degradations_pb(found.degraded),
         )
 
     async def Track(self, request: gateway_pb2.TrackRequest, context: object) -> gateway_pb2.TrackResponse:
@@ -206,9 +225,10 @@ class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
                 self.impressions.interacted(event.user_id, event.target.id)
         counted = 0
         for impression in request.impressions:
-            if impression.impression_id in self._impression_ids:
+            seen = f"{impression.user_id}\0{impression.impression_id}"
+            if seen in self._impression_ids:
                 continue
-            self._remember(impression.impression_id)
+            self._remember(seen)
             key = bundle_key(impression.bundle_id, impression.item_ids)
             self.impressions.shown(impression.user_id, key, impression.item_ids)
             counted += 1
@@ -242,6 +262,7 @@ class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
         return gateway_pb2.ForgetUserResponse(existed=response.existed or shown)
 
     def _remember(self, impression_id: str) -> None:
+        """Impression ids recently counted (bounded; ids are the client's, keyed per user here)."""
         self._impression_ids[impression_id] = None
         while len(self._impression_ids) > 1_000_000:
             del self._impression_ids[next(iter(self._impression_ids))]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from bundlerec.gateway.experiments import Variant
@@ -25,8 +25,10 @@ class GatewaySettings(ServiceSettings):
         0.4, gt=0, lt=1, description="Share of the deadline for retrieval and the catalogue read."
     )
     ranker_share: float = Field(0.3, gt=0, lt=1, description="Share of the deadline for ranking.")
-    candidate_limit: int = Field(100, ge=1, le=2000, description="Items and bundles asked of retrieval.")
-    history_length: int = Field(50, ge=0, le=1000, description="Most recent events of a profile that are used.")
+    # bounded by what the other services take: Retrieve reads at most 200 recent steps; Rank takes
+    # at most 1000 candidates (the bundles retrieved plus those built)
+    candidate_limit: int = Field(100, ge=1, le=500, description="Items and bundles asked of retrieval.")
+    history_length: int = Field(50, ge=1, le=200, description="Most recent events of a profile that are used.")
     built_bundle_size: int = Field(3, ge=2, le=5, description="Items of a bundle built for the request, at most.")
     built_bundles: int = Field(10, ge=0, le=100, description="Bundles built per request around the anchor, at most.")
     rules_file: str = Field("", description="Business rules (TOML, see gateway/rules.example.toml); empty: defaults.")
@@ -50,9 +52,6 @@ class GatewaySettings(ServiceSettings):
         default_factory=list,
         description='Experiment variants, JSON: [{"name": "a", "share": 0.5, "model_version": ""}, ...]; '
         "shares sum to 1; empty: everyone in 'default'.",
-    )
-    user_hash_key: SecretStr = Field(
-        SecretStr(""), description="Key of the hash that stands for user ids in logs. Set a random secret."
     )
 
     @model_validator(mode="after")

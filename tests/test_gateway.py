@@ -37,7 +37,7 @@ class Suite:
     catalogue_url: str
     profile_url: str
     models: Path
-    items: dict[str, tuple[str, str, float]]  # item id → (category, brand, price)
+    items: dict[str, tuple[str, str, float, str]]  # item id → (category, brand, price, title)
     purchases: dict[str, set[str]]  # user → items bought
 
 
@@ -64,7 +64,7 @@ async def suite(tmp_path_factory: pytest.TempPathFactory, encoder_dir: str) -> S
     for event in dataset.events:
         if event.event_type == "purchase" and event.target_type == "item":
             purchases.setdefault(event.user_id, set()).add(event.target_id)
-    items = {i.item_id: (i.category, i.brand, i.price or 0.0) for i in dataset.items.values()}
+    items = {i.item_id: (i.category, i.brand, i.price or 0.0, i.title) for i in dataset.items.values()}
     return Suite(root, targets.catalogue_url, targets.profile_url or "", root / "models", items, purchases)
 
 
@@ -79,9 +79,11 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running_suite(suite: Suite, encoder_dir: str, **gateway: object) -> AsyncIterator[Running]:
+async def running_suite(
+    suite: Suite, encoder_dir: str, profile_settings: dict | None = None, **gateway: object
+) -> AsyncIterator[Running]:
     async with (
-        running_profile(suite.profile_url) as profile,
+        running_profile(suite.profile_url, **(profile_settings or {})) as profile,
         running_candidate(suite.catalogue_url, encoder_dir) as candidate,
         running_ranker(suite.models) as ranker,
     ):
@@ -151,7 +153,7 @@ async def test_a_known_user_gets_a_personalized_page_that_respects_the_default_r
 
 
 async def test_a_product_page_leads_with_a_bundle_of_its_item(shop: Running, suite: Suite) -> None:
-    anchor = next(i for i, (category, _, _) in suite.items.items() if category.startswith("Electronics > Phones"))
+    anchor = next(i for i, (category, *_) in suite.items.items() if category.startswith("Electronics > Phones"))
     context = gateway_pb2.RecommendContext(placement=gateway_pb2.PLACEMENT_PRODUCT_PAGE, anchor_item_id=anchor)
     response = await recommend(shop.stub, session_id="visitor-1", context=context, page_size=10, debug=True)
     assert anchor in [i.item_id for i in response.bundles[0].items]
@@ -170,7 +172,7 @@ async def test_a_product_page_leads_with_a_bundle_of_its_item(shop: Running, sui
 
 
 async def test_a_budget_caps_every_bundle(shop: Running, suite: Suite) -> None:
-    anchor = next(i for i, (_, _, price) in suite.items.items() if 20 < price < 60)
+    anchor = next(i for i, (_, _, price, _) in suite.items.items() if 20 < price < 60)
     context = gateway_pb2.RecommendContext(anchor_item_id=anchor, budget=120.0)
     response = await recommend(shop.stub, user_id=buyer(suite), context=context, page_size=10)
     assert response.bundles
@@ -203,7 +205,7 @@ async def test_tracked_events_change_the_next_page_and_bad_events_are_refused_wh
 ) -> None:
     user = f"new-{uuid.uuid4().hex[:8]}"
     before = await recommend(shop.stub, user_id=user, page_size=5)
-    camera = [i for i, (category, _, _) in suite.items.items() if "Camera" in category or "Phone" in category][:3]
+    camera = [i for i, (category, *_) in suite.items.items() if "Camera" in category or "Phone" in category][:3]
     events = [event(user, item, kind, suite.items[item][0]) for item in camera for kind in (1, 2, 3)]
     tracked = await shop.stub.Track(gateway_pb2.TrackRequest(events=events))
     assert tracked.events_recorded == len(events)
@@ -211,7 +213,8 @@ async def test_tracked_events_change_the_next_page_and_bad_events_are_refused_wh
     assert [b.bundle_id or tuple(i.item_id for i in b.items) for b in after.bundles] != [
         b.bundle_id or tuple(i.item_id for i in b.items) for b in before.bundles
     ]
-    assert any("you" in b.explanation for b in after.bundles)  # evidence from the new history
+    titles = [suite.items[i][3] for i in camera]
+    assert any(t in b.explanation for b in after.bundles for t in titles)  # evidence from the new history
     broken = [event(user, camera[0]), common_pb2.Event(event_id="e1", user_id=user, type=1)]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await shop.stub.Track(gateway_pb2.TrackRequest(events=broken))
@@ -227,8 +230,8 @@ async def test_without_consent_nothing_personal_is_used_and_erasure_leaves_nothi
     assert (await recommend(shop.stub, user_id=user)).personalized
     await shop.stub.SetUserConsent(gateway_pb2.SetUserConsentRequest(user_id=user, personalization=False))
     page = await recommend(shop.stub, user_id=user, page_size=10)
-    assert not page.personalized
-    assert all("you " not in b.explanation.replace("you're", "") for b in page.bundles)
+    assert not page.personalized and page.bundles
+    assert {b.explanation for b in page.bundles} == {"popular right now"}  # nothing of theirs
 
     other = f"erased-{uuid.uuid4().hex[:8]}"
     await shop.stub.Track(gateway_pb2.TrackRequest(events=[event(other, item, 4, suite.items[item][0])]))
@@ -338,6 +341,7 @@ async def test_search_finds_by_text_reorders_for_the_user_and_names_bad_fields(s
     assert "Phones" in found.results[0].item.category
     personal = await shop.stub.Search(gateway_pb2.SearchRequest(user_id=buyer(suite), query="smartphone", page_size=5))
     assert len(personal.results) == 5 and not personal.degraded
+    assert [r.score for r in personal.results] != [r.score for r in found.results]  # re-ordered by the blend
     assert all("Phones" in r.item.category or "phone" in r.item.title.lower() for r in personal.results[:3])
     for request, name in (
         (gateway_pb2.SearchRequest(query=""), "query"),
@@ -347,3 +351,37 @@ async def test_search_finds_by_text_reorders_for_the_user_and_names_bad_fields(s
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await shop.stub.Search(request)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field_of(caught.value) == name
+
+
+async def test_a_deadline_too_short_for_any_stage_still_serves_the_popular_page(suite: Suite, encoder_dir: str) -> None:
+    async with running_suite(suite, encoder_dir, deadline_ms=1) as running:
+        async def served() -> bool:
+            return bool((await recommend(running.stub, user_id=buyer(suite), page_size=5)).bundles)
+
+        await _until(served)  # once the gateway's popular bundles are in
+        page = await recommend(running.stub, user_id=buyer(suite), page_size=5)
+        assert {(d.stage, d.reason) for d in page.degraded} == {
+            (gateway_pb2.STAGE_PROFILE, "deadline_exceeded"),
+            (gateway_pb2.STAGE_CANDIDATES, "deadline_exceeded"),
+            (gateway_pb2.STAGE_RANKER, "deadline_exceeded"),
+        }
+        assert not page.personalized and not page.model_version
+
+
+async def test_sensitive_categories_are_never_evidence_without_consent(suite: Suite, encoder_dir: str) -> None:
+    sensitive = {"sensitive_categories": ["Pets"]}
+    async with running_suite(suite, encoder_dir, sensitive, **sensitive) as running:
+        user = f"pet-owner-{uuid.uuid4().hex[:8]}"
+        phones = [i for i, v in suite.items.items() if v[0].startswith("Electronics > Phones")][:2]
+        pets = [i for i, v in suite.items.items() if v[0].startswith("Pets")][:3]
+        assert phones and pets
+        events = [event(user, i, 2, suite.items[i][0]) for i in phones]  # older, ordinary interest
+        events += [event(user, i, kind, suite.items[i][0]) for i in pets for kind in (1, 3)]  # newest: pets
+        await running.stub.Track(gateway_pb2.TrackRequest(events=events))
+        page = await recommend(running.stub, user_id=user, page_size=10)
+        assert page.personalized and page.bundles
+        pet_titles = [suite.items[i][3] for i in pets]
+        for bundle in page.bundles:
+            assert not any(t in bundle.explanation for t in pet_titles), bundle.explanation
+            assert "Dog" not in bundle.explanation and "Cat" not in bundle.explanation
+        assert any(suite.items[i][3] in b.explanation for b in page.bundles for i in phones)  # not vacuous

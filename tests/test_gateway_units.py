@@ -89,6 +89,8 @@ def test_the_breaker_opens_after_failures_and_probes_once() -> None:
     assert breaker.state is BreakerState.OPEN and not breaker.allow()
     now[0] = 12.0
     assert breaker.allow()
+    breaker.release()  # the probe made no call (no budget left, or cancelled): another may probe
+    assert breaker.allow()
     breaker.succeeded()
     assert breaker.state is BreakerState.CLOSED and breaker.allow()
 
