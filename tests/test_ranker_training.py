@@ -159,6 +159,9 @@ def test_bundles_score_through_their_row_or_their_members(bundle_shop: Dataset) 
     present = members != 0
     expected = (wide[0][0][members] * present).sum(-1) / present.sum(-1)
     assert torch.allclose(built[0], expected)  # a bundle first seen at serving: its members' mean
+    model.wide_member_weight.fill_(0.25)  # the item-to-bundle scale, chosen on bundle data's validation
+    assert torch.allclose(model.wide_score(wide, members, torch.zeros_like(bundle_rows))[0], 0.25 * expected)
+    assert torch.allclose(model.wide_score(wide, members, bundle_rows)[0], known[0])  # rows unchanged
 
 
 def test_set_order_examples_predict_what_they_hide(bundle_shop: Dataset) -> None:

@@ -119,6 +119,7 @@ def load_weights(directory: Path) -> tuple[BundleRanker, Vocabulary, ModelManife
     vocabulary = Vocabulary.load(directory)
     config = ModelConfig(**manifest.model)
     state = torch.load(directory / WEIGHTS_FILE, weights_only=True)
+    state.setdefault("wide_member_weight", torch.ones(()))  # versions written before the factor existed
     model = BundleRanker(config, state["item_text"], state["bundle_members"])
     model.load_state_dict(state)
     return model.eval(), vocabulary, manifest

@@ -102,6 +102,9 @@ class BundleRanker(nn.Module):
         # the mix of the two parts, set after training on validation (train.fit_wide_weight)
         self.register_buffer("neural_weight", torch.ones(()))
         self.register_buffer("wide_weight", torch.zeros(()))
+        # a candidate without a row of its own scores the mean of its members' item weights, which
+        # are on another scale than bundle weights: this factor, chosen on validation, converts
+        self.register_buffer("wide_member_weight", torch.ones(()))
         self.text_proj = nn.Linear(max(config.text_dim, 1), d)
         self.event_type = nn.Embedding(NUM_EVENT_TYPES, d, padding_idx=PAD)
         self.recency = nn.Embedding(config.max_sequence, d)
@@ -254,7 +257,8 @@ class BundleRanker(nn.Module):
 
     def wide_score(self, wide: tuple[Tensor, Tensor], members: Tensor, bundles: Tensor) -> Tensor:
         """Candidates (members [B, N, M] or shared [N, M], bundles [B, N] or [N]) → [B, N]: a known
-        bundle's own similarity, otherwise the mean over its members the model knows."""
+        bundle's own similarity, otherwise the mean over its members the model knows, times
+        wide_member_weight (1 for next-item data, where every candidate is an item)."""
         item_wide, bundle_wide = wide
         b = item_wide.shape[0]
         known = (members != PAD) & (members < self.config.num_item_rows)
@@ -266,7 +270,7 @@ class BundleRanker(nn.Module):
             values = torch.gather(item_wide, 1, index.flatten(1)).reshape(index.shape)
             bundle_values = torch.gather(bundle_wide, 1, bundles)
         counts = known.sum(-1).clamp(min=1)
-        mean = (values * known).sum(-1) / counts
+        mean = (values * known).sum(-1) / counts * self.wide_member_weight
         return torch.where(bundles > UNKNOWN, bundle_values, mean.expand(b, -1))
 
     def score(self, user: Tensor, candidates: Tensor, encoded: Encoded) -> Tensor:
