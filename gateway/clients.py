@@ -28,16 +28,8 @@ from bundlerec.v1 import (
     ranker_pb2,
     ranker_pb2_grpc,
 )
+from bundlerec.v1_events import EVENT_TYPES, EVENT_TYPES_PB
 
-EVENT_TYPES = {
-    common_pb2.EVENT_TYPE_VIEW: EventType.VIEW,
-    common_pb2.EVENT_TYPE_CLICK: EventType.CLICK,
-    common_pb2.EVENT_TYPE_ADD_TO_CART: EventType.ADD_TO_CART,
-    common_pb2.EVENT_TYPE_PURCHASE: EventType.PURCHASE,
-    common_pb2.EVENT_TYPE_RATING: EventType.RATING,
-    common_pb2.EVENT_TYPE_LIKE: EventType.LIKE,
-}
-EVENT_TYPE_PB = {kind: pb for pb, kind in EVENT_TYPES.items()}
 SOURCES = {s.value: s for s in Source}
 MAX_GET_ITEMS = 1000  # GetItems' limit per call
 # answers about one request, not the service's health (a model version a variant names is not loaded)
@@ -126,7 +118,7 @@ class CandidateClient:
     async def retrieve(self, query: CandidateQuery, seconds: float) -> Retrieved:
         request = candidate_pb2.RetrieveRequest(
             recent=[
-                candidate_pb2.RecentInteraction(target=target_pb(s.target_id, s.is_bundle), type=EVENT_TYPE_PB[s.kind])
+                candidate_pb2.RecentInteraction(target=target_pb(s.target_id, s.is_bundle), type=EVENT_TYPES_PB[s.kind])
                 for s in query.recent
             ],
             anchor_item_id=query.anchor_item_id,
@@ -188,7 +180,7 @@ class RankerClient:
     ) -> tuple[list[float], str]:
         request = ranker_pb2.RankRequest(
             sequence=[
-                ranker_pb2.SequenceStep(target=target_pb(s.target_id, s.is_bundle), type=EVENT_TYPE_PB[s.kind])
+                ranker_pb2.SequenceStep(target=target_pb(s.target_id, s.is_bundle), type=EVENT_TYPES_PB[s.kind])
                 for s in history
             ],
             candidates=[ranker_pb2.BundleCandidate(bundle_id=b, item_ids=items) for b, items in candidates],

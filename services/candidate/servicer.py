@@ -14,17 +14,9 @@ from bundlerec.candidate.model import (
 )
 from bundlerec.candidate.service import CandidateService
 from bundlerec.errors import InvalidArgument
-from bundlerec.events import EventType
 from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2
+from bundlerec.v1_events import EVENT_TYPES
 
-INTERACTIONS = {
-    common_pb2.EVENT_TYPE_VIEW: EventType.VIEW,
-    common_pb2.EVENT_TYPE_CLICK: EventType.CLICK,
-    common_pb2.EVENT_TYPE_ADD_TO_CART: EventType.ADD_TO_CART,
-    common_pb2.EVENT_TYPE_PURCHASE: EventType.PURCHASE,
-    common_pb2.EVENT_TYPE_RATING: EventType.RATING,
-    common_pb2.EVENT_TYPE_LIKE: EventType.LIKE,
-}
 SOURCES = {s.value: s for s in Source}
 
 
@@ -93,7 +85,7 @@ def retrieval_from_pb(pb: candidate_pb2.RetrieveRequest) -> RetrievalRequest:
         validation.identifier(f"recent[{i}].target.id", step.target.id)
         if step.target.type not in (common_pb2.TARGET_TYPE_ITEM, common_pb2.TARGET_TYPE_BUNDLE):
             raise InvalidArgument(f"recent[{i}].target.type", "must be item or bundle")
-        kind = INTERACTIONS.get(step.type)
+        kind = EVENT_TYPES.get(step.type)
         if kind is None:
             raise InvalidArgument(f"recent[{i}].type", "must be a known event type")
         recent.append(RecentInteraction(step.target.id, step.target.type == common_pb2.TARGET_TYPE_BUNDLE, kind))

@@ -9,16 +9,8 @@ from bundlerec.errors import InvalidArgument
 from bundlerec.profile.model import Consent, Event, EventType, Profile, TargetType
 from bundlerec.profile.service import ProfileService, now_us
 from bundlerec.v1 import common_pb2, profile_pb2, profile_pb2_grpc
+from bundlerec.v1_events import EVENT_TYPES, EVENT_TYPES_PB
 
-EVENT_TYPES = {
-    common_pb2.EVENT_TYPE_VIEW: EventType.VIEW,
-    common_pb2.EVENT_TYPE_CLICK: EventType.CLICK,
-    common_pb2.EVENT_TYPE_ADD_TO_CART: EventType.ADD_TO_CART,
-    common_pb2.EVENT_TYPE_PURCHASE: EventType.PURCHASE,
-    common_pb2.EVENT_TYPE_RATING: EventType.RATING,
-    common_pb2.EVENT_TYPE_LIKE: EventType.LIKE,
-}
-EVENT_TYPES_PB = {v: k for k, v in EVENT_TYPES.items()}
 TARGET_TYPES = {common_pb2.TARGET_TYPE_ITEM: TargetType.ITEM, common_pb2.TARGET_TYPE_BUNDLE: TargetType.BUNDLE}
 TARGET_TYPES_PB = {v: k for k, v in TARGET_TYPES.items()}
 

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from bundlerec.events import EventType
 from bundlerec.ranker.query import CandidateSet, ModelInfo, RankQuery, SequenceEvent
 from bundlerec.ranker.service import RankerService
 from bundlerec.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
+from bundlerec.v1_events import EVENT_TYPES
 
-EVENT_TYPES = {
-    common_pb2.EVENT_TYPE_VIEW: EventType.VIEW,
-    common_pb2.EVENT_TYPE_CLICK: EventType.CLICK,
-    common_pb2.EVENT_TYPE_ADD_TO_CART: EventType.ADD_TO_CART,
-    common_pb2.EVENT_TYPE_PURCHASE: EventType.PURCHASE,
-    common_pb2.EVENT_TYPE_RATING: EventType.RATING,
-    common_pb2.EVENT_TYPE_LIKE: EventType.LIKE,
-}
 TARGET_TYPES = {common_pb2.TARGET_TYPE_ITEM: "item", common_pb2.TARGET_TYPE_BUNDLE: "bundle"}
 
 
