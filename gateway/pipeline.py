@@ -105,13 +105,14 @@ class Recommender:
         variant = self.experiments.assign(query.key)
 
         requester = Requester(query.key, anonymous=not query.user_id)
+        declined = False  # the profile service said: no personalization consent
         if query.user_id:
             budget = deadline.budget(s.profile_share, reserve=s.candidates_share + s.ranker_share)
             got = await self.call_stage(
                 run, Stage.PROFILE, "anonymous", budget, lambda seconds: self.profile.requester(query.user_id, seconds)
             )
             if got is not None:
-                requester = got
+                requester, declined = got, not got.personalized
         history = requester.history[-s.history_length :] if requester.personalized else ()
 
         anchor = self._anchor(query.context, requester)
@@ -153,10 +154,10 @@ class Recommender:
             # bundles holding it score above every other (the page orders by score, then diversity)
             lift = max(b.score for b in scored) - min(b.score for b in scored) + 1.0
             scored = [_with_score(b, b.score + lift) if _holds(b, anchor) else b for b in scored]
-        if requester.personalized or requester.anonymous:
-            scored = self._rotate(query.key, scored, run)
-        else:
+        if declined:
             self.impressions.forget(query.key)  # tracked before the request knew their consent
+        elif requester.personalized or requester.anonymous:
+            scored = self._rotate(query.key, scored, run)
 
         started = time.monotonic()
         by_key = {_key(b.bundle_id, b.items): b for b in scored}
