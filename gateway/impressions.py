@@ -2,7 +2,7 @@
 down the page (and fresh bundles get their chance).
 
 Kept in the gateway's memory, bounded (least recently active requesters are dropped first), and
-erased with the user (ForgetUser). A counter is per requester and bundle key (pipeline.bundle_key);
+erased with the user (ForgetUser). A counter is per requester and bundle key (bundle_key);
 any interaction with one of the bundle's items, or with the bundle, resets it.
 """
 
@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+
+
+def bundle_key(bundle_id: str, item_ids: Sequence[str]) -> str:
+    """A catalogue bundle by its id; a built one by its sorted items (what impressions count)."""
+    return f"b:{bundle_id}" if bundle_id else "i:" + "|".join(sorted(item_ids))
 
 
 class ImpressionLog:
@@ -31,7 +36,8 @@ class ImpressionLog:
         counts = self._shown.get(requester)
         if not counts:
             return
-        for key in [k for k, (_, items) in counts.items() if target_id in items or k == f"b:{target_id}"]:
+        bundle = bundle_key(target_id, ())
+        for key in [k for k, (_, items) in counts.items() if target_id in items or k == bundle]:
             del counts[key]
 
     def overexposed(self, requester: str, bundle_keys: Sequence[str]) -> set[str]:

@@ -22,7 +22,7 @@ from bundlerec.gateway import metrics
 from bundlerec.gateway.builder import BuildLimits, build_bundles, complements_first, related
 from bundlerec.gateway.experiments import Experiments
 from bundlerec.gateway.explain import explain, usable_evidence
-from bundlerec.gateway.impressions import ImpressionLog
+from bundlerec.gateway.impressions import ImpressionLog, bundle_key
 from bundlerec.gateway.model import (
     Context,
     Degradation,
@@ -342,11 +342,6 @@ class Run:
         self.trace.stages.append(TraceStage(stage, 0.0, dict(counters)))
 
 
-def bundle_key(bundle_id: str, item_ids: Sequence[str]) -> str:
-    """A catalogue bundle by its id; a built one by its sorted items (what impressions count)."""
-    return f"b:{bundle_id}" if bundle_id else "i:" + "|".join(sorted(item_ids))
-
-
 def _key(bundle_id: str, items: Sequence[PageItem]) -> str:
     return bundle_key(bundle_id, [i.item_id for i in items])
 
@@ -381,4 +376,4 @@ def _filter(rules: Rules) -> CandidateFilter:
     )
 
 
-__all__ = ["PipelineSettings", "RecommendQuery", "Recommender", "Run", "bundle_key"]
+__all__ = ["PipelineSettings", "RecommendQuery", "Recommender", "Run"]

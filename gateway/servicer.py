@@ -11,10 +11,10 @@ import grpc
 from bundlerec import validation
 from bundlerec.errors import InvalidArgument
 from bundlerec.gateway.clients import AccountsClient
-from bundlerec.gateway.impressions import ImpressionLog
+from bundlerec.gateway.impressions import ImpressionLog, bundle_key
 from bundlerec.gateway.model import Context, Degradation, Placement, Recommendation, Stage
 from bundlerec.gateway.page import PageItem
-from bundlerec.gateway.pipeline import Recommender, RecommendQuery, bundle_key
+from bundlerec.gateway.pipeline import Recommender, RecommendQuery
 from bundlerec.gateway.ports import CandidateFilter
 from bundlerec.gateway.rules import BLOCKLIST_ENTRIES, MAX_OVERRIDE_ENTRIES, RuleOverrides, Rules
 from bundlerec.gateway.search import SearchQuery, search
