@@ -13,6 +13,7 @@ from typing import TextIO
 import grpc
 from google.protobuf import json_format
 
+from bundlerec.runtime.tls import ChannelSecurity, open_sync_channel, token_metadata
 from bundlerec.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 DEFAULT_GATEWAY = "127.0.0.1:50050"
@@ -54,10 +55,26 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     for parser in (recommend, track, forget):
         parser.add_argument("--gateway", default=DEFAULT_GATEWAY, help="host:port (default: %(default)s)")
         parser.add_argument("--timeout", type=float, default=5.0, help="seconds (default: %(default)s)")
+        add_security_flags(parser)
+
+
+def add_security_flags(parser: argparse.ArgumentParser) -> None:
+    """TLS and the caller's token, for a gateway that asks for them (see docs/deploy.md)."""
+    parser.add_argument("--ca-file", default="", help="CA of the server's certificate (PEM): TLS")
+    parser.add_argument("--cert-file", default="", help="this caller's certificate, for mutual TLS (PEM)")
+    parser.add_argument("--key-file", default="", help="the private key of --cert-file (PEM)")
+    parser.add_argument("--token-file", default="", help="file holding this caller's bearer token")
+    parser.add_argument("--server-name", default="", help="name on the server's certificate, if not the host")
+
+
+def security_from(args: argparse.Namespace) -> ChannelSecurity:
+    return ChannelSecurity(args.ca_file, args.cert_file, args.key_file, args.token_file, args.server_name)
 
 
 def run_client_command(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(args.gateway) as channel:
+    security = security_from(args)
+    metadata = token_metadata(security)
+    with open_sync_channel(args.gateway, security) as channel:
         stub = gateway_pb2_grpc.RecommendationServiceStub(channel)
         try:
             if args.command == "recommend":
@@ -70,17 +87,18 @@ def run_client_command(args: argparse.Namespace) -> int:
                     page_size=args.page_size,
                     debug=args.debug,
                 )
-                response = stub.Recommend(request, timeout=args.timeout)
+                response = stub.Recommend(request, timeout=args.timeout, metadata=metadata)
                 if args.json:
                     print(json_format.MessageToJson(response, preserving_proto_field_name=True))
                 else:
                     print_page(response, sys.stdout)
             elif args.command == "track":
                 event = view_event(args.user, args.item, args.type, args.category)
-                reply = stub.Track(gateway_pb2.TrackRequest(events=[event]), timeout=args.timeout)
+                reply = stub.Track(gateway_pb2.TrackRequest(events=[event]), timeout=args.timeout, metadata=metadata)
                 print(json.dumps(json_format.MessageToDict(reply, preserving_proto_field_name=True)))
             else:
-                reply = stub.ForgetUser(gateway_pb2.ForgetUserRequest(user_id=args.user), timeout=args.timeout)
+                request = gateway_pb2.ForgetUserRequest(user_id=args.user)
+                reply = stub.ForgetUser(request, timeout=args.timeout, metadata=metadata)
                 print(f"{args.user}: {'erased' if reply.existed else 'nothing was kept'}")
         except grpc.RpcError as error:
             print(f"bundlerec {args.command}: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ from bundlerec.gateway.servicer import GatewayServicer
 from bundlerec.gateway.settings import GatewaySettings
 from bundlerec.privacy import SensitiveCategories
 from bundlerec.runtime.server import ServiceParts
+from bundlerec.runtime.tls import open_channel
 from bundlerec.v1 import gateway_pb2, gateway_pb2_grpc
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["RecommendationService"].full_name
@@ -60,8 +61,9 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         rules = RulesSource(settings.rules_file or None)
     except RulesError as error:
         raise SystemExit(f"bundlerec serve gateway: {error}") from None
+    security = settings.client_security()
     channels = [
-        grpc.aio.insecure_channel(address)
+        open_channel(address, security)
         for address in (settings.profile_address, settings.candidate_address, settings.ranker_address)
     ]
     profile_channel, candidate_channel, ranker_channel = channels

@@ -7,6 +7,7 @@ from pydantic_settings import SettingsConfigDict
 
 from bundlerec.gateway.experiments import Variant
 from bundlerec.runtime.settings import ServiceSettings
+from bundlerec.runtime.tls import ChannelSecurity
 
 
 class GatewaySettings(ServiceSettings):
@@ -53,6 +54,24 @@ class GatewaySettings(ServiceSettings):
         description='Experiment variants, JSON: [{"name": "a", "share": 0.5, "model_version": ""}, ...]; '
         "shares sum to 1; empty: everyone in 'default'.",
     )
+
+    # How the gateway reaches the three services (they list it in their auth files).
+    client_tls_ca_file: str = Field("", description="CA of the three services' certificates (PEM); set: TLS.")
+    client_tls_cert_file: str = Field("", description="The gateway's own certificate, for mutual TLS (PEM).")
+    client_tls_key_file: str = Field("", description="The private key of that certificate (PEM).")
+    client_token_file: str = Field("", description="File holding the bearer token the gateway presents.")
+    client_tls_server_name: str = Field(
+        "", description="Name the services' certificates carry, when it is not the host of their addresses."
+    )
+
+    def client_security(self) -> ChannelSecurity:
+        return ChannelSecurity(
+            ca_file=self.client_tls_ca_file,
+            cert_file=self.client_tls_cert_file,
+            key_file=self.client_tls_key_file,
+            token_file=self.client_token_file,
+            server_name=self.client_tls_server_name,
+        )
 
     @model_validator(mode="after")
     def _shares_leave_room(self) -> GatewaySettings:

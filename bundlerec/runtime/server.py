@@ -18,9 +18,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from bundlerec.runtime.auth import AuthInterceptor, AuthPolicy
 from bundlerec.runtime.interceptor import ServiceInterceptor
 from bundlerec.runtime.metrics import start_metrics_endpoint
 from bundlerec.runtime.settings import ServiceSettings
+from bundlerec.runtime.tls import server_credentials
 
 log = logging.getLogger("bundlerec.server")
 
@@ -102,7 +104,11 @@ async def start_server(settings: ServiceSettings, parts: ServiceParts) -> Runnin
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(interceptors=[ServiceInterceptor()], options=options)
+    credentials = server_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+    interceptors: list[grpc.aio.ServerInterceptor] = [ServiceInterceptor()]
+    if settings.auth_file:  # after the metrics interceptor, so refused calls are counted too
+        interceptors.append(AuthInterceptor(AuthPolicy.load(settings.auth_file, parts.service_names), parts.name))
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     parts.register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -112,7 +118,8 @@ async def start_server(settings: ServiceSettings, parts: ServiceParts) -> Runnin
         [*parts.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {settings.host}:{settings.port}")
     start_metrics_endpoint(settings.host, settings.metrics_port)
@@ -128,6 +135,8 @@ async def start_server(settings: ServiceSettings, parts: ServiceParts) -> Runnin
                 "service": parts.name,
                 "address": f"{settings.host}:{port}",
                 "metrics_port": settings.metrics_port,
+                "tls": "mutual" if settings.tls_client_ca_file else ("on" if credentials else "off"),
+                "authentication": "on" if settings.auth_file else "off",
             }
         },
     )

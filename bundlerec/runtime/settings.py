@@ -30,3 +30,14 @@ class ServiceSettings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")
+    # Security (see bundlerec/runtime/tls.py and auth.py): all empty is plaintext without
+    # authentication, the embedded default for one machine.
+    tls_cert_file: str = Field("", description="The server's certificate (PEM); with tls_key_file: TLS.")
+    tls_key_file: str = Field("", description="The server certificate's private key (PEM).")
+    tls_client_ca_file: str = Field(
+        "", description="CA of the callers' certificates (PEM): set, every caller must present one (mutual TLS)."
+    )
+    auth_file: str = Field(
+        "", description="Callers allowed and the RPCs each may call (TOML, see bundlerec/runtime/auth.py); "
+        "empty: no authentication."
+    )

@@ -1,0 +1,204 @@
+"""Per-caller authentication and authorization for every RPC of a service.
+
+A service started with an auth file (`BUNDLEREC_<SERVICE>_AUTH_FILE`) accepts a call only from a
+caller that file lists, and only for the RPCs listed for that caller:
+
+    [[caller]]
+    name = "gateway"
+    token_sha256 = ["<sha256 hex of the bearer token>"]   # sent as `authorization: Bearer <token>`
+    certificate_names = ["gateway.bundlerec.svc"]         # or a client certificate (mutual TLS)
+    allow = ["bundlerec.v1.ProfileService/*"]              # full gRPC names; "Service/*"; "*"
+
+The file holds digests, never tokens, so it is not a secret (a ConfigMap); the tokens live in the
+callers' secrets. A call without credentials, with an unknown token or with an unknown certificate
+gets UNAUTHENTICATED; a known caller calling an RPC it is not allowed gets PERMISSION_DENIED. The
+health service stays open (the kubelet probes it without credentials).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import tomllib
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+log = logging.getLogger("bundlerec.auth")
+
+OPEN_SERVICES = ("grpc.health.v1.Health",)
+REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
+
+
+class Caller(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=100)
+    token_sha256: list[str] = Field(default_factory=list)
+    certificate_names: list[str] = Field(default_factory=list)
+    allow: list[str] = Field(min_length=1)
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _hex_digests(cls, digests: list[str]) -> list[str]:
+        for digest in digests:
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+                raise ValueError("each entry must be the 64-character hex SHA-256 of a token")
+        return [d.lower() for d in digests]
+
+    def allows(self, method: str) -> bool:
+        service = method.rpartition("/")[0]
+        return any(rule in ("*", method, f"{service}/*") for rule in self.allow)
+
+
+class AuthPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    caller: list[Caller] = Field(min_length=1)
+
+    @classmethod
+    def load(cls, path: str, known_services: Iterable[str]) -> AuthPolicy:
+        """Reads and checks an auth file; a bad one stops the start, naming the problem."""
+        try:
+            policy = cls.model_validate(tomllib.loads(Path(path).read_text(encoding="utf-8")))
+        except OSError as exc:
+            raise SystemExit(f"auth file {path}: cannot read it ({exc.strerror})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SystemExit(f"auth file {path}: not valid TOML ({exc})") from None
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise SystemExit(f"auth file {path}: {problems}") from None
+        policy._check(path, set(known_services) | {REFLECTION_SERVICE})
+        return policy
+
+    def _check(self, path: str, services: set[str]) -> None:
+        names = [c.name for c in self.caller]
+        if len(set(names)) != len(names):
+            raise SystemExit(f"auth file {path}: caller names must be unique")
+        digests = [d for c in self.caller for d in c.token_sha256]
+        if len(set(digests)) != len(digests):
+            raise SystemExit(f"auth file {path}: a token digest is listed for two callers")
+        for index, caller in enumerate(self.caller):
+            if not caller.token_sha256 and not caller.certificate_names:
+                raise SystemExit(
+                    f"auth file {path}: caller.{index} ({caller.name}) has no token_sha256 "
+                    "and no certificate_names: it could never authenticate"
+                )
+            for rule in caller.allow:
+                service = rule.rpartition("/")[0]
+                if rule != "*" and service not in services:
+                    raise SystemExit(
+                        f"auth file {path}: caller.{index}.allow: {rule!r} names no service of "
+                        f"this server ({', '.join(sorted(services))})"
+                    )
+
+    def by_token(self, token: str) -> Caller | None:
+        digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
+        found = None
+        for caller in self.caller:  # compare with every digest, in constant time each
+            for known in caller.token_sha256:
+                if hmac.compare_digest(known, digest):
+                    found = caller
+        return found
+
+    def by_certificate(self, names: Iterable[str]) -> Caller | None:
+        presented = set(names)
+        return next((c for c in self.caller if presented.intersection(c.certificate_names)), None)
+
+
+def _bearer(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return None
+
+
+def _certificate_names(context: grpc.aio.ServicerContext) -> list[str]:
+    auth = context.auth_context()
+    values = [*auth.get("x509_common_name", []), *auth.get("x509_subject_alternative_name", [])]
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+
+
+Decide = Callable[[grpc.aio.ServicerContext], Awaitable[None]]
+
+
+def _guarded(handler: grpc.RpcMethodHandler, decide: Decide) -> grpc.RpcMethodHandler:
+    """The same handler, with `decide` (which aborts a refused call) run before its behaviour."""
+    if handler.unary_unary:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await decide(context)
+            result = inner_uu(request, context)
+            return await result if isinstance(result, Awaitable) else result
+
+        return handler._replace(unary_unary=unary_unary)
+    if handler.stream_unary:
+        inner_su = handler.stream_unary
+
+        async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            await decide(context)
+            result = inner_su(requests, context)
+            return await result if isinstance(result, Awaitable) else result
+
+        return handler._replace(stream_unary=stream_unary)
+    inner_stream = handler.unary_stream or handler.stream_stream
+    field = "unary_stream" if handler.unary_stream else "stream_stream"
+
+    async def streaming(request_or_requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        await decide(context)
+        result = inner_stream(request_or_requests, context)
+        if hasattr(result, "__aiter__"):
+            async for reply in result:
+                yield reply
+        else:
+            await result  # a handler that writes with context.write()
+
+    return handler._replace(**{field: streaming})
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, policy: AuthPolicy, service: str) -> None:
+        self.policy = policy
+        self.service = service
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method.lstrip("/")
+        if handler is None or method.rpartition("/")[0] in OPEN_SERVICES:
+            return handler
+        token = _bearer(handler_call_details.invocation_metadata)
+
+        async def decide(context: grpc.aio.ServicerContext) -> None:
+            if token is not None:  # a token decides alone: a bad one never falls back to the certificate
+                caller = self.policy.by_token(token) if token else None
+            else:
+                caller = self.policy.by_certificate(_certificate_names(context))
+            if caller is None:
+                self._refused(method, None, "unauthenticated")
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"{method}: no valid credentials (a bearer token or a client certificate this service knows)",
+                )
+            elif not caller.allows(method):
+                self._refused(method, caller.name, "permission_denied")
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED, f"{method}: caller {caller.name!r} may not call this RPC"
+                )
+
+        return _guarded(handler, decide)
+
+    def _refused(self, method: str, caller: str | None, why: str) -> None:
+        log.warning(
+            "call refused", extra={"fields": {"service": self.service, "rpc": method, "caller": caller, "reason": why}}
+        )
