@@ -27,6 +27,12 @@ class PopularCache:
         self.timeout_seconds = timeout_seconds
         self._retrieved = Retrieved((), ())
         self._catalogue: Mapping[str, PageItem] = {}
+        self._primed = False
+
+    @property
+    def primed(self) -> bool:
+        """Whether a refresh ever succeeded (until then the fallback has nothing to show)."""
+        return self._primed
 
     def snapshot(self) -> tuple[Retrieved, Mapping[str, PageItem]]:
         return self._retrieved, self._catalogue
@@ -46,10 +52,11 @@ class PopularCache:
             log.warning("popular bundles not refreshed", extra={"fields": {"reason": failure.reason}})
             return False
         self._retrieved, self._catalogue = found, dict(catalogue)
+        self._primed = True
         return True
 
     async def run(self, interval: float, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self.refresh()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+            with contextlib.suppress(TimeoutError):  # until the first success, retry soon: readiness waits on it
+                await asyncio.wait_for(stop.wait(), interval if self._primed else min(interval, 1.0))

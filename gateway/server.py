@@ -22,6 +22,7 @@ from bundlerec.gateway.settings import GatewaySettings
 from bundlerec.privacy import SensitiveCategories
 from bundlerec.runtime.server import ServiceParts
 from bundlerec.runtime.tls import open_channel
+from bundlerec.runtime.tracing import client_interceptors
 from bundlerec.v1 import gateway_pb2, gateway_pb2_grpc
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["RecommendationService"].full_name
@@ -39,13 +40,20 @@ async def _connect(channels: list[grpc.aio.Channel], seconds: float = 2.0) -> No
 class Gateway:
     servicer: GatewayServicer
     impressions: ImpressionLog  # the gateway's only per-user state (erased with the user)
+    popular: PopularCache
     close: Callable[[], Awaitable[None]]
+
+    async def readiness(self) -> str | None:
+        """Ready once the candidate service has answered: from then on every page has at least the
+        popular fallback; before, a page would be empty, so traffic is better sent to another replica."""
+        return None if self.popular.primed else "the candidate service has not answered yet (no page to serve)"
 
     def parts(self) -> ServiceParts:
         return ServiceParts(
             name="gateway",
             register=lambda server: gateway_pb2_grpc.add_RecommendationServiceServicer_to_server(self.servicer, server),
             service_names=[SERVICE_NAME],
+            readiness=self.readiness,
             close=self.close,
         )
 
@@ -62,8 +70,9 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     except RulesError as error:
         raise SystemExit(f"bundlerec serve gateway: {error}") from None
     security = settings.client_security()
+    traced = client_interceptors("gateway", settings) or ()  # tracing on: spans and x-request-id downstream
     channels = [
-        open_channel(address, security)
+        open_channel(address, security, interceptors=traced)
         for address in (settings.profile_address, settings.candidate_address, settings.ranker_address)
     ]
     profile_channel, candidate_channel, ranker_channel = channels
@@ -107,4 +116,4 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         for channel in channels:
             await channel.close()
 
-    return Gateway(servicer, impressions, close)
+    return Gateway(servicer, impressions, popular, close)

@@ -33,7 +33,7 @@ def start_service(service: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-def wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+def wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float = 60, service: str = "") -> None:
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -42,7 +42,7 @@ def wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float 
                 raise AssertionError(f"service exited early ({process.returncode}): {process.stderr.read().decode()}")  # type: ignore[union-attr]
             try:
                 if (
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status
                     == health_pb2.HealthCheckResponse.SERVING
                 ):
                     return

@@ -13,7 +13,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from bundlerec.v1 import profile_pb2
+from bundlerec.runtime.server import LIVENESS_SERVICE
+from bundlerec.v1 import gateway_pb2, gateway_pb2_grpc, profile_pb2
 from tests.conftest import ProfileServer, running_profile
 from tests.factories import event
 from tests.processes import BUNDLEREC, free_port, start_profile, start_service, wait_serving
@@ -178,8 +179,9 @@ def test_bad_setting_is_a_clear_error_not_a_traceback() -> None:
 
 
 @pytest.mark.slow
-def test_the_gateway_serves_without_its_services_and_stops_cleanly_on_sigterm() -> None:
-    """Downstream services need not be up for the gateway to start (its stages degrade)."""
+def test_the_gateway_starts_without_its_services_live_but_not_ready_and_stops_cleanly_on_sigterm() -> None:
+    """Downstream services need not be up for the gateway to start; until the candidate service has
+    answered it has no page to serve, so it is alive (liveness) but not ready."""
     port = free_port()
     nowhere = f"127.0.0.1:{free_port()}"
     env = {
@@ -189,6 +191,13 @@ def test_the_gateway_serves_without_its_services_and_stops_cleanly_on_sigterm() 
         "BUNDLEREC_GATEWAY_RANKER_ADDRESS": nowhere,
     }
     process = start_service("gateway", env)
-    wait_serving(f"127.0.0.1:{port}", process)
+    wait_serving(f"127.0.0.1:{port}", process, service=LIVENESS_SERVICE)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        ready = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert ready.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        page = gateway_pb2_grpc.RecommendationServiceStub(channel).Recommend(
+            gateway_pb2.RecommendRequest(user_id="u1"), timeout=5
+        )
+        assert not page.bundles and {d.stage for d in page.degraded} >= {gateway_pb2.STAGE_CANDIDATES}
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0

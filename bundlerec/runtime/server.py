@@ -23,10 +23,14 @@ from bundlerec.runtime.interceptor import ServiceInterceptor
 from bundlerec.runtime.metrics import start_metrics_endpoint
 from bundlerec.runtime.settings import ServiceSettings
 from bundlerec.runtime.tls import server_credentials
+from bundlerec.runtime.tracing import server_interceptors
 
 log = logging.getLogger("bundlerec.server")
 
 READINESS_TIMEOUT_SECONDS = 5.0
+# Liveness, apart from readiness: SERVING while the process answers at all, so a probe of it does not
+# restart a pod that is only waiting for its database or model (readiness: the "" service).
+LIVENESS_SERVICE = "bundlerec.liveness"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -105,7 +109,8 @@ async def start_server(settings: ServiceSettings, parts: ServiceParts) -> Runnin
         ("grpc.so_reuseport", 0),
     ]
     credentials = server_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
-    interceptors: list[grpc.aio.ServerInterceptor] = [ServiceInterceptor()]
+    # tracing (when on) outermost, so its span covers everything, refusals included
+    interceptors: list[grpc.aio.ServerInterceptor] = [*server_interceptors(parts.name, settings), ServiceInterceptor()]
     if settings.auth_file:  # after the metrics interceptor, so refused calls are counted too
         interceptors.append(AuthInterceptor(AuthPolicy.load(settings.auth_file, parts.service_names), parts.name))
     server = grpc.aio.server(interceptors=interceptors, options=options)
@@ -114,6 +119,7 @@ async def start_server(settings: ServiceSettings, parts: ServiceParts) -> Runnin
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ["", *parts.service_names]:
         await health_servicer.set(name, NOT_SERVING)
+    await health_servicer.set(LIVENESS_SERVICE, SERVING)
     reflection.enable_server_reflection(
         [*parts.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
