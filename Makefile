@@ -29,7 +29,7 @@ $(VENV)/.installed: $(SOURCES)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: the local CPU build. Unpinned, a dependency would pull CUDA wheels (GBs).
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[dev,train]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,train,tracing]"
 	$(BIN)/python -c "import bundlerec.v1.profile_pb2, bundlerec.v1.gateway_pb2_grpc"
 	touch $@
 

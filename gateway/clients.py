@@ -96,6 +96,7 @@ class CandidateClient:
         self.ttl = catalogue_ttl_seconds
         self.max_cached = max_cached
         self._cache: dict[str, tuple[float, PageItem | None]] = {}
+        self._bundle_cache: dict[str, tuple[float, tuple[str, ...] | None]] = {}
 
     async def search_text(
         self, text: str, limit: int, item_filter: CandidateFilter, seconds: float
@@ -164,6 +165,36 @@ class CandidateClient:
                 self._cache[item.item_id] = (now, item)
             for item_id in response.missing_item_ids:
                 self._cache[item_id] = (now, None)
+        return out
+
+
+    async def bundles(self, bundle_ids: Sequence[str], seconds: float) -> Mapping[str, tuple[str, ...]]:
+        """Catalogue bundles' members by id (unknown ids left out), cached like items."""
+        now = time.monotonic()
+        out: dict[str, tuple[str, ...]] = {}
+        missing = []
+        for bundle_id in dict.fromkeys(bundle_ids):
+            cached = self._bundle_cache.get(bundle_id)
+            if cached is not None and now - cached[0] < self.ttl:
+                if cached[1] is not None:
+                    out[bundle_id] = cached[1]
+            else:
+                missing.append(bundle_id)
+        if not missing:
+            return out
+        try:
+            response = await self.stub.GetBundles(
+                candidate_pb2.GetBundlesRequest(bundle_ids=missing[:MAX_GET_ITEMS]), timeout=seconds
+            )
+        except (grpc.aio.AioRpcError, TimeoutError) as error:
+            raise failure(error) from None
+        if len(self._bundle_cache) + len(missing) > self.max_cached:
+            self._bundle_cache.clear()
+        for pb in response.bundles:
+            out[pb.bundle_id] = tuple(pb.item_ids)
+            self._bundle_cache[pb.bundle_id] = (now, tuple(pb.item_ids))
+        for bundle_id in response.missing_bundle_ids:
+            self._bundle_cache[bundle_id] = (now, None)
         return out
 
 
@@ -269,4 +300,8 @@ def forwarded(error: grpc.aio.AioRpcError) -> errors.BundlerecError:
         return errors.NotFound(details)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return errors.FailedPrecondition(details)
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):  # retrying will not help
+        return errors.FailedPrecondition(
+            "the profile service refused the gateway (its client credentials or the profile service's auth file)"
+        )
     return errors.Unavailable("the profile service did not answer; retry (event ids make retries safe)")

@@ -62,6 +62,8 @@ def explain(
             if category and usable_evidence(category, requester, sensitive):
                 if any(item.category.startswith(category) for item in bundle.items):
                     return f"matches your interest in {category.split('>')[-1].strip()}"
+    if not bundle.sources:  # no retrieval source: added for a promotion
+        return "featured"
     if Source.POPULARITY in bundle.sources or not requester.personalized:
         return "popular right now"
     return "picked for you"

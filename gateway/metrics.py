@@ -27,3 +27,14 @@ PAGE_BUNDLES = Counter(
     "Bundles shown on pages: curated (from the catalogue) or generated (built for the request).",
     ["kind"],
 )
+DEGRADED_PAGES = Counter(
+    "bundlerec_gateway_degraded_pages_total",
+    "Recommend pages served with at least one stage degraded (see bundlerec_gateway_degraded_total for which "
+    "and why), by experiment variant.",
+    ["variant"],
+)
+PAGE_SIZE = Histogram(
+    "bundlerec_gateway_page_size",
+    "Bundles on a Recommend page (fewer than asked when the filtered catalogue has fewer).",
+    buckets=(0, 1, 2, 3, 5, 8, 10, 15, 20, 30, 50),
+)

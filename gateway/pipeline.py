@@ -11,6 +11,7 @@ Only a bad request is an error. No grpc here: the stages are ports (ports.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -22,10 +23,11 @@ from bundlerec.gateway import metrics
 from bundlerec.gateway.builder import BuildLimits, build_bundles, complements_first, related
 from bundlerec.gateway.experiments import Experiments
 from bundlerec.gateway.explain import explain, usable_evidence
-from bundlerec.gateway.impressions import ImpressionLog, bundle_key
+from bundlerec.gateway.impressions import ImpressionStore, ImpressionsUnavailable, bundle_key
 from bundlerec.gateway.model import (
     Context,
     Degradation,
+    Found,
     Placement,
     Recommendation,
     Requester,
@@ -74,6 +76,7 @@ class RecommendQuery:
     overrides: RuleOverrides = field(default_factory=RuleOverrides)
     debug: bool = False
     caller_seconds: float | None = None  # what is left of the caller's own deadline, when it set one
+    recommendation_id: str = ""  # "": a new one
 
     @property
     def key(self) -> str:
@@ -88,7 +91,7 @@ class Recommender:
         ranker: RankerPort,
         rules: RulesSource,
         popular: PopularCache,
-        impressions: ImpressionLog,
+        impressions: ImpressionStore,
         experiments: Experiments,
         settings: PipelineSettings,
     ) -> None:
@@ -127,6 +130,7 @@ class Recommender:
         async def retrieve_with_items(seconds: float) -> tuple[Retrieved, Mapping[str, PageItem]]:
             started = time.monotonic()
             found = await self.candidates.retrieve(retrieval, seconds)
+            found = await self._with_promoted(found, rules, max(0.001, seconds - (time.monotonic() - started)))
             ids = _item_ids(found, [anchor, *(h.target_id for h in history[-5:] if not h.is_bundle)])
             return found, await self.candidates.items(ids, max(0.001, seconds - (time.monotonic() - started)))
 
@@ -154,10 +158,11 @@ class Recommender:
             # bundles holding it score above every other (the page orders by score, then diversity)
             lift = max(b.score for b in scored) - min(b.score for b in scored) + 1.0
             scored = [_with_score(b, b.score + lift) if _holds(b, anchor) else b for b in scored]
-        if declined:
-            self.impressions.forget(query.key)  # tracked before the request knew their consent
+        if declined:  # tracked before the request knew their consent
+            with contextlib.suppress(ImpressionsUnavailable):  # ForgetUser and consent changes erase them for sure
+                await self.impressions.forget(query.key)
         elif requester.personalized or requester.anonymous:
-            scored = self._rotate(query.key, scored, run)
+            scored = await self._rotate(query.key, scored, run)
 
         started = time.monotonic()
         by_key = {_key(b.bundle_id, b.items): b for b in scored}
@@ -174,13 +179,16 @@ class Recommender:
             shown.append(Shown(bundle.bundle_id, bundle.items, bundle.score, reason, bundle.generated, origin.sources))
         metrics.STAGE_LATENCY.labels(Stage.RULES.value).observe(time.monotonic() - started)
         metrics.PAGES.labels(variant.name, str(requester.personalized).lower()).inc()
+        metrics.PAGE_SIZE.observe(len(shown))
+        if run.degraded:
+            metrics.DEGRADED_PAGES.labels(variant.name).inc()
         for bundle in shown:
             metrics.PAGE_BUNDLES.labels("generated" if bundle.generated else "curated").inc()
         if run.trace is not None:
             run.trace.stages.append(TraceStage(Stage.RULES, (time.monotonic() - started) * 1000, {"page": len(shown)}))
             run.trace.actions.extend(page.actions)
         return Recommendation(
-            recommendation_id=uuid.uuid4().hex,
+            recommendation_id=query.recommendation_id or uuid.uuid4().hex,
             bundles=shown,
             model_version=version,
             variant=variant.name,
@@ -300,13 +308,33 @@ class Recommender:
                 sources = frozenset().union(*(p.sources for p in parts)) | {Source.ANCHOR}
                 out.append(Scored("", members, max(p.score for p in parts), sources, generated=True, evidence=anchor))
                 built += 1
+        # a promoted item that no candidate holds is offered alone (an item is a bundle of one)
+        held = {i.item_id for bundle in out for i in bundle.items}
+        for item_id in dict.fromkeys(p.item_id for p in rules.promotions if p.item_id):
+            if item_id not in held and item_id in catalogue:
+                out.append(Scored("", (catalogue[item_id],), 0.0, frozenset(), generated=True))
         run.count(Stage.CANDIDATES, {"bundles.curated": len(found.bundles), "bundles.generated": built})
         return out
 
-    def _rotate(self, key: str, scored: list[Scored], run: Run) -> list[Scored]:
+    async def _with_promoted(self, found: Retrieved, rules: Rules, seconds: float) -> Retrieved:
+        """The promoted bundles and items that retrieval did not return, added as candidates without
+        a source (the page's filters still apply to them): a merchandiser's pin or boost must not
+        depend on whether this requester's retrieval happened to reach it."""
+        have_bundles = {f.target_id for f in found.bundles}
+        have_items = {i for f in (*found.items, *found.bundles) for i in f.item_ids or (f.target_id,)}
+        bundle_ids = [p.bundle_id for p in rules.promotions if p.bundle_id and p.bundle_id not in have_bundles]
+        item_ids = [p.item_id for p in rules.promotions if p.item_id and p.item_id not in have_items]
+        if not bundle_ids and not item_ids:
+            return found
+        members = await self.candidates.bundles(bundle_ids, seconds) if bundle_ids else {}
+        extra_bundles = tuple(Found(b, True, 0.0, frozenset(), members[b]) for b in bundle_ids if b in members)
+        extra_items = tuple(Found(i, False, 0.0, frozenset(), (i,)) for i in dict.fromkeys(item_ids))
+        return Retrieved(found.items + extra_items, found.bundles + extra_bundles)
+
+    async def _rotate(self, key: str, scored: list[Scored], run: Run) -> list[Scored]:
         """Bundles this requester was shown many times without interacting score below every other
         (in their own order), so fresh ones get the places; they still fill a page that needs them."""
-        tired = self.impressions.overexposed(key, [_key(b.bundle_id, b.items) for b in scored])
+        tired = await self.impressions.overexposed(key, [_key(b.bundle_id, b.items) for b in scored])
         if not tired:
             return scored
         floor = min(b.score for b in scored) - 1.0

@@ -55,6 +55,10 @@ class CandidatePort(Protocol):
 
     async def items(self, item_ids: Sequence[str], seconds: float) -> Mapping[str, PageItem]: ...
 
+    async def bundles(self, bundle_ids: Sequence[str], seconds: float) -> Mapping[str, tuple[str, ...]]:
+        """Members of catalogue bundles by id; unknown ids are left out."""
+        ...
+
     async def search_text(
         self, text: str, limit: int, item_filter: CandidateFilter, seconds: float
     ) -> list[tuple[PageItem, float]]: ...

@@ -13,7 +13,7 @@ import grpc
 from bundlerec.gateway.builder import BuildLimits
 from bundlerec.gateway.clients import AccountsClient, CandidateClient, ProfileClient, RankerClient
 from bundlerec.gateway.experiments import Experiments
-from bundlerec.gateway.impressions import ImpressionLog
+from bundlerec.gateway.impressions import ImpressionStore, MemoryImpressions
 from bundlerec.gateway.pipeline import PipelineSettings, Recommender
 from bundlerec.gateway.popular import PopularCache
 from bundlerec.gateway.rules import RulesError, RulesSource
@@ -39,7 +39,7 @@ async def _connect(channels: list[grpc.aio.Channel], seconds: float = 2.0) -> No
 @dataclass
 class Gateway:
     servicer: GatewayServicer
-    impressions: ImpressionLog  # the gateway's only per-user state (erased with the user)
+    impressions: ImpressionStore  # the gateway's only per-user state (erased with the user)
     popular: PopularCache
     close: Callable[[], Awaitable[None]]
 
@@ -62,6 +62,23 @@ async def build(settings: GatewaySettings) -> ServiceParts:
     return (await assemble(settings)).parts()
 
 
+def open_impressions(settings: GatewaySettings) -> ImpressionStore:
+    if not settings.impressions_url:
+        return MemoryImpressions(settings.rotate_after_impressions)
+    from bundlerec.gateway.impressions_redis import RedisImpressions
+
+    try:
+        return RedisImpressions.connect(
+            settings.impressions_url,
+            timeout_seconds=settings.impressions_timeout_ms / 1000,
+            key_secret=settings.impressions_key_secret.get_secret_value().encode() or b"bundlerec",
+            rotate_after=settings.rotate_after_impressions,
+            ttl_seconds=settings.impressions_ttl_seconds,
+        )
+    except ValueError as error:  # the URL's scheme or form
+        raise SystemExit(f"bundlerec serve gateway: impressions_url: {error}") from None
+
+
 async def assemble(settings: GatewaySettings) -> Gateway:
     """A bad rules file stops the start (SystemExit naming the field); downstream services need not
     be up: the gateway serves degraded pages until they are."""
@@ -78,7 +95,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     profile_channel, candidate_channel, ranker_channel = channels
     candidates = CandidateClient(candidate_channel, settings.catalogue_ttl_seconds)
     popular = PopularCache(candidates, limit=settings.candidate_limit)
-    impressions = ImpressionLog(settings.rotate_after_impressions)
+    impressions = open_impressions(settings)
     recommender = Recommender(
         profile=ProfileClient(profile_channel, settings.history_length),
         candidates=candidates,
@@ -115,5 +132,6 @@ async def assemble(settings: GatewaySettings) -> Gateway:
                 await task
         for channel in channels:
             await channel.close()
+        await impressions.close()
 
     return Gateway(servicer, impressions, popular, close)

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import uuid
 from collections.abc import Sequence
 
 import grpc
 
 from bundlerec import validation
-from bundlerec.errors import InvalidArgument
+from bundlerec.errors import InvalidArgument, Unavailable
 from bundlerec.gateway.clients import AccountsClient
-from bundlerec.gateway.impressions import ImpressionLog, bundle_key
+from bundlerec.gateway.impressions import ImpressionStore, ImpressionsUnavailable, bundle_key
 from bundlerec.gateway.model import Context, Degradation, Placement, Recommendation, Stage
 from bundlerec.gateway.page import PageItem
 from bundlerec.gateway.pipeline import Recommender, RecommendQuery
 from bundlerec.gateway.ports import CandidateFilter
 from bundlerec.gateway.rules import BLOCKLIST_ENTRIES, MAX_OVERRIDE_ENTRIES, RuleOverrides, Rules
 from bundlerec.gateway.search import SearchQuery, search
+from bundlerec.runtime.tracing import bind_recommendation
 from bundlerec.v1 import candidate_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc, profile_pb2
 
 MAX_PAGE = 50
@@ -180,16 +182,19 @@ def recommendation_pb(r: Recommendation) -> gateway_pb2.RecommendResponse:
 
 
 class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
-    def __init__(self, recommender: Recommender, accounts: AccountsClient, impressions: ImpressionLog) -> None:
+    def __init__(self, recommender: Recommender, accounts: AccountsClient, impressions: ImpressionStore) -> None:
         self.recommender = recommender
         self.accounts = accounts
         self.impressions = impressions
-        self._impression_ids: dict[str, None] = {}  # recent impression ids, for idempotent retries
 
     async def Recommend(
         self, request: gateway_pb2.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.RecommendResponse:
-        query = dataclasses.replace(query_from_pb(request), caller_seconds=_caller_seconds(context))
+        recommendation_id = uuid.uuid4().hex
+        bind_recommendation(recommendation_id)  # tracing on: on the span, and the request id unless the caller sent one
+        query = dataclasses.replace(
+            query_from_pb(request), caller_seconds=_caller_seconds(context), recommendation_id=recommendation_id
+        )
         return recommendation_pb(await self.recommender.recommend(query))
 
     async def Search(
@@ -219,19 +224,23 @@ class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
             if impression.position < 0:
                 raise InvalidArgument(f"{field}.position", "must not be negative")
         recorded = None
-        if request.events:
-            recorded = await self.accounts.record_events(request.events)
-            for event in request.events:
-                self.impressions.interacted(event.user_id, event.target.id)
         counted = 0
-        for impression in request.impressions:
-            seen = f"{impression.user_id}\0{impression.impression_id}"
-            if seen in self._impression_ids:
-                continue
-            self._remember(seen)
-            key = bundle_key(impression.bundle_id, impression.item_ids)
-            self.impressions.shown(impression.user_id, key, impression.item_ids)
-            counted += 1
+        try:  # events first: a retry after a failure below re-sends them, and the profile ignores repeats
+            if request.events:
+                recorded = await self.accounts.record_events(request.events)
+                targets: dict[str, list[str]] = {}
+                for event in request.events:
+                    targets.setdefault(event.user_id, []).append(event.target.id)
+                for user_id, target_ids in targets.items():
+                    await self.impressions.interacted(user_id, target_ids)
+            for impression in request.impressions:
+                if not await self.impressions.first_time(impression.user_id, impression.impression_id):
+                    continue
+                key = bundle_key(impression.bundle_id, impression.item_ids)
+                await self.impressions.shown(impression.user_id, key, impression.item_ids)
+                counted += 1
+        except ImpressionsUnavailable:
+            raise Unavailable("the impression store did not answer; retry the whole request") from None
         return gateway_pb2.TrackResponse(
             events_recorded=recorded.recorded if recorded else 0,
             events_duplicate=recorded.duplicates if recorded else 0,
@@ -247,7 +256,7 @@ class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
         if request.HasField("personalization"):
             forwarded.personalization = request.personalization
             if not request.personalization:
-                self.impressions.forget(request.user_id)
+                await self._forget_impressions(request.user_id)
         if request.HasField("sensitive_categories"):
             forwarded.sensitive_categories = request.sensitive_categories
         response = await self.accounts.set_consent(forwarded)
@@ -258,11 +267,11 @@ class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
     ) -> gateway_pb2.ForgetUserResponse:
         validation.identifier("user_id", request.user_id)
         response = await self.accounts.delete_user(request.user_id)
-        shown = self.impressions.forget(request.user_id)
+        shown = await self._forget_impressions(request.user_id)
         return gateway_pb2.ForgetUserResponse(existed=response.existed or shown)
 
-    def _remember(self, impression_id: str) -> None:
-        """Impression ids recently counted (bounded; ids are the client's, keyed per user here)."""
-        self._impression_ids[impression_id] = None
-        while len(self._impression_ids) > 1_000_000:
-            del self._impression_ids[next(iter(self._impression_ids))]
+    async def _forget_impressions(self, user_id: str) -> bool:
+        try:
+            return await self.impressions.forget(user_id)
+        except ImpressionsUnavailable:
+            raise Unavailable("the impression store did not answer; retry (erasure is idempotent)") from None

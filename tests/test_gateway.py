@@ -319,6 +319,50 @@ async def test_rules_file_blocklist_applies_and_a_bad_edit_keeps_the_old_rules(
         assert all(i.item_id != blocked for b in page.bundles for i in b.items)
 
 
+async def test_promotions_reach_the_page_even_when_retrieval_misses_them(
+    suite: Suite, encoder_dir: str, tmp_path: Path
+) -> None:
+    user = buyer(suite)
+    dataset = read_dataset(suite.root / "shop")
+    rules = tmp_path / "rules.toml"
+    rules.write_text("")
+    # retrieval returns one item and one bundle, and nothing is built: the promoted ones are not among them
+    settings = {"rules_file": str(rules), "rules_poll_seconds": 0.05, "candidate_limit": 1, "built_bundles": 0}
+    async with running_suite(suite, encoder_dir, **settings) as running:
+        plain = await recommend(running.stub, user_id=user, page_size=4)
+        assert len(plain.bundles) <= 1
+        on_page = {i.item_id for b in plain.bundles for i in b.items}
+        bundle = next(b for b in sorted(dataset.bundles) if b not in {p.bundle_id for p in plain.bundles})
+        members = set(dataset.bundles[bundle].item_ids)
+        bought = suite.purchases.get(user, set())
+        item = next(i for i in sorted(dataset.items) if i not in on_page | members | bought)
+        rules.write_text(
+            f"""max_promoted_share = 1.0
+[[promotions]]
+name = "kit"
+bundle_id = "{bundle}"
+kind = "pin"
+position = 0
+
+[[promotions]]
+name = "new-item"
+item_id = "{item}"
+kind = "pin"
+position = 1
+"""
+        )
+
+        async def pinned() -> bool:
+            page = await recommend(running.stub, user_id=user, page_size=4)
+            return bool(page.bundles) and page.bundles[0].bundle_id == bundle
+
+        await _until(pinned)
+        page = await recommend(running.stub, user_id=user, page_size=4, debug=True)
+        assert page.bundles[0].explanation == "featured"
+        assert [i.item_id for i in page.bundles[1].items] == [item] and not page.bundles[1].bundle_id
+        assert {a.rule for a in page.trace.rule_actions if a.action == "pinned"} >= {"kit", "new-item"}
+
+
 async def _blocked(running: Running, user: str, item: str) -> bool:
     page = await recommend(running.stub, user_id=user, page_size=5)
     return all(i.item_id != item for b in page.bundles for i in b.items)

@@ -10,7 +10,6 @@ from pydantic import ValidationError
 
 from bundlerec.gateway.builder import BuildLimits, build_bundles, near_duplicates
 from bundlerec.gateway.experiments import Experiments, Variant
-from bundlerec.gateway.impressions import ImpressionLog
 from bundlerec.gateway.page import PageItem
 from bundlerec.gateway.resilience import BreakerState, CircuitBreaker, Deadline
 
@@ -95,15 +94,3 @@ def test_the_breaker_opens_after_failures_and_probes_once() -> None:
     assert breaker.state is BreakerState.CLOSED and breaker.allow()
 
 
-def test_impressions_rotate_until_an_interaction_and_are_forgotten() -> None:
-    log = ImpressionLog(rotate_after=2, max_requesters=2)
-    for _ in range(2):
-        log.shown("ann", "b:kit", ["boots", "poles"])
-    log.shown("ann", "i:a|b", ["a", "b"])
-    assert log.overexposed("ann", ["b:kit", "i:a|b"]) == {"b:kit"}
-    log.interacted("ann", "poles")
-    assert log.overexposed("ann", ["b:kit"]) == set()
-    log.shown("bob", "b:kit", [])
-    log.shown("cid", "b:kit", [])  # over the bound: the least recently active (ann) is dropped
-    assert "ann" not in log and "bob" in log
-    assert log.forget("bob") and "bob" not in log and not log.forget("bob")

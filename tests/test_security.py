@@ -5,6 +5,7 @@ not allowed to call it; the health service stays open for probes."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import ipaddress
@@ -32,6 +33,7 @@ from bundlerec.runtime.settings import ServiceSettings
 from bundlerec.runtime.tls import ChannelSecurity, open_channel
 from bundlerec.v1 import candidate_pb2, gateway_pb2, gateway_pb2_grpc, profile_pb2, profile_pb2_grpc, ranker_pb2
 from tests.conftest import profile_settings
+from tests.processes import free_port
 
 SERVICES = {
     "profile": (profile_pb2, "ProfileService"),
@@ -262,7 +264,7 @@ allow = ["bundlerec.v1.ProfileService/ForgetUser"]
     settings = profile_settings(
         f"sqlite:///{tmp_path / 'profile.sqlite3'}",
         tls_cert_file=str(pki.server_cert), tls_key_file=str(pki.server_key),
-        tls_client_ca_file=str(pki.ca), auth_file=str(policy),
+        tls_client_ca_file=str(pki.ca), auth_file=str(policy), health_port=free_port(),
     )
     running = await start_server(settings, await build_profile(settings))
     yield running
@@ -294,6 +296,25 @@ async def test_mutual_tls_admits_only_certificates_of_our_ca_and_checks_what_eac
     assert await _profile_call(port, rogue) == grpc.StatusCode.UNAVAILABLE
     # plaintext against a TLS server
     assert await _profile_call(port, ChannelSecurity()) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_probes_that_speak_no_tls_get_health_on_the_health_port_and_nothing_else(
+    tls_profile: RunningServer,
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{tls_profile.health_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "bundlerec.liveness", "bundlerec.v1.ProfileService"):
+            for _ in range(50):  # readiness is checked right after the start, and then every 0.2 s
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+                await asyncio.sleep(0.1)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await profile_pb2_grpc.ProfileServiceStub(channel).GetProfile(
+                profile_pb2.GetProfileRequest(user_id="u1"), timeout=5
+            )
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED  # the API is not on this port
 
 
 async def test_the_gateway_reaches_a_tls_profile_service_only_with_its_certificate(

@@ -11,6 +11,8 @@ import logging
 import sys
 import time
 
+from bundlerec.runtime.tracing import log_fields
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -20,6 +22,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        entry.update(log_fields())  # request_id and trace_id of the call being handled, when tracing is on
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)

@@ -62,6 +62,8 @@ class RunningServer:
     health: health.aio.HealthServicer
     parts: ServiceParts
     grace_seconds: float
+    health_server: grpc.aio.Server | None = None  # on health_port (plaintext, health only), when one is set
+    health_port: int = 0
     _watcher: asyncio.Task[None] | None = field(default=None, repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -75,6 +77,8 @@ class RunningServer:
         if self._watcher:  # let a readiness check in progress finish (it is bounded): cancelling could leak
             await self._watcher
         await self.server.stop(self.grace_seconds)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
         await self.parts.close()
         log.info("stopped", extra={"fields": {"service": self.parts.name}})
 
@@ -100,6 +104,18 @@ async def _watch_readiness(
             await health_servicer.set(name, status)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), interval)
+
+
+async def _start_health_server(settings: ServiceSettings, servicer: health.aio.HealthServicer) -> grpc.aio.Server:
+    """Only the health service, plaintext, on its own port: the kubelet's gRPC probes speak neither
+    TLS nor tokens, so a service with TLS on its main port is probed here. It tells nothing but the
+    state that the main port's health service also reports."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    if server.add_insecure_port(f"{settings.host}:{settings.health_port}") == 0:
+        raise OSError(f"cannot listen on {settings.host}:{settings.health_port} (health_port)")
+    await server.start()
+    return server
 
 
 async def start_server(settings: ServiceSettings, parts: ServiceParts) -> RunningServer:
@@ -128,9 +144,12 @@ async def start_server(settings: ServiceSettings, parts: ServiceParts) -> Runnin
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+    health_server = await _start_health_server(settings, health_servicer) if settings.health_port else None
     start_metrics_endpoint(settings.host, settings.metrics_port)
     await server.start()
-    running = RunningServer(server, port, health_servicer, parts, settings.grace_seconds)
+    running = RunningServer(
+        server, port, health_servicer, parts, settings.grace_seconds, health_server, settings.health_port
+    )
     running._watcher = asyncio.create_task(
         _watch_readiness(health_servicer, parts, settings.health_interval_seconds, running._stopping)
     )

@@ -37,7 +37,18 @@ class ServiceSettings(BaseSettings):
     tls_client_ca_file: str = Field(
         "", description="CA of the callers' certificates (PEM): set, every caller must present one (mutual TLS)."
     )
+    health_port: int = Field(
+        0, ge=0, le=65535, description="A plaintext port serving only grpc.health.v1, for probes that cannot "
+        "speak TLS (the kubelet's); 0: none (health is on the main port)."
+    )
     auth_file: str = Field(
         "", description="Callers allowed and the RPCs each may call (TOML, see bundlerec/runtime/auth.py); "
         "empty: no authentication."
+    )
+    # Tracing (see bundlerec/runtime/tracing.py and docs/observability.md): off unless an endpoint is set.
+    tracing_endpoint: str = Field(
+        "", description="OpenTelemetry collector (OTLP/gRPC), e.g. http://otel-collector:4317; empty: no tracing."
+    )
+    tracing_sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="Share of traces kept when the caller did not decide (parent-based sampling)."
     )

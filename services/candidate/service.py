@@ -17,6 +17,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from bundlerec import validation
+from bundlerec.candidate import metrics
 from bundlerec.candidate.catalogue import CatalogueSnapshot, CatalogueStore
 from bundlerec.candidate.collaborative import ModelWatcher
 from bundlerec.candidate.index import CatalogueIndex
@@ -69,6 +70,7 @@ class CandidateService:
         self._model_swap = asyncio.Lock()
         # While a new model's index is built: the index updates of the writes made meanwhile, to replay on it.
         self._replay: list[Callable[[], None]] | None = None
+        metrics.watch_index(self)
 
     async def load(self) -> None:
         """Builds the index from the catalogue store; items stored without a text vector (for
@@ -344,7 +346,9 @@ class CandidateService:
         if request.user_vector and len(request.user_vector) not in (fused, model):
             expected = f"the ranker model's {model} or the fused {fused}" if model else f"{fused} (no ranker model)"
             raise InvalidArgument("user_vector", f"has {len(request.user_vector)} dimensions; expected {expected}")
-        return retrieve(index, request)
+        retrieved = retrieve(index, request)
+        metrics.count_hits(retrieved)
+        return retrieved
 
     async def search_text(self, query: str, limit: int, item_filter: Filter) -> list[tuple[Item, float]]:
         validation.text("query", query, max_length=512, required=True)
@@ -354,6 +358,7 @@ class CandidateService:
         vector = (await asyncio.to_thread(self.encoder.encode, [query]))[0]
         index = self.index
         hits = index.item_vectors.search(index.fusion.fuse(vector), size, index.item_mask(item_filter))
+        metrics.SOURCE_HITS.labels("item", "text_search").inc(len(hits))
         return [(index.items[key], score) for key, score in hits]
 
 

@@ -149,7 +149,7 @@ class ProfileService:
         after_id = _decode_token("export", page_token)
         consent, rows = await self.store.export_events(user_id, after_id=after_id, limit=size + 1)
         if consent is None and not rows and not page_token:
-            raise NotFound(f"nothing is stored about user {user_id!r}")
+            raise NotFound("nothing is stored about this user")  # no id: messages reach logs and traces
         more = len(rows) > size
         rows = rows[:size]
         token = _encode_token("export", rows[-1][0]) if more else ""

@@ -6,6 +6,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from bundlerec import validation
 from bundlerec.errors import InvalidArgument
+from bundlerec.profile import metrics
 from bundlerec.profile.model import Consent, Event, EventType, Profile, TargetType
 from bundlerec.profile.service import ProfileService, now_us
 from bundlerec.v1 import common_pb2, profile_pb2, profile_pb2_grpc
@@ -112,8 +113,16 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         self, request: profile_pb2.RecordEventsRequest, context: object
     ) -> profile_pb2.RecordEventsResponse:
         received = now_us()
-        events = [event_from_pb(f"events[{i}]", pb, received) for i, pb in enumerate(request.events)]
-        result = await self.service.record_events(events)
+        try:
+            events = [event_from_pb(f"events[{i}]", pb, received) for i, pb in enumerate(request.events)]
+            result = await self.service.record_events(events)
+        except Exception as error:
+            outcome = "rejected" if isinstance(error, InvalidArgument) else "failed"
+            metrics.EVENTS.labels(outcome).inc(len(request.events))
+            raise
+        metrics.EVENTS.labels("recorded").inc(result.recorded)
+        metrics.EVENTS.labels("anonymized").inc(result.anonymized)
+        metrics.EVENTS.labels("duplicate").inc(result.duplicates)
         return profile_pb2.RecordEventsResponse(
             recorded=result.recorded, duplicates=result.duplicates, anonymized=result.anonymized
         )

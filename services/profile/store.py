@@ -18,6 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bundlerec import db
+from bundlerec.profile import metrics
 from bundlerec.profile.model import EVENT_WEIGHTS, Consent, Event, EventType, RecordResult, TargetType
 from bundlerec.profile.schema import AnonymousEventIdRow, EventRow, PopularityRow, UserRow
 
@@ -157,6 +158,7 @@ class SqlProfileStore:
             await db.upgrade_to_head(engine, MIGRATIONS)
         return cls(engine, key_secret=key_secret, retry_window_days=retry_window_days)
 
+    @metrics.timed("readiness")
     async def readiness(self) -> str | None:
         return await db.migration_problem(self.engine, MIGRATIONS)
 
@@ -203,6 +205,7 @@ class SqlProfileStore:
         )
         return {row.user_id: row.personalization for row in await conn.execute(query)}
 
+    @metrics.timed("record")
     async def record(self, events: Sequence[Event], *, default: Consent, now_us: int) -> RecordResult:
         async def work(conn: AsyncConnection) -> RecordResult:
             user_ids = sorted({e.user_id for e in events})
@@ -321,6 +324,7 @@ class SqlProfileStore:
             conn, popularity_t, rows, key=["target_type", "target_id", "day", "event_type"], add_to="count"
         )
 
+    @metrics.timed("set_consent")
     async def set_consent(
         self, user_id: str, *, personalization: bool | None, sensitive: bool | None, default: Consent, now_us: int
     ) -> tuple[Consent, int]:
@@ -355,6 +359,7 @@ class SqlProfileStore:
 
         return await db.in_transaction(self.engine, work)
 
+    @metrics.timed("delete_user")
     async def delete_user(self, user_id: str, *, now_us: int) -> tuple[bool, int]:
         async def work(conn: AsyncConnection) -> tuple[bool, int]:
             events = await self._forget_history(conn, user_id, now_us)
@@ -365,6 +370,7 @@ class SqlProfileStore:
 
     # -- reads ----------------------------------------------------------------------------
 
+    @metrics.timed("profile_rows")
     async def profile_rows(
         self,
         user_id: str,
@@ -412,6 +418,7 @@ class SqlProfileStore:
             params.update(before_us=page[-1].occurred_at_us, before_id=page[-1].id)
         return found[:limit]
 
+    @metrics.timed("export_events")
     async def export_events(
         self, user_id: str, *, after_id: int, limit: int
     ) -> tuple[Consent | None, list[tuple[int, Event]]]:
@@ -429,6 +436,7 @@ class SqlProfileStore:
 
         return await db.read(self.engine, work)
 
+    @metrics.timed("popularity_by_day")
     async def popularity_by_day(self, target_type: TargetType, *, since_day: int) -> list[tuple[str, int, float]]:
         weight = case({kind.value: w for kind, w in EVENT_WEIGHTS.items()}, value=popularity_t.c.event_type, else_=1.0)
 

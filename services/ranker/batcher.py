@@ -95,6 +95,8 @@ class MicroBatcher:
 
     async def _run(self, group: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
+        for pending in group:
+            metrics.QUEUE_WAIT.observe(loop.time() - pending.queued_at)
         try:
             outputs = await loop.run_in_executor(self._executor, run_batch, group[0].model, [p.request for p in group])
         except Exception as error:  # the callers get it (INTERNAL, logged by the interceptor)

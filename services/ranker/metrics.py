@@ -22,3 +22,8 @@ MODEL_LOADS = Counter("bundlerec_ranker_model_loads_total", "Model version loads
 NON_FINITE = Counter(
     "bundlerec_ranker_non_finite_total", "Rank requests refused because the model produced a non-finite score."
 )
+QUEUE_WAIT = Histogram(
+    "bundlerec_ranker_queue_wait_seconds",
+    "Time a Rank request waited in the micro-batcher's queue before its model run started.",
+    buckets=LATENCY_BUCKETS,
+)

@@ -1,0 +1,57 @@
+"""Prometheus metrics of the candidate service, beside the per-RPC ones every service has
+(bundlerec.runtime.metrics)."""
+
+from __future__ import annotations
+
+import collections
+import weakref
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Gauge
+
+if TYPE_CHECKING:
+    from bundlerec.candidate.index import CatalogueIndex
+    from bundlerec.candidate.model import Retrieved
+
+INDEX_SIZE = Gauge(
+    "bundlerec_candidate_index_size",
+    "Entries of the in-memory retrieval index: items and bundles with a vector, and the collaborative "
+    "vectors of the ranker model fused into them.",
+    ["kind"],
+)
+SOURCE_HITS = Counter(
+    "bundlerec_candidate_source_hits_total",
+    "Candidates returned by Retrieve (kind item or bundle) per source that found them (a candidate found "
+    "by several sources counts for each); SearchText results count as source text_search.",
+    ["kind", "source"],
+)
+
+
+def watch_index(index_of: object) -> None:
+    """Reports the sizes of `index_of.index` (the service's current index, read at each scrape)."""
+    owner = weakref.ref(index_of)
+
+    def size(read: str) -> float:
+        holder = owner()
+        index: CatalogueIndex | None = getattr(holder, "index", None)
+        if index is None:
+            return 0.0
+        if read == "item":
+            return float(len(index.item_vectors))
+        if read == "bundle":
+            return float(len(index.bundle_vectors))
+        collaborative = index.collaborative
+        return float(len(collaborative.items) + len(collaborative.bundles)) if collaborative else 0.0
+
+    for kind in ("item", "bundle", "collaborative"):
+        INDEX_SIZE.labels(kind).set_function(lambda kind=kind: size(kind))
+
+
+def count_hits(retrieved: Retrieved) -> None:
+    """Counts a Retrieve response's candidates per kind and source."""
+    for kind, found in (("item", retrieved.items), ("bundle", retrieved.bundles)):
+        counted: collections.Counter[object] = collections.Counter()
+        for candidate in found:
+            counted.update(candidate.sources)
+        for source, n in counted.items():
+            SOURCE_HITS.labels(kind, source.name.lower()).inc(n)
