@@ -8,14 +8,17 @@ consent. Two stores behind one interface:
   requesters are dropped first). Right for one gateway replica.
 - `RedisImpressions` (impressions_redis.py): shared by every replica, so counts add up across them
   and one ForgetUser erases the user from all of them.
-Store failures: reads in the page path fall back to "nothing over-exposed"; writes and erasure raise
-`ImpressionsUnavailable`, so the caller retries (events and impression ids are idempotent).
+Store failures: reads in the page path fall back to "nothing over-exposed", and so does an
+interaction that cannot reset a count (rotation is a nicety, the event itself is kept); counting an
+impression and erasure raise `ImpressionsUnavailable`, so the caller retries (an impression is
+counted atomically, once per impression id).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -31,11 +34,10 @@ class ImpressionsUnavailable(Exception):
 class ImpressionStore(Protocol):
     rotate_after: int
 
-    async def first_time(self, requester: str, impression_id: str) -> bool:
-        """True the first time an impression id is reported (retries are not counted twice)."""
+    async def record(self, requester: str, impression_id: str, bundle_key: str, item_ids: Iterable[str]) -> bool:
+        """Counts one impression, once per impression id (a retry is not counted twice): True
+        when counted now. Atomic: on ImpressionsUnavailable nothing was counted."""
         ...
-
-    async def shown(self, requester: str, bundle_key: str, item_ids: Iterable[str]) -> None: ...
 
     async def interacted(self, requester: str, target_ids: Iterable[str]) -> None:
         """Events on items or bundles: every bundle holding one (or being one) starts afresh."""
@@ -43,9 +45,19 @@ class ImpressionStore(Protocol):
 
     async def overexposed(self, requester: str, bundle_keys: Sequence[str]) -> set[str]: ...
 
+    async def holds(self, requester: str) -> bool:
+        """Whether anything about the requester is kept."""
+        ...
+
     async def forget(self, requester: str) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass
+class _Requester:
+    counts: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)  # oldest shown first
+    ids: OrderedDict[str, None] = field(default_factory=OrderedDict)  # impression ids counted
 
 
 class MemoryImpressions:
@@ -54,62 +66,54 @@ class MemoryImpressions:
         rotate_after: int = 5,
         max_requesters: int = 100_000,
         max_per_requester: int = 500,
-        max_impression_ids: int = 100_000,
+        max_ids_per_requester: int = 1_000,
     ) -> None:
         self.rotate_after = rotate_after
         self.max_requesters = max_requesters
         self.max_per_requester = max_per_requester
-        self.max_impression_ids = max_impression_ids
-        self._shown: OrderedDict[str, dict[str, tuple[int, frozenset[str]]]] = OrderedDict()
-        self._impression_ids: OrderedDict[str, None] = OrderedDict()
+        self.max_ids_per_requester = max_ids_per_requester
+        self._requesters: OrderedDict[str, _Requester] = OrderedDict()  # least recently active first
 
-    async def first_time(self, requester: str, impression_id: str) -> bool:
-        seen = f"{requester}\0{impression_id}"
-        if seen in self._impression_ids:
+    async def record(self, requester: str, impression_id: str, bundle_key: str, item_ids: Iterable[str]) -> bool:
+        state = self._touch(requester)
+        if impression_id in state.ids:
             return False
-        self._impression_ids[seen] = None
-        while len(self._impression_ids) > self.max_impression_ids:
-            self._impression_ids.popitem(last=False)
+        state.ids[impression_id] = None
+        while len(state.ids) > self.max_ids_per_requester:
+            state.ids.popitem(last=False)
+        count, _ = state.counts.pop(bundle_key, (0, frozenset()))
+        state.counts[bundle_key] = (count + 1, frozenset(item_ids))  # most recently shown last
+        while len(state.counts) > self.max_per_requester:
+            del state.counts[next(iter(state.counts))]
         return True
 
-    async def shown(self, requester: str, bundle_key: str, item_ids: Iterable[str]) -> None:
-        counts = self._touch(requester)
-        count, _ = counts.pop(bundle_key, (0, frozenset()))
-        counts[bundle_key] = (count + 1, frozenset(item_ids))  # most recently shown last
-        while len(counts) > self.max_per_requester:
-            del counts[next(iter(counts))]
-
     async def interacted(self, requester: str, target_ids: Iterable[str]) -> None:
-        counts = self._shown.get(requester)
-        if not counts:
+        state = self._requesters.get(requester)
+        if state is None:
             return
         for target_id in target_ids:
             bundle = bundle_key(target_id, ())
-            for key in [k for k, (_, items) in counts.items() if target_id in items or k == bundle]:
-                del counts[key]
+            for key in [k for k, (_, items) in state.counts.items() if target_id in items or k == bundle]:
+                del state.counts[key]
 
     async def overexposed(self, requester: str, bundle_keys: Sequence[str]) -> set[str]:
-        counts = self._shown.get(requester)
-        if not counts or self.rotate_after <= 0:
+        state = self._requesters.get(requester)
+        if state is None or self.rotate_after <= 0:
             return set()
-        return {k for k in bundle_keys if counts.get(k, (0, None))[0] >= self.rotate_after}
+        return {k for k in bundle_keys if state.counts.get(k, (0, None))[0] >= self.rotate_after}
+
+    async def holds(self, requester: str) -> bool:
+        return requester in self._requesters
 
     async def forget(self, requester: str) -> bool:
-        prefix = f"{requester}\0"
-        ids = [s for s in self._impression_ids if s.startswith(prefix)]
-        for seen in ids:
-            del self._impression_ids[seen]
-        return self._shown.pop(requester, None) is not None or bool(ids)
+        return self._requesters.pop(requester, None) is not None
 
     async def close(self) -> None:
         return None
 
-    def __contains__(self, requester: str) -> bool:
-        return requester in self._shown or any(s.startswith(f"{requester}\0") for s in self._impression_ids)
-
-    def _touch(self, requester: str) -> dict[str, tuple[int, frozenset[str]]]:
-        counts = self._shown.pop(requester, None) or {}
-        self._shown[requester] = counts  # most recently active last
-        while len(self._shown) > self.max_requesters:
-            self._shown.popitem(last=False)
-        return counts
+    def _touch(self, requester: str) -> _Requester:
+        state = self._requesters.pop(requester, None) or _Requester()
+        self._requesters[requester] = state  # most recently active last
+        while len(self._requesters) > self.max_requesters:
+            self._requesters.popitem(last=False)
+        return state

@@ -1,11 +1,13 @@
 """Impressions in Redis, shared by every gateway replica (see impressions.py for the interface).
 
-Per requester one hash, named by a keyed hash of the requester (no raw user id in Redis keys):
-field `c:<bundle key>` holds the count, `m:<bundle key>` the bundle's items (so an interaction with
-one of them resets it). The hash expires `ttl_seconds` after the requester was last shown
-something; a requester over `max_per_requester` bundles starts afresh. Impression ids, for
-idempotent retries, are `SET NX` keys with the same expiry, listed in a per-requester set so that
-erasure finds them.
+Everything about one requester is one hash, named by a keyed hash of the requester (no raw user
+id in Redis): `c:<bundle key>` the count, `m:<bundle key>` the bundle's items (so an interaction with
+one of them resets it), `id:<digest>` the impression ids already counted. One key per requester
+makes every step atomic and erasure a single DEL (and keeps to one slot of a Redis Cluster):
+- an impression is counted by one script (the id, the count, the items and the expiry together), so
+  a failure leaves nothing half-done and a retry is counted exactly once;
+- the hash expires `ttl_seconds` after the requester's last impression; one grown past its bound
+  starts afresh.
 """
 
 from __future__ import annotations
@@ -22,6 +24,20 @@ from bundlerec.gateway.impressions import ImpressionsUnavailable, bundle_key
 
 log = logging.getLogger("bundlerec.gateway")
 
+# KEYS[1] the requester's hash; ARGV: id field, bundle key, items, ttl, most fields.
+# Returns 1 when counted, 0 when the id was counted before.
+_RECORD = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], 1) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'c:' .. ARGV[2], 1)
+redis.call('HSET', KEYS[1], 'm:' .. ARGV[2], ARGV[3])
+if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[5]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], ARGV[1], 1, 'c:' .. ARGV[2], 1, 'm:' .. ARGV[2], ARGV[3])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
 
 class RedisImpressions:
     def __init__(
@@ -31,15 +47,18 @@ class RedisImpressions:
         key_secret: bytes,
         rotate_after: int = 5,
         ttl_seconds: int = 7 * 86_400,
-        max_per_requester: int = 500,
+        max_fields: int = 3_000,
         prefix: str = "bundlerec:impressions:",
     ) -> None:
+        if not key_secret:
+            raise ValueError("key_secret is required: without it the key names could be reversed to user ids")
         self.client = client
         self.key_secret = key_secret
         self.rotate_after = rotate_after
         self.ttl_seconds = ttl_seconds
-        self.max_per_requester = max_per_requester
+        self.max_fields = max_fields  # ids and two fields per bundle: about 1,000 bundles' worth
         self.prefix = prefix
+        self._record = client.register_script(_RECORD)
 
     @classmethod
     def connect(cls, url: str, *, timeout_seconds: float, **options: object) -> RedisImpressions:
@@ -48,34 +67,15 @@ class RedisImpressions:
         )
         return cls(client, **options)  # type: ignore[arg-type]
 
-    def _name(self, requester: str, kind: str) -> str:
+    def _name(self, requester: str) -> str:
         digest = hmac.new(self.key_secret, requester.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
-        return f"{self.prefix}{kind}:{digest}"
+        return f"{self.prefix}{digest}"
 
-    async def first_time(self, requester: str, impression_id: str) -> bool:
-        ids = self._name(requester, "ids")
-        seen = f"{ids}:{hashlib.sha256(impression_id.encode('utf-8')).hexdigest()[:24]}"
+    async def record(self, requester: str, impression_id: str, bundle_key: str, item_ids: Iterable[str]) -> bool:
+        field = "id:" + hashlib.sha256(impression_id.encode("utf-8")).hexdigest()[:24]
+        args = [field, bundle_key, "\t".join(item_ids), self.ttl_seconds, self.max_fields]
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(seen, 1, nx=True, ex=self.ttl_seconds)
-                pipe.sadd(ids, seen)
-                pipe.expire(ids, self.ttl_seconds)
-                fresh, _, _ = await pipe.execute()
-        except (RedisError, OSError) as error:
-            raise ImpressionsUnavailable(type(error).__name__) from None
-        return bool(fresh)
-
-    async def shown(self, requester: str, bundle_key: str, item_ids: Iterable[str]) -> None:
-        name = self._name(requester, "shown")
-        try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hincrby(name, f"c:{bundle_key}", 1)
-                pipe.hset(name, f"m:{bundle_key}", "\t".join(item_ids))
-                pipe.expire(name, self.ttl_seconds)
-                pipe.hlen(name)
-                *_, fields = await pipe.execute()
-            if fields > 2 * self.max_per_requester:
-                await self.client.delete(name)
+            return bool(await self._record(keys=[self._name(requester)], args=args))
         except (RedisError, OSError) as error:
             raise ImpressionsUnavailable(type(error).__name__) from None
 
@@ -83,16 +83,14 @@ class RedisImpressions:
         targets = set(target_ids)
         if not targets:
             return
-        name = self._name(requester, "shown")
+        name = self._name(requester)
+        as_bundles = {bundle_key(t, ()) for t in targets}
         try:
             fields = await self.client.hgetall(name)
             stale: list[str] = []
             for field, value in fields.items():
-                if not field.startswith("m:"):
-                    continue
-                key = field[2:]
-                if key in {bundle_key(t, ()) for t in targets} or targets.intersection(value.split("\t")):
-                    stale += [f"c:{key}", field]
+                if field.startswith("m:") and (field[2:] in as_bundles or targets.intersection(value.split("\t"))):
+                    stale += [f"c:{field[2:]}", field]
             if stale:
                 await self.client.hdel(name, *stale)
         except (RedisError, OSError) as error:
@@ -102,24 +100,23 @@ class RedisImpressions:
         if self.rotate_after <= 0 or not bundle_keys:
             return set()
         try:
-            counts = await self.client.hmget(self._name(requester, "shown"), [f"c:{k}" for k in bundle_keys])
+            counts = await self.client.hmget(self._name(requester), [f"c:{k}" for k in bundle_keys])
         except (RedisError, OSError) as error:  # the page goes on without rotation
             log.warning("impressions not read", extra={"fields": {"reason": type(error).__name__}})
             return set()
         return {k for k, count in zip(bundle_keys, counts, strict=True) if count and int(count) >= self.rotate_after}
 
-    async def forget(self, requester: str) -> bool:
-        shown, ids = self._name(requester, "shown"), self._name(requester, "ids")
+    async def holds(self, requester: str) -> bool:
         try:
-            seen = list(await self.client.smembers(ids))
-            removed = await self.client.delete(shown, ids, *seen)
+            return bool(await self.client.exists(self._name(requester)))
         except (RedisError, OSError) as error:
             raise ImpressionsUnavailable(type(error).__name__) from None
-        return removed > 0
+
+    async def forget(self, requester: str) -> bool:
+        try:
+            return bool(await self.client.delete(self._name(requester)))
+        except (RedisError, OSError) as error:
+            raise ImpressionsUnavailable(type(error).__name__) from None
 
     async def close(self) -> None:
         await self.client.aclose()
-
-    async def holds(self, requester: str) -> bool:
-        """Whether anything about the requester is kept (for erasure checks)."""
-        return bool(await self.client.exists(self._name(requester, "shown"), self._name(requester, "ids")))

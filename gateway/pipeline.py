@@ -27,7 +27,6 @@ from bundlerec.gateway.impressions import ImpressionStore, ImpressionsUnavailabl
 from bundlerec.gateway.model import (
     Context,
     Degradation,
-    Found,
     Placement,
     Recommendation,
     Requester,
@@ -42,6 +41,7 @@ from bundlerec.gateway.model import (
 from bundlerec.gateway.page import PageBundle, PageItem, RuleAction, assemble_page
 from bundlerec.gateway.popular import PopularCache
 from bundlerec.gateway.ports import CandidateFilter, CandidatePort, CandidateQuery, ProfilePort, RankerPort, StageFailed
+from bundlerec.gateway.promotions import promoted_items_alone, with_promoted
 from bundlerec.gateway.resilience import BreakerState, CircuitBreaker, Deadline
 from bundlerec.gateway.rules import EffectiveRules, RuleOverrides, Rules, RulesSource, effective_rules
 from bundlerec.privacy import SensitiveCategories
@@ -130,7 +130,8 @@ class Recommender:
         async def retrieve_with_items(seconds: float) -> tuple[Retrieved, Mapping[str, PageItem]]:
             started = time.monotonic()
             found = await self.candidates.retrieve(retrieval, seconds)
-            found = await self._with_promoted(found, rules, max(0.001, seconds - (time.monotonic() - started)))
+            left = max(0.001, seconds - (time.monotonic() - started))
+            found = await with_promoted(found, rules, self.candidates, left)
             ids = _item_ids(found, [anchor, *(h.target_id for h in history[-5:] if not h.is_bundle)])
             return found, await self.candidates.items(ids, max(0.001, seconds - (time.monotonic() - started)))
 
@@ -308,28 +309,9 @@ class Recommender:
                 sources = frozenset().union(*(p.sources for p in parts)) | {Source.ANCHOR}
                 out.append(Scored("", members, max(p.score for p in parts), sources, generated=True, evidence=anchor))
                 built += 1
-        # a promoted item that no candidate holds is offered alone (an item is a bundle of one)
-        held = {i.item_id for bundle in out for i in bundle.items}
-        for item_id in dict.fromkeys(p.item_id for p in rules.promotions if p.item_id):
-            if item_id not in held and item_id in catalogue:
-                out.append(Scored("", (catalogue[item_id],), 0.0, frozenset(), generated=True))
+        out += promoted_items_alone(out, rules, catalogue)
         run.count(Stage.CANDIDATES, {"bundles.curated": len(found.bundles), "bundles.generated": built})
         return out
-
-    async def _with_promoted(self, found: Retrieved, rules: Rules, seconds: float) -> Retrieved:
-        """The promoted bundles and items that retrieval did not return, added as candidates without
-        a source (the page's filters still apply to them): a merchandiser's pin or boost must not
-        depend on whether this requester's retrieval happened to reach it."""
-        have_bundles = {f.target_id for f in found.bundles}
-        have_items = {i for f in (*found.items, *found.bundles) for i in f.item_ids or (f.target_id,)}
-        bundle_ids = [p.bundle_id for p in rules.promotions if p.bundle_id and p.bundle_id not in have_bundles]
-        item_ids = [p.item_id for p in rules.promotions if p.item_id and p.item_id not in have_items]
-        if not bundle_ids and not item_ids:
-            return found
-        members = await self.candidates.bundles(bundle_ids, seconds) if bundle_ids else {}
-        extra_bundles = tuple(Found(b, True, 0.0, frozenset(), members[b]) for b in bundle_ids if b in members)
-        extra_items = tuple(Found(i, False, 0.0, frozenset(), (i,)) for i in dict.fromkeys(item_ids))
-        return Retrieved(found.items + extra_items, found.bundles + extra_bundles)
 
     async def _rotate(self, key: str, scored: list[Scored], run: Run) -> list[Scored]:
         """Bundles this requester was shown many times without interacting score below every other

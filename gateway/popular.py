@@ -57,6 +57,9 @@ class PopularCache:
 
     async def run(self, interval: float, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception as error:  # the loop must outlive anything: readiness waits on it
+                log.error("popular bundles refresh failed", extra={"fields": {"error": type(error).__name__}})
             with contextlib.suppress(TimeoutError):  # until the first success, retry soon: readiness waits on it
                 await asyncio.wait_for(stop.wait(), interval if self._primed else min(interval, 1.0))

@@ -63,20 +63,25 @@ async def build(settings: GatewaySettings) -> ServiceParts:
 
 
 def open_impressions(settings: GatewaySettings) -> ImpressionStore:
-    if not settings.impressions_url:
+    url = settings.impressions_url.get_secret_value()
+    if not url:
         return MemoryImpressions(settings.rotate_after_impressions)
     from bundlerec.gateway.impressions_redis import RedisImpressions
 
+    key_secret = settings.impressions_key_secret.get_secret_value().encode()
+    if not key_secret:
+        raise SystemExit("bundlerec serve gateway: impressions_key_secret is required with impressions_url "
+                         "(it keys the names under which requesters are kept)")
     try:
         return RedisImpressions.connect(
-            settings.impressions_url,
+            url,
             timeout_seconds=settings.impressions_timeout_ms / 1000,
-            key_secret=settings.impressions_key_secret.get_secret_value().encode() or b"bundlerec",
+            key_secret=key_secret,
             rotate_after=settings.rotate_after_impressions,
             ttl_seconds=settings.impressions_ttl_seconds,
         )
-    except ValueError as error:  # the URL's scheme or form
-        raise SystemExit(f"bundlerec serve gateway: impressions_url: {error}") from None
+    except ValueError:  # the URL's scheme or form (not echoed: it may hold a password)
+        raise SystemExit("bundlerec serve gateway: impressions_url: not a redis://, rediss:// or unix:// URL") from None
 
 
 async def assemble(settings: GatewaySettings) -> Gateway:

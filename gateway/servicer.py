@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import uuid
 from collections.abc import Sequence
@@ -21,6 +22,8 @@ from bundlerec.gateway.rules import BLOCKLIST_ENTRIES, MAX_OVERRIDE_ENTRIES, Rul
 from bundlerec.gateway.search import SearchQuery, search
 from bundlerec.runtime.tracing import bind_recommendation
 from bundlerec.v1 import candidate_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc, profile_pb2
+
+log = logging.getLogger("bundlerec.gateway")
 
 MAX_PAGE = 50
 CALLER_MARGIN_SECONDS = 0.002
@@ -225,21 +228,22 @@ class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
                 raise InvalidArgument(f"{field}.position", "must not be negative")
         recorded = None
         counted = 0
-        try:  # events first: a retry after a failure below re-sends them, and the profile ignores repeats
-            if request.events:
-                recorded = await self.accounts.record_events(request.events)
-                targets: dict[str, list[str]] = {}
-                for event in request.events:
-                    targets.setdefault(event.user_id, []).append(event.target.id)
-                for user_id, target_ids in targets.items():
+        if request.events:  # first: a retry after a failure below re-sends them, and the profile ignores repeats
+            recorded = await self.accounts.record_events(request.events)
+            targets: dict[str, list[str]] = {}
+            for event in request.events:
+                targets.setdefault(event.user_id, []).append(event.target.id)
+            for user_id, target_ids in targets.items():
+                try:
                     await self.impressions.interacted(user_id, target_ids)
+                except ImpressionsUnavailable as error:  # the event is kept; only a rotation reset is missed
+                    log.warning("impression counts not reset", extra={"fields": {"reason": str(error)}})
+        try:
             for impression in request.impressions:
-                if not await self.impressions.first_time(impression.user_id, impression.impression_id):
-                    continue
                 key = bundle_key(impression.bundle_id, impression.item_ids)
-                await self.impressions.shown(impression.user_id, key, impression.item_ids)
-                counted += 1
-        except ImpressionsUnavailable:
+                user, items = impression.user_id, impression.item_ids
+                counted += await self.impressions.record(user, impression.impression_id, key, items)
+        except ImpressionsUnavailable:  # each impression is counted atomically, once per id: a retry is safe
             raise Unavailable("the impression store did not answer; retry the whole request") from None
         return gateway_pb2.TrackResponse(
             events_recorded=recorded.recorded if recorded else 0,

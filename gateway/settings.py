@@ -55,9 +55,10 @@ class GatewaySettings(ServiceSettings):
         "shares sum to 1; empty: everyone in 'default'.",
     )
 
-    impressions_url: str = Field(
-        "", description="Where impressions are counted: redis://HOST:PORT/DB, shared by every replica (so one "
-        "ForgetUser erases them all); empty: in this process's memory (one replica only)."
+    impressions_url: SecretStr = Field(
+        SecretStr(""),
+        description="Where impressions are counted: redis://HOST:PORT/DB, shared by every replica (so one "
+        "ForgetUser erases them all); empty: in this process's memory (one replica only).",
     )
     impressions_ttl_seconds: int = Field(
         7 * 86_400, ge=60, description="How long a requester's impression counts are kept after the last one."
@@ -66,7 +67,8 @@ class GatewaySettings(ServiceSettings):
         20.0, gt=0, le=5_000, description="Most time one impression store call may take (a late read: no rotation)."
     )
     impressions_key_secret: SecretStr = Field(
-        SecretStr(""), description="Key of the hash that names a requester in the impression store."
+        SecretStr(""), description="Key of the hash that names a requester in the impression store; "
+        "required with impressions_url (set it from the environment, not the command line)."
     )
     # How the gateway reaches the three services (they list it in their auth files).
     client_tls_ca_file: str = Field("", description="CA of the three services' certificates (PEM); set: TLS.")

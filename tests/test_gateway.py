@@ -246,7 +246,7 @@ async def test_without_consent_nothing_personal_is_used_and_erasure_leaves_nothi
     await shop.stub.Track(gateway_pb2.TrackRequest(impressions=[impression]))
     assert (await shop.stub.ForgetUser(gateway_pb2.ForgetUserRequest(user_id=other))).existed
     assert await rows_mentioning(suite.profile_url, other) == {}
-    assert other not in shop.gateway.impressions
+    assert not await shop.gateway.impressions.holds(other)
     fresh = await recommend(shop.stub, user_id=other, page_size=10)
     assert all("bought" not in b.explanation for b in fresh.bundles)  # treated as new: no history
 

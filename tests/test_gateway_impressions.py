@@ -7,6 +7,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -18,6 +19,7 @@ from bundlerec.gateway.server import assemble
 from bundlerec.gateway.settings import GatewaySettings
 from bundlerec.runtime.server import start_server
 from bundlerec.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.conftest import running_profile
 from tests.processes import free_port
 
 REDIS_URL = os.environ.get("BUNDLEREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -69,33 +71,29 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[ImpressionStore
 
 async def test_bundles_rotate_until_an_interaction_and_retries_count_once(store: ImpressionStore) -> None:
     for n in range(2):
-        assert await store.first_time("ann", f"imp-{n}")
-        await store.shown("ann", "b:kit", ["boots", "poles"])
-    assert not await store.first_time("ann", "imp-0")  # a retry
-    assert await store.first_time("bob", "imp-0")  # ids are per requester
-    await store.shown("ann", "i:a|b", ["a", "b"])
+        assert await store.record("ann", f"imp-{n}", "b:kit", ["boots", "poles"])
+    assert not await store.record("ann", "imp-0", "b:kit", ["boots", "poles"])  # a retry
+    assert await store.record("bob", "imp-0", "b:kit", ["boots"])  # ids are per requester
+    await store.record("ann", "imp-2", "i:a|b", ["a", "b"])
     assert await store.overexposed("ann", ["b:kit", "i:a|b", "b:other"]) == {"b:kit"}
     assert await store.overexposed("bob", ["b:kit"]) == set()
     await store.interacted("ann", ["poles"])  # one of the kit's items
     assert await store.overexposed("ann", ["b:kit"]) == set()
-    for _ in range(2):
-        await store.shown("ann", "b:kit", ["boots", "poles"])
+    for n in range(3, 5):
+        await store.record("ann", f"imp-{n}", "b:kit", ["boots", "poles"])
+    assert await store.overexposed("ann", ["b:kit"]) == {"b:kit"}
     await store.interacted("ann", ["kit"])  # the bundle itself
     assert await store.overexposed("ann", ["b:kit"]) == set()
 
 
 async def test_forgetting_a_requester_leaves_nothing(store: ImpressionStore) -> None:
-    assert await store.first_time("ann", "imp-1")
-    await store.shown("ann", "b:kit", ["boots"])
-    await store.shown("bob", "b:kit", ["boots"])
+    assert await store.record("ann", "imp-1", "b:kit", ["boots"])
+    await store.record("bob", "imp-1", "b:kit", ["boots"])
     assert await store.forget("ann")
-    assert not await store.forget("ann")
-    assert await store.first_time("ann", "imp-1")  # the id went with the rest
+    assert not await store.forget("ann") and not await store.holds("ann")
+    assert await store.record("ann", "imp-1", "b:kit", ["boots"])  # the id went with the rest
     assert await store.forget("ann")
-    if isinstance(store, MemoryImpressions):
-        assert "ann" not in store and "bob" in store
-    else:
-        assert not await store.holds("ann") and await store.holds("bob")
+    assert await store.holds("bob")
 
 
 async def test_replicas_sharing_redis_count_together_and_one_erasure_reaches_all(
@@ -104,13 +102,13 @@ async def test_replicas_sharing_redis_count_together_and_one_erasure_reaches_all
     prefix, client = redis_prefix
     first, second = _replica(prefix), _replica(prefix)
     try:
-        await first.shown("ann", "b:kit", ["boots"])
-        await second.shown("ann", "b:kit", ["boots"])  # each replica saw one impression
+        await first.record("ann", "imp-1", "b:kit", ["boots"])
+        await second.record("ann", "imp-2", "b:kit", ["boots"])  # each replica saw one impression
         assert await first.overexposed("ann", ["b:kit"]) == {"b:kit"}
-        assert await second.first_time("ann", "imp-9") and not await first.first_time("ann", "imp-9")
+        assert not await first.record("ann", "imp-2", "b:kit", ["boots"])  # reported again to another replica
         keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-        assert keys and all("ann" not in k for k in keys)  # requesters are named by a keyed hash
-        assert all(0 < ttl <= 3600 for ttl in [await client.ttl(k) for k in keys])  # everything expires
+        assert len(keys) == 1 and "ann" not in keys[0]  # one key per requester, named by a keyed hash
+        assert 0 < await client.ttl(keys[0]) <= 3600  # it expires
         assert await second.forget("ann")
         assert [k async for k in client.scan_iter(match=f"{prefix}*")] == []
         assert await first.overexposed("ann", ["b:kit"]) == set()
@@ -119,11 +117,60 @@ async def test_replicas_sharing_redis_count_together_and_one_erasure_reaches_all
         await second.close()
 
 
+async def test_a_requester_over_the_bound_starts_afresh(redis_prefix: tuple[str, redis.Redis]) -> None:
+    prefix, client = redis_prefix
+    store = RedisImpressions.connect(REDIS_URL, timeout_seconds=2, key_secret=b"k", prefix=prefix, max_fields=30)
+    try:
+        for n in range(40):
+            await store.record("ann", f"imp-{n}", f"b:{n}", ["x"])
+        (key,) = [k async for k in client.scan_iter(match=f"{prefix}*")]
+        assert await client.hlen(key) <= 30
+        assert await client.hget(key, "c:b:39") == "1"  # the newest impression is kept
+    finally:
+        await store.close()
+
+
+async def test_erasure_and_withdrawn_consent_through_the_gateway_empty_redis(
+    redis_prefix: tuple[str, redis.Redis], tmp_path: Path
+) -> None:
+    prefix, client = redis_prefix
+    async with running_profile(f"sqlite:///{tmp_path / 'profile.sqlite3'}") as profile:
+        nowhere = f"127.0.0.1:{free_port()}"
+        settings = GatewaySettings(
+            port=0, metrics_port=0, profile_address=profile.address, candidate_address=nowhere,
+            ranker_address=nowhere, impressions_url=REDIS_URL, impressions_key_secret="k",
+        )
+        gateway = await assemble(settings)
+        assert isinstance(gateway.impressions, RedisImpressions)
+        gateway.impressions.prefix = prefix  # this test's namespace
+        server = await start_server(settings, gateway.parts())
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub = gateway_pb2_grpc.RecommendationServiceStub(channel)
+
+                async def shown(user: str) -> None:
+                    impression = gateway_pb2.Impression(impression_id=f"i-{user}", user_id=user,
+                                                        recommendation_id="r1", bundle_id="kit")
+                    reply = await stub.Track(gateway_pb2.TrackRequest(impressions=[impression]), timeout=5)
+                    assert reply.impressions_recorded == 1
+                    assert [k async for k in client.scan_iter(match=f"{prefix}*")]
+
+                await shown("ann")
+                assert (await stub.ForgetUser(gateway_pb2.ForgetUserRequest(user_id="ann"), timeout=5)).existed
+                assert [k async for k in client.scan_iter(match=f"{prefix}*")] == []
+                await shown("bob")
+                await stub.SetUserConsent(gateway_pb2.SetUserConsentRequest(user_id="bob", personalization=False),
+                                          timeout=5)
+                assert [k async for k in client.scan_iter(match=f"{prefix}*")] == []
+        finally:
+            await server.stop()
+
+
 async def test_a_redis_outage_keeps_pages_and_refuses_only_what_must_be_retried() -> None:
     down = RedisImpressions.connect(f"redis://127.0.0.1:{free_port()}/0", timeout_seconds=0.2, key_secret=b"k")
     assert await down.overexposed("ann", ["b:kit"]) == set()  # the page goes on without rotation
     with pytest.raises(ImpressionsUnavailable):
-        await down.shown("ann", "b:kit", ["boots"])
+        await down.record("ann", "imp-1", "b:kit", ["boots"])
     with pytest.raises(ImpressionsUnavailable):
         await down.forget("ann")
     await down.close()
@@ -131,7 +178,7 @@ async def test_a_redis_outage_keeps_pages_and_refuses_only_what_must_be_retried(
     nowhere = f"127.0.0.1:{free_port()}"
     settings = GatewaySettings(
         port=0, metrics_port=0, profile_address=nowhere, candidate_address=nowhere, ranker_address=nowhere,
-        impressions_url=f"redis://127.0.0.1:{free_port()}/0", impressions_timeout_ms=200,
+        impressions_url=f"redis://127.0.0.1:{free_port()}/0", impressions_timeout_ms=200, impressions_key_secret="k",
     )
     gateway = await assemble(settings)
     server = await start_server(settings, gateway.parts())
@@ -150,8 +197,11 @@ async def test_a_redis_outage_keeps_pages_and_refuses_only_what_must_be_retried(
         await server.stop()
 
 
-def test_a_malformed_impressions_url_stops_the_start() -> None:
+def test_a_malformed_impressions_url_or_a_missing_key_stops_the_start() -> None:
     from bundlerec.gateway.server import open_impressions
 
-    with pytest.raises(SystemExit, match="impressions_url"):
-        open_impressions(GatewaySettings(impressions_url="mysql://nope"))
+    with pytest.raises(SystemExit, match="impressions_url") as stopped:
+        open_impressions(GatewaySettings(impressions_url="mysql://app:hunter2@db", impressions_key_secret="k"))
+    assert "hunter2" not in str(stopped.value)
+    with pytest.raises(SystemExit, match="impressions_key_secret is required"):
+        open_impressions(GatewaySettings(impressions_url=REDIS_URL))

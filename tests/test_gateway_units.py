@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from bundlerec.gateway.builder import BuildLimits, build_bundles, near_duplicates
 from bundlerec.gateway.experiments import Experiments, Variant
 from bundlerec.gateway.page import PageItem
+from bundlerec.gateway.ports import StageFailed
 from bundlerec.gateway.resilience import BreakerState, CircuitBreaker, Deadline
 
 PHONE = PageItem("phone", "Smartphone 128 GB", "Electronics > Phones", "Vireo", 300.0)
@@ -94,3 +95,25 @@ def test_the_breaker_opens_after_failures_and_probes_once() -> None:
     assert breaker.state is BreakerState.CLOSED and breaker.allow()
 
 
+
+
+class _CatalogueDown:
+    """A candidate port whose bundle lookup fails (a fault injected for this test)."""
+
+    async def bundles(self, bundle_ids, seconds):  # type: ignore[no-untyped-def]
+        raise StageFailed("unavailable")
+
+
+async def test_a_failed_promotion_lookup_keeps_the_retrieval_and_adds_what_it_can() -> None:
+    from bundlerec.gateway.model import Found, Retrieved, Source
+    from bundlerec.gateway.promotions import with_promoted
+    from bundlerec.gateway.rules import Rules
+
+    found = Retrieved((Found("a", False, 1.0, frozenset({Source.VECTOR}), ("a",)),), ())
+    rules = Rules.model_validate({"promotions": [
+        {"name": "kit", "bundle_id": "kit", "kind": "pin", "position": 0},
+        {"name": "new", "item_id": "n1", "kind": "boost", "boost": 0.2},
+    ]})
+    out = await with_promoted(found, rules, _CatalogueDown(), 0.1)  # type: ignore[arg-type]
+    assert out.bundles == () and [f.target_id for f in out.items] == ["a", "n1"]
+    assert out.items[1].sources == frozenset()  # no retrieval source: "featured"

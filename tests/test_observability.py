@@ -171,6 +171,33 @@ async def test_log_lines_of_a_traced_call_carry_its_request_and_trace_ids(export
     assert second["trace_id"] != first["trace_id"]
 
 
+class _FailingProfile(profile_pb2_grpc.ProfileServiceServicer):
+    async def GetProfile(self, request, context):  # type: ignore[no-untyped-def]
+        raise RuntimeError(f"query failed for user_id = {request.user_id!r}")  # what a driver error might say
+
+
+async def test_an_unexpected_error_reaches_no_span_with_its_message(exporter) -> None:  # type: ignore[no-untyped-def]
+    parts = ServiceParts(
+        name="profile",
+        register=lambda server: profile_pb2_grpc.add_ProfileServiceServicer_to_server(_FailingProfile(), server),
+        service_names=["bundlerec.v1.ProfileService"],
+    )
+    running = await start_server(ServiceSettings(port=0, metrics_port=0), parts)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await profile_pb2_grpc.ProfileServiceStub(channel).GetProfile(
+                    profile_pb2.GetProfileRequest(user_id="alice-secret-42"), timeout=5
+                )
+    finally:
+        await running.stop()
+    assert failed.value.code() == grpc.StatusCode.INTERNAL and "alice" not in (failed.value.details() or "")
+    spans = [s for s in exporter.get_finished_spans() if s.name.endswith("GetProfile")]
+    assert spans
+    recorded = repr([(s.attributes, [(e.name, e.attributes) for e in s.events], s.status) for s in spans])
+    assert "alice-secret-42" not in recorded
+
+
 # -- the four services together ---------------------------------------------------------------------
 
 

@@ -208,6 +208,21 @@ async def test_every_rpc_refuses_anonymous_unknown_and_unauthorised_callers(
     assert UNKNOWN_TOKEN not in logged and READER_TOKEN not in logged and ADMIN_TOKEN not in logged
 
 
+async def test_a_request_that_does_not_decode_is_refused_as_unauthenticated_before_it_is_read(
+    guarded_servers: dict[str, RunningServer],
+) -> None:
+    undecodable = b"\x0a\x02\xff\xfe"  # field 1 (user_id), a string of invalid UTF-8
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{guarded_servers['profile'].port}") as channel:
+        call = channel.unary_unary("/bundlerec.v1.ProfileService/GetProfile", request_serializer=lambda raw: raw,
+                                   response_deserializer=profile_pb2.GetProfileResponse.FromString)
+        with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+            await call(undecodable, timeout=5)
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as known:
+            await call(undecodable, timeout=5, metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),))
+        assert known.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "user_id" in (known.value.details() or "")
+
+
 async def test_health_stays_open_and_reflection_needs_a_caller(guarded_servers: dict[str, RunningServer]) -> None:
     address = f"127.0.0.1:{guarded_servers['profile'].port}"
     async with grpc.aio.insecure_channel(address) as channel:
@@ -233,6 +248,10 @@ async def test_health_stays_open_and_reflection_needs_a_caller(guarded_servers: 
         (f"[[caller]]\nname='x'\ntoken_sha256=['{'a' * 64}']\nallow=['bundlerec.v1.Nope/*']\n", "names no service"),
         (f"[[caller]]\nname='x'\ntoken_sha256=['{'a' * 64}']\nallow=['*']\nrole='admin'\n", "role"),
         ("[[caller]\n", "not valid TOML"),
+        (f"[[caller]]\nname='x'\ntoken_sha256=['{'a' * 64}']\nallow=['bundlerec.v1.ProfileService/DeleteUsers']\n",
+         "has no method 'DeleteUsers'"),
+        ("[[caller]]\nname='x'\ncertificate_names=['gw']\nallow=['*']\n"
+         "[[caller]]\nname='y'\ncertificate_names=['gw']\nallow=['*']\n", "certificate name is listed for two"),
     ],
 )
 def test_a_bad_auth_file_stops_the_start_naming_the_problem(tmp_path: Path, text: str, problem: str) -> None:
@@ -253,12 +272,12 @@ async def tls_profile(tmp_path: Path, pki: Pki) -> AsyncIterator[RunningServer]:
 [[caller]]
 name = "gateway"
 certificate_names = ["gateway"]
-allow = ["bundlerec.v1.ProfileService/*"]
+allow = ["bundlerec.v1.ProfileService/GetProfile"]
 
 [[caller]]
 name = "admin"
 token_sha256 = ["{sha256(ADMIN_TOKEN)}"]
-allow = ["bundlerec.v1.ProfileService/ForgetUser"]
+allow = ["bundlerec.v1.ProfileService/DeleteUser"]
 """
     )
     settings = profile_settings(
@@ -271,12 +290,14 @@ allow = ["bundlerec.v1.ProfileService/ForgetUser"]
     await running.stop()
 
 
-async def _profile_call(port: int, security: ChannelSecurity) -> grpc.StatusCode:
+async def _profile_call(port: int, security: ChannelSecurity, *, erase: bool = False) -> grpc.StatusCode:
     channel = open_channel(f"localhost:{port}", security)
+    stub = profile_pb2_grpc.ProfileServiceStub(channel)
     try:
-        await profile_pb2_grpc.ProfileServiceStub(channel).GetProfile(
-            profile_pb2.GetProfileRequest(user_id="u1"), timeout=5
-        )
+        if erase:
+            await stub.DeleteUser(profile_pb2.DeleteUserRequest(user_id="u1"), timeout=5)
+        else:
+            await stub.GetProfile(profile_pb2.GetProfileRequest(user_id="u1"), timeout=5)
         return grpc.StatusCode.OK
     except grpc.aio.AioRpcError as error:
         return error.code()
@@ -296,6 +317,10 @@ async def test_mutual_tls_admits_only_certificates_of_our_ca_and_checks_what_eac
     assert await _profile_call(port, rogue) == grpc.StatusCode.UNAVAILABLE
     # plaintext against a TLS server
     assert await _profile_call(port, ChannelSecurity()) == grpc.StatusCode.UNAVAILABLE
+    # a certificate of our CA whose name the auth file does not list; a listed one, for an RPC not allowed
+    stranger = ChannelSecurity(ca_file=str(pki.ca), cert_file=str(pki.server_cert), key_file=str(pki.server_key))
+    assert await _profile_call(port, stranger) == grpc.StatusCode.UNAUTHENTICATED
+    assert await _profile_call(port, gateway, erase=True) == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_probes_that_speak_no_tls_get_health_on_the_health_port_and_nothing_else(

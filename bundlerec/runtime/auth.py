@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bundlerec.runtime.metrics import RPC_REQUESTS
 
 log = logging.getLogger("bundlerec.auth")
 
@@ -82,6 +85,9 @@ class AuthPolicy(BaseModel):
         digests = [d for c in self.caller for d in c.token_sha256]
         if len(set(digests)) != len(digests):
             raise SystemExit(f"auth file {path}: a token digest is listed for two callers")
+        certificates = [n for c in self.caller for n in c.certificate_names]
+        if len(set(certificates)) != len(certificates):
+            raise SystemExit(f"auth file {path}: a certificate name is listed for two callers")
         for index, caller in enumerate(self.caller):
             if not caller.token_sha256 and not caller.certificate_names:
                 raise SystemExit(
@@ -89,11 +95,16 @@ class AuthPolicy(BaseModel):
                     "and no certificate_names: it could never authenticate"
                 )
             for rule in caller.allow:
-                service = rule.rpartition("/")[0]
+                service, _, method = rule.rpartition("/")
                 if rule != "*" and service not in services:
                     raise SystemExit(
                         f"auth file {path}: caller.{index}.allow: {rule!r} names no service of "
                         f"this server ({', '.join(sorted(services))})"
+                    )
+                if rule != "*" and method != "*" and method not in _methods(service):
+                    raise SystemExit(
+                        f"auth file {path}: caller.{index}.allow: {rule!r}: {service} has no method {method!r} "
+                        f"({', '.join(sorted(_methods(service)))})"
                     )
 
     def by_token(self, token: str) -> Caller | None:
@@ -108,6 +119,13 @@ class AuthPolicy(BaseModel):
     def by_certificate(self, names: Iterable[str]) -> Caller | None:
         presented = set(names)
         return next((c for c in self.caller if presented.intersection(c.certificate_names)), None)
+
+
+def _methods(service: str) -> set[str]:
+    try:
+        return set(descriptor_pool.Default().FindServiceByName(service).methods_by_name)
+    except KeyError:
+        return set()
 
 
 def _bearer(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
@@ -185,20 +203,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             else:
                 caller = self.policy.by_certificate(_certificate_names(context))
             if caller is None:
-                self._refused(method, None, "unauthenticated")
+                self._refused(method, None, "unauthenticated", grpc.StatusCode.UNAUTHENTICATED)
                 await context.abort(
                     grpc.StatusCode.UNAUTHENTICATED,
                     f"{method}: no valid credentials (a bearer token or a client certificate this service knows)",
                 )
             elif not caller.allows(method):
-                self._refused(method, caller.name, "permission_denied")
+                self._refused(method, caller.name, "permission_denied", grpc.StatusCode.PERMISSION_DENIED)
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED, f"{method}: caller {caller.name!r} may not call this RPC"
                 )
 
         return _guarded(handler, decide)
 
-    def _refused(self, method: str, caller: str | None, why: str) -> None:
+    def _refused(self, method: str, caller: str | None, why: str, code: grpc.StatusCode) -> None:
+        service, _, name = method.rpartition("/")
+        RPC_REQUESTS.labels(service.rsplit(".", 1)[-1], name, code.name).inc()
         log.warning(
             "call refused", extra={"fields": {"service": self.service, "rpc": method, "caller": caller, "reason": why}}
         )

@@ -100,37 +100,42 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
+            refusal: tuple[grpc.StatusCode, str, Any] = (code, "", ())
             try:
-                if isinstance(request, _Undecodable):
-                    if request.field:
-                        raise errors.InvalidArgument(request.field, "is not valid UTF-8")
-                    raise errors.InvalidArgument("request", "is not a valid protobuf message")
-                result = behavior(request, context)
-                return await result if asyncio.iscoroutine(result) else result
-            except errors.BundlerecError as exc:
-                status = status_for(exc)
-                code = status.code
-                await context.abort(status.code, status.details, status.trailing_metadata)
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except asyncio.CancelledError:
-                remaining = context.time_remaining()
-                expired = remaining is not None and remaining <= 0
-                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-                raise
-            except Exception as exc:
-                error_id = uuid.uuid4().hex[:12]
-                # The exception's type and stack, never its message: messages can carry payloads.
-                fields = {
-                    "rpc": f"{service}/{method}",
-                    "error_id": error_id,
-                    "error": type(exc).__name__,
-                    "stack": "".join(traceback.format_tb(exc.__traceback__)),
-                }
-                log.error("unhandled error", extra={"fields": fields})
-                code = grpc.StatusCode.INTERNAL
-                await context.abort(code, f"internal error (error id {error_id}; details are in the server log)")
+                try:
+                    if isinstance(request, _Undecodable):
+                        if request.field:
+                            raise errors.InvalidArgument(request.field, "is not valid UTF-8")
+                        raise errors.InvalidArgument("request", "is not a valid protobuf message")
+                    result = behavior(request, context)
+                    return await result if asyncio.iscoroutine(result) else result
+                except errors.BundlerecError as exc:
+                    status = status_for(exc)
+                    code = status.code
+                    refusal = (status.code, status.details, status.trailing_metadata)
+                except grpc.aio.AbortError:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                except asyncio.CancelledError:
+                    remaining = context.time_remaining()
+                    expired = remaining is not None and remaining <= 0
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+                    raise
+                except Exception as exc:
+                    error_id = uuid.uuid4().hex[:12]
+                    # The exception's type and stack, never its message: messages can carry payloads.
+                    fields = {
+                        "rpc": f"{service}/{method}",
+                        "error_id": error_id,
+                        "error": type(exc).__name__,
+                        "stack": "".join(traceback.format_tb(exc.__traceback__)),
+                    }
+                    log.error("unhandled error", extra={"fields": fields})
+                    code = grpc.StatusCode.INTERNAL
+                    refusal = (code, f"internal error (error id {error_id}; details are in the server log)", ())
+                # Aborted here, after the except blocks: raised inside one, the abort would carry the
+                # original exception (and its message) as its context, which tracing records.
+                await context.abort(*refusal)
             finally:
                 name = code.name if isinstance(code, grpc.StatusCode) else str(code)
                 RPC_REQUESTS.labels(service, method, name).inc()

@@ -110,7 +110,7 @@ async def _start_health_server(settings: ServiceSettings, servicer: health.aio.H
     """Only the health service, plaintext, on its own port: the kubelet's gRPC probes speak neither
     TLS nor tokens, so a service with TLS on its main port is probed here. It tells nothing but the
     state that the main port's health service also reports."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # a port taken by another process: fail
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     if server.add_insecure_port(f"{settings.host}:{settings.health_port}") == 0:
         raise OSError(f"cannot listen on {settings.host}:{settings.health_port} (health_port)")
@@ -126,9 +126,14 @@ async def start_server(settings: ServiceSettings, parts: ServiceParts) -> Runnin
     ]
     credentials = server_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
     # tracing (when on) outermost, so its span covers everything, refusals included
-    interceptors: list[grpc.aio.ServerInterceptor] = [*server_interceptors(parts.name, settings), ServiceInterceptor()]
-    if settings.auth_file:  # after the metrics interceptor, so refused calls are counted too
+    # then authorization, before anything looks at the request (it counts its refusals itself)
+    interceptors: list[grpc.aio.ServerInterceptor] = list(server_interceptors(parts.name, settings))
+    if settings.auth_file and credentials is None:
+        log.warning("authentication without TLS: tokens cross the network in the clear",
+                    extra={"fields": {"service": parts.name}})
+    if settings.auth_file:
         interceptors.append(AuthInterceptor(AuthPolicy.load(settings.auth_file, parts.service_names), parts.name))
+    interceptors.append(ServiceInterceptor())
     server = grpc.aio.server(interceptors=interceptors, options=options)
     parts.register(server)
     health_servicer = health.aio.HealthServicer()
