@@ -379,3 +379,19 @@ def test_half_configured_tls_stops_the_start(pki: Pki) -> None:
         server_credentials("", "", str(pki.ca))
     with pytest.raises(SystemExit, match="cannot read"):
         server_credentials(str(pki.server_cert), "/nonexistent/key.pem", "")
+
+
+def test_no_private_key_or_credential_file_is_committed() -> None:
+    """The repository (and so every image built from it) carries no key, certificate or token:
+    tests make theirs at run time, deployments take theirs from Secrets."""
+    import re
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    assert tracked
+    named = [p for p in tracked if re.search(r"\.(pem|key|crt|p12|pfx|token)$|(^|/)\.env$", p)]
+    assert named == []
+    private_key = re.compile(rb"-----BEGIN (?:[A-Z ]+ )?PRIVATE KEY-----")
+    holding = [p for p in tracked if (root / p).is_file() and private_key.search((root / p).read_bytes())]
+    assert holding == []
