@@ -1,5 +1,5 @@
-"""The `bundlerec` command: serve, migrate, import, train, evaluate, demo, and the gateway's client
-commands recommend, track and forget.
+"""The `bundlerec` command: serve, migrate, import, train, evaluate, demo, loadtest, and the gateway's
+client commands recommend, track and forget.
 
 `bundlerec serve SERVICE --help` lists that service's settings; each is also read from the
 environment as BUNDLEREC_<SERVICE>_<SETTING> (for example BUNDLEREC_PROFILE_DATABASE_URL).
@@ -184,6 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="run the product on embedded defaults and show what it does")
     demo.add_argument("--workdir", default="var/demo", help="where the demo keeps its database (default: var/demo)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's data from an earlier run")
+    demo.add_argument(
+        "--serve", action="store_true", help="then keep the services running on their default ports until Ctrl-C"
+    )
+    from bundlerec.loadtest.command import add_options as add_loadtest_options
+
+    add_loadtest_options(
+        commands.add_parser("loadtest", help="drive a running gateway (or ranker, candidate) and report latency")
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "serve":
         return _serve(args.service, rest)
@@ -201,6 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return training.run_evaluate(args)
     if args.command in ("recommend", "track", "forget"):
         return run_client_command(args)
+    if args.command == "loadtest":
+        from bundlerec.loadtest.command import run_loadtest
+
+        return run_loadtest(args, list(argv) if argv is not None else sys.argv[1:])
     if args.command == "demo-data":
         from bundlerec.datasets.demo import generate_demo_shop
 
@@ -209,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from bundlerec.demo import run_demo
 
-    return run_demo(args.workdir, keep=args.keep)
+    return run_demo(args.workdir, keep=args.keep, serve=args.serve)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from bundlerec.client import print_page, recommend_request, view_event
 from bundlerec.v1 import gateway_pb2, gateway_pb2_grpc
 
 SERVICES = ("profile", "candidate", "ranker", "gateway")
+# `bundlerec demo --serve`: the services' own default ports, so the other commands find the gateway
+DEFAULT_PORTS = {"gateway": 50050, "profile": 50051, "candidate": 50052, "ranker": 50053}
 ENCODER_DIR = "var/bundlerec/encoder"  # shared with `bundlerec encoder export` and training
 
 
@@ -54,7 +57,9 @@ def _step(number: int, text: str) -> None:
     print(f"[{number}/7] {text}", flush=True)
 
 
-def run_demo(workdir: str, *, keep: bool = False) -> int:
+def run_demo(workdir: str, *, keep: bool = False, serve: bool = False) -> int:
+    """`serve`: after the tour, the services keep running on their default ports (the gateway on
+    127.0.0.1:50050) until Ctrl-C or SIGTERM, for `bundlerec recommend` or `bundlerec loadtest`."""
     root = Path(workdir).resolve()
     marker = root / ".bundlerec-demo"
     if root.exists() and not keep:
@@ -65,10 +70,29 @@ def run_demo(workdir: str, *, keep: bool = False) -> int:
     root.mkdir(parents=True, exist_ok=True)
     marker.touch()
     started = time.monotonic()
-    shop = root / "shop"
-    catalogue_url = f"sqlite:///{root / 'catalogue.sqlite3'}"
-    profile_url = f"sqlite:///{root / 'profile.sqlite3'}"
+    if prepare_demo(root) != 0:
+        return 1
 
+    _step(4, "starting the profile, candidate, ranker and gateway services as separate processes")
+    services: list[Service] = []
+    try:
+        services = start_services(root, DEFAULT_PORTS if serve else None)
+        gateway = services[-1]
+        with grpc.insecure_channel(gateway.address) as channel:
+            _show(gateway_pb2_grpc.RecommendationServiceStub(channel), root / "shop")
+        if serve:
+            _serve_until_stopped(services)
+    finally:
+        codes = stop_services(services)
+    clean = all(code == 0 for code in codes.values())
+    summary = ", ".join(f"{name} {code}" for name, code in codes.items())
+    print(f"[7/7] stopped with SIGTERM: exit codes {summary}; {time.monotonic() - started:.0f} s in all", flush=True)
+    return 0 if clean else 1
+
+
+def prepare_demo(root: Path) -> int:
+    """Steps 1-3: the demo shop, imported (SQLite), and a trained model; what exists is kept."""
+    shop = root / "shop"
     _step(1, f"generating the demo shop in {shop}")
     from bundlerec.datasets.demo import generate_demo_shop
 
@@ -79,7 +103,7 @@ def run_demo(workdir: str, *, keep: bool = False) -> int:
     from bundlerec.training.text import ensure_encoder
 
     ensure_encoder(Path(ENCODER_DIR))
-    targets = ImportTargets(catalogue_url=catalogue_url, profile_url=profile_url, encoder_dir=ENCODER_DIR)
+    targets = ImportTargets(catalogue_url=_catalogue_url(root), profile_url=_profile_url(root), encoder_dir=ENCODER_DIR)
     asyncio.run(import_dataset(str(shop), targets, say=lambda line: print(f"      {line}", flush=True)))
 
     _step(3, "training a small ranker (PyTorch, exported to ONNX)")
@@ -90,11 +114,28 @@ def run_demo(workdir: str, *, keep: bool = False) -> int:
         if subprocess.run(train, check=False).returncode != 0:
             print("training failed", file=sys.stderr)
             return 1
+    return 0
 
-    _step(4, "starting the profile, candidate, ranker and gateway services as separate processes")
-    ports = {name: _free_port() for name in SERVICES}
+
+def _catalogue_url(root: Path) -> str:
+    return f"sqlite:///{root / 'catalogue.sqlite3'}"
+
+
+def _profile_url(root: Path) -> str:
+    return f"sqlite:///{root / 'profile.sqlite3'}"
+
+
+def start_services(
+    root: Path, ports: dict[str, int] | None = None, overrides: dict[str, str] | None = None
+) -> list[Service]:
+    """The four services on the demo's data under `root` (prepare_demo), each its own process,
+    started in order and waited for until serving; free ports unless `ports` are given. On a
+    failure the ones already started are stopped."""
+    ports = ports or {name: _free_port() for name in SERVICES}
+    catalogue_url = _catalogue_url(root)
+    models = root / "models"
     env = {
-        "BUNDLEREC_PROFILE_DATABASE_URL": profile_url,
+        "BUNDLEREC_PROFILE_DATABASE_URL": _profile_url(root),
         "BUNDLEREC_CANDIDATE_DATABASE_URL": catalogue_url,
         "BUNDLEREC_CANDIDATE_ENCODER_DIR": ENCODER_DIR,
         "BUNDLEREC_CANDIDATE_INDEX_DIR": str(root / "index"),
@@ -108,6 +149,7 @@ def run_demo(workdir: str, *, keep: bool = False) -> int:
         # the 100 ms default keeps the demo's pages whole
         "BUNDLEREC_GATEWAY_DEADLINE_MS": "500",
         "BUNDLEREC_GATEWAY_RULES_FILE": str(Path(__file__).resolve().parent.parent / "gateway" / "rules.example.toml"),
+        **(overrides or {}),
     }
     services: list[Service] = []
     try:
@@ -115,15 +157,25 @@ def run_demo(workdir: str, *, keep: bool = False) -> int:
             services.append(_start(name, ports[name], env))
             _wait_serving(services[-1])
             print(f"      {name} serving on {services[-1].address}", flush=True)
-        gateway = services[-1]
-        with grpc.insecure_channel(gateway.address) as channel:
-            _show(gateway_pb2_grpc.RecommendationServiceStub(channel), shop)
+    except BaseException:
+        stop_services(services)
+        raise
+    return services
+
+
+def _serve_until_stopped(services: list[Service]) -> None:
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    names = ", ".join(f"{s.name} {s.address}" for s in services)
+    print(f"      serving until Ctrl-C: {names}", flush=True)
+    try:
+        while not stop.wait(1.0):
+            if any(s.process.poll() is not None for s in services):
+                print("      a service exited; stopping the others", flush=True)
+                break
     finally:
-        codes = _stop(services)
-    clean = all(code == 0 for code in codes.values())
-    summary = ", ".join(f"{name} {code}" for name, code in codes.items())
-    print(f"[7/7] stopped with SIGTERM: exit codes {summary}; {time.monotonic() - started:.0f} s in all", flush=True)
-    return 0 if clean else 1
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _show(stub: gateway_pb2_grpc.RecommendationServiceStub, shop: Path) -> None:
@@ -193,7 +245,7 @@ def _wait_serving(service: Service, timeout: float = 120) -> None:
     raise SystemExit(f"the {service.name} service was not serving after {timeout:.0f} s")
 
 
-def _stop(services: list[Service]) -> dict[str, int]:
+def stop_services(services: list[Service]) -> dict[str, int]:
     for service in reversed(services):
         if service.process.poll() is None:
             service.process.send_signal(signal.SIGTERM)
