@@ -12,6 +12,7 @@ from bundlerec.candidate.index import CatalogueIndex
 from bundlerec.candidate.service import CandidateService, Encoder
 from bundlerec.candidate.servicer import CandidateServicer
 from bundlerec.candidate.settings import CandidateSettings
+from bundlerec.candidate.vectors import set_search_threads
 from bundlerec.runtime.server import ServiceParts
 from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc
 
@@ -27,6 +28,7 @@ def load_encoder(settings: CandidateSettings) -> Encoder:
 async def build(
     settings: CandidateSettings, encoder_factory: Callable[[CandidateSettings], Encoder] = load_encoder
 ) -> ServiceParts:
+    set_search_threads(settings.search_threads)
     encoder = encoder_factory(settings)
     store = await CatalogueStore.open(
         settings.database_url, migrate=settings.migrate_on_start, pool_size=settings.pool_size

@@ -33,6 +33,11 @@ class CandidateSettings(ServiceSettings):
     exact_search_below: int = Field(
         100_000, ge=0, description="Exact vector search below this many vectors, HNSW above (bench/retrieval.py)."
     )
+    search_threads: int = Field(
+        1, ge=1, le=256, description="OpenMP threads of FAISS (one search, index builds). 1: a query of one "
+        "vector gains nothing from more, and on a machine shared with other services their threads wait on "
+        "each other (measured: bench/loadtest.py)."
+    )
     models_dir: str = Field(
         "var/bundlerec/models",
         description="The ranker's models directory (as `bundlerec train` writes it): the collaborative vectors of "

@@ -26,6 +26,11 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
+def set_search_threads(threads: int) -> None:
+    """FAISS's OpenMP threads, for the whole process."""
+    faiss.omp_set_num_threads(threads)
+
+
 class VectorIndex:
     def __init__(
         self,
