@@ -21,11 +21,13 @@ from typing import Any
 
 import grpc
 
+from bundlerec.client import add_security_flags, security_from
 from bundlerec.loadtest import report
-from bundlerec.loadtest.channel import Security, open_channel
+from bundlerec.loadtest.channel import open_channel
 from bundlerec.loadtest.driver import Objective, Run, closed_loop, make_call, open_loop, step_search
 from bundlerec.loadtest.floor import floor_services
 from bundlerec.loadtest.workload import TARGETS, Workload, WorkloadSettings, load_dataset
+from bundlerec.runtime.tls import ChannelSecurity
 
 DEFAULT_ADDRESSES = {"gateway": "127.0.0.1:50050", "candidate": "127.0.0.1:50052", "ranker": "127.0.0.1:50053"}
 
@@ -62,12 +64,12 @@ async def measure(
     workload: Callable[[], Workload],
     plan: Plan,
     *,
-    security: Security | None = None,
+    security: ChannelSecurity | None = None,
     say: Callable[[str], None] = lambda _: None,
     connect_timeout: float = 10.0,
 ) -> Outcome:
     """Runs `plan` against the service at `address` with requests from a fresh `workload()`."""
-    channel, metadata = open_channel(address, security or Security())
+    channel, metadata = open_channel(address, security)
     try:
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout=connect_timeout)
@@ -213,11 +215,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     p("--seed", type=int, default=1, help="same seed, same requests (default: %(default)s)")
     p("--floor", action="store_true", help="also measure the floor: the same load on four empty gRPC services")
     p("--out", default="var/loadtest", help="directory for loadtest.json and loadtest.png (default: %(default)s)")
-    p("--ca-file", default="", help="TLS: the CA that signed the service's certificate")
-    p("--cert-file", default="", help="mutual TLS: this client's certificate")
-    p("--key-file", default="", help="mutual TLS: this client's key")
-    p("--token-file", default="", help="a file holding the bearer token sent as `authorization: Bearer`")
-    p("--server-name", default="", help="TLS: the name in the service's certificate, if not the address's host")
+    add_security_flags(parser)
 
 
 def plan_from(args: argparse.Namespace) -> Plan:
@@ -245,7 +243,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
 def run_loadtest(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     plan = plan_from(args)
     address = args.address or DEFAULT_ADDRESSES[args.target]
-    security = Security(args.ca_file, args.cert_file, args.key_file, args.token_file, args.server_name)
+    security = security_from(args)
     data = load_dataset(args.data)
     settings = WorkloadSettings(args.anonymous_share, args.trace_share, args.page_size, 0.1, args.candidates, args.seed)
     workload = lambda: Workload(data, args.target, settings)  # noqa: E731
