@@ -23,8 +23,10 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
+from bundlerec.client import PLACEMENTS
 from bundlerec.datasets import Dataset, read_dataset
 from bundlerec.v1 import candidate_pb2, common_pb2, gateway_pb2, ranker_pb2
+from bundlerec.v1_events import EVENT_TYPES_PB
 
 TARGETS = ("gateway", "ranker", "candidate")
 # placement, share of requests
@@ -35,21 +37,8 @@ PLACEMENT_MIX: tuple[tuple[str, float], ...] = (
     ("checkout", 0.05),
     ("email", 0.05),
 )
-PLACEMENTS = {
-    "home": gateway_pb2.PLACEMENT_HOME,
-    "product_page": gateway_pb2.PLACEMENT_PRODUCT_PAGE,
-    "cart": gateway_pb2.PLACEMENT_CART,
-    "checkout": gateway_pb2.PLACEMENT_CHECKOUT,
-    "email": gateway_pb2.PLACEMENT_EMAIL,
-}
-EVENT_TYPES = {
-    "view": common_pb2.EVENT_TYPE_VIEW,
-    "click": common_pb2.EVENT_TYPE_CLICK,
-    "add_to_cart": common_pb2.EVENT_TYPE_ADD_TO_CART,
-    "purchase": common_pb2.EVENT_TYPE_PURCHASE,
-    "rating": common_pb2.EVENT_TYPE_RATING,
-    "like": common_pb2.EVENT_TYPE_LIKE,
-}
+# a dataset's event type names ("view"...) as the API's (StrEnum: the names are the values)
+EVENT_TYPES = {kind.value: pb for kind, pb in EVENT_TYPES_PB.items()}
 HISTORY = 50  # the gateway's default history_length
 DEMO_SHOP = {"seed": 1, "users": 300, "items": 600, "bundles": 120}  # what `bundlerec demo` imports
 
