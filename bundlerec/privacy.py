@@ -6,6 +6,7 @@ the gateway never uses them as evidence nor names them in an explanation. Both m
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 
@@ -16,6 +17,7 @@ class SensitiveCategories:
         self._paths = [self._levels(e) for e in entries if e.strip()]
 
     @staticmethod
+    @functools.lru_cache(maxsize=65_536)  # pure; asked of every item on every page
     def _levels(path: str) -> tuple[str, ...]:
         return tuple(level.strip().casefold() for level in path.split(">") if level.strip())
 

@@ -15,6 +15,7 @@ reading the rules file.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -50,6 +51,7 @@ BLOCKLIST_ENTRIES = 5_000  # half of the 10,000 excluded ids: Search adds the ca
 MAX_OVERRIDE_ENTRIES = FILTER_ENTRIES // 2
 
 
+@functools.lru_cache(maxsize=65_536)  # pure, and called for every item of every candidate
 def category_levels(path: str) -> tuple[str, ...]:
     """A category path as its levels, broadest first, trimmed and case-folded.
 
