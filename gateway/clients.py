@@ -167,7 +167,6 @@ class CandidateClient:
                 self._cache[item_id] = (now, None)
         return out
 
-
     async def bundles(self, bundle_ids: Sequence[str], seconds: float) -> Mapping[str, tuple[str, ...]]:
         """Catalogue bundles' members by id (unknown ids left out), cached like items."""
         now = time.monotonic()
