@@ -111,3 +111,28 @@ async def test_killing_each_stage_under_traffic_degrades_pages_and_fails_none(
     last = [page for at, page in pages if at > marks["profile"] + 0.5]
     assert all(page.bundles for page in last), "the cached popular bundles stand in for retrieval"
     assert all(not page.personalized for page in last)
+
+
+@pytest.mark.slow
+def test_bundlerec_loadtest_drives_the_four_services_and_reports_them(
+    processes: dict[str, tuple[subprocess.Popen[bytes], str]],
+    suite: Suite,  # noqa: F811
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    """What a new user runs against the demo: the command, its JSON and its PNG."""
+    import json
+
+    from tests.processes import BUNDLEREC
+
+    command = [BUNDLEREC, "loadtest", "--target", "gateway", "--address", processes["gateway"][1],
+               "--data", str(suite.root / "shop"), "--rate", "20", "--duration", "3", "--warmup", "1",
+               "--trace-share", "0.5", "--out", str(tmp_path)]  # fmt: skip
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert finished.returncode == 0, finished.stderr
+    assert "p99" in finished.stdout and "time per stage" in finished.stdout
+    report = json.loads((tmp_path / "loadtest.json").read_text())
+    result = report["result"]
+    assert result["requests"] == 60 and result["errors"] == 0  # 20/s for 3 s, every one answered
+    assert result["achieved_rps"] > 15
+    assert {"profile", "candidates", "ranker", "rules"} <= set(result["stages_ms"])  # from the gateway's traces
+    assert (tmp_path / "loadtest.png").stat().st_size > 10_000
