@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Generic, TypeVar
 
 import grpc
 
@@ -90,13 +91,45 @@ class ProfileClient:
         )
 
 
+V = TypeVar("V")
+
+
+class _Expiring(Generic[V]):
+    """Catalogue answers by id, kept `ttl` seconds, ids the catalogue does not have included (so they
+    are not asked again at once); emptied whole when it would pass `max_entries`."""
+
+    def __init__(self, ttl: float, max_entries: int) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, V | None]] = {}
+
+    def lookup(self, ids: Sequence[str], now: float) -> tuple[dict[str, V], list[str]]:
+        """(the fresh answers by id, the ids to ask for), each id once."""
+        found: dict[str, V] = {}
+        missing = []
+        for key in dict.fromkeys(ids):
+            cached = self._entries.get(key)
+            if cached is not None and now - cached[0] < self.ttl:
+                if cached[1] is not None:
+                    found[key] = cached[1]
+            else:
+                missing.append(key)
+        return found, missing
+
+    def keep(self, now: float, found: Mapping[str, V], unknown: Iterable[str], asked: int) -> None:
+        if len(self._entries) + asked > self.max_entries:
+            self._entries.clear()
+        for key, value in found.items():
+            self._entries[key] = (now, value)
+        for key in unknown:
+            self._entries[key] = (now, None)
+
+
 class CandidateClient:
     def __init__(self, channel: grpc.aio.Channel, catalogue_ttl_seconds: float = 30.0, max_cached: int = 200_000):
         self.stub = candidate_pb2_grpc.CandidateServiceStub(channel)
-        self.ttl = catalogue_ttl_seconds
-        self.max_cached = max_cached
-        self._cache: dict[str, tuple[float, PageItem | None]] = {}
-        self._bundle_cache: dict[str, tuple[float, tuple[str, ...] | None]] = {}
+        self._items: _Expiring[PageItem] = _Expiring(catalogue_ttl_seconds, max_cached)
+        self._bundles: _Expiring[tuple[str, ...]] = _Expiring(catalogue_ttl_seconds, max_cached)
 
     async def search_text(
         self, text: str, limit: int, item_filter: CandidateFilter, seconds: float
@@ -111,9 +144,7 @@ class CandidateClient:
         except TimeoutError as error:
             raise failure(error) from None
         found = [(page_item(r.item), r.score) for r in response.results]
-        now = time.monotonic()
-        for item, _ in found:
-            self._cache[item.item_id] = (now, item)
+        self._items.keep(time.monotonic(), {item.item_id: item for item, _ in found}, (), len(found))
         return found
 
     async def retrieve(self, query: CandidateQuery, seconds: float) -> Retrieved:
@@ -139,15 +170,7 @@ class CandidateClient:
 
     async def items(self, item_ids: Sequence[str], seconds: float) -> Mapping[str, PageItem]:
         now = time.monotonic()
-        out: dict[str, PageItem] = {}
-        missing = []
-        for item_id in dict.fromkeys(item_ids):
-            cached = self._cache.get(item_id)
-            if cached is not None and now - cached[0] < self.ttl:
-                if cached[1] is not None:
-                    out[item_id] = cached[1]
-            else:
-                missing.append(item_id)
+        out, missing = self._items.lookup(item_ids, now)
         chunks = [missing[n : n + MAX_GET_ITEMS] for n in range(0, len(missing), MAX_GET_ITEMS)]
         try:
             async with asyncio.timeout(seconds):
@@ -156,29 +179,15 @@ class CandidateClient:
                 )
         except (grpc.aio.AioRpcError, TimeoutError) as error:
             raise failure(error) from None
-        if len(self._cache) + len(missing) > self.max_cached:
-            self._cache.clear()
-        for response in responses:
-            for pb in response.items:
-                item = page_item(pb)
-                out[item.item_id] = item
-                self._cache[item.item_id] = (now, item)
-            for item_id in response.missing_item_ids:
-                self._cache[item_id] = (now, None)
-        return out
+        fetched = {pb.item_id: page_item(pb) for response in responses for pb in response.items}
+        unknown = [item_id for response in responses for item_id in response.missing_item_ids]
+        self._items.keep(now, fetched, unknown, len(missing))
+        return {**out, **fetched}
 
     async def bundles(self, bundle_ids: Sequence[str], seconds: float) -> Mapping[str, tuple[str, ...]]:
         """Catalogue bundles' members by id (unknown ids left out), cached like items."""
         now = time.monotonic()
-        out: dict[str, tuple[str, ...]] = {}
-        missing = []
-        for bundle_id in dict.fromkeys(bundle_ids):
-            cached = self._bundle_cache.get(bundle_id)
-            if cached is not None and now - cached[0] < self.ttl:
-                if cached[1] is not None:
-                    out[bundle_id] = cached[1]
-            else:
-                missing.append(bundle_id)
+        out, missing = self._bundles.lookup(bundle_ids, now)
         if not missing:
             return out
         try:
@@ -187,14 +196,9 @@ class CandidateClient:
             )
         except (grpc.aio.AioRpcError, TimeoutError) as error:
             raise failure(error) from None
-        if len(self._bundle_cache) + len(missing) > self.max_cached:
-            self._bundle_cache.clear()
-        for pb in response.bundles:
-            out[pb.bundle_id] = tuple(pb.item_ids)
-            self._bundle_cache[pb.bundle_id] = (now, tuple(pb.item_ids))
-        for bundle_id in response.missing_bundle_ids:
-            self._bundle_cache[bundle_id] = (now, None)
-        return out
+        fetched = {pb.bundle_id: tuple(pb.item_ids) for pb in response.bundles}
+        self._bundles.keep(now, fetched, response.missing_bundle_ids, len(missing))
+        return {**out, **fetched}
 
 
 class RankerClient:
