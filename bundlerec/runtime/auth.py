@@ -148,24 +148,16 @@ Decide = Callable[[grpc.aio.ServicerContext], Awaitable[None]]
 
 def _guarded(handler: grpc.RpcMethodHandler, decide: Decide) -> grpc.RpcMethodHandler:
     """The same handler, with `decide` (which aborts a refused call) run before its behaviour."""
-    if handler.unary_unary:
-        inner_uu = handler.unary_unary
+    if handler.unary_unary or handler.stream_unary:  # one reply
+        inner = handler.unary_unary or handler.stream_unary
+        reply_field = "unary_unary" if handler.unary_unary else "stream_unary"
 
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def single(request_or_requests: Any, context: grpc.aio.ServicerContext) -> Any:
             await decide(context)
-            result = inner_uu(request, context)
+            result = inner(request_or_requests, context)
             return await result if isinstance(result, Awaitable) else result
 
-        return handler._replace(unary_unary=unary_unary)
-    if handler.stream_unary:
-        inner_su = handler.stream_unary
-
-        async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            await decide(context)
-            result = inner_su(requests, context)
-            return await result if isinstance(result, Awaitable) else result
-
-        return handler._replace(stream_unary=stream_unary)
+        return handler._replace(**{reply_field: single})
     inner_stream = handler.unary_stream or handler.stream_stream
     field = "unary_stream" if handler.unary_stream else "stream_stream"
 
