@@ -20,6 +20,8 @@ log = logging.getLogger("bundlerec.gateway")
 async def with_promoted(found: Retrieved, rules: Rules, candidates: CandidatePort, seconds: float) -> Retrieved:
     """`found` plus the promoted targets it lacks. A failed lookup keeps `found` as it is: the
     retrieval succeeded, and one promotion must not turn it into an outage."""
+    if not rules.promotions:  # the usual page: nothing to look at
+        return found
     have_bundles = {f.target_id for f in found.bundles}
     have_items = {i for f in (*found.items, *found.bundles) for i in f.item_ids or (f.target_id,)}
     bundle_ids = [p.bundle_id for p in rules.promotions if p.bundle_id and p.bundle_id not in have_bundles]
@@ -41,6 +43,8 @@ def promoted_items_alone(
     bundles: list[Scored], rules: Rules, catalogue: Mapping[str, PageItem]
 ) -> list[Scored]:
     """A promoted item that no candidate bundle holds is offered alone (an item is a bundle of one)."""
+    if not any(p.item_id for p in rules.promotions):
+        return []
     held = {i.item_id for bundle in bundles for i in bundle.items}
     return [
         Scored("", (catalogue[item_id],), 0.0, frozenset(), generated=True)
