@@ -9,8 +9,11 @@ matters in a load generator.
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 
+from bundlerec.runtime import tls as secure
 from bundlerec.runtime.tls import ChannelSecurity, token_metadata
 
 MAX_MESSAGE = 16 * 1024 * 1024
@@ -21,14 +24,6 @@ def open_channel(
 ) -> tuple[grpc.aio.Channel, tuple[tuple[str, str], ...]]:
     """The channel and the metadata to send with every call on it."""
     security = security or ChannelSecurity()
-    options: list[tuple[str, int | str]] = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE),
-        ("grpc.max_send_message_length", MAX_MESSAGE),
-    ]
-    if security.server_name:
-        options.append(("grpc.ssl_target_name_override", security.server_name))
-    metadata = tuple(token_metadata(security))
-    credentials = security.credentials()
-    if credentials is None:
-        return grpc.aio.insecure_channel(address, options=options), metadata
-    return grpc.aio.secure_channel(address, credentials, options=options), metadata
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
+    channel = secure.open_channel(address, dataclasses.replace(security, token_file=""), options)
+    return channel, tuple(token_metadata(security))

@@ -62,6 +62,10 @@ class ChannelSecurity:
             certificate_chain=_read(self.cert_file, "client certificate file") if self.cert_file else None,
         )
 
+    def options(self) -> list[tuple[str, str]]:
+        """Channel options: the name to check on the service's certificate, when set."""
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
     def token(self) -> str | None:
         return _read(self.token_file, "token file").decode("utf-8").strip() if self.token_file else None
 
@@ -90,9 +94,7 @@ def open_channel(
     options: Sequence[tuple[str, Any]] = (),
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
-    options = list(options)
-    if security.server_name:
-        options.append(("grpc.ssl_target_name_override", security.server_name))
+    options = [*options, *security.options()]
     token = security.token()
     chain = [*interceptors, *([_BearerToken(token)] if token else [])]
     credentials = security.credentials()
@@ -108,7 +110,7 @@ def token_metadata(security: ChannelSecurity) -> list[tuple[str, str]]:
 
 
 def open_sync_channel(address: str, security: ChannelSecurity = ChannelSecurity()) -> grpc.Channel:
-    options = [("grpc.ssl_target_name_override", security.server_name)] if security.server_name else []
+    options = security.options()
     credentials = security.credentials()
     if credentials is None:
         return grpc.insecure_channel(address, options=options)
