@@ -8,6 +8,7 @@ extension (aiosqlite, psycopg 3) so grpc.aio handlers never block the event loop
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -109,31 +110,46 @@ def _is_retryable(exc: DBAPIError) -> bool:
     return exc.connection_invalidated or sqlstate in {"40001", "40P01"}
 
 
+class Conflict(Unavailable):
+    """A transaction that lost to concurrent ones every time it ran (serialization, deadlock)."""
+
+
 def _unavailable(exc: DBAPIError) -> Unavailable:
     log.warning("database unavailable", extra={"fields": {"error": type(exc.orig).__name__}})
     return Unavailable("the database is unavailable; retry later")
 
 
 async def in_transaction(
-    engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]], *, attempts: int = 4
+    engine: AsyncEngine,
+    work: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    attempts: int = 4,
+    isolation: str | None = None,
 ) -> T:
     """Runs `work` in one transaction, committed before returning; retries transient conflicts.
+    `isolation` ("REPEATABLE READ"...) applies on PostgreSQL; SQLite's transactions are serializable.
 
     A connection failure becomes Unavailable (the caller may retry) rather than an internal error.
     """
     for attempt in range(1, attempts + 1):
         committing = False
         try:
-            async with engine.begin() as conn:
-                result = await work(conn)
-                committing = True  # a failure from here on may follow a commit that landed
+            async with engine.connect() as conn:
+                if isolation and engine.dialect.name == "postgresql":
+                    conn = await conn.execution_options(isolation_level=isolation)
+                async with conn.begin():
+                    result = await work(conn)
+                    committing = True  # a failure from here on may follow a commit that landed
             return result
         except PoolTimeout as exc:
             raise Unavailable("the database connection pool is exhausted; retry later") from exc
         except DBAPIError as exc:
-            if _is_retryable(exc) and attempt < attempts and not committing:
-                await asyncio.sleep(0.01 * 2**attempt)
-                continue
+            if _is_retryable(exc) and not committing:
+                if attempt < attempts:
+                    await asyncio.sleep(0.01 * 2**attempt)
+                    continue
+                if not exc.connection_invalidated:  # a conflict with concurrent transactions, not an outage
+                    raise Conflict("the transaction kept conflicting with concurrent ones; retry") from exc
             if isinstance(exc, OperationalError) or exc.connection_invalidated:
                 raise _unavailable(exc) from exc
             raise
@@ -244,9 +260,16 @@ async def upgrade_to_head(engine: AsyncEngine, script_location: str) -> None:
         await conn.run_sync(upgrade)
 
 
+@functools.cache
+def _head(script_location: str) -> str | None:
+    """The newest migration of a service's scripts: they ship with the code, so reading them once per
+    process is enough (readiness asks every few seconds, and parsing them costs milliseconds)."""
+    return ScriptDirectory.from_config(_alembic_config(script_location)).get_current_head()
+
+
 async def migration_problem(engine: AsyncEngine, script_location: str) -> str | None:
     """None when the database is reachable and at the newest migration, else what is wrong."""
-    head = ScriptDirectory.from_config(_alembic_config(script_location)).get_current_head()
+    head = _head(script_location)
 
     def current(conn: Connection) -> str | None:
         return MigrationContext.configure(

@@ -19,6 +19,8 @@ from bundlerec.candidate.catalogue import CatalogueStore
 from bundlerec.candidate.statistics import BehaviourStatistics, Interaction, behaviour_statistics
 from bundlerec.datasets.reader import Dataset, read_dataset
 from bundlerec.profile import model as profile
+from bundlerec.profile.service import snapshot_settings
+from bundlerec.profile.settings import ProfileSettings
 from bundlerec.profile.store import SqlProfileStore
 
 Say = Callable[[str], None]
@@ -98,7 +100,14 @@ def dataset_statistics(dataset: Dataset) -> BehaviourStatistics:
 
 
 async def _import_events(dataset: Dataset, targets: ImportTargets, say: Say) -> tuple[int, int, int]:
-    store = await SqlProfileStore.open(targets.profile_url, migrate=True, key_secret=targets.profile_key_secret)  # type: ignore[arg-type]
+    # snapshots made under the default settings; a service configured otherwise rebuilds them on read
+    snapshots = snapshot_settings(ProfileSettings(database_url=targets.profile_url or ""))
+    store = await SqlProfileStore.open(
+        targets.profile_url,  # type: ignore[arg-type]
+        snapshots,
+        migrate=True,
+        key_secret=targets.profile_key_secret,
+    )
     default = profile.Consent(personalization=True, sensitive_categories=False)
     totals = [0, 0, 0]
     try:

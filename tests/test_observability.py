@@ -111,7 +111,7 @@ async def test_profile_counts_ingested_events_by_outcome_and_times_the_database(
         return sample("bundlerec_profile_db_duration_seconds_count", operation=operation, outcome="ok")
 
     before = {o: events(o) for o in ("recorded", "duplicate", "rejected")}
-    reads_before, writes_before = db_calls("profile_rows"), db_calls("record")
+    reads_before, writes_before = db_calls("profile_snapshot"), db_calls("record")
     async with running_profile(f"sqlite:///{tmp_path / 'profile.sqlite3'}") as server:
         user = f"user-{uuid.uuid4().hex[:8]}"
         batch = [event(user, f"item-{n}") for n in range(3)]
@@ -125,8 +125,8 @@ async def test_profile_counts_ingested_events_by_outcome_and_times_the_database(
     assert events("duplicate") - before["duplicate"] == 3
     assert events("rejected") - before["rejected"] == 2
     assert db_calls("record") - writes_before == 2  # the refused batch never reached the database
-    assert db_calls("profile_rows") - reads_before == 1
-    assert sample("bundlerec_profile_db_duration_seconds_sum", operation="profile_rows", outcome="ok") > 0
+    assert db_calls("profile_snapshot") - reads_before == 1
+    assert sample("bundlerec_profile_db_duration_seconds_sum", operation="profile_snapshot", outcome="ok") > 0
 
 
 # -- request ids in log lines ----------------------------------------------------------------------
@@ -284,7 +284,7 @@ async def test_a_recommend_call_moves_the_metrics_of_every_service(traced_suite,
         "stage": lambda: sample("bundlerec_gateway_stage_duration_seconds_count", stage="ranker"),
         "pages": lambda: sample("bundlerec_gateway_pages_total", variant="default", personalized="true"),
         "page_size": lambda: sample("bundlerec_gateway_page_size_count"),
-        "db": lambda: sample("bundlerec_profile_db_duration_seconds_count", operation="profile_rows", outcome="ok"),
+        "db": lambda: sample("bundlerec_profile_db_duration_seconds_count", operation="profile_snapshot", outcome="ok"),
         "hits": lambda: sum(
             sample("bundlerec_candidate_source_hits_total", kind=kind, source=source)
             for kind in ("item", "bundle")

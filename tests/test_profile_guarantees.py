@@ -170,9 +170,13 @@ async def test_a_batch_retried_after_consent_withdrawal_is_not_counted_twice(pro
 
 
 async def test_remembered_event_ids_are_purged_after_the_retry_window(database_url: str) -> None:
+    from bundlerec.profile.service import snapshot_settings
+    from bundlerec.profile.settings import ProfileSettings
     from bundlerec.profile.store import SqlProfileStore, anonymous_t
 
-    store = await SqlProfileStore.open(database_url, migrate=True, retry_window_days=30)
+    store = await SqlProfileStore.open(
+        database_url, snapshot_settings(ProfileSettings(database_url=database_url)), migrate=True, retry_window_days=30
+    )
     stale, fresh = f"stale-{uuid.uuid4().hex}", f"fresh-{uuid.uuid4().hex}"
     today = int(time.time()) // 86_400
     try:

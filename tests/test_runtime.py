@@ -88,7 +88,7 @@ async def test_unexpected_errors_are_internal_without_a_stack_trace(
 
         from bundlerec.profile.store import SqlProfileStore
 
-        monkeypatch.setattr(SqlProfileStore, "profile_rows", broken)
+        monkeypatch.setattr(SqlProfileStore, "profile_snapshot", broken)
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await server.stub.GetProfile(profile_pb2.GetProfileRequest(user_id="u1"))
 

@@ -10,6 +10,15 @@ __all__ = ["EVENT_WEIGHTS", "EventType", "TargetType"]  # part of the profile do
 
 
 @dataclass(frozen=True, slots=True)
+class EncodedProfile:
+    """A profile as the API's Profile message, with at least `sequence_length` recent events when the
+    user has them: the reply keeps the newest `sequence_length`."""
+
+    encoded: bytes
+    sequence_length: int
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     event_id: str
     user_id: str

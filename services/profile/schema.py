@@ -3,6 +3,10 @@
 What is kept, and about whom:
 - profile_users: one row per user who consented to personalization or set consent explicitly.
 - profile_events: the personal event history; only for users with personalization consent.
+- profile_snapshots: per user, the precomputed profile GetProfile answers with (snapshot.py).
+- profile_changes: a row per write that changed a user's profile since their snapshot was built,
+  added in the write's own transaction; a snapshot is used only while its user has none. Rows
+  are only ever inserted by writers, so concurrent writers never wait on each other for them.
 - profile_popularity: anonymous counts per target, day and event type (no user column).
 - profile_anonymous_event_ids: keyed hashes (HMAC-SHA-256) of the ids of events not kept as
   personal history: those of users without consent, and those erased. A retried batch is then
@@ -11,7 +15,7 @@ What is kept, and about whom:
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bundlerec.db import new_metadata
@@ -50,6 +54,27 @@ class EventRow(Base):
     context: Mapped[dict[str, str]] = mapped_column(JSON)
     recommendation_id: Mapped[str] = mapped_column(String(256))
     received_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class SnapshotRow(Base):
+    __tablename__ = "profile_snapshots"
+
+    user_id: Mapped[str] = mapped_column(
+        String(256), ForeignKey("profile_users.user_id", ondelete="CASCADE"), primary_key=True
+    )
+    snapshot_key: Mapped[str] = mapped_column(String(64))  # the settings it was built with
+    snapshot: Mapped[bytes] = mapped_column(LargeBinary)  # the Profile message
+
+
+class ChangeRow(Base):
+    """A write that changed what GetProfile answers for a user, not yet in the user's snapshot."""
+
+    __tablename__ = "profile_changes"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(
+        String(256), ForeignKey("profile_users.user_id", ondelete="CASCADE"), index=True
+    )
 
 
 class PopularityRow(Base):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bundlerec.profile.service import ProfileService
+from bundlerec.profile.service import ProfileService, snapshot_settings
 from bundlerec.profile.servicer import ProfileServicer
 from bundlerec.profile.settings import ProfileSettings
 from bundlerec.profile.store import SqlProfileStore
@@ -15,6 +15,7 @@ SERVICE_NAME = profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_na
 async def build(settings: ProfileSettings) -> ServiceParts:
     store = await SqlProfileStore.open(
         settings.database_url,
+        snapshot_settings(settings),
         migrate=settings.migrate_on_start,
         pool_size=settings.pool_size,
         key_secret=settings.event_key_secret.get_secret_value().encode(),

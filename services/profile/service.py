@@ -9,12 +9,16 @@ What is kept (see also schema.py):
 - Sensitive categories: events are stored, but without the user's sensitive-category consent
   they are left out of the profile's sequence and affinities (not used as evidence, not
   inferred). Exports always return everything stored.
+
+GetProfile answers with each user's precomputed profile (snapshot.py), kept current by every write
+in its own transaction, so a read is one lookup and still sees every write acknowledged before it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -23,11 +27,9 @@ from bundlerec import validation
 from bundlerec.errors import InvalidArgument, NotFound
 from bundlerec.privacy import SensitiveCategories
 from bundlerec.profile.model import (
-    EVENT_WEIGHTS,
-    CategoryAffinity,
     Consent,
+    EncodedProfile,
     Event,
-    EventType,
     ExportPage,
     PopularTarget,
     Profile,
@@ -35,9 +37,22 @@ from bundlerec.profile.model import (
     TargetType,
 )
 from bundlerec.profile.settings import ProfileSettings
+from bundlerec.profile.snapshot import SnapshotSettings
 from bundlerec.profile.store import US_PER_DAY, ProfileStore
+from bundlerec.profile.wire import profile_pb
 
 US_PER_SECOND = 1_000_000
+
+
+def snapshot_settings(settings: ProfileSettings) -> SnapshotSettings:
+    sensitive = SensitiveCategories(settings.sensitive_categories)
+    return SnapshotSettings(
+        sequence_length=settings.snapshot_sequence_length,
+        affinity_window=settings.affinity_window,
+        affinity_half_life_days=settings.affinity_half_life_days,
+        sensitive=sensitive.__contains__,
+        sensitive_names=tuple(settings.sensitive_categories),
+    )
 
 
 def now_us() -> int:
@@ -66,6 +81,7 @@ class ProfileService:
         self.settings = settings
         self.sensitive = SensitiveCategories(settings.sensitive_categories)
         self.default_consent = Consent(settings.default_personalization, settings.default_sensitive_categories)
+        self.snapshot = snapshot_settings(settings)
 
     async def record_events(self, events: Sequence[Event]) -> RecordResult:
         if not events:
@@ -84,7 +100,7 @@ class ProfileService:
                 )
         return await self.store.record(events, default=self.default_consent, now_us=now)
 
-    async def get_profile(self, user_id: str, sequence_length: int) -> Profile:
+    async def get_profile(self, user_id: str, sequence_length: int) -> EncodedProfile:
         validation.identifier("user_id", user_id)
         length = validation.page_size(
             "sequence_length",
@@ -92,42 +108,21 @@ class ProfileService:
             default=self.settings.default_sequence_length,
             maximum=self.settings.max_sequence_length,
         )
-        rows = await self.store.profile_rows(
-            user_id,
-            sequence_length=length,
-            affinity_window=self.settings.affinity_window,
-            is_sensitive=self.sensitive.__contains__,
-        )
-        if rows is None:
-            return Profile(user_id, False, self.default_consent, [], {}, [], 0, None, None)
-        return Profile(
-            user_id=user_id,
-            known=True,
-            consent=rows.consent,
-            recent_events=list(reversed(rows.recent_events)),
-            counts=rows.counts,
-            affinities=self._affinities(rows.affinity, rows.consent),
-            total_events=rows.total_events,
-            first_event_at_us=rows.first_event_at_us,
-            last_event_at_us=rows.last_event_at_us,
-            purchased_item_ids=rows.purchased_item_ids,
-        )
+        if length > self.snapshot.sequence_length:  # longer than snapshots keep: built from the events
+            longer = dataclasses.replace(self.snapshot, sequence_length=length)
+            built = await self.store.build_snapshot(user_id, longer, keep=False)
+            return EncodedProfile(built or self._unknown(user_id), length)
+        stored = await self.store.profile_snapshot(user_id)
+        if stored is None:
+            return EncodedProfile(self._unknown(user_id), length)
+        if stored.encoded is None:  # stored before snapshots existed, or under other settings
+            built = await self.store.build_snapshot(user_id, self.snapshot, keep=True)
+            return EncodedProfile(built or self._unknown(user_id), length)
+        return EncodedProfile(stored.encoded, length)
 
-    def _affinities(self, counted: list[tuple[str, EventType, int, int]], consent: Consent) -> list[CategoryAffinity]:
-        today = now_us() // US_PER_DAY
-        totals: dict[str, float] = defaultdict(float)
-        for category, kind, day, n in counted:
-            decay = 0.5 ** (max(0, today - day) / self.settings.affinity_half_life_days)
-            totals[category] += EVENT_WEIGHTS[kind] * n * decay
-        grand_total = sum(totals.values())
-        if grand_total <= 0:
-            return []
-        kept = [
-            CategoryAffinity(category, score / grand_total)
-            for category, score in totals.items()
-            if consent.sensitive_categories or category not in self.sensitive
-        ]
-        return sorted(kept, key=lambda a: (-a.score, a.category))
+    def _unknown(self, user_id: str) -> bytes:
+        profile = Profile(user_id, False, self.default_consent, [], {}, [], 0, None, None)
+        return profile_pb(profile).SerializeToString()
 
     async def set_consent(
         self, user_id: str, personalization: bool | None, sensitive: bool | None

@@ -7,13 +7,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from bundlerec import validation
 from bundlerec.errors import InvalidArgument
 from bundlerec.profile import metrics
-from bundlerec.profile.model import Consent, Event, EventType, Profile, TargetType
+from bundlerec.profile.model import Event, EventType
 from bundlerec.profile.service import ProfileService, now_us
+from bundlerec.profile.wire import TARGET_TYPES, TARGET_TYPES_PB, consent_pb, event_pb
 from bundlerec.v1 import common_pb2, profile_pb2, profile_pb2_grpc
-from bundlerec.v1_events import EVENT_TYPES, EVENT_TYPES_PB
-
-TARGET_TYPES = {common_pb2.TARGET_TYPE_ITEM: TargetType.ITEM, common_pb2.TARGET_TYPE_BUNDLE: TargetType.BUNDLE}
-TARGET_TYPES_PB = {v: k for k, v in TARGET_TYPES.items()}
+from bundlerec.v1_events import EVENT_TYPES
 
 MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the protobuf Timestamp limit
 
@@ -24,12 +22,6 @@ def timestamp_us(field: str, ts: Timestamp) -> int:
     if ts.seconds > MAX_TIMESTAMP_SECONDS or not 0 <= ts.nanos < 1_000_000_000:
         raise InvalidArgument(field, "is not a valid timestamp")
     return ts.seconds * 1_000_000 + ts.nanos // 1000
-
-
-def timestamp_pb(us: int | None) -> Timestamp | None:
-    if us is None:
-        return None
-    return Timestamp(seconds=us // 1_000_000, nanos=(us % 1_000_000) * 1000)
 
 
 def event_from_pb(field: str, pb: common_pb2.Event, received_us: int) -> Event:
@@ -63,48 +55,6 @@ def event_from_pb(field: str, pb: common_pb2.Event, received_us: int) -> Event:
     )
 
 
-def event_pb(e: Event) -> common_pb2.Event:
-    pb = common_pb2.Event(
-        event_id=e.event_id,
-        user_id=e.user_id,
-        type=EVENT_TYPES_PB[e.type],
-        target=common_pb2.TargetRef(type=TARGET_TYPES_PB[e.target_type], id=e.target_id),
-        timestamp=timestamp_pb(e.occurred_at_us),
-        category=e.category,
-        context=e.context,
-        recommendation_id=e.recommendation_id,
-    )
-    if e.value is not None:
-        pb.value = e.value
-    return pb
-
-
-def consent_pb(c: Consent) -> common_pb2.Consent:
-    return common_pb2.Consent(
-        personalization=c.personalization,
-        sensitive_categories=c.sensitive_categories,
-        updated_at=timestamp_pb(c.updated_at_us),
-    )
-
-
-def profile_pb(p: Profile) -> profile_pb2.Profile:
-    return profile_pb2.Profile(
-        user_id=p.user_id,
-        known=p.known,
-        consent=consent_pb(p.consent),
-        recent_events=[event_pb(e) for e in p.recent_events],
-        counts=[
-            profile_pb2.EventTypeCount(type=EVENT_TYPES_PB[k], count=n)
-            for k, n in sorted(p.counts.items(), key=lambda kv: EVENT_TYPES_PB[kv[0]])
-        ],
-        affinities=[profile_pb2.CategoryAffinity(category=a.category, score=a.score) for a in p.affinities],
-        total_events=p.total_events,
-        first_event_at=timestamp_pb(p.first_event_at_us),
-        last_event_at=timestamp_pb(p.last_event_at_us),
-        purchased_item_ids=p.purchased_item_ids,
-    )
-
-
 class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
     def __init__(self, service: ProfileService) -> None:
         self.service = service
@@ -130,8 +80,12 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
     async def GetProfile(
         self, request: profile_pb2.GetProfileRequest, context: object
     ) -> profile_pb2.GetProfileResponse:
-        profile = await self.service.get_profile(request.user_id, request.sequence_length)
-        return profile_pb2.GetProfileResponse(profile=profile_pb(profile))
+        # the user's precomputed Profile message, cut to the sequence asked for: parsed, not rebuilt
+        found = await self.service.get_profile(request.user_id, request.sequence_length)
+        profile = profile_pb2.Profile.FromString(found.encoded)
+        if len(profile.recent_events) > found.sequence_length:
+            del profile.recent_events[: len(profile.recent_events) - found.sequence_length]
+        return profile_pb2.GetProfileResponse(profile=profile)
 
     async def SetConsent(
         self, request: profile_pb2.SetConsentRequest, context: object

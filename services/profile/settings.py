@@ -44,6 +44,9 @@ class ProfileSettings(ServiceSettings):
     )
     default_sequence_length: int = Field(50, ge=1, description="Events in a profile when the request says 0.")
     max_sequence_length: int = Field(1000, ge=1, description="Most events a profile request may ask for.")
+    snapshot_sequence_length: int = Field(
+        200, ge=1, description="Events kept in each user's precomputed profile; longer requests read the events."
+    )
     affinity_window: int = Field(500, ge=1, description="Most recent events that category affinity looks at.")
     affinity_half_life_days: float = Field(30.0, gt=0, description="Age at which an event counts half.")
     popularity_half_life_days: float = Field(7.0, gt=0, description="Age at which a popularity count counts half.")

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Table, bindparam, case, delete, func, select, tuple_, update
+from sqlalchemy import Table, case, delete, func, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bundlerec import db
-from bundlerec.profile import metrics
-from bundlerec.profile.model import EVENT_WEIGHTS, Consent, Event, EventType, RecordResult, TargetType
+from bundlerec.profile import metrics, snapshot, snapshots
+from bundlerec.profile.hot_read import MISSING, hot_reader
+from bundlerec.profile.model import EVENT_WEIGHTS, Consent, Event, RecordResult, TargetType
 from bundlerec.profile.schema import AnonymousEventIdRow, EventRow, PopularityRow, UserRow
+from bundlerec.profile.snapshot import SnapshotSettings
 
 MIGRATIONS = "bundlerec.profile:migrations"
 US_PER_DAY = 86_400 * 1_000_000
@@ -32,28 +36,22 @@ anonymous_t: Table = AnonymousEventIdRow.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)
-class ProfileRows:
-    """What the store knows about one user, read in one snapshot."""
+class StoredSnapshot:
+    """A user's precomputed profile as stored: `encoded` is None when there is none yet, or when it
+    was built before the user's latest change or with other settings (stale: build it again)."""
 
-    consent: Consent
-    recent_events: list[Event]  # newest first
-    counts: dict[EventType, int]
-    total_events: int
-    first_event_at_us: int | None
-    last_event_at_us: int | None
-    # The latest events with a category, counted by (category, type, day since the epoch).
-    affinity: list[tuple[str, EventType, int, int]]
-    purchased_item_ids: list[str]  # items bought, most recent purchase first
+    encoded: bytes | None
 
 
 class ProfileStore(Protocol):
-    async def record(self, events: Sequence[Event], *, default: Consent, now_us: int) -> RecordResult: ...
-    async def profile_rows(
-        self, user_id: str, *, sequence_length: int, affinity_window: int, is_sensitive: Callable[[str], bool]
-    ) -> ProfileRows | None:
-        """None for an unknown user. Events in categories `is_sensitive` accepts are left out of
-        `recent_events` unless the user consented to the use of sensitive categories."""
+    async def profile_snapshot(self, user_id: str) -> StoredSnapshot | None:
+        """None for an unknown user; else the user's snapshot, if it is fresh."""
 
+    async def build_snapshot(self, user_id: str, settings: SnapshotSettings, *, keep: bool) -> bytes | None:
+        """A user's profile built from their rows under `settings` (None for an unknown user); with
+        `keep`, stored as their snapshot unless a write came in meanwhile."""
+
+    async def record(self, events: Sequence[Event], *, default: Consent, now_us: int) -> RecordResult: ...
     async def set_consent(
         self, user_id: str, *, personalization: bool | None, sensitive: bool | None, default: Consent, now_us: int
     ) -> tuple[Consent, int]: ...
@@ -66,74 +64,6 @@ class ProfileStore(Protocol):
     async def close(self) -> None: ...
 
 
-# The hot reads, built once (SQLAlchemy then reuses their compiled form).
-_consent_columns = (users_t.c.personalization, users_t.c.sensitive_categories, users_t.c.consent_updated_at_us)
-# The user's consent and event counts by type, in one round trip; no row for an unknown user,
-# one row with event_type NULL for a user without events.
-_USER_STATS = (
-    select(
-        *_consent_columns,
-        events_t.c.event_type,
-        func.count(events_t.c.id).label("n"),
-        func.min(events_t.c.occurred_at_us).label("first"),
-        func.max(events_t.c.occurred_at_us).label("last"),
-    )
-    .select_from(users_t.outerjoin(events_t, events_t.c.user_id == users_t.c.user_id))
-    .where(users_t.c.user_id == bindparam("user_id"))
-    .group_by(*_consent_columns, events_t.c.event_type)
-)
-_NEWEST = 2**62  # a cursor position after every event
-_RECENT = (
-    select(events_t)
-    .where(
-        events_t.c.user_id == bindparam("user_id"),
-        tuple_(events_t.c.occurred_at_us, events_t.c.id) < tuple_(bindparam("before_us"), bindparam("before_id")),
-    )
-    .order_by(events_t.c.occurred_at_us.desc(), events_t.c.id.desc())
-    .limit(bindparam("limit"))
-)
-_latest = (
-    select(events_t.c.category, events_t.c.event_type, (events_t.c.occurred_at_us // US_PER_DAY).label("day"))
-    .where(events_t.c.user_id == bindparam("user_id"), events_t.c.category != "")
-    .order_by(events_t.c.occurred_at_us.desc(), events_t.c.id.desc())
-    .limit(bindparam("window"))
-    .subquery()
-)
-_PURCHASED = (
-    select(events_t.c.target_id, events_t.c.category, func.max(events_t.c.occurred_at_us).label("last"))
-    .where(
-        events_t.c.user_id == bindparam("user_id"),
-        events_t.c.event_type == EventType.PURCHASE.value,
-        events_t.c.target_type == TargetType.ITEM.value,
-    )
-    .group_by(events_t.c.target_id, events_t.c.category)
-    .order_by(func.max(events_t.c.occurred_at_us).desc(), events_t.c.target_id)
-    .limit(bindparam("limit"))
-)
-_AFFINITY = select(_latest.c.category, _latest.c.event_type, _latest.c.day, func.count().label("n")).group_by(
-    _latest.c.category, _latest.c.event_type, _latest.c.day
-)
-
-
-def _event_from_row(row: Any) -> Event:
-    return Event(
-        event_id=row.event_id,
-        user_id=row.user_id,
-        type=EventType(row.event_type),
-        target_type=TargetType(row.target_type),
-        target_id=row.target_id,
-        occurred_at_us=row.occurred_at_us,
-        value=row.value,
-        category=row.category,
-        context=dict(row.context or {}),
-        recommendation_id=row.recommendation_id,
-    )
-
-
-def _consent_from_row(row: Any) -> Consent:
-    return Consent(row.personalization, row.sensitive_categories, row.consent_updated_at_us)
-
-
 def event_key(secret: bytes, event_id: str) -> str:
     """A keyed hash of an event id: recognises a retried id without keeping the id itself."""
     return hmac.new(secret, event_id.encode(), hashlib.sha256).hexdigest()
@@ -142,8 +72,17 @@ def event_key(secret: bytes, event_id: str) -> str:
 class SqlProfileStore:
     """The profile store on SQLAlchemy: one adapter for SQLite and PostgreSQL."""
 
-    def __init__(self, engine: AsyncEngine, *, key_secret: bytes = b"", retry_window_days: int = 90) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        snapshot: SnapshotSettings,
+        *,
+        key_secret: bytes = b"",
+        retry_window_days: int = 90,
+    ) -> None:
         self.engine = engine
+        self.snapshot = snapshot
+        self._hot = hot_reader(engine.url.render_as_string(hide_password=False), engine.pool.size())  # type: ignore[attr-defined]
         self._postgres = engine.dialect.name == "postgresql"
         self._secret = key_secret or b"bundlerec"
         self._retry_window_days = retry_window_days
@@ -151,18 +90,26 @@ class SqlProfileStore:
 
     @classmethod
     async def open(
-        cls, url: str, *, migrate: bool, pool_size: int = 10, key_secret: bytes = b"", retry_window_days: int = 90
+        cls,
+        url: str,
+        snapshot: SnapshotSettings,
+        *,
+        migrate: bool,
+        pool_size: int = 10,
+        key_secret: bytes = b"",
+        retry_window_days: int = 90,
     ) -> SqlProfileStore:
         engine = db.create_engine(url, pool_size=pool_size)
         if migrate:
             await db.upgrade_to_head(engine, MIGRATIONS)
-        return cls(engine, key_secret=key_secret, retry_window_days=retry_window_days)
+        return cls(engine, snapshot, key_secret=key_secret, retry_window_days=retry_window_days)
 
     @metrics.timed("readiness")
     async def readiness(self) -> str | None:
         return await db.migration_problem(self.engine, MIGRATIONS)
 
     async def close(self) -> None:
+        await self._hot.close()
         await self.engine.dispose()
 
     # -- writes ---------------------------------------------------------------------------
@@ -238,6 +185,7 @@ class SqlProfileStore:
                 await conn.execute(
                     delete(users_t).where(users_t.c.user_id.in_(empty), users_t.c.created_at_us == now_us)
                 )
+            await self._changed(conn, [e.user_id for e in recorded])
             anonymized = await self._insert_anonymous_keys(conn, anonymous, now_us)
             await self._purge_old_keys(conn, now_us)
             await self._count_popularity(conn, recorded + anonymized)
@@ -248,6 +196,16 @@ class SqlProfileStore:
             )
 
         return await db.in_transaction(self.engine, work)
+
+    async def _changed(self, conn: AsyncConnection, user_ids: list[str]) -> None:
+        """These users' profiles changed: their snapshots are stale from this commit on."""
+        if user_ids:
+            rows = snapshots.changed_rows(user_ids)
+            if self._postgres:
+                changes = snapshots.changes_t
+                await conn.execute(db.bulk_insert(changes, ["user_id"]), db.columns_of(changes, rows))
+            else:
+                await conn.execute(insert(snapshots.changes_t), rows)
 
     async def _not_forgotten(self, conn: AsyncConnection, events: list[Event]) -> list[Event]:
         """Drops events whose id was erased (or kept anonymously) before: a client retrying an
@@ -274,6 +232,7 @@ class SqlProfileStore:
         today = now_us // US_PER_DAY
         if today != self._purged_day:
             await conn.execute(delete(anonymous_t).where(anonymous_t.c.day < today - self._retry_window_days))
+            await snapshots.compact(conn)
             self._purged_day = today
 
     def _key(self, event_id: str) -> str:
@@ -355,6 +314,7 @@ class SqlProfileStore:
             erased = 0
             if not consent.personalization:
                 erased = await self._forget_history(conn, user_id, now_us)
+            await self._changed(conn, [user_id])  # consent decides what the profile shows
             return consent, erased
 
         return await db.in_transaction(self.engine, work)
@@ -370,53 +330,35 @@ class SqlProfileStore:
 
     # -- reads ----------------------------------------------------------------------------
 
+    @metrics.timed("profile_snapshot")
+    async def profile_snapshot(self, user_id: str) -> StoredSnapshot | None:
+        row = await self._hot.read(user_id)
+        if row is MISSING:
+            row = await db.read(self.engine, lambda conn: snapshots.read(conn, user_id))
+        if row is None:
+            return None
+        return StoredSnapshot(row.snapshot if snapshots.fresh(row, self.snapshot.key) else None)
+
     @metrics.timed("profile_rows")
-    async def profile_rows(
-        self,
-        user_id: str,
-        *,
-        sequence_length: int,
-        affinity_window: int,
-        is_sensitive: Callable[[str], bool],
-        max_purchased: int = 1000,
-    ) -> ProfileRows | None:
-        async def work(conn: AsyncConnection) -> ProfileRows | None:
-            user_stats = (await conn.execute(_USER_STATS, {"user_id": user_id})).all()
-            if not user_stats:
-                return None
-            consent = _consent_from_row(user_stats[0])
-            stats = [r for r in user_stats if r.event_type is not None]
-            keep = (lambda _: True) if consent.sensitive_categories else (lambda c: not is_sensitive(c))
-            recent = await self._recent_events(conn, user_id, sequence_length, keep)
-            by_day = await conn.execute(_AFFINITY, {"user_id": user_id, "window": affinity_window})
-            bought = await conn.execute(_PURCHASED, {"user_id": user_id, "limit": max_purchased})
-            purchased = list(dict.fromkeys(r.target_id for r in bought if keep(r.category)))
-            return ProfileRows(
-                consent=consent,
-                recent_events=recent,
-                counts={EventType(r.event_type): r.n for r in stats},
-                total_events=sum(r.n for r in stats),
-                first_event_at_us=min((r.first for r in stats), default=None),
-                last_event_at_us=max((r.last for r in stats), default=None),
-                affinity=[(r.category, EventType(r.event_type), r.day, r.n) for r in by_day],
-                purchased_item_ids=purchased,
-            )
+    async def build_snapshot(self, user_id: str, settings: SnapshotSettings, *, keep: bool) -> bytes | None:
+        now = time.time_ns() // 1000
 
-        return await db.read(self.engine, work)
+        async def build(conn: AsyncConnection) -> bytes | None:
+            rows = await snapshots.read_rows(conn, user_id, settings)
+            return None if rows is None else snapshot.build(user_id, rows, settings, now)
 
-    async def _recent_events(
-        self, conn: AsyncConnection, user_id: str, limit: int, keep: Callable[[str], bool]
-    ) -> list[Event]:
-        """The newest `limit` events whose category `keep` accepts, newest first."""
-        found: list[Event] = []
-        params = {"user_id": user_id, "limit": limit, "before_us": _NEWEST, "before_id": _NEWEST}
-        while len(found) < limit:
-            page = (await conn.execute(_RECENT, params)).all()
-            found.extend(_event_from_row(r) for r in page if keep(r.category))
-            if len(page) < limit:
-                break
-            params.update(before_us=page[-1].occurred_at_us, before_id=page[-1].id)
-        return found[:limit]
+        if not keep:
+            return await db.read(self.engine, build)
+
+        async def rebuild(conn: AsyncConnection) -> bytes | None:
+            return await snapshots.rebuild(conn, self._postgres, user_id, settings, now)
+
+        try:
+            return await db.in_transaction(self.engine, rebuild, isolation="REPEATABLE READ", attempts=1)
+        except IntegrityError:  # the user was erased while it was built
+            return None
+        except db.Conflict:  # another reader stored it meanwhile: answer without storing
+            return await db.read(self.engine, build)
 
     @metrics.timed("export_events")
     async def export_events(
@@ -432,7 +374,7 @@ class SqlProfileStore:
                     .limit(limit)
                 )
             ).all()
-            return (_consent_from_row(user) if user else None), [(r.id, _event_from_row(r)) for r in rows]
+            return (snapshots.consent_of(user) if user else None), [(r.id, snapshots.event_of(r)) for r in rows]
 
         return await db.read(self.engine, work)
 
