@@ -13,8 +13,11 @@ from collections.abc import Sequence
 class SensitiveCategories:
     """Matches category paths against configured sensitive names (case-insensitive)."""
 
+    _MEMO_ENTRIES = 65_536  # answers remembered; a catalogue has far fewer categories
+
     def __init__(self, entries: Sequence[str]) -> None:
         self._paths = [self._levels(e) for e in entries if e.strip()]
+        self._answers: dict[str, bool] = {}  # category -> sensitive: asked of the same few paths on every page
 
     @staticmethod
     @functools.lru_cache(maxsize=65_536)  # pure; asked of every item on every page
@@ -22,6 +25,15 @@ class SensitiveCategories:
         return tuple(level.strip().casefold() for level in path.split(">") if level.strip())
 
     def __contains__(self, category: str) -> bool:
+        answer = self._answers.get(category)
+        if answer is None:
+            answer = self._matches(category)
+            if len(self._answers) >= self._MEMO_ENTRIES:
+                self._answers.clear()
+            self._answers[category] = answer
+        return answer
+
+    def _matches(self, category: str) -> bool:
         levels = self._levels(category)
         for entry in self._paths:
             if levels[: len(entry)] == entry:

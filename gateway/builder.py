@@ -14,6 +14,7 @@ The ranker then scores them like any curated bundle.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,7 +93,14 @@ def near_duplicates(a: PageItem, b: PageItem) -> bool:
     """Same category, or titles that share most of their words: one of the two is enough."""
     if a.category and a.category == b.category:
         return True
-    words_a, words_b = set(_WORD.findall(a.title.lower())), set(_WORD.findall(b.title.lower()))
+    words_a, words_b = title_words(a.title), title_words(b.title)
     if not words_a or not words_b:
         return False
-    return len(words_a & words_b) / len(words_a | words_b) >= NEAR_DUPLICATE_TITLES
+    shared = len(words_a & words_b)
+    return shared / (len(words_a) + len(words_b) - shared) >= NEAR_DUPLICATE_TITLES  # Jaccard index
+
+
+@functools.lru_cache(maxsize=65_536)  # pure; asked of every candidate pair of every request
+def title_words(title: str) -> frozenset[str]:
+    """The words of a title, lower-cased."""
+    return frozenset(_WORD.findall(title.lower()))

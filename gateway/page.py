@@ -28,12 +28,13 @@ Everything is deterministic: ties go to the bundle that came first in the input.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bundlerec.gateway.rules import EffectiveRules, Promotion, Rules, category_levels
+from bundlerec.gateway.filters import Filters
+from bundlerec.gateway.page_state import Candidate, PageKeys, PageState, similarity
+from bundlerec.gateway.rules import Promotion, Rules
 
 TargetKind = Literal["bundle", "item"]
 Action = Literal["removed", "moved_down", "pinned", "boosted"]
@@ -95,134 +96,6 @@ def promoted_slots(share: float, page_size: int) -> int:
     return max(1, math.floor(share * page_size + 1e-9)) if share > 0 else 0
 
 
-def _matches(levels: tuple[str, ...], prefixes: Sequence[tuple[str, ...]]) -> tuple[str, ...] | None:
-    return next((p for p in prefixes if levels[: len(p)] == p), None)
-
-
-class _Filters:
-    """The filter rules, compiled once per page."""
-
-    def __init__(self, rules: Rules, purchased: frozenset[str]) -> None:
-        self.rules = rules
-        self.purchased = purchased if rules.exclude_purchased else frozenset()
-        self.budget = rules.budget if isinstance(rules, EffectiveRules) else None
-        self.blocked_items = frozenset(rules.blocklist_items)
-        self.blocked_bundles = frozenset(rules.blocklist_bundles)
-        self.rebuyable = [category_levels(p) for p in rules.rebuyable_categories]
-        self.include_categories = [category_levels(p) for p in rules.include_categories]
-        self.exclude_categories = [category_levels(p) for p in rules.exclude_categories]
-        self.include_brands = frozenset(b.strip().casefold() for b in rules.include_brands)
-        self.exclude_brands = frozenset(b.strip().casefold() for b in rules.exclude_brands)
-
-    def verdict(self, bundle: PageBundle) -> tuple[str, str] | None:
-        """(rule, why) of the first rule that removes the bundle, or None when it may be shown."""
-        r = self.rules
-        if bundle.bundle_id in self.blocked_bundles:
-            return "blocklist", "the bundle is blocklisted"
-        for item in bundle.items:
-            if item.item_id in self.blocked_items:
-                return "blocklist", f"item {item.item_id} is blocklisted"
-        if not r.min_bundle_size <= len(bundle.items) <= r.max_bundle_size:
-            return "bundle_size", f"{len(bundle.items)} items, allowed {r.min_bundle_size} to {r.max_bundle_size}"
-        for item in bundle.items:
-            if r.in_stock_only and not item.in_stock:
-                return "in_stock_only", f"item {item.item_id} is out of stock"
-        for item in bundle.items:
-            if item.item_id in self.purchased and not _matches(category_levels(item.category), self.rebuyable):
-                return "exclude_purchased", f"item {item.item_id} was already purchased"
-        for item in bundle.items:
-            if item.price is None:
-                continue  # unknown: no reason to hide it
-            if (r.min_price is not None and item.price < r.min_price) or (
-                r.max_price is not None and item.price > r.max_price
-            ):
-                return "price_range", f"item {item.item_id} costs {item.price:g}"
-        total = sum(item.price or 0.0 for item in bundle.items)
-        if self.budget is not None and total > self.budget:
-            return "budget", f"total {total:g} is above the budget {self.budget:g}"
-        return self._categories(bundle) or self._brands(bundle)
-
-    def _categories(self, bundle: PageBundle) -> tuple[str, str] | None:
-        paths = [(item, category_levels(item.category)) for item in bundle.items]
-        for item, levels in paths:
-            if _matches(levels, self.exclude_categories):
-                return "categories", f"item {item.item_id} is in an excluded category"
-        if self.include_categories and not any(_matches(levels, self.include_categories) for _, levels in paths):
-            return "categories", "no item is in an included category"
-        return None
-
-    def _brands(self, bundle: PageBundle) -> tuple[str, str] | None:
-        brands = [(item, item.brand.strip().casefold()) for item in bundle.items]
-        for item, brand in brands:
-            if brand in self.exclude_brands:
-                return "brands", f"item {item.item_id} is of an excluded brand"
-        if self.include_brands and not any(brand in self.include_brands for _, brand in brands):
-            return "brands", "no item is of an included brand"
-        return None
-
-
-@dataclass(slots=True, eq=False)
-class _Candidate:
-    """A bundle that passed the filters, with what the page fill compares."""
-
-    bundle: PageBundle
-    order: int  # position in the input: breaks ties
-    item_ids: frozenset[str]
-    brands: frozenset[str]
-    categories: frozenset[tuple[str, ...]]
-    relevance: float = 0.0
-    boost: float = 0.0
-    boosted_by: tuple[str, ...] = ()
-    max_similarity: float = 0.0
-    chosen_relevance: float = 0.0  # the relevance it was chosen with (boost included while the share lasted)
-
-    @classmethod
-    def of(cls, bundle: PageBundle, order: int, depth: int) -> _Candidate:
-        brands = frozenset(b for item in bundle.items if (b := item.brand.strip().casefold()))
-        keys = frozenset(c[:depth] for item in bundle.items if (c := category_levels(item.category)))
-        return cls(bundle, order, frozenset(bundle.item_ids), brands, keys)
-
-
-def similarity(a: _Candidate, b: _Candidate) -> float:
-    if a.item_ids & b.item_ids:
-        return 1.0
-    union = a.categories | b.categories
-    return len(a.categories & b.categories) / len(union) if union else 0.0
-
-
-class _PageState:
-    """What is on the page so far, for unique_items and the per-brand and per-category caps."""
-
-    def __init__(self, rules: Rules) -> None:
-        self.rules = rules
-        self.chosen: list[_Candidate] = []
-        self.items: set[str] = set()
-        self.brands: Counter[str] = Counter()
-        self.categories: Counter[tuple[str, ...]] = Counter()
-
-    def conflict(self, c: _Candidate, *, caps: bool = True) -> tuple[str, str] | None:
-        r = self.rules
-        if r.unique_items and (shared := c.item_ids & self.items):
-            return "unique_items", f"item {min(shared)} is already on the page"
-        if not caps:
-            return None
-        if r.max_per_brand is not None:
-            for brand in sorted(c.brands):
-                if self.brands[brand] >= r.max_per_brand:
-                    return "max_per_brand", f"brand {brand} is already on {r.max_per_brand} bundles"
-        if r.max_per_category is not None:
-            for category in sorted(c.categories):
-                if self.categories[category] >= r.max_per_category:
-                    return "max_per_category", f"{' > '.join(category)} is already on {r.max_per_category} bundles"
-        return None
-
-    def add(self, c: _Candidate) -> None:
-        self.chosen.append(c)
-        self.items |= c.item_ids
-        self.brands.update(c.brands)
-        self.categories.update(c.categories)
-
-
 Record = Callable[[str, tuple[TargetKind, str], Action, str], None]
 
 
@@ -245,22 +118,24 @@ def assemble_page(
     def record(rule: str, target: tuple[TargetKind, str], action: Action, detail: str) -> None:
         actions.append(RuleAction(rule, target[0], target[1], action, detail))
 
-    filters = _Filters(rules, purchased_item_ids)
-    survivors: list[_Candidate] = []
+    filters = Filters(rules, purchased_item_ids)
+    keys = PageKeys(rules.category_depth)
+    survivors: list[Candidate] = []
     removed_by: dict[str | tuple[str, ...], str] = {}  # key -> the rule that removed it
     seen: set[str | tuple[str, ...]] = set()
     for order, bundle in enumerate(ranked):
-        verdict = ("duplicate", "already earlier in the list") if bundle.key in seen else filters.verdict(bundle)
-        seen.add(bundle.key)
+        key = bundle.key
+        verdict = ("duplicate", "already earlier in the list") if key in seen else filters.verdict(bundle)
+        seen.add(key)
         if verdict is None:
-            survivors.append(_Candidate.of(bundle, order, rules.category_depth))
+            survivors.append(keys.candidate(bundle, order))
             continue
-        removed_by.setdefault(bundle.key, verdict[0])
+        removed_by.setdefault(key, verdict[0])
         record(verdict[0], target_of(bundle), "removed", verdict[1])
     _normalise(survivors)
     _apply_boosts(survivors, [p for p in rules.promotions if p.kind == "boost"])
 
-    state = _PageState(rules)
+    state = PageState(rules)
     quota = promoted_slots(rules.max_promoted_share, page_size)
     pins = _pin(survivors, rules, page_size, quota, state, removed_by, ranked, record)
     pinned = {id(c) for _, c, _ in pins}
@@ -277,7 +152,7 @@ def assemble_page(
     return Page(page, actions)
 
 
-def _normalise(candidates: Sequence[_Candidate]) -> None:
+def _normalise(candidates: Sequence[Candidate]) -> None:
     """Scores min-max normalised to [0, 1] over the survivors; all equal: 1."""
     if not candidates:
         return
@@ -290,10 +165,14 @@ def _normalise(candidates: Sequence[_Candidate]) -> None:
 def _promotes(promotion: Promotion, bundle: PageBundle) -> bool:
     if promotion.bundle_id:
         return bundle.bundle_id == promotion.bundle_id
-    return any(item.item_id == promotion.item_id for item in bundle.items)
+    item_id = promotion.item_id
+    for item in bundle.items:
+        if item.item_id == item_id:
+            return True
+    return False
 
 
-def _apply_boosts(candidates: Sequence[_Candidate], boosts: Sequence[Promotion]) -> None:
+def _apply_boosts(candidates: Sequence[Candidate], boosts: Sequence[Promotion]) -> None:
     for c in candidates:
         for promotion in boosts:
             if _promotes(promotion, c.bundle):
@@ -302,15 +181,15 @@ def _apply_boosts(candidates: Sequence[_Candidate], boosts: Sequence[Promotion])
 
 
 def _pin(
-    survivors: Sequence[_Candidate],
+    survivors: Sequence[Candidate],
     rules: Rules,
     page_size: int,
     quota: int,
-    state: _PageState,
+    state: PageState,
     removed_by: dict[str | tuple[str, ...], str],
     ranked: Sequence[PageBundle],
     record: Record,
-) -> list[tuple[int, _Candidate, Promotion]]:
+) -> list[tuple[int, Candidate, Promotion]]:
     """The pinned bundles, (position, candidate, promotion) by position; they join `state`.
 
     An item pin places the best-ranked surviving bundle containing the item (a one-item entry
@@ -318,7 +197,7 @@ def _pin(
     that is what ranked best. Pins ignore the per-brand and per-category caps (a merchandiser
     chose them) but not unique_items.
     """
-    pins: list[tuple[int, _Candidate, Promotion]] = []
+    pins: list[tuple[int, Candidate, Promotion]] = []
     for promotion in sorted((p for p in rules.promotions if p.kind == "pin"), key=lambda p: p.position):
         target: tuple[TargetKind, str] = (
             ("bundle", promotion.bundle_id) if promotion.bundle_id else ("item", promotion.item_id)
@@ -342,51 +221,48 @@ def _pin(
 
 def _why_not_pinned(
     promotion: Promotion,
-    options: Sequence[_Candidate],
+    options: Sequence[Candidate],
     removed_by: dict[str | tuple[str, ...], str],
     ranked: Sequence[PageBundle],
-    state: _PageState,
+    state: PageState,
 ) -> str:
     if options:
         conflict = state.conflict(options[0], caps=False)
         return f"not pinned: {conflict[1] if conflict else 'already pinned'}"
-    removers = sorted({removed_by[b.key] for b in ranked if b.key in removed_by and _promotes(promotion, b)})
+    removers = sorted({removed_by[b.key] for b in ranked if _promotes(promotion, b) and b.key in removed_by})
     if removers:
         return f"not pinned: removed by {', '.join(removers)}"
     return "not pinned: not among the candidates"
 
 
-def _gain(c: _Candidate, weight: float, boosting: bool) -> float:
+def _gain(c: Candidate, weight: float, boosting: bool) -> float:
     relevance = c.relevance + (c.boost if boosting else 0.0)
     return (1 - weight) * relevance - weight * c.max_similarity
 
 
 def _fill(
-    pool: Sequence[_Candidate], state: _PageState, slots: int, weight: float, quota: int, record: Record
-) -> list[_Candidate]:
+    pool: Sequence[Candidate], state: PageState, slots: int, weight: float, quota: int, record: Record
+) -> list[Candidate]:
     """Greedy maximal marginal relevance over the pool (input order), `slots` bundles at most.
 
     A bundle that would break unique_items or a cap is dropped for good (the page only grows, so
     it would break it later too), recorded only when it was the next pick: the trace explains
     what the page lost, not every low-ranked bundle that never had a chance.
     """
-    for c in pool:
-        c.max_similarity = max((similarity(c, p) for p in state.chosen), default=0.0)
-    remaining = list(pool)
-    filled: list[_Candidate] = []
-    while remaining and len(filled) < slots:
-        boosting = quota > 0
-        best_i, best_gain = 0, -math.inf
-        for i, c in enumerate(remaining):
-            gain = _gain(c, weight, boosting)
-            if gain > best_gain:
-                best_i, best_gain = i, gain
-        best = remaining.pop(best_i)
+    for pinned in state.chosen:
+        for c in pool:
+            c.max_similarity = max(c.max_similarity, similarity(c, pinned))
+    remaining = _Remaining(pool, weight, boosting=quota > 0)
+    filled: list[Candidate] = []
+    while remaining.candidates and len(filled) < slots:
+        if remaining.boosting and quota <= 0:  # the promoted share is used up: boosts no longer count
+            remaining.rescore(boosting=False)
+        best = remaining.take_best()
         conflict = state.conflict(best)
         if conflict is not None:
             record(conflict[0], target_of(best.bundle), "removed", conflict[1])
             continue
-        boosted = boosting and best.boost > 0
+        boosted = remaining.boosting and best.boost > 0
         best.chosen_relevance = best.relevance + (best.boost if boosted else 0.0)
         if boosted:
             quota -= 1
@@ -394,14 +270,50 @@ def _fill(
                 record(name, target_of(best.bundle), "boosted", f"relevance {best.relevance:.3f} + {best.boost:g}")
         state.add(best)
         filled.append(best)
-        for c in remaining:
-            c.max_similarity = max(c.max_similarity, similarity(c, best))
+        if weight > 0:  # else similarity does not count
+            remaining.note_placed(best)
     if weight > 0:
         _record_moved_down(filled, record)
     return filled
 
 
-def _record_moved_down(filled: Sequence[_Candidate], record: Record) -> None:
+class _Remaining:
+    """The bundles not placed yet, in input order, with their gains kept up to date beside them:
+    placing a bundle changes only the gains of those sharing an item or a category with it (and
+    the end of the promoted share all of them), so a round does not recompute every similarity."""
+
+    def __init__(self, pool: Sequence[Candidate], weight: float, *, boosting: bool) -> None:
+        self.candidates = list(pool)
+        self.weight = weight
+        self.keys = [c.item_bits | c.category_bits for c in self.candidates]  # to find those sharing
+        self.rescore(boosting=boosting)
+
+    def rescore(self, *, boosting: bool) -> None:
+        self.boosting = boosting
+        self.gains = [_gain(c, self.weight, boosting) for c in self.candidates]
+
+    def take_best(self) -> Candidate:
+        """The one of the highest gain (the first of equals), taken out."""
+        best_i, best_gain = 0, -math.inf
+        for i, gain in enumerate(self.gains):
+            if gain > best_gain:
+                best_i, best_gain = i, gain
+        del self.gains[best_i], self.keys[best_i]
+        return self.candidates.pop(best_i)
+
+    def note_placed(self, placed: Candidate) -> None:
+        """Raises the max similarity, and so lowers the gain, of those similar to the bundle just placed."""
+        shared = placed.item_bits | placed.category_bits
+        for i, keys in enumerate(self.keys):
+            if keys & shared:  # else the similarity is 0: nothing changes
+                c = self.candidates[i]
+                s = similarity(c, placed)
+                if s > c.max_similarity:
+                    c.max_similarity = s
+                    self.gains[i] = _gain(c, self.weight, self.boosting)
+
+
+def _record_moved_down(filled: Sequence[Candidate], record: Record) -> None:
     """A bundle placed lower than the order by relevance of the same bundles would place it."""
     by_relevance = sorted(filled, key=lambda c: (-c.chosen_relevance, c.order))
     rank = {id(c): i for i, c in enumerate(by_relevance)}
