@@ -17,7 +17,8 @@ import numpy as np
 
 from bundlerec.candidate.collaborative import Collaborative
 from bundlerec.candidate.fusion import Fusion
-from bundlerec.candidate.model import MAX_BUNDLE_FOR_PAIRS, Bundle, Filter, Item
+from bundlerec.candidate.model import Bundle, Filter, Item
+from bundlerec.candidate.relations import Relations
 from bundlerec.candidate.statistics import BehaviourStatistics
 from bundlerec.candidate.vectors import VectorIndex
 
@@ -50,6 +51,9 @@ class CatalogueIndex:
         self.version = 0  # bumped by every change, reported as the index version
         self._columns_layout = -1  # the vector index layout the per-slot columns were built for
         self._order_dirty = self._bundles_dirty = True
+        self._relations = Relations(self)
+        self._code_tables: dict[tuple[bool, tuple[str, ...], int], np.ndarray] = {}
+        self._bundles_in_stock = (-1, np.zeros(0, bool))  # (the index version, by bundle slot)
 
     # -- vectors --------------------------------------------------------------------------
 
@@ -242,6 +246,7 @@ class CatalogueIndex:
             self._known_by_slot = np.zeros(n, bool)
             self._category_names, self._category_codes = [], {}
             self._brand_names, self._brand_codes = [], {}
+            self._code_tables = {}
             for key in slots:
                 if key is not None and key in self.items:
                     self._set_item_columns(self.items[key])
@@ -307,24 +312,18 @@ class CatalogueIndex:
                 mask &= self._price[:n] <= f.max_price
         if f.include_categories or f.exclude_categories:
             categories = self._category[:n]
-            mask &= self._code_mask(categories, self._category_names, f.include_categories, f.exclude_categories, True)
+            mask &= self._code_mask(categories, f.include_categories, f.exclude_categories, path=True)
         if f.include_brands or f.exclude_brands:
-            mask &= self._code_mask(self._brand[:n], self._brand_names, f.include_brands, f.exclude_brands, False)
+            mask &= self._code_mask(self._brand[:n], f.include_brands, f.exclude_brands, path=False)
         for item_id in f.exclude_item_ids:
             slot = self.item_vectors.slot_of.get(item_id)
             if slot is not None:
                 mask[slot] = False
         return mask
 
-    @staticmethod
-    def _code_mask(codes: np.ndarray, names: list[str], include: tuple[str, ...], exclude: tuple[str, ...], path: bool):
+    def _code_mask(self, codes: np.ndarray, include: tuple[str, ...], exclude: tuple[str, ...], *, path: bool):
         def matching(wanted: tuple[str, ...]) -> np.ndarray:
-            if path:
-                hits = [c for c, name in enumerate(names) if any(category_matches(name, w) for w in wanted)]
-            else:
-                folded = {w.casefold() for w in wanted}
-                hits = [c for c, name in enumerate(names) if name in folded]
-            return np.isin(codes, np.asarray(hits, np.int32))
+            return self._code_table(wanted, path=path)[codes]
 
         mask = np.ones(len(codes), bool)
         if include:
@@ -332,6 +331,25 @@ class CatalogueIndex:
         if exclude:
             mask &= ~matching(exclude)
         return mask
+
+    def _code_table(self, wanted: tuple[str, ...], *, path: bool) -> np.ndarray:
+        """By category (path) or brand code: whether it matches `wanted`, and False last, for code -1
+        (no item). Names only grow between renumberings: their count keys the table."""
+        names = self._category_names if path else self._brand_names
+        key = (path, wanted, len(names))
+        table = self._code_tables.get(key)
+        if table is None:
+            if path:
+                hits = [c for c, name in enumerate(names) if any(category_matches(name, w) for w in wanted)]
+            else:
+                folded = {w.casefold() for w in wanted}
+                hits = [c for c, name in enumerate(names) if name in folded]
+            table = np.zeros(len(names) + 1, bool)
+            table[hits] = True
+            if len(self._code_tables) >= 1000:  # filters come from requests: keep the most recent ones
+                self._code_tables.clear()
+            self._code_tables[key] = table
+        return table
 
     def bundle_mask(self, f: Filter) -> np.ndarray:
         """A bundle passes when its members pass: in stock and price range, every member;
@@ -341,7 +359,7 @@ class CatalogueIndex:
         n = len(self.bundle_vectors.key_at)
         mask = self.bundle_vectors.alive[:n].copy()
         if f.in_stock_only:
-            mask &= self._per_bundle(self._in_stock, "all")
+            mask &= self._bundles_all_in_stock()
         plain = Filter()
         if f.include_categories or f.include_brands:
             includes = Filter(include_categories=f.include_categories, include_brands=f.include_brands)
@@ -358,26 +376,27 @@ class CatalogueIndex:
                 mask[slot] = False
         return mask
 
-    def popular_items(self, mask: np.ndarray, limit: int) -> list[tuple[str, float]]:
+    def _bundles_all_in_stock(self) -> np.ndarray:
+        version, in_stock = self._bundles_in_stock
+        if version != self.version:
+            in_stock = self._per_bundle(self._in_stock, "all")
+            self._bundles_in_stock = (self.version, in_stock)
+        return in_stock
+
+    def popular_items(self, mask: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """The `limit` most popular item slots in `mask` (ties: the lower slot), and their popularity."""
         self._refresh_columns()
         chosen = self._popularity_order[mask[self._popularity_order]][:limit]
-        keys = self.item_vectors.key_at
-        return [(keys[s], self.popularity.get(keys[s], 0.0)) for s in chosen]  # type: ignore[index]
+        return chosen, self._popularity_by_slot[chosen]
 
-    def popular_bundles(self, mask: np.ndarray, limit: int) -> list[tuple[str, float]]:
-        """Bundles by the mean popularity of their members."""
+    def popular_bundles(self, mask: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """Bundle slots by the mean popularity of their members, as `popular_items`."""
         self._refresh_columns()
         chosen = self._bundle_popularity_order[mask[self._bundle_popularity_order]][:limit]
-        keys = self.bundle_vectors.key_at
-        return [(keys[s], float(self._bundle_popularity[s])) for s in chosen]  # type: ignore[misc]
+        return chosen, self._bundle_popularity[chosen]
 
-    def co_occurring(self, item_id: str) -> dict[str, float]:
-        """Items bought with `item_id` (events) or curated with it (small bundles)."""
-        found = dict(self.event_pairs.get(item_id, {}))
-        for bundle_id in self.bundles_of.get(item_id, ()):
-            members = self.bundles[bundle_id].item_ids
-            if len(members) <= MAX_BUNDLE_FOR_PAIRS:
-                for other in members:
-                    if other != item_id:
-                        found[other] = found.get(other, 0.0) + 1.0 / len(members)
-        return found
+    def relations(self) -> Relations:
+        """The sparse relations by slot, for this version of the index."""
+        if self._relations.version != self.version:
+            self._relations = Relations(self)
+        return self._relations

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bundlerec.events import EventType
 
@@ -89,7 +89,7 @@ class Candidate:
     target_id: str
     is_bundle: bool
     score: float
-    sources: set[Source] = field(default_factory=set)
+    sources: frozenset[Source] = frozenset()
     item_ids: tuple[str, ...] = ()
 
 

