@@ -4,6 +4,7 @@ from the events. Real service, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 
@@ -30,6 +31,7 @@ SETTINGS = {
     "default_sequence_length": 10,
     "affinity_window": 15,
     "sensitive_categories": ["Health"],
+    "snapshot_refresh_seconds": 0,  # reads rebuild snapshots; the refresher has a test of its own
 }
 
 
@@ -168,6 +170,18 @@ async def test_reads_reuse_the_snapshot_until_the_next_write(database_url: str) 
         assert [e.target.id for e in (await get(server, user)).recent_events] == ["a", "b"]
         await server.stub.DeleteUser(profile_pb2.DeleteUserRequest(user_id=user))
         assert not (await get(server, user)).known
+
+
+async def test_the_refresher_rebuilds_stale_snapshots_before_anyone_reads_them(database_url: str) -> None:
+    user = f"snap-{uuid.uuid4().hex[:8]}"
+    async with running_profile(database_url, **{**SETTINGS, "snapshot_refresh_seconds": 0.05}) as server:
+        await server.stub.RecordEvents(profile_pb2.RecordEventsRequest(events=[event(user, "a", at=1_700_000_000)]))
+        for _ in range(100):  # no read in between: only the refresher can have built it
+            if await change_rows(database_url, user) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await change_rows(database_url, user) == 0
+        assert [e.target.id for e in (await get(server, user)).recent_events] == ["a"]
 
 
 async def change_rows(database_url: str, user: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bundlerec.profile.refresher import SnapshotRefresher
 from bundlerec.profile.service import ProfileService, snapshot_settings
 from bundlerec.profile.servicer import ProfileServicer
 from bundlerec.profile.settings import ProfileSettings
@@ -22,10 +23,19 @@ async def build(settings: ProfileSettings) -> ServiceParts:
         retry_window_days=settings.retry_window_days,
     )
     servicer = ProfileServicer(ProfileService(store, settings))
+    refresher = SnapshotRefresher(
+        store, store.snapshot, settings.snapshot_refresh_seconds, settings.snapshot_refresh_batch
+    )
+    refresher.start()
+
+    async def close() -> None:
+        await refresher.close()
+        await store.close()
+
     return ServiceParts(
         name="profile",
         register=lambda server: profile_pb2_grpc.add_ProfileServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
         readiness=store.readiness,
-        close=store.close,
+        close=close,
     )

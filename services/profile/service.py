@@ -16,6 +16,7 @@ in its own transaction, so a read is one lookup and still sees every write ackno
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import dataclasses
@@ -115,8 +116,10 @@ class ProfileService:
         stored = await self.store.profile_snapshot(user_id)
         if stored is None:
             return EncodedProfile(self._unknown(user_id), length)
-        if stored.encoded is None:  # stored before snapshots existed, or under other settings
-            built = await self.store.build_snapshot(user_id, self.snapshot, keep=True)
+        if stored.encoded is None:  # written to since it was built (or built under other settings)
+            # shielded: a caller that gives up (its deadline) does not throw the work away
+            rebuild = asyncio.ensure_future(self.store.build_snapshot(user_id, self.snapshot, keep=True))
+            built = await asyncio.shield(rebuild)
             return EncodedProfile(built or self._unknown(user_id), length)
         return EncodedProfile(stored.encoded, length)
 

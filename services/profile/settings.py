@@ -47,6 +47,10 @@ class ProfileSettings(ServiceSettings):
     snapshot_sequence_length: int = Field(
         200, ge=1, description="Events kept in each user's precomputed profile; longer requests read the events."
     )
+    snapshot_refresh_seconds: float = Field(
+        0.2, ge=0, description="Pause between background rebuilds of stale profile snapshots; 0: reads rebuild them."
+    )
+    snapshot_refresh_batch: int = Field(100, ge=1, description="Stale snapshots rebuilt per background round.")
     affinity_window: int = Field(500, ge=1, description="Most recent events that category affinity looks at.")
     affinity_half_life_days: float = Field(30.0, gt=0, description="Age at which an event counts half.")
     popularity_half_life_days: float = Field(7.0, gt=0, description="Age at which a popularity count counts half.")

@@ -165,6 +165,12 @@ async def rebuild(
     return encoded
 
 
+async def stale_users(conn: AsyncConnection, limit: int) -> list[str]:
+    """Users with change rows, the oldest change first."""
+    query = select(changes_t.c.user_id).group_by(changes_t.c.user_id).order_by(func.min(changes_t.c.id)).limit(limit)
+    return list((await conn.execute(query)).scalars())
+
+
 def changed_rows(user_ids: Sequence[str]) -> list[dict[str, str]]:
     """The profile_changes rows of a write that changed these users' profiles (users in order)."""
     return [{"user_id": u} for u in sorted(set(user_ids))]

@@ -51,6 +51,9 @@ class ProfileStore(Protocol):
         """A user's profile built from their rows under `settings` (None for an unknown user); with
         `keep`, stored as their snapshot unless a write came in meanwhile."""
 
+    async def stale_users(self, limit: int) -> list[str]:
+        """Users whose snapshot is stale, those with the oldest pending change first."""
+
     async def record(self, events: Sequence[Event], *, default: Consent, now_us: int) -> RecordResult: ...
     async def set_consent(
         self, user_id: str, *, personalization: bool | None, sensitive: bool | None, default: Consent, now_us: int
@@ -338,6 +341,10 @@ class SqlProfileStore:
         if row is None:
             return None
         return StoredSnapshot(row.snapshot if snapshots.fresh(row, self.snapshot.key) else None)
+
+    @metrics.timed("stale_users")
+    async def stale_users(self, limit: int) -> list[str]:
+        return await db.read(self.engine, lambda conn: snapshots.stale_users(conn, limit))
 
     @metrics.timed("profile_rows")
     async def build_snapshot(self, user_id: str, settings: SnapshotSettings, *, keep: bool) -> bytes | None:

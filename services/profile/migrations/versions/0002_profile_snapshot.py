@@ -17,7 +17,6 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # Existing users have no snapshot: their first GetProfile builds one.
     op.create_table(
         "profile_snapshots",
         sa.Column("user_id", sa.String(length=256), nullable=False),
@@ -45,6 +44,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("profile_changes", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_profile_changes_user_id"), ["user_id"], unique=False)
+    # Existing users have no snapshot yet: a change row each, so the service's refresher builds them
+    # (and a read before it does builds its own).
+    op.execute("INSERT INTO profile_changes (user_id) SELECT user_id FROM profile_users ORDER BY user_id")
 
 
 def downgrade() -> None:

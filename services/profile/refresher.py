@@ -1,0 +1,58 @@
+"""Rebuilds stale snapshots (snapshots.py) in the background, soon after the writes that made them
+stale, so that most reads find their user's snapshot fresh and cost one lookup.
+
+A read that comes before the refresher still answers right: it rebuilds the snapshot itself. Each
+round takes the users with the oldest pending changes, so several writes to one user between two
+rounds cost one rebuild. Replicas may rebuild the same user at once; the store keeps one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from bundlerec.errors import Unavailable
+from bundlerec.profile.snapshot import SnapshotSettings
+from bundlerec.profile.store import ProfileStore
+
+log = logging.getLogger("bundlerec.profile")
+
+
+class SnapshotRefresher:
+    def __init__(self, store: ProfileStore, settings: SnapshotSettings, interval_seconds: float, batch: int) -> None:
+        self.store = store
+        self.settings = settings
+        self.interval = interval_seconds
+        self.batch = batch
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.interval > 0 and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="profile-snapshot-refresher")
+
+    async def refresh_once(self) -> int:
+        """Rebuilds the snapshots of up to `batch` users with pending changes; how many."""
+        users = await self.store.stale_users(self.batch)
+        for user_id in users:
+            await self.store.build_snapshot(user_id, self.settings, keep=True)
+        return len(users)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                done = await self.refresh_once()
+            except Unavailable:  # the database is away: reads rebuild what they need meanwhile
+                done = 0
+            except Exception:  # never let the loop die; the reads stay right without it
+                log.exception("snapshot refresh failed")
+                done = 0
+            if done < self.batch:
+                await asyncio.sleep(self.interval)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
