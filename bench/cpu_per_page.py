@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,19 +91,27 @@ def flamegraphs(pids: dict[str, int], out: Path, seconds: float, load: Any) -> N
             folded.unlink()
 
 
-def top_functions(folded: str, count: int = 25) -> str:
-    """The functions with the most samples at the top of the stack (own time), from folded stacks."""
+def top_functions(folded: str, count: int = 30) -> str:
+    """The functions with the most samples, from folded stacks: at the top of the stack (own time),
+    and anywhere on it (inclusive: the function and what it called)."""
     own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
     total = 0
     for line in folded.splitlines():
         stack, _, n = line.rpartition(" ")
         if not stack or not n.isdigit():
             continue
-        frame = stack.rsplit(";", 1)[-1]
-        own[frame] = own.get(frame, 0) + int(n)
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + int(n)
+        for function in {re.sub(r":\d+\)$", ")", frame) for frame in frames}:  # any line of it
+            inclusive[function] = inclusive.get(function, 0) + int(n)
         total += int(n)
-    rows = sorted(own.items(), key=lambda kv: -kv[1])[:count]
-    return "".join(f"{n / max(1, total):6.1%}  {frame}\n" for frame, n in rows)
+    out = []
+    for title, table in (("own time", own), ("inclusive time", inclusive)):
+        out.append(f"# {title} (share of {total} samples)\n")
+        rows = sorted(table.items(), key=lambda kv: -kv[1])[:count]
+        out.extend(f"{n / max(1, total):6.1%}  {frame}\n" for frame, n in rows)
+    return "".join(out)
 
 
 def main() -> int:

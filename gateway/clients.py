@@ -4,6 +4,10 @@ gateway's domain and every failure to StageFailed. Every call carries a deadline
 The candidate adapter also keeps a short-lived cache of catalogue items (title, category, brand,
 price, stock), so a page does not cost a catalogue read per request; stock changes reach the page
 within `catalogue_ttl_seconds`, and retrieval itself filters on live stock.
+
+Retrieve and Rank requests are assembled from cached encodings of their repeated parts (history
+steps, candidate bundles, the filter: bundlerec.runtime.encoding) and sent as bytes: they repeat
+from request to request, and building them field by field cost more than the calls themselves.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from bundlerec.events import EventType
 from bundlerec.gateway.model import Found, HistoryStep, Requester, Retrieved, Source
 from bundlerec.gateway.page import PageItem
 from bundlerec.gateway.ports import CandidateFilter, CandidateQuery, StageFailed
+from bundlerec.runtime.encoding import EncodedEntries, length_delimited
 from bundlerec.v1 import (
     candidate_pb2,
     candidate_pb2_grpc,
@@ -32,6 +37,9 @@ from bundlerec.v1 import (
 from bundlerec.v1_events import EVENT_TYPES, EVENT_TYPES_PB
 
 SOURCES = {s.value: s for s in Source}
+CANDIDATE_SERVICE = candidate_pb2.DESCRIPTOR.services_by_name["CandidateService"]
+RANKER_SERVICE = ranker_pb2.DESCRIPTOR.services_by_name["RankerService"]
+FILTER_FIELD = candidate_pb2.RetrieveRequest.DESCRIPTOR.fields_by_name["filter"].number
 MAX_GET_ITEMS = 1000  # GetItems' limit per call
 # answers about one request, not the service's health (a model version a variant names is not loaded)
 REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
@@ -55,6 +63,35 @@ def failure(error: BaseException) -> StageFailed:
 def target_pb(target_id: str, is_bundle: bool) -> common_pb2.TargetRef:
     kind = common_pb2.TARGET_TYPE_BUNDLE if is_bundle else common_pb2.TARGET_TYPE_ITEM
     return common_pb2.TargetRef(type=kind, id=target_id)
+
+
+def raw_method(channel: grpc.aio.Channel, service: object, name: str, reply: type) -> grpc.aio.UnaryUnaryMultiCallable:
+    """A unary method of `service` (a generated module's service descriptor) that takes the
+    request already encoded (bytes) and parses the reply into `reply`."""
+    method = service.methods_by_name[name]  # type: ignore[attr-defined]
+    return channel.unary_unary(
+        f"/{method.containing_service.full_name}/{method.name}", response_deserializer=reply.FromString
+    )
+
+
+def recent_pb(step: HistoryStep) -> candidate_pb2.RecentInteraction:
+    pb = candidate_pb2.RecentInteraction(
+        target=target_pb(step.target_id, step.is_bundle), type=EVENT_TYPES_PB[step.kind]
+    )
+    if step.at_us:
+        pb.timestamp.FromMicroseconds(step.at_us)
+    return pb
+
+
+def sequence_step_pb(step: HistoryStep) -> ranker_pb2.SequenceStep:
+    pb = ranker_pb2.SequenceStep(target=target_pb(step.target_id, step.is_bundle), type=EVENT_TYPES_PB[step.kind])
+    if step.at_us:
+        pb.timestamp.FromMicroseconds(step.at_us)
+    return pb
+
+
+def bundle_candidate_pb(candidate: tuple[str, tuple[str, ...]]) -> ranker_pb2.BundleCandidate:
+    return ranker_pb2.BundleCandidate(bundle_id=candidate[0], item_ids=candidate[1])
 
 
 class ProfileClient:
@@ -128,6 +165,9 @@ class _Expiring(Generic[V]):
 class CandidateClient:
     def __init__(self, channel: grpc.aio.Channel, catalogue_ttl_seconds: float = 30.0, max_cached: int = 200_000):
         self.stub = candidate_pb2_grpc.CandidateServiceStub(channel)
+        self._retrieve = raw_method(channel, CANDIDATE_SERVICE, "Retrieve", candidate_pb2.RetrieveResponse)
+        self._recent = EncodedEntries(candidate_pb2.RetrieveRequest, "recent", recent_pb)
+        self._filters: dict[CandidateFilter, bytes] = {}  # a filter's encoding (a handful of rule sets)
         self._items: _Expiring[PageItem] = _Expiring(catalogue_ttl_seconds, max_cached)
         self._bundles: _Expiring[tuple[str, ...]] = _Expiring(catalogue_ttl_seconds, max_cached)
 
@@ -148,25 +188,26 @@ class CandidateClient:
         return found
 
     async def retrieve(self, query: CandidateQuery, seconds: float) -> Retrieved:
-        request = candidate_pb2.RetrieveRequest(
-            recent=[
-                candidate_pb2.RecentInteraction(target=target_pb(s.target_id, s.is_bundle), type=EVENT_TYPES_PB[s.kind])
-                for s in query.recent
-            ],
+        head = candidate_pb2.RetrieveRequest(
             anchor_item_id=query.anchor_item_id,
             item_limit=query.item_limit,
             bundle_limit=query.bundle_limit,
-            filter=filter_pb(query.filter),
             sources=[s.value for s in query.sources],
         )
-        for n, step in enumerate(query.recent):
-            if step.at_us:
-                request.recent[n].timestamp.FromMicroseconds(step.at_us)
+        request = head.SerializeToString() + self._filter(query.filter) + self._recent.encode(query.recent)
         try:
-            response = await self.stub.Retrieve(request, timeout=seconds)
+            response = await self._retrieve(request, timeout=seconds)
         except (grpc.aio.AioRpcError, TimeoutError) as error:
             raise failure(error) from None
         return Retrieved(tuple(_found(c) for c in response.items), tuple(_found(c) for c in response.bundles))
+
+    def _filter(self, f: CandidateFilter) -> bytes:
+        encoded = self._filters.get(f)
+        if encoded is None:
+            if len(self._filters) > 1000:  # per-request overrides make new ones; keep the set bounded
+                self._filters.clear()
+            encoded = self._filters[f] = length_delimited(FILTER_FIELD, filter_pb(f).SerializeToString())
+        return encoded
 
     async def items(self, item_ids: Sequence[str], seconds: float) -> Mapping[str, PageItem]:
         now = time.monotonic()
@@ -204,6 +245,9 @@ class CandidateClient:
 class RankerClient:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.stub = ranker_pb2_grpc.RankerServiceStub(channel)
+        self._rank = raw_method(channel, RANKER_SERVICE, "Rank", ranker_pb2.RankResponse)
+        self._sequence = EncodedEntries(ranker_pb2.RankRequest, "sequence", sequence_step_pb)
+        self._candidates = EncodedEntries(ranker_pb2.RankRequest, "candidates", bundle_candidate_pb)
 
     async def rank(
         self,
@@ -212,19 +256,10 @@ class RankerClient:
         model_version: str,
         seconds: float,
     ) -> tuple[list[float], str]:
-        request = ranker_pb2.RankRequest(
-            sequence=[
-                ranker_pb2.SequenceStep(target=target_pb(s.target_id, s.is_bundle), type=EVENT_TYPES_PB[s.kind])
-                for s in history
-            ],
-            candidates=[ranker_pb2.BundleCandidate(bundle_id=b, item_ids=items) for b, items in candidates],
-            model_version=model_version,
-        )
-        for n, step in enumerate(history):
-            if step.at_us:
-                request.sequence[n].timestamp.FromMicroseconds(step.at_us)
+        head = ranker_pb2.RankRequest(model_version=model_version).SerializeToString()
+        request = head + self._sequence.encode(history) + self._candidates.encode(candidates)
         try:
-            response = await self.stub.Rank(request, timeout=seconds)
+            response = await self._rank(request, timeout=seconds)
         except (grpc.aio.AioRpcError, TimeoutError) as error:
             raise failure(error) from None
         if len(response.scores) != len(candidates):

@@ -311,9 +311,11 @@ async def test_rules_file_blocklist_applies_and_a_bad_edit_keeps_the_old_rules(
     async with running_suite(suite, encoder_dir, rules_file=str(rules), rules_poll_seconds=0.05) as running:
         first = await recommend(running.stub, user_id=user, page_size=5)
         blocked = first.bundles[0].items[0].item_id
-        rules.write_text(f'blocklist_items = ["{blocked}"]\n')
+        # each edit replaces the file whole, as an editor or a ConfigMap does: a poll never reads it
+        # half-written (write_text truncates first, and an empty file is valid rules)
+        replace_file(rules, f'blocklist_items = ["{blocked}"]\n')
         await _until(lambda: _blocked(running, user, blocked))
-        rules.write_text("blocklist_items = 42\n")  # a bad edit: the old rules stay
+        replace_file(rules, "blocklist_items = 42\n")  # a bad edit: the old rules stay
         await asyncio.sleep(0.3)
         page = await recommend(running.stub, user_id=user, page_size=5)
         assert all(i.item_id != blocked for b in page.bundles for i in b.items)
@@ -361,6 +363,12 @@ position = 1
         assert page.bundles[0].explanation == "featured"
         assert [i.item_id for i in page.bundles[1].items] == [item] and not page.bundles[1].bundle_id
         assert {a.rule for a in page.trace.rule_actions if a.action == "pinned"} >= {"kit", "new-item"}
+
+
+def replace_file(path: Path, text: str) -> None:
+    staged = path.with_suffix(".staged")
+    staged.write_text(text)
+    staged.replace(path)
 
 
 async def _blocked(running: Running, user: str, item: str) -> bool:

@@ -33,12 +33,12 @@ PLACEMENTS = {
 }
 
 
-def requests(suite: Suite) -> dict[str, gateway_pb2.RecommendRequest]:
+def requests(shop: Suite) -> dict[str, gateway_pb2.RecommendRequest]:
     """Named requests: three shoppers (the heaviest buyer and two others) on every placement, and an
     anonymous visitor on a product page and a cart."""
-    users = sorted(suite.purchases)
-    shoppers = [buyer(suite), users[0], users[len(users) // 2]]
-    items = sorted(suite.items)
+    users = sorted(shop.purchases)
+    shoppers = [buyer(shop), users[0], users[len(users) // 2]]
+    items = sorted(shop.items)
     anchor, cart = items[len(items) // 3], [items[5], items[len(items) // 2]]
     out = {}
     for user in shoppers:
@@ -59,7 +59,7 @@ def requests(suite: Suite) -> dict[str, gateway_pb2.RecommendRequest]:
 def page(response: gateway_pb2.RecommendResponse) -> dict[str, object]:
     return {
         "personalized": response.personalized,
-        "degraded": [gateway_pb2.Stage.Name(d.stage) for d in response.degraded],
+        "degraded": [f"{gateway_pb2.Stage.Name(d.stage)}: {d.reason}" for d in response.degraded],
         "bundles": [
             {
                 "bundle_id": b.bundle_id,
@@ -72,17 +72,17 @@ def page(response: gateway_pb2.RecommendResponse) -> dict[str, object]:
     }
 
 
-def copied(suite: Suite, folder: Path) -> Suite:
+def copied(shop: Suite, folder: Path) -> Suite:
     """The suite on copies of its two SQLite stores."""
     urls = {}
     for name in ("catalogue_url", "profile_url"):
-        source = Path(make_url(getattr(suite, name)).database or "")
+        source = Path(make_url(getattr(shop, name)).database or "")
         target = folder / source.name
         for suffix in ("", "-wal", "-shm"):
             if Path(f"{source}{suffix}").exists():
                 shutil.copyfile(f"{source}{suffix}", f"{target}{suffix}")
         urls[name] = f"sqlite:///{target}"
-    return dataclasses.replace(suite, **urls)
+    return dataclasses.replace(shop, **urls)
 
 
 async def test_the_pages_of_a_fixed_seed_are_unchanged(suite: Suite, encoder_dir: str, tmp_path: Path) -> None:  # noqa: F811
@@ -90,7 +90,8 @@ async def test_the_pages_of_a_fixed_seed_are_unchanged(suite: Suite, encoder_dir
     async with running_suite(copied(suite, tmp_path), encoder_dir) as running:
         for name, request in requests(suite).items():
             pages[name] = page(await running.stub.Recommend(request))
-    assert all(not p["degraded"] for p in pages.values()), "a stage degraded: the pins would not mean anything"
+    degraded = {name: p["degraded"] for name, p in pages.items() if p["degraded"]}
+    assert not degraded, f"a stage degraded, the pins would not mean anything: {degraded}"
     assert sum(len(p["bundles"]) for p in pages.values()) >= 5 * len(pages)  # type: ignore[arg-type]
     if os.environ.get("BUNDLEREC_UPDATE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)

@@ -117,9 +117,11 @@ class ProfileService:
         if stored is None:
             return EncodedProfile(self._unknown(user_id), length)
         if stored.encoded is None:  # written to since it was built (or built under other settings)
-            # shielded: a caller that gives up (its deadline) does not throw the work away
-            rebuild = asyncio.ensure_future(self.store.build_snapshot(user_id, self.snapshot, keep=True))
-            built = await asyncio.shield(rebuild)
+            if self.settings.snapshot_refresh_seconds > 0:  # the refresher stores it; reads never wait on writers
+                built = await self.store.build_snapshot(user_id, self.snapshot, keep=False)
+            else:  # shielded: a caller that gives up (its deadline) does not throw the work away
+                rebuild = asyncio.ensure_future(self.store.build_snapshot(user_id, self.snapshot, keep=True))
+                built = await asyncio.shield(rebuild)
             return EncodedProfile(built or self._unknown(user_id), length)
         return EncodedProfile(stored.encoded, length)
 
