@@ -2,14 +2,21 @@
 
 A request waits in a queue; one worker takes up to `max_batch` of them, waiting at most `max_wait`
 after the oldest was queued (so a request that queued while the previous run was busy does not wait
-again), pads them to a common shape and runs the model once on a dedicated thread. Padding is
-exact, not approximate: padded sequence steps and candidate members are masked inside the model,
-padded candidates' scores are dropped, and each request's extra_text rows are renumbered into one
-shared table. Requests for different model versions go into separate runs, each on the model the
-request was encoded for, so a version swapped in meanwhile never mixes with it.
+again), pads them to a common shape and runs the model once on a dedicated thread. Requests that
+arrive while a run is busy form the next batch. Padding is exact, not approximate: padded sequence
+steps and candidate members are masked inside the model, padded candidates' scores are dropped, and
+each request's extra_text rows are renumbered into one shared table. Requests for different model
+versions go into separate runs, each on the model the request was encoded for, so a version swapped
+in meanwhile never mixes with it.
 
-One inference thread: on CPU onnxruntime already uses every core inside a run, and a second
-concurrent run would only fight it for them. The event loop never blocks on inference.
+A request that arrives at a quiet service (nothing on its way for QUIET_SECONDS before it) and is
+still alone when encoded runs on the event loop instead: there is nothing to overlap it with, and
+the trip to the inference thread and back (two thread wake-ups) costs more CPU than the run saves.
+Under any steady concurrency the next request arrives before that quiet gap, so runs overlap the
+loop's decoding as above; only small requests run inline, so the loop is never held for long.
+
+One inference thread: on CPU onnxruntime already uses every core it is given inside a run, and a
+second concurrent run would only fight it for them.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -31,6 +39,8 @@ from bundlerec.ranking.features import PAD
 log = logging.getLogger("bundlerec.ranker")
 
 Output = tuple[np.ndarray, np.ndarray]  # one request's scores [N] and user vector [d]
+INLINE_MAX_CANDIDATES = 256  # a request alone with more runs on the inference thread, as in a batch
+QUIET_SECONDS = 0.005  # longer than a loaded service ever sits idle between requests
 
 
 @dataclass(eq=False)
@@ -48,6 +58,10 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker-inference")
         self._worker: asyncio.Task[None] | None = None
+        self._on_the_way = 0  # requests between expecting() and their result (being checked or encoded)
+        self._idle_since = 0.0  # when the last request on its way got its result
+        self._quiet_arrival = False  # the request now alone arrived at a quiet service
+        self._busy = False  # the worker holds a batch (gathering it, or its run is under way)
 
     def start(self) -> None:
         if self._worker is None:
@@ -63,35 +77,65 @@ class MicroBatcher:
             self._queue.get_nowait().future.cancel()
         self._executor.shutdown(wait=True)
 
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Wraps a request's whole way, from arrival to result, so `submit` knows whether it has company."""
+        now = time.monotonic()
+        if self._on_the_way == 0:
+            self._quiet_arrival = now - self._idle_since >= QUIET_SECONDS
+        self._on_the_way += 1
+        try:
+            yield
+        finally:
+            self._on_the_way -= 1
+            if self._on_the_way == 0:
+                self._idle_since = time.monotonic()
+
     async def submit(self, model: LoadedModel, request: EncodedRequest) -> Output:
+        if self._alone() and request.cand_bundles.shape[0] <= INLINE_MAX_CANDIDATES:
+            metrics.QUEUE_WAIT.observe(0.0)
+            return run_batch(model, [request])[0]
         loop = asyncio.get_running_loop()
         pending = _Pending(model, request, loop.create_future(), loop.time())
         self._queue.put_nowait(pending)
         return await pending.future
 
+    def _alone(self) -> bool:
+        return self._on_the_way == 1 and self._quiet_arrival and not self._busy and self._queue.empty()
+
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
-            deadline = batch[0].queued_at + self.max_wait
-            while len(batch) < self.max_batch:
-                if not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                    continue
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(remaining):
-                        batch.append(await self._queue.get())
-                except TimeoutError:
-                    break
-            live = [p for p in batch if not p.future.done()]  # callers that gave up (deadline) are dropped
-            groups: dict[int, list[_Pending]] = {}
-            for pending in live:
-                groups.setdefault(id(pending.model), []).append(pending)
-            for group in groups.values():
-                await self._run(group)
+            first = await self._queue.get()
+            self._busy = True  # until this batch's results are out, newcomers queue for the next one
+            try:
+                batch = await self._gather(first)
+                live = [p for p in batch if not p.future.done()]  # callers that gave up (deadline) are dropped
+                groups: dict[int, list[_Pending]] = {}
+                for pending in live:
+                    groups.setdefault(id(pending.model), []).append(pending)
+                for group in groups.values():
+                    await self._run(group)
+            finally:
+                self._busy = False
+
+    async def _gather(self, first: _Pending) -> list[_Pending]:
+        """`first` and whatever joins it: all that queued meanwhile, and more up to max_wait after it queued."""
+        loop = asyncio.get_running_loop()
+        batch = [first]
+        deadline = first.queued_at + self.max_wait
+        while len(batch) < self.max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    batch.append(await self._queue.get())
+            except TimeoutError:
+                break
+        return batch
 
     async def _run(self, group: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()

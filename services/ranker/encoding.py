@@ -8,14 +8,21 @@ catalogue knows it, else the UNKNOWN row; a catalogue bundle without a learned r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from bundlerec.ranker.model import LoadedModel
 from bundlerec.ranker.query import RankQuery
-from bundlerec.ranking.features import EVENT_TYPE_INDEX, PAD, UNKNOWN, Step, encode_candidates, encode_sequence
+from bundlerec.ranking.features import (
+    EVENT_TYPE_INDEX,
+    PAD,
+    UNKNOWN,
+    encode_candidate_columns,
+    encode_sequence_columns,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +38,17 @@ def unknown_items(model: LoadedModel, query: RankQuery) -> list[str]:
     what the model will read counts: the newest max_sequence steps and each candidate's first
     max_members items, so a huge request cannot flood the catalogue with lookups."""
     steps, members = model.manifest.max_sequence, model.manifest.max_members
-    ids: Iterable[str] = (
-        *(s.target_id for s in query.sequence[-steps:] if s.target_type == "item"),
-        *(i for c in query.candidates for i in c.item_ids[:members]),
-    )
-    return [i for i in dict.fromkeys(ids) if not model.vocabulary.has_item(i)]
+    sequence, candidates = query.sequence, query.candidates
+    ids = [i for i, t in zip(sequence.target_ids[-steps:], sequence.target_types[-steps:], strict=True) if t == "item"]
+    if max(candidates.sizes, default=0) <= members:
+        ids += candidates.item_ids
+    else:
+        start = 0
+        for size in candidates.sizes:
+            ids += candidates.item_ids[start : start + min(size, members)]
+            start += size
+    known = model.item_index
+    return [i for i in dict.fromkeys(ids) if i not in known]
 
 
 class _Items:
@@ -46,12 +59,13 @@ class _Items:
         self.text = text
         self.rows: dict[str, int] = {}
 
-    def many(self, item_ids: Iterable[str]) -> list[int]:
-        known = self.model.item_index.get  # known rows are >= FIRST_ID, never 0
-        return [known(item_id) or self.unknown(item_id) for item_id in item_ids]
-
-    def one(self, item_id: str) -> int:
-        return self.model.item_index.get(item_id) or self.unknown(item_id)
+    def many(self, item_ids: list[str]) -> np.ndarray:
+        known = self.model.item_index.get  # known rows are >= FIRST_ID
+        out = np.fromiter(map(known, item_ids, itertools.repeat(UNKNOWN)), np.int64, len(item_ids))
+        if self.text:  # in order, so extra_text rows are numbered by first appearance
+            for n in np.flatnonzero(out == UNKNOWN).tolist():
+                out[n] = self.unknown(item_ids[n])
+        return out
 
     def unknown(self, item_id: str) -> int:
         if item_id not in self.text:
@@ -68,30 +82,34 @@ class _Items:
 def encode_query(model: LoadedModel, query: RankQuery, text: Mapping[str, np.ndarray]) -> EncodedRequest:
     """`text` maps unknown item ids to text vectors of the model's text dimension (may be empty)."""
     items = _Items(model, text)
-    vocabulary = model.vocabulary
-    kept = []
-    for step in query.sequence:
-        if step.target_type == "bundle":
-            bundle = vocabulary.bundle(step.target_id)
-            if bundle > UNKNOWN:
-                kept.append((step, bundle))
-        else:
-            kept.append((step, PAD))
+    steps = query.sequence
+    kept = list(range(len(steps)))
+    bundles = [PAD] * len(steps)
+    if "bundle" in steps.target_types:  # a bundle step is kept only when its bundle has a learned row
+        row = model.bundle_index.get
+        bundles = [
+            row(i, UNKNOWN) if t == "bundle" else PAD
+            for i, t in zip(steps.target_ids, steps.target_types, strict=True)
+        ]
+        kept = [n for n in kept if bundles[n] != UNKNOWN]
     kept = kept[-model.manifest.max_sequence :]
-    steps = [
-        Step(
-            items.one(step.target_id) if bundle == PAD else PAD,
-            bundle,
-            EVENT_TYPE_INDEX[step.event_type],  # type: ignore[index]
-            # unordered models were trained with one shared timestamp: recency means nothing to them
-            step.timestamp if model.causal else 0,
-        )
-        for step, bundle in kept
-    ]
-    sequence = encode_sequence(steps, max(1, len(steps)), clock=model.manifest.clock)
-    pairs = []
-    for candidate in query.candidates:
-        bundle = vocabulary.bundle(candidate.bundle_id)
-        pairs.append((PAD if bundle == UNKNOWN else bundle, items.many(candidate.item_ids)))
-    cand_bundles, cand_items = encode_candidates(pairs, model.manifest.max_members)
+    item_steps = [n for n in kept if bundles[n] == PAD]
+    item_rows = dict(zip(item_steps, items.many([steps.target_ids[n] for n in item_steps]).tolist(), strict=True))
+    sequence = encode_sequence_columns(
+        [item_rows.get(n, PAD) for n in kept],
+        [bundles[n] for n in kept],
+        [EVENT_TYPE_INDEX[steps.event_types[n]] for n in kept],  # type: ignore[index]
+        # unordered models were trained with one shared timestamp: recency means nothing to them
+        [steps.timestamps[n] for n in kept] if model.causal else [0] * len(kept),
+        max(1, len(kept)),
+        clock=model.manifest.clock,
+    )
+    candidates = query.candidates
+    bundle_rows = map(model.bundle_index.get, candidates.bundle_ids, itertools.repeat(PAD))  # unknown or none: 0
+    cand_bundles, cand_items = encode_candidate_columns(
+        np.fromiter(bundle_rows, np.int64, len(candidates)),
+        items.many(candidates.item_ids),
+        np.array(candidates.sizes, dtype=np.int64),
+        model.manifest.max_members,
+    )
     return EncodedRequest(sequence, cand_items, cand_bundles, items.extra_text())

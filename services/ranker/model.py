@@ -44,6 +44,7 @@ class LoadedModel:
     quantized: bool
     feeds_text: bool  # the graph has the extra_text input (trained with text)
     item_index: dict[str, int]  # known item id → row (the vocabulary's, as one dict for the hot path)
+    bundle_index: dict[str, int]  # known bundle id → row (likewise; never the empty id)
 
     @property
     def num_item_rows(self) -> int:
@@ -124,6 +125,7 @@ def load_model(
         quantized=quantized,
         feeds_text=TEXT_INPUT in inputs,
         item_index={item_id: vocabulary.item(item_id) for item_id in vocabulary.item_ids},
+        bundle_index={bundle_id: vocabulary.bundle(bundle_id) for bundle_id in vocabulary.bundle_ids if bundle_id},
     )
     try:
         warm_up(model, warmup_batch)

@@ -8,37 +8,48 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
+
+import numpy as np
 
 from bundlerec import validation
 from bundlerec.errors import InvalidArgument
 from bundlerec.events import EventType
 
 
-class SequenceEvent(NamedTuple):
-    """One step of the behaviour sequence. `target_type`/`event_type` are None when the request
-    named none or an unknown one (the checks below say which field). Named tuples rather than
-    dataclasses here: a request holds hundreds of these, and they are built on the event loop."""
+@dataclass(frozen=True, slots=True)
+class Steps:
+    """The behaviour sequence, oldest first, as columns (one entry per step): a request holds
+    hundreds of ids, and columns are what the checks and the encoder read in a few C-level passes."""
 
-    target_id: str
-    target_type: str | None  # "item" or "bundle"
-    event_type: EventType | None
-    timestamp: int | None  # Unix seconds; None when unset
-    has_target: bool = True
+    target_ids: list[str]
+    target_types: list[str | None]  # "item" or "bundle"; None when the request named none or an unknown one
+    event_types: list[EventType | None]  # None when unknown
+    timestamps: list[int | None]  # Unix seconds; None when unset
+    missing_targets: frozenset[int] = frozenset()  # steps without a target at all (their type is None too)
+    offset: int = 0  # steps dropped from the front, so error paths index the request's own list
+
+    def __len__(self) -> int:
+        return len(self.target_ids)
 
 
-class CandidateSet(NamedTuple):
-    bundle_id: str  # empty for a bundle built on the fly (or a single item)
-    item_ids: tuple[str, ...]
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """The candidate bundles, in request order, as columns."""
+
+    bundle_ids: list[str]  # empty for a bundle built on the fly (or a single item)
+    item_ids: list[str]  # every candidate's items, concatenated in order
+    sizes: list[int]  # how many of item_ids each candidate has
+
+    def __len__(self) -> int:
+        return len(self.sizes)
 
 
 @dataclass(frozen=True, slots=True)
 class RankQuery:
-    sequence: tuple[SequenceEvent, ...]  # oldest first, already cut to the newest `max_sequence`
-    candidates: tuple[CandidateSet, ...]
+    sequence: Steps  # already cut to the newest `max_sequence` steps
+    candidates: Candidates
     model_version: str = ""
     return_user_vector: bool = False
-    sequence_offset: int = 0  # steps dropped from the front, so error paths index the request's own list
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,24 +81,41 @@ class ModelInfo:
 def check_query(query: RankQuery, limits: Limits) -> None:
     """Raises InvalidArgument naming the first offending field.
 
-    The ids of a request (hundreds) are checked together first, in a few C-level passes; only a
-    request that fails there is walked id by id to name the field. Both apply the same rules."""
+    The ids of a request (hundreds) are checked together first, in a few C-level passes over the
+    distinct ones; only a request that fails there is walked id by id to name the field. Both apply
+    the same rules."""
     validation.identifier("model_version", query.model_version, required=False)
-    if not query.candidates:
+    steps, candidates = query.sequence, query.candidates
+    if not len(candidates):
         raise InvalidArgument("candidates", "must contain at least one candidate")
-    if len(query.candidates) > limits.max_candidates:
-        raise InvalidArgument("candidates", f"has {len(query.candidates)} entries; at most {limits.max_candidates}")
-    suspect = not all(s.has_target and s.target_type and s.event_type for s in query.sequence)
-    ids = [step.target_id for step in query.sequence]
-    ids += [c.bundle_id for c in query.candidates if c.bundle_id]
-    for candidate in query.candidates:
-        members = candidate.item_ids
-        if not members or len(members) > limits.max_members or len(set(members)) != len(members):
-            suspect = True
-            break
-        ids += members
-    if suspect or not _plausible_ids(ids):
+    if len(candidates) > limits.max_candidates:
+        raise InvalidArgument("candidates", f"has {len(candidates)} entries; at most {limits.max_candidates}")
+    sizes = candidates.sizes
+    suspect = (
+        None in steps.target_types
+        or None in steps.event_types
+        or min(sizes) == 0
+        or max(sizes) > limits.max_members
+    )
+    ids = dict.fromkeys(steps.target_ids)
+    ids.update(dict.fromkeys(candidates.item_ids))
+    suspect = suspect or "" in ids  # a bundle id may be empty, a target or member id not
+    ids.update(dict.fromkeys(candidates.bundle_ids))
+    ids.pop("", None)
+    if suspect or _repeats_a_member(candidates) or not _plausible_ids(list(ids)):
         _name_the_field(query, limits)
+
+
+def _repeats_a_member(candidates: Candidates) -> bool:
+    """Whether some candidate may name one item twice. Compares (candidate, hash of the id) pairs:
+    a hash collision only sends the request to the exact walk of _name_the_field, which decides."""
+    members = candidates.item_ids
+    if len(members) == len(candidates.sizes):
+        return False  # one item each (none empty, or check_query would already suspect it)
+    owner = np.repeat(np.arange(len(candidates.sizes), dtype=np.int64), candidates.sizes)
+    keys = np.fromiter(map(hash, members), np.int64, len(members)) ^ (owner << 40)
+    keys.sort()
+    return bool((keys[1:] == keys[:-1]).any())
 
 
 def _plausible_ids(ids: list[str]) -> bool:
@@ -104,18 +132,25 @@ def _plausible_ids(ids: list[str]) -> bool:
 
 
 def _name_the_field(query: RankQuery, limits: Limits) -> None:
-    for n, step in enumerate(query.sequence):
-        where = f"sequence[{query.sequence_offset + n}]"
-        if not step.has_target:
+    steps = query.sequence
+    for n, (target_id, target_type, event_type) in enumerate(
+        zip(steps.target_ids, steps.target_types, steps.event_types, strict=True)
+    ):
+        where = f"sequence[{steps.offset + n}]"
+        if n in steps.missing_targets:
             raise InvalidArgument(f"{where}.target", "is required")
-        if step.target_type is None:
+        if target_type is None:
             raise InvalidArgument(f"{where}.target.type", "must be item or bundle")
-        validation.identifier(f"{where}.target.id", step.target_id)
-        if step.event_type is None:
+        validation.identifier(f"{where}.target.id", target_id)
+        if event_type is None:
             raise InvalidArgument(f"{where}.type", "must be a known event type")
-    for n, candidate in enumerate(query.candidates):
+    candidates = query.candidates
+    start = 0
+    for n, (bundle_id, size) in enumerate(zip(candidates.bundle_ids, candidates.sizes, strict=True)):
         where = f"candidates[{n}]"
-        validation.identifier(f"{where}.bundle_id", candidate.bundle_id, required=False)
-        if not candidate.item_ids:
+        members = candidates.item_ids[start : start + size]
+        start += size
+        validation.identifier(f"{where}.bundle_id", bundle_id, required=False)
+        if not members:
             raise InvalidArgument(f"{where}.item_ids", "a candidate needs at least one item id")
-        validation.identifiers(f"{where}.item_ids", candidate.item_ids, max_count=limits.max_members)
+        validation.identifiers(f"{where}.item_ids", members, max_count=limits.max_members)

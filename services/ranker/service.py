@@ -39,10 +39,11 @@ class RankerService:
         self._warned_dimension = False
 
     async def rank(self, query: RankQuery) -> RankResult:
-        check_query(query, self.limits)
-        model = await self.registry.get(query.model_version)
-        encoded = encode_query(model, query, await self._text_of_unknown_items(model, query))
-        scores, user = await self.batcher.submit(model, encoded)
+        with self.batcher.expecting():
+            check_query(query, self.limits)
+            model = await self.registry.get(query.model_version)
+            encoded = encode_query(model, query, await self._text_of_unknown_items(model, query))
+            scores, user = await self.batcher.submit(model, encoded)
         if not np.isfinite(scores).all() or (query.return_user_vector and not np.isfinite(user).all()):
             metrics.NON_FINITE.inc()
             log.error("non-finite model output", extra={"fields": {"version": model.version}})

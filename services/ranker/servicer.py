@@ -2,32 +2,49 @@
 
 from __future__ import annotations
 
-from bundlerec.ranker.query import CandidateSet, ModelInfo, RankQuery, SequenceEvent
+import itertools
+import operator
+from collections.abc import Sequence
+
+from bundlerec.ranker.query import Candidates, ModelInfo, RankQuery, Steps
 from bundlerec.ranker.service import RankerService
 from bundlerec.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 from bundlerec.v1_events import EVENT_TYPES
 
 TARGET_TYPES = {common_pb2.TARGET_TYPE_ITEM: "item", common_pb2.TARGET_TYPE_BUNDLE: "bundle"}
+_ITEM_IDS = operator.attrgetter("item_ids")
+_BUNDLE_ID = operator.attrgetter("bundle_id")
 
 
-def step_from_pb(pb: ranker_pb2.SequenceStep) -> SequenceEvent:
-    return SequenceEvent(
-        target_id=pb.target.id,
-        target_type=TARGET_TYPES.get(pb.target.type),
-        event_type=EVENT_TYPES.get(pb.type),
-        timestamp=pb.timestamp.seconds if pb.HasField("timestamp") else None,
-        has_target=pb.HasField("target"),
+def steps_from_pb(steps: Sequence[ranker_pb2.SequenceStep], offset: int) -> Steps:
+    ids, types, events, stamps = [], [], [], []
+    for step in steps:  # one loop: each protobuf field access creates an object
+        target = step.target
+        ids.append(target.id)
+        types.append(target.type)
+        events.append(step.type)
+        stamps.append(step.timestamp.seconds if step.HasField("timestamp") else None)
+    target_types = [TARGET_TYPES.get(t) for t in types]
+    missing = frozenset()
+    if None in target_types:  # only then tell "no target" from "an unknown target type"
+        missing = frozenset(n for n, step in enumerate(steps) if not step.HasField("target"))
+    return Steps(ids, target_types, [EVENT_TYPES.get(e) for e in events], stamps, missing, offset)
+
+
+def candidates_from_pb(candidates: Sequence[ranker_pb2.BundleCandidate]) -> Candidates:
+    members = list(map(_ITEM_IDS, candidates))
+    return Candidates(
+        list(map(_BUNDLE_ID, candidates)), list(itertools.chain.from_iterable(members)), list(map(len, members))
     )
 
 
 def query_from_pb(pb: ranker_pb2.RankRequest, max_sequence: int) -> RankQuery:
     dropped = max(0, len(pb.sequence) - max_sequence)  # older steps beyond the limit are not even read
     return RankQuery(
-        sequence=tuple(step_from_pb(step) for step in pb.sequence[dropped:]),
-        candidates=tuple(CandidateSet(c.bundle_id, tuple(c.item_ids)) for c in pb.candidates),
+        sequence=steps_from_pb(pb.sequence[dropped:] if dropped else pb.sequence, dropped),
+        candidates=candidates_from_pb(pb.candidates),
         model_version=pb.model_version,
         return_user_vector=pb.return_user_vector,
-        sequence_offset=dropped,
     )
 
 

@@ -25,7 +25,14 @@ class RankerSettings(ServiceSettings):
     providers: Literal["auto", "cpu"] = Field(
         "auto", description="'auto': the CUDA execution provider when onnxruntime has it, else CPU; 'cpu': CPU only."
     )
-    intra_op_threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads; 0: its default.")
+    intra_op_threads: int = Field(
+        1,
+        ge=0,
+        le=256,
+        description="onnxruntime intra-op threads per run; 0: its default (one per core). On CPU one thread is "
+        "cheapest: the model's work grows with the batch, and a second thread costs a single request twice "
+        "the CPU while taking a core from the event loop (bench/ranker.py).",
+    )
     max_batch: int = Field(16, ge=1, le=1024, description="Most Rank requests fused into one model run.")
     max_wait_ms: float = Field(
         0.0,
