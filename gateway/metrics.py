@@ -38,3 +38,6 @@ PAGE_SIZE = Histogram(
     "Bundles on a Recommend page (fewer than asked when the filtered catalogue has fewer).",
     buckets=(0, 1, 2, 3, 5, 8, 10, 15, 20, 30, 50),
 )
+# children asked for on every page, looked up once
+PAGE_BUNDLES_CURATED = PAGE_BUNDLES.labels("curated")
+PAGE_BUNDLES_GENERATED = PAGE_BUNDLES.labels("generated")

@@ -166,16 +166,17 @@ class Recommender:
             scored = await self._rotate(query.key, scored, run)
 
         started = time.monotonic()
-        by_key = {_key(b.bundle_id, b.items): b for b in scored}
-        page = assemble_page(
-            [PageBundle(b.bundle_id, b.items, b.score, b.generated) for b in scored],
+        candidates = [PageBundle(b.bundle_id, b.items, b.score, b.generated) for b in scored]
+        origins = {id(candidate): b for candidate, b in zip(candidates, scored, strict=True)}
+        page = assemble_page(  # returns the very objects it was given, in page order
+            candidates,
             rules,
             page_size=query.page_size,
             purchased_item_ids=requester.purchased if requester.personalized else frozenset(),
         )
         shown = []
         for bundle in page.bundles:
-            origin = by_key[_key(bundle.bundle_id, bundle.items)]
+            origin = origins[id(bundle)]
             reason = explain(origin, requester, anchor, query.context, catalogue, s.sensitive)
             shown.append(Shown(bundle.bundle_id, bundle.items, bundle.score, reason, bundle.generated, origin.sources))
         metrics.STAGE_LATENCY.labels(Stage.RULES.value).observe(time.monotonic() - started)
@@ -183,8 +184,11 @@ class Recommender:
         metrics.PAGE_SIZE.observe(len(shown))
         if run.degraded:
             metrics.DEGRADED_PAGES.labels(variant.name).inc()
-        for bundle in shown:
-            metrics.PAGE_BUNDLES.labels("generated" if bundle.generated else "curated").inc()
+        generated = sum(1 for bundle in shown if bundle.generated)
+        if generated:
+            metrics.PAGE_BUNDLES_GENERATED.inc(generated)
+        if len(shown) > generated:
+            metrics.PAGE_BUNDLES_CURATED.inc(len(shown) - generated)
         if run.trace is not None:
             run.trace.stages.append(TraceStage(Stage.RULES, (time.monotonic() - started) * 1000, {"page": len(shown)}))
             run.trace.actions.extend(page.actions)
@@ -284,10 +288,12 @@ class Recommender:
         """Curated bundles among the candidates, plus bundles built around the anchor, in fallback
         order (retrieval score; a built bundle takes its best complement's)."""
         out: list[Scored] = []
+        member = catalogue.__getitem__
         for bundle in found.bundles:
-            if not all(i in catalogue for i in bundle.item_ids):
+            try:
+                items = tuple(map(member, bundle.item_ids))
+            except KeyError:
                 continue  # a member just deleted: its stock and price are unknown, so is the bundle's
-            items = tuple(catalogue[i] for i in bundle.item_ids)
             out.append(Scored(bundle.target_id, items, bundle.score, bundle.sources, generated=False))
         seed = catalogue.get(anchor)
         if seed is not None and not usable_evidence(seed.category, requester, self.settings.sensitive):

@@ -134,6 +134,19 @@ def degradations_pb(degraded: Sequence[Degradation]) -> list[gateway_pb2.Degrada
 
 
 def item_pb(item: PageItem) -> common_pb2.Item:
+    """The item's message, built once per item state (a page repeats the catalogue's few items)."""
+    pb = _ITEM_MESSAGES.get(item)
+    if pb is None:
+        if len(_ITEM_MESSAGES) >= 100_000:
+            _ITEM_MESSAGES.clear()
+        pb = _ITEM_MESSAGES[item] = _item_message(item)
+    return pb
+
+
+_ITEM_MESSAGES: dict[PageItem, common_pb2.Item] = {}  # read only: repeated fields copy what they get
+
+
+def _item_message(item: PageItem) -> common_pb2.Item:
     pb = common_pb2.Item(
         item_id=item.item_id,
         title=item.title,
