@@ -1,6 +1,6 @@
 """The README's headline figures: the four real services and the load generator on one machine.
 
-    python bench/loadtest.py [--workdir var/demo] [--out var/bench/loadtest] [--quick]
+    python bench/loadtest.py [--workdir var/demo] [--out var/bench/loadtest] [--quick] [--runs N]
 
 1. The demo's data (`bundlerec demo`'s steps 1-3: the demo shop, imported into SQLite, a trained
    model; what is there already is kept), then the four services as processes on free ports, as
@@ -13,7 +13,9 @@
 Requests as `bundlerec loadtest` sends them (users of the demo shop, 20 % anonymous, the placement
 mix of workload.py, 10 % traced). Everything shares this machine's cores, the generator included:
 that is what is measured. What other processes took of the cores meanwhile is printed too (figures
-taken while something else was busy are not the headline). Writes OUT/loadtest.json and PNGs.
+taken while something else was busy are not the headline). Writes OUT/loadtest.json and PNGs;
+with --runs N, N whole measurements in a row (OUT/run-K/), each reported, and their median
+(OUT/runs.json): quote the spread, not the best run.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import json
 import os
 import shlex
+import statistics
 import sys
 import time
 from dataclasses import asdict
@@ -58,19 +61,36 @@ def main() -> int:
     parser.add_argument("--workdir", default="var/demo", help="the demo's data (default: %(default)s)")
     parser.add_argument("--out", default="var/bench/loadtest", help="JSON and PNGs (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="shorter steps (a smoke run, not the figures)")
+    parser.add_argument("--runs", type=int, default=1, help="whole measurements in a row, each reported, and "
+                        "their median (default: %(default)s)")  # fmt: skip
     args = parser.parse_args()
     command = shlex.join(["python", "bench/loadtest.py", *sys.argv[1:]])
-    started = time.monotonic()
     root, out = Path(args.workdir).resolve(), Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
-    load = {"before": os.getloadavg()[0]}
     if prepare_demo(root) != 0:
         return 1
+    docs = []
+    for run in range(1, args.runs + 1):
+        if args.runs > 1:
+            print(f"\n=== run {run} of {args.runs} ===", flush=True)
+        docs.append(measure_once(command, root, out / f"run-{run}" if args.runs > 1 else out, args.quick))
+    if args.runs > 1:
+        summary = spread(command, docs)
+        (out / "runs.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print_spread(summary)
+        print(f"wrote {out / 'runs.json'}")
+    return 0
+
+
+def measure_once(command: str, root: Path, out: Path, quick: bool) -> dict[str, Any]:
+    """One whole measurement: the four services, then the floor; writes OUT/loadtest.json and PNGs."""
+    started = time.monotonic()
+    load = {"before": os.getloadavg()[0]}
     cpu = [cpu_seconds()]  # other work on the machine during each measurement shows here
     data = load_dataset(str(root / "shop"))
     workload = lambda: Workload(data, "gateway", WorkloadSettings())  # noqa: E731
     say = lambda line: print(line, flush=True)  # noqa: E731
-    ours_step, ours_fixed, floor_step, floor_fixed = plans(args.quick)
+    ours_step, ours_fixed, floor_step, floor_fixed = plans(quick)
 
     say("the four services (gateway deadline 100 ms, the shipped default)")
     services = start_services(root, overrides={"BUNDLEREC_GATEWAY_DEADLINE_MS": "100"})
@@ -116,7 +136,29 @@ def main() -> int:
     print()
     print_headline(doc)
     print(f"\nwrote {out / 'loadtest.json'}, {out / 'step.png'}, {out / 'fixed-100.png'}")
-    return 0
+    return doc
+
+
+def spread(command: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each run's headline, and the median of each figure across runs."""
+    keys = ("highest_rate_rps", "floor_highest_rate_rps", "p50_ms", "p99_ms", "degraded", "errors", "requests")
+    runs = [{k: d["headline"][k] for k in keys} for d in docs]
+    median = {}
+    for k in keys:
+        values = [r[k] for r in runs if r[k] is not None]
+        median[k] = statistics.median(values) if values else None
+    return {"command": command, "runs": runs, "median": median}
+
+
+def print_spread(summary: dict[str, Any]) -> None:
+    print(f"\n{len(summary['runs'])} runs of {summary['command']}")
+    print(f"  {'run':<8}{'best rate/s':>12}{'floor/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'degraded':>10}{'errors':>8}")
+    rows = [(str(n), r) for n, r in enumerate(summary["runs"], 1)] + [("median", summary["median"])]
+    for name, r in rows:
+        best = "-" if r["highest_rate_rps"] is None else f"{r['highest_rate_rps']:g}"
+        floor = "-" if r["floor_highest_rate_rps"] is None else f"{r['floor_highest_rate_rps']:g}"
+        print(f"  {name:<8}{best:>12}{floor:>10}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+              f"{r['degraded']:>10g}{r['errors']:>8g}")  # fmt: skip
 
 
 def cpu_seconds() -> tuple[float, float, float]:
