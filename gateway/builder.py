@@ -51,6 +51,7 @@ def related(seed: PageItem, candidate: Found, item: PageItem) -> bool:
     return Source.ANCHOR in candidate.sources or department(item.category) == department(seed.category) != ""
 
 
+@functools.lru_cache(maxsize=65_536)  # pure; asked twice per item candidate of every request
 def department(category: str) -> str:
     return category.split(">", 1)[0].strip().casefold()
 

@@ -1,9 +1,12 @@
 """Rebuilds stale snapshots (snapshots.py) in the background, soon after the writes that made them
 stale, so that most reads find their user's snapshot fresh and cost one lookup.
 
-A read that comes before the refresher still answers right: it rebuilds the snapshot itself. Each
+A read that comes before the refresher still answers right: it builds the profile itself. Each
 round takes the users with the oldest pending changes, so several writes to one user between two
-rounds cost one rebuild. Replicas may rebuild the same user at once; the store keeps one of them.
+rounds cost one rebuild. A write through this process wakes the refresher (`poke`), which waits
+`interval` for more writes to gather and then rebuilds; otherwise it looks for changes made
+through other replicas every `idle` seconds, so an idle service costs next to nothing. Replicas
+may rebuild the same user at once; the store keeps one of them.
 """
 
 from __future__ import annotations
@@ -20,12 +23,25 @@ log = logging.getLogger("bundlerec.profile")
 
 
 class SnapshotRefresher:
-    def __init__(self, store: ProfileStore, settings: SnapshotSettings, interval_seconds: float, batch: int) -> None:
+    def __init__(
+        self,
+        store: ProfileStore,
+        settings: SnapshotSettings,
+        interval_seconds: float,
+        batch: int,
+        idle_seconds: float = 2.0,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.interval = interval_seconds
         self.batch = batch
+        self.idle = max(idle_seconds, interval_seconds)
+        self._poked = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    def poke(self) -> None:
+        """A write through this process made snapshots stale."""
+        self._poked.set()
 
     def start(self) -> None:
         if self.interval > 0 and self._task is None:
@@ -47,8 +63,12 @@ class SnapshotRefresher:
             except Exception:  # never let the loop die; the reads stay right without it
                 log.exception("snapshot refresh failed")
                 done = 0
-            if done < self.batch:
-                await asyncio.sleep(self.interval)
+            if done < self.batch:  # caught up: until a write here, or the next look for others'
+                self._poked.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.idle):
+                        await self._poked.wait()
+                await asyncio.sleep(self.interval)  # let a burst of writes gather
 
     async def close(self) -> None:
         if self._task is not None:

@@ -22,10 +22,10 @@ async def build(settings: ProfileSettings) -> ServiceParts:
         key_secret=settings.event_key_secret.get_secret_value().encode(),
         retry_window_days=settings.retry_window_days,
     )
-    servicer = ProfileServicer(ProfileService(store, settings))
     refresher = SnapshotRefresher(
         store, store.snapshot, settings.snapshot_refresh_seconds, settings.snapshot_refresh_batch
     )
+    servicer = ProfileServicer(ProfileService(store, settings, on_change=refresher.poke))
     refresher.start()
 
     async def close() -> None:

@@ -22,7 +22,7 @@ import binascii
 import dataclasses
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from bundlerec import validation
 from bundlerec.errors import InvalidArgument, NotFound
@@ -77,8 +77,11 @@ def _decode_token(kind: str, token: str) -> int:
 
 
 class ProfileService:
-    def __init__(self, store: ProfileStore, settings: ProfileSettings) -> None:
+    def __init__(
+        self, store: ProfileStore, settings: ProfileSettings, on_change: Callable[[], None] = lambda: None
+    ) -> None:
         self.store = store
+        self.on_change = on_change  # profiles changed (the snapshot refresher's cue)
         self.settings = settings
         self.sensitive = SensitiveCategories(settings.sensitive_categories)
         self.default_consent = Consent(settings.default_personalization, settings.default_sensitive_categories)
@@ -99,7 +102,10 @@ class ProfileService:
                     f"events[{i}].timestamp",
                     f"is more than {self.settings.max_future_skew_seconds} s in the future",
                 )
-        return await self.store.record(events, default=self.default_consent, now_us=now)
+        result = await self.store.record(events, default=self.default_consent, now_us=now)
+        if result.recorded:
+            self.on_change()
+        return result
 
     async def get_profile(self, user_id: str, sequence_length: int) -> EncodedProfile:
         validation.identifier("user_id", user_id)
@@ -135,9 +141,11 @@ class ProfileService:
         validation.identifier("user_id", user_id)
         if personalization is None and sensitive is None:
             raise InvalidArgument("personalization", "set personalization, sensitive_categories or both")
-        return await self.store.set_consent(
+        changed = await self.store.set_consent(
             user_id, personalization=personalization, sensitive=sensitive, default=self.default_consent, now_us=now_us()
         )
+        self.on_change()
+        return changed
 
     async def delete_user(self, user_id: str) -> tuple[bool, int]:
         validation.identifier("user_id", user_id)
