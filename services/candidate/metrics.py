@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import collections
 import functools
-import operator
 import weakref
 from typing import TYPE_CHECKING
 
+import numpy as np
 from prometheus_client import Counter, Gauge
+
+from bundlerec.candidate.model import SOURCE_SETS
 
 if TYPE_CHECKING:
     from bundlerec.candidate.index import CatalogueIndex
@@ -51,16 +53,14 @@ def watch_index(index_of: object) -> None:
 
 def count_hits(retrieved: Retrieved) -> None:
     """Counts a Retrieve response's candidates per kind and source."""
-    for kind, found in (("item", retrieved.items), ("bundle", retrieved.bundles)):
-        counted: collections.Counter[object] = collections.Counter()
-        for sources, n in collections.Counter(map(_SOURCES, found)).items():
-            for source in sources:  # candidates come in a few combinations of sources: count those
-                counted[source] += n
+    for kind, found in (("item", retrieved.found_items), ("bundle", retrieved.found_bundles)):
+        counted: collections.Counter[Source] = collections.Counter()
+        combinations = np.bincount(found.source_bits, minlength=len(SOURCE_SETS))
+        for bits in np.flatnonzero(combinations).tolist():  # a few combinations of sources: count those
+            for source in SOURCE_SETS[bits]:
+                counted[source] += int(combinations[bits])
         for source, n in counted.items():
             _source_hits(kind, source).inc(n)
-
-
-_SOURCES = operator.attrgetter("sources")
 
 
 @functools.cache

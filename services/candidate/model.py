@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bundlerec.events import EventType
+
+if TYPE_CHECKING:
+    from bundlerec.candidate.ranking import Found
 
 MAX_BUNDLE_FOR_PAIRS = 8  # larger bundles (reading lists...) say little about pairs of their items
 
@@ -93,8 +97,20 @@ class Candidate:
     item_ids: tuple[str, ...] = ()
 
 
+SOURCE_SETS = tuple(frozenset(s for s in Source if bits & (1 << s)) for bits in range(1 << (max(Source) + 1)))
+"""By source bits (bit s set: source s found the candidate): the set of sources."""
+
+
 @dataclass(frozen=True, slots=True)
 class Retrieved:
-    items: list[Candidate]
-    bundles: list[Candidate]
+    found_items: Found
+    found_bundles: Found
     index_version: str
+
+    @property
+    def items(self) -> list[Candidate]:
+        return self.found_items.candidates()
+
+    @property
+    def bundles(self) -> list[Candidate]:
+        return self.found_bundles.candidates()

@@ -8,11 +8,12 @@ by their keys in Python.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from bundlerec.candidate.model import Source
+from bundlerec.candidate.model import SOURCE_SETS, Bundle, Candidate, Source
 
 SOURCE_WEIGHTS = {
     Source.ANCHOR: 1.2,
@@ -22,6 +23,7 @@ SOURCE_WEIGHTS = {
     Source.TWO_TOWER: 1.0,
     Source.POPULARITY: 0.3,
 }
+__all__ = ["RRF_K", "SOURCE_SETS", "SOURCE_WEIGHTS", "Found", "RankFusion", "by_key_among_equals", "ranked", "top"]
 RRF_K = 60  # the usual constant of reciprocal rank fusion (Cormack et al., 2009)
 NO_SLOTS = np.zeros(0, np.int64)
 
@@ -85,6 +87,10 @@ class RankFusion:
         equal scores, by key."""
         self.add(source, by_key_among_equals(slots, scores, self.keys)[0])
 
+    def found(self, limit: int, layout: tuple[int, int], bundles: Mapping[str, Bundle] | None = None) -> Found:
+        """The `limit` best, as a Found (`layout` and `bundles`: see there)."""
+        return Found(*self.best(limit), self.keys, layout, bundles)
+
     def best(self, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The `limit` best slots, their fused scores and their source bits (see SOURCE_SETS)."""
         if not self._slots:
@@ -106,5 +112,28 @@ def _rrf_terms(source: Source, n: int) -> np.ndarray:
 
 
 _RRF_TERMS = {source: weight / (RRF_K + np.arange(2000)) for source, weight in SOURCE_WEIGHTS.items()}
-SOURCE_SETS = tuple(frozenset(s for s in Source if bits & (1 << s)) for bits in range(1 << (max(Source) + 1)))
-"""By source bits (RankFusion.sources): the set of sources."""
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """One kind's candidates, best first, as arrays over the slots of a vector index: what a
+    retrieval returns, rather than a Candidate each (the servicer encodes from the arrays)."""
+
+    slots: np.ndarray  # int64
+    scores: np.ndarray  # float64, the fused scores
+    source_bits: np.ndarray  # uint8, see SOURCE_SETS
+    keys: Sequence[str | None]  # the vector index's ids by slot
+    layout: tuple[int, int]  # (the vector index's id, its layout): slots mean the same within one
+    bundles: Mapping[str, Bundle] | None = None  # for bundles: their members; None for items
+
+    @property
+    def ids(self) -> list[str]:
+        keys = self.keys
+        return [keys[slot] for slot in self.slots.tolist()]  # type: ignore[misc]
+
+    def candidates(self) -> list[Candidate]:
+        sets, bundles = SOURCE_SETS, self.bundles
+        columns = zip(self.ids, self.scores.tolist(), self.source_bits.tolist(), strict=True)
+        if bundles is None:
+            return [Candidate(i, False, score, sets[bits], (i,)) for i, score, bits in columns]
+        return [Candidate(i, True, score, sets[bits], bundles[i].item_ids) for i, score, bits in columns]

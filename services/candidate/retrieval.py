@@ -19,16 +19,16 @@ import numpy as np
 from bundlerec.candidate.index import CatalogueIndex
 from bundlerec.candidate.model import (
     INTERACTION_WEIGHTS,
-    Candidate,
+    Bundle,
     Filter,
     RecentInteraction,
     RetrievalRequest,
     Retrieved,
     Source,
 )
-from bundlerec.candidate.ranking import RRF_K, SOURCE_SETS, SOURCE_WEIGHTS, RankFusion, top
+from bundlerec.candidate.ranking import RRF_K, SOURCE_WEIGHTS, Found, RankFusion, top
 from bundlerec.candidate.relations import accumulate
-from bundlerec.candidate.vectors import normalize
+from bundlerec.candidate.vectors import VectorIndex, normalize
 
 __all__ = ["RRF_K", "SOURCE_WEIGHTS", "retrieve"]
 RECENCY_DECAY = 0.85  # each older interaction counts this much of the next newer one
@@ -62,7 +62,9 @@ def query_vector(index: CatalogueIndex, weights: dict[str, float]) -> np.ndarray
     if not known:
         return None
     weighted = np.float32([w for _, w in known])[:, None] * index.item_vectors.vectors([i for i, _ in known])
-    query = normalize(sum(weighted))  # row after row, in float32: summed in another order, bits would differ
+    # Row after row, in float32 (summed in another order, bits would differ): a reduce over the
+    # first axis adds the rows in order; + 0.0 turns a -0.0 into the 0.0 a sum from 0 gives.
+    query = normalize(np.add.reduce(weighted, axis=0) + np.float32(0.0))
     return query if np.any(query) else None  # only textless items: nothing to search with
 
 
@@ -87,12 +89,20 @@ def retrieve(index: CatalogueIndex, request: RetrievalRequest) -> Retrieved:
         query = unit if query is None else normalize(query + unit)
     anchor = request.anchor_item_id if request.anchor_item_id in index.items else ""
     context = _Context(weights, query, anchor, two_tower)
-    items = _item_candidates(index, request, context) if request.item_limit else []
-    bundles = _bundle_candidates(index, request, context) if request.bundle_limit else []
+    items = _item_candidates(index, request, context) if request.item_limit else _nothing(index.item_vectors)
+    bundles = (
+        _bundle_candidates(index, request, context)
+        if request.bundle_limit
+        else _nothing(index.bundle_vectors, index.bundles)
+    )
     return Retrieved(items, bundles, f"v{index.version}")
 
 
-def _item_candidates(index: CatalogueIndex, request: RetrievalRequest, context: _Context) -> list[Candidate]:
+def _nothing(vectors: VectorIndex, bundles: dict[str, Bundle] | None = None) -> Found:
+    return RankFusion(0, vectors.key_at).found(0, (id(vectors), vectors.layout), bundles)
+
+
+def _item_candidates(index: CatalogueIndex, request: RetrievalRequest, context: _Context) -> Found:
     sources, limit, vectors = request.sources, request.item_limit, index.item_vectors
     mask = index.item_mask(request.filter)
     seen = set(context.weights) | ({request.anchor_item_id} if request.anchor_item_id else set())
@@ -124,14 +134,10 @@ def _item_candidates(index: CatalogueIndex, request: RetrievalRequest, context: 
             merged.add_sorted(Source.ANCHOR, *vectors.search_slots(anchor_vector, limit, other_category))
     if Source.POPULARITY in sources:  # also fills the limit when the other sources found fewer
         merged.add_sorted(Source.POPULARITY, *index.popular_items(mask, limit))
-    keys = vectors.key_at
-    return [
-        Candidate(keys[slot], False, score, SOURCE_SETS[bits], (keys[slot],))  # type: ignore[arg-type]
-        for slot, score, bits in zip(*(column.tolist() for column in merged.best(limit)), strict=True)
-    ]
+    return merged.found(limit, (id(vectors), vectors.layout))
 
 
-def _bundle_candidates(index: CatalogueIndex, request: RetrievalRequest, context: _Context) -> list[Candidate]:
+def _bundle_candidates(index: CatalogueIndex, request: RetrievalRequest, context: _Context) -> Found:
     sources, limit, vectors = request.sources, request.bundle_limit, index.bundle_vectors
     mask = index.bundle_mask(request.filter)
 
@@ -155,8 +161,4 @@ def _bundle_candidates(index: CatalogueIndex, request: RetrievalRequest, context
         merged.add(Source.ANCHOR, top(containing, found, vectors.key_at, limit))
     if Source.POPULARITY in sources:
         merged.add_sorted(Source.POPULARITY, *index.popular_bundles(mask, limit))
-    keys, bundles = vectors.key_at, index.bundles
-    return [
-        Candidate(keys[slot], True, score, SOURCE_SETS[bits], bundles[keys[slot]].item_ids)  # type: ignore[index]
-        for slot, score, bits in zip(*(column.tolist() for column in merged.best(limit)), strict=True)
-    ]
+    return merged.found(limit, (id(vectors), vectors.layout), index.bundles)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import operator
 import struct
-from dataclasses import replace
 
 from bundlerec import validation
 from bundlerec.candidate.model import (
+    SOURCE_SETS,
     Bundle,
     Candidate,
     Filter,
@@ -16,6 +17,7 @@ from bundlerec.candidate.model import (
     Retrieved,
     Source,
 )
+from bundlerec.candidate.ranking import Found
 from bundlerec.candidate.service import CandidateService
 from bundlerec.errors import InvalidArgument
 from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2
@@ -106,9 +108,27 @@ def retrieval_from_pb(pb: candidate_pb2.RetrieveRequest) -> RetrievalRequest:
         anchor_item_id=pb.anchor_item_id,
         item_limit=validation.page_size("item_limit", pb.item_limit, default=200, maximum=2000),
         bundle_limit=validation.page_size("bundle_limit", pb.bundle_limit, default=200, maximum=2000),
-        filter=filter_from_pb("filter", pb.filter),
+        filter=_filter(pb.filter),
         sources=frozenset(sources) or frozenset(Source),
     )
+
+
+# Filters already converted, by their encoding: a page's filter comes from a handful of rule sets,
+# the same bytes request after request. Large ones (long exclusion lists) are converted every time.
+_FILTERS: dict[bytes, Filter] = {}
+_MAX_CACHED_FILTER = 4096  # bytes
+
+
+def _filter(pb: candidate_pb2.CandidateFilter) -> Filter:
+    encoded = pb.SerializeToString()
+    converted = _FILTERS.get(encoded)
+    if converted is None:
+        converted = filter_from_pb("filter", pb)
+        if len(encoded) <= _MAX_CACHED_FILTER:
+            if len(_FILTERS) >= 1000:
+                _FILTERS.clear()
+            _FILTERS[encoded] = converted
+    return converted
 
 
 # Interactions already converted, by (target id, target type, event type): the same few thousand
@@ -147,34 +167,61 @@ class ResponseEncoder:
     with the score's tag after it. A response is then these pieces, each followed by its
     candidate's score (a little-endian double, as the wire format has it), parsed into a
     RetrieveResponse in one C call: a third of the cost of building the messages field by field
-    (measured: 0.15 against 0.5 ms for 200 candidates)."""
+    (measured: 0.15 against 0.5 ms for 200 candidates).
+
+    Pieces are kept by slot and source bits, for one layout of the vector index: within a layout
+    a slot always names the same item or bundle, and a bundle whose members change is upserted
+    again, under a new slot (CatalogueIndex.upsert_bundle). So a response's pieces are picked by
+    one C call, with no Python work per candidate."""
 
     def __init__(self, max_size: int = 50_000) -> None:
         self.max_size = max_size
-        self._heads: dict[tuple[int, str, bool, tuple[str, ...], frozenset[Source]], bytes] = {}
+        self._heads: dict[int, tuple[tuple[int, int], dict[int, bytes]]] = {}  # field → (layout, code → piece)
 
     def response(self, retrieved: Retrieved) -> candidate_pb2.RetrieveResponse:
-        heads, pieces = self._heads, []
-        for field, candidates in ((_ITEMS, retrieved.items), (_BUNDLES, retrieved.bundles)):
-            for c in candidates:
-                head = heads.get((field, c.target_id, c.is_bundle, c.item_ids, c.sources)) or self._head(field, c)
-                pieces.append(head + _DOUBLE(c.score))
+        pieces = self._pieces(_ITEMS, retrieved.found_items) + self._pieces(_BUNDLES, retrieved.found_bundles)
         response = candidate_pb2.RetrieveResponse.FromString(b"".join(pieces))
         response.index_version = retrieved.index_version
         return response
 
-    def _head(self, field: int, c: Candidate) -> bytes:
-        if len(self._heads) >= self.max_size:
-            self._heads.clear()
-        body = candidate_pb(replace(c, score=0.0)).SerializeToString() + _SCORE_TAG
-        head = _varint(field << 3 | 2) + _varint(len(body) + 8) + body  # 2: a length-delimited field
-        self._heads[(field, c.target_id, c.is_bundle, c.item_ids, c.sources)] = head
-        return head
+    def _pieces(self, field: int, found: Found) -> list[bytes]:
+        """Each candidate's piece, then its score."""
+        n = len(found.slots)
+        if n == 0:
+            return []
+        layout, heads = self._heads.get(field, (None, {}))
+        if layout != found.layout or len(heads) >= self.max_size:
+            heads = {}
+            self._heads[field] = (found.layout, heads)
+        codes = (found.slots * _CODES_PER_SLOT + found.source_bits).tolist()
+        pick = operator.itemgetter(*codes) if n > 1 else lambda heads: [heads[codes[0]]]
+        try:
+            chosen = pick(heads)
+        except KeyError:  # new candidates (or combinations of sources): encode them once
+            for code in codes:
+                if code not in heads:
+                    heads[code] = self._head(field, found, code)
+            chosen = pick(heads)
+        pieces: list[bytes] = [b""] * (2 * n)
+        pieces[0::2] = chosen
+        pieces[1::2] = map(_DOUBLE, found.scores.tolist())
+        return pieces
+
+    @staticmethod
+    def _head(field: int, found: Found, code: int) -> bytes:
+        slot, bits = divmod(code, _CODES_PER_SLOT)
+        target_id = found.keys[slot]
+        assert target_id is not None  # a retrieval returns live slots only
+        members = found.bundles[target_id].item_ids if found.bundles is not None else (target_id,)
+        candidate = Candidate(target_id, field == _BUNDLES, 0.0, SOURCE_SETS[bits], members)
+        body = candidate_pb(candidate).SerializeToString() + _SCORE_TAG
+        return _varint(field << 3 | 2) + _varint(len(body) + 8) + body  # 2: a length-delimited field
 
 
 _ITEMS, _BUNDLES = (candidate_pb2.RetrieveResponse.DESCRIPTOR.fields_by_name[f].number for f in ("items", "bundles"))
 _SCORE_TAG = bytes([candidate_pb2.Candidate.DESCRIPTOR.fields_by_name["score"].number << 3 | 1])  # 1: 64-bit
 _DOUBLE = struct.Struct("<d").pack
+_CODES_PER_SLOT = len(SOURCE_SETS)  # a piece's code: slot × this + source bits
 
 
 def _varint(value: int) -> bytes:

@@ -14,6 +14,7 @@ tombstone that the search skips, and the index is rebuilt when tombstones pass 2
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import faiss
@@ -23,6 +24,8 @@ import numpy as np
 def normalize(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.sqrt(np.add.reduce(vectors * vectors, axis=-1, keepdims=True))  # np.linalg.norm's sum, less its overhead
+    if norms.size == 1:  # one vector (a query): the same division, less the masked one's overhead
+        return vectors / norms if norms.item() > 0 else np.zeros_like(vectors)
     return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
@@ -60,7 +63,13 @@ class VectorIndex:
 
     def _use(self, index: faiss.IndexIDMap2) -> None:
         self._index = index
-        self._hnsw = isinstance(faiss.downcast_index(index.index), faiss.IndexHNSWFlat)
+        inner = faiss.downcast_index(index.index)
+        self._hnsw = isinstance(inner, faiss.IndexHNSWFlat)
+        # Vectors are added under their slot, in slot order: FAISS's ids are its positions, and the
+        # exact index is searched directly (same search, less the id map's translation).
+        ids = faiss.vector_to_array(index.id_map)
+        self._flat = None if self._hnsw or not np.array_equal(ids, np.arange(len(ids))) else inner
+        self._bitmaps = threading.local()
 
     def __len__(self) -> int:
         return len(self.slot_of)
@@ -97,6 +106,8 @@ class VectorIndex:
             self.alive = np.concatenate([self.alive, grow])
             self.searchable = np.concatenate([self.searchable, grow])
         stored = self._stored(vector.reshape(1, -1))
+        if slot != self._index.ntotal:
+            self._flat = None  # ids no longer positions (never seen: key_at and FAISS grow together)
         self.alive[slot] = True
         self.searchable[slot] = bool(np.linalg.norm(stored) > 0)
         self._index.add_with_ids(stored, np.array([slot], dtype=np.int64))
@@ -171,14 +182,17 @@ class VectorIndex:
         k = min(k, int(np.count_nonzero(mask)))
         if k == 0:
             return none
-        bits = np.packbits(mask, bitorder="little")
-        selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
-        if self._hnsw:
-            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.ef_search, k))
-        else:
-            params = faiss.SearchParameters(sel=selector)
         query = normalize(query.reshape(1, -1))
-        scores, slots = self._index.search(query, k, params=params)
+        if self._flat is not None:
+            scores, slots = self._search_flat(query, k, mask)
+        else:
+            bits = np.packbits(mask, bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
+            if self._hnsw:
+                params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.ef_search, k))
+            else:
+                params = faiss.SearchParameters(sel=selector)
+            scores, slots = self._index.search(query, k, params=params)
         found = slots[0] >= 0
         slots, scores = slots[0][found], scores[0][found]
         if len(slots) < k:  # HNSW under a selective filter can miss: score the allowed vectors exactly
@@ -187,3 +201,18 @@ class VectorIndex:
             best = np.argsort(-exact, kind="stable")[:k]
             slots, scores = allowed_slots[best], exact[best]
         return slots, scores
+
+    def _search_flat(self, query: np.ndarray, k: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The exact index's search of one query, with the filter's bitmap written into a buffer
+        that one selector and one SearchParameters keep pointing at (made once per thread and
+        size, not per search: building them costs more than the search over a few hundred vectors)."""
+        reused = self._bitmaps
+        if getattr(reused, "size", -1) != len(mask):
+            reused.bits = np.zeros((len(mask) + 7) // 8, np.uint8)
+            reused.selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(reused.bits))
+            reused.params = faiss.SearchParameters(sel=reused.selector)
+            reused.size = len(mask)
+        reused.bits[:] = np.packbits(mask, bitorder="little")
+        scores, slots = np.empty((1, k), np.float32), np.empty((1, k), np.int64)
+        self._flat.search_c(1, faiss.swig_ptr(query), k, faiss.swig_ptr(scores), faiss.swig_ptr(slots), reused.params)
+        return scores, slots
