@@ -19,7 +19,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import JSON, MetaData, Table, Text, bindparam, cast, event, func, select
+from sqlalchemy import JSON, MetaData, Table, Text, bindparam, cast, event, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL, Connection, make_url
@@ -279,7 +279,12 @@ async def migration_problem(engine: AsyncEngine, script_location: str) -> str | 
     try:
         async with engine.connect() as conn:
             conn = await conn.execution_options(**{READ_ONLY: True})  # no SQLite writer lock
-            revision = await conn.run_sync(current)
+            try:  # the usual case, in one plain query (readiness asks every few seconds)
+                query = text(f"SELECT version_num FROM {_version_table(script_location)}")  # our own name
+                revision = (await conn.execute(query)).scalar_one_or_none()
+            except DBAPIError:  # no version table yet, or no database: let Alembic tell which
+                await conn.rollback()
+                revision = await conn.run_sync(current)
     except (DBAPIError, OSError) as exc:
         return f"database unreachable: {type(exc).__name__}"
     if revision != head:
