@@ -173,6 +173,7 @@ class Recommender:
             rules,
             page_size=query.page_size,
             purchased_item_ids=requester.purchased if requester.personalized else frozenset(),
+            actions=run.trace is not None,  # what the rules removed, and why, only for a trace
         )
         shown = []
         for bundle in page.bundles:
