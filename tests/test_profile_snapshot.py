@@ -15,7 +15,7 @@ from bundlerec.profile.service import snapshot_settings
 from bundlerec.profile.settings import ProfileSettings
 from bundlerec.profile.store import SqlProfileStore
 from bundlerec.v1 import common_pb2, profile_pb2
-from tests.conftest import ProfileServer, running_profile
+from tests.conftest import ProfileServer, postgres_database, running_profile
 from tests.factories import event
 
 KINDS = [
@@ -127,12 +127,17 @@ async def test_a_snapshot_built_under_other_settings_is_not_used_but_replaced(da
         same(shown, await rebuilt(database_url, user, sensitive_categories=["Home"]))
 
 
-async def test_a_write_committed_while_a_snapshot_is_built_keeps_it_stale(database_url: str) -> None:
+@pytest.mark.postgres
+async def test_a_write_committed_while_a_snapshot_is_built_keeps_it_stale() -> None:
     """A reader's rebuild sees one state of the store; a write committed meanwhile keeps its change
     row, so the next read does not serve the rebuilt (older) snapshot. PostgreSQL only: SQLite
     writers, rebuilds included, run one at a time."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite serializes the rebuild and the write")
+
+    with postgres_database() as database_url:
+        await _write_during_rebuild(database_url)
+
+
+async def _write_during_rebuild(database_url: str) -> None:
     from bundlerec.profile import snapshots
 
     user = f"snap-{uuid.uuid4().hex[:8]}"

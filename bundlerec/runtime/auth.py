@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import logging
 import tomllib
+from asyncio import iscoroutine
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -143,26 +144,29 @@ def _certificate_names(context: grpc.aio.ServicerContext) -> list[str]:
     return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
 
 
-Decide = Callable[[grpc.aio.ServicerContext], Awaitable[None]]
+# Returns None to let a call through, else the status and details to refuse it with.
+Decide = Callable[[grpc.aio.ServicerContext], tuple[grpc.StatusCode, str] | None]
 
 
 def _guarded(handler: grpc.RpcMethodHandler, decide: Decide) -> grpc.RpcMethodHandler:
-    """The same handler, with `decide` (which aborts a refused call) run before its behaviour."""
+    """The same handler, with `decide` run before its behaviour (and the call aborted if refused)."""
     if handler.unary_unary or handler.stream_unary:  # one reply
         inner = handler.unary_unary or handler.stream_unary
         reply_field = "unary_unary" if handler.unary_unary else "stream_unary"
 
         async def single(request_or_requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            await decide(context)
+            if refusal := decide(context):
+                await context.abort(*refusal)
             result = inner(request_or_requests, context)
-            return await result if isinstance(result, Awaitable) else result
+            return await result if iscoroutine(result) or isinstance(result, Awaitable) else result
 
         return handler._replace(**{reply_field: single})
     inner_stream = handler.unary_stream or handler.stream_stream
     field = "unary_stream" if handler.unary_stream else "stream_stream"
 
     async def streaming(request_or_requests: Any, context: grpc.aio.ServicerContext) -> Any:
-        await decide(context)
+        if refusal := decide(context):
+            await context.abort(*refusal)
         result = inner_stream(request_or_requests, context)
         if hasattr(result, "__aiter__"):
             async for reply in result:
@@ -174,9 +178,13 @@ def _guarded(handler: grpc.RpcMethodHandler, decide: Decide) -> grpc.RpcMethodHa
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """grpc calls `intercept_service` for every call: the guarded handler of a method is made once,
+    on its first call, and reused; the credentials are read from each call's own context."""
+
     def __init__(self, policy: AuthPolicy, service: str) -> None:
         self.policy = policy
         self.service = service
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -184,29 +192,39 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        method = handler_call_details.method.lstrip("/")
-        if handler is None or method.rpartition("/")[0] in OPEN_SERVICES:
+        if handler is None:
             return handler
-        token = _bearer(handler_call_details.invocation_metadata)
+        cached = self._guarded.get(handler_call_details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        method = handler_call_details.method.lstrip("/")
+        guarded = handler if method.rpartition("/")[0] in OPEN_SERVICES else _guarded(handler, self._decider(method))
+        self._guarded[handler_call_details.method] = (handler, guarded)
+        return guarded
 
-        async def decide(context: grpc.aio.ServicerContext) -> None:
+    def _decider(self, method: str) -> Decide:
+        # The callers this method admits, found once (by identity: the policy is frozen and lives
+        # as long as this interceptor, and so do its callers).
+        admitted = frozenset(id(caller) for caller in self.policy.caller if caller.allows(method))
+
+        def decide(context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
+            token = _bearer(context.invocation_metadata())
             if token is not None:  # a token decides alone: a bad one never falls back to the certificate
                 caller = self.policy.by_token(token) if token else None
             else:
                 caller = self.policy.by_certificate(_certificate_names(context))
             if caller is None:
                 self._refused(method, None, "unauthenticated", grpc.StatusCode.UNAUTHENTICATED)
-                await context.abort(
+                return (
                     grpc.StatusCode.UNAUTHENTICATED,
                     f"{method}: no valid credentials (a bearer token or a client certificate this service knows)",
                 )
-            elif not caller.allows(method):
+            if id(caller) not in admitted:
                 self._refused(method, caller.name, "permission_denied", grpc.StatusCode.PERMISSION_DENIED)
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED, f"{method}: caller {caller.name!r} may not call this RPC"
-                )
+                return grpc.StatusCode.PERMISSION_DENIED, f"{method}: caller {caller.name!r} may not call this RPC"
+            return None
 
-        return _guarded(handler, decide)
+        return decide
 
     def _refused(self, method: str, caller: str | None, why: str, code: grpc.StatusCode) -> None:
         service, _, name = method.rpartition("/")

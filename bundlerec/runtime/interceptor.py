@@ -80,7 +80,16 @@ def _safe_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[bytes],
     return deserialize_or_mark
 
 
+_NO_REFUSAL: tuple[grpc.StatusCode, str, Any] = (grpc.StatusCode.OK, "", ())
+
+
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """grpc calls `intercept_service` for every call: the wrapped handler of a method is made once,
+    on its first call, and reused (as long as the server hands out the same handler for it)."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -89,18 +98,32 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler  # streaming RPCs (health Watch, reflection) pass through untouched
+        cached = self._wrapped.get(handler_call_details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
-        return handler._replace(
+        wrapped = handler._replace(
             request_deserializer=_safe_deserializer(handler.request_deserializer),
             unary_unary=self._wrap(handler.unary_unary, service.rsplit(".", 1)[-1], method),
         )
+        self._wrapped[handler_call_details.method] = (handler, wrapped)
+        return wrapped
 
     @staticmethod
     def _wrap(behavior: Callable[..., Any], service: str, method: str) -> Callable[..., Awaitable[Any]]:
+        # The metric children of the method, each looked up once (`.labels()` takes a lock and
+        # builds its key on every call); a code's counter on its first call, so that no code has a
+        # series before it happens.
+        ok = grpc.StatusCode.OK
+        counters: dict[Any, Any] = {}
+        latency = RPC_LATENCY.labels(service, method)
+        clock = time.perf_counter
+        iscoroutine = asyncio.iscoroutine
+
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            refusal: tuple[grpc.StatusCode, str, Any] = (code, "", ())
+            started = clock()
+            code = ok
+            refusal: tuple[grpc.StatusCode, str, Any] = _NO_REFUSAL
             try:
                 try:
                     if isinstance(request, _Undecodable):
@@ -108,7 +131,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                             raise errors.InvalidArgument(request.field, "is not valid UTF-8")
                         raise errors.InvalidArgument("request", "is not a valid protobuf message")
                     result = behavior(request, context)
-                    return await result if asyncio.iscoroutine(result) else result
+                    return await result if iscoroutine(result) else result
                 except errors.BundlerecError as exc:
                     status = status_for(exc)
                     code = status.code
@@ -122,23 +145,31 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
                     raise
                 except Exception as exc:
-                    error_id = uuid.uuid4().hex[:12]
-                    # The exception's type and stack, never its message: messages can carry payloads.
-                    fields = {
-                        "rpc": f"{service}/{method}",
-                        "error_id": error_id,
-                        "error": type(exc).__name__,
-                        "stack": "".join(traceback.format_tb(exc.__traceback__)),
-                    }
-                    log.error("unhandled error", extra={"fields": fields})
                     code = grpc.StatusCode.INTERNAL
-                    refusal = (code, f"internal error (error id {error_id}; details are in the server log)", ())
+                    refusal = (code, _log_unhandled(exc, service, method), ())
                 # Aborted here, after the except blocks: raised inside one, the abort would carry the
                 # original exception (and its message) as its context, which tracing records.
                 await context.abort(*refusal)
             finally:
-                name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-                RPC_REQUESTS.labels(service, method, name).inc()
-                RPC_LATENCY.labels(service, method).observe(time.perf_counter() - started)
+                counter = counters.get(code)
+                if counter is None:
+                    name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+                    counter = counters[code] = RPC_REQUESTS.labels(service, method, name)
+                counter.inc()
+                latency.observe(clock() - started)
 
         return handle
+
+
+def _log_unhandled(exc: Exception, service: str, method: str) -> str:
+    """Logs an unexpected error with its type and stack, never its message (messages can carry
+    payloads); returns the details for the caller, naming the error id to find it in the log."""
+    error_id = uuid.uuid4().hex[:12]
+    fields = {
+        "rpc": f"{service}/{method}",
+        "error_id": error_id,
+        "error": type(exc).__name__,
+        "stack": "".join(traceback.format_tb(exc.__traceback__)),
+    }
+    log.error("unhandled error", extra={"fields": fields})
+    return f"internal error (error id {error_id}; details are in the server log)"

@@ -99,10 +99,11 @@ async def _watch_readiness(
         if problem != last:
             state = "ready" if problem is None else "not ready"
             log.info(state, extra={"fields": {"service": parts.name, "reason": problem}})
+            if (problem is None) != (last is None):  # the health status changes (nothing else sets it)
+                status = SERVING if problem is None else NOT_SERVING
+                for name in ["", *parts.service_names]:
+                    await health_servicer.set(name, status)
             last = problem
-        status = SERVING if problem is None else NOT_SERVING
-        for name in ["", *parts.service_names]:
-            await health_servicer.set(name, status)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), interval)
 

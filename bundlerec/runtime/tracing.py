@@ -156,26 +156,36 @@ def _incoming_request_id(metadata: Any) -> str:
 
 
 class _RequestIdServerInterceptor(grpc.aio.ServerInterceptor):
-    """Sets the call's request id (the caller's or a new one) for the handler, its logs and spans."""
+    """Sets the call's request id (the caller's or a new one) for the handler, its logs and spans.
+    The wrapped handler of a method is made on its first call and reused."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        incoming = _incoming_request_id(handler_call_details.invocation_metadata)
-        behavior = handler.unary_unary
+        cached = self._wrapped.get(handler_call_details.method)
+        if cached is None or cached[0] is not handler:
+            cached = (handler, handler._replace(unary_unary=_with_request_id(handler.unary_unary)))
+            self._wrapped[handler_call_details.method] = cached
+        return cached[1]
 
-        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            from opentelemetry import trace
 
-            token = _request.set((incoming, True) if incoming else (uuid.uuid4().hex, False))
-            try:
-                trace.get_current_span().set_attribute(REQUEST_ID_ATTRIBUTE, request_id())
-                return await behavior(request, context)
-            finally:
-                _request.reset(token)
+def _with_request_id(behavior: Any) -> Any:
+    from opentelemetry import trace
 
-        return handler._replace(unary_unary=handle)
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        incoming = _incoming_request_id(context.invocation_metadata())
+        token = _request.set((incoming, True) if incoming else (uuid.uuid4().hex, False))
+        try:
+            trace.get_current_span().set_attribute(REQUEST_ID_ATTRIBUTE, request_id())
+            return await behavior(request, context)
+        finally:
+            _request.reset(token)
+
+    return handle
 
 
 class _RequestIdClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
