@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,7 +62,17 @@ def _settings(service: str, args: Sequence[str]) -> ServiceSettings:
         raise SystemExit(f"bundlerec serve {service}: invalid settings: {problems}") from None
 
 
+# Native thread pools (OpenMP for FAISS, OpenBLAS or MKL for numpy) start one thread per core and
+# spin after each call; a service runs small requests one at a time on its event loop, where extra
+# threads only burn CPU (one A/B, `bench/cpu_per_page.py --rate 40`: 22.5 against 21.0 ms of CPU
+# per page, the four services together). One thread each unless the environment says otherwise;
+# the candidate service's search_threads and the ranker's intra_op_threads still set their own.
+NATIVE_THREAD_POOLS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def _serve(service: str, args: Sequence[str]) -> int:
+    for pool in NATIVE_THREAD_POOLS:  # before anything loads numpy, FAISS or onnxruntime
+        os.environ.setdefault(pool, "1")
     from bundlerec.runtime.server import serve_until_signal
 
     entry = SERVICES[service]
