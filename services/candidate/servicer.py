@@ -20,6 +20,7 @@ from bundlerec.candidate.model import (
 from bundlerec.candidate.ranking import Found
 from bundlerec.candidate.service import CandidateService
 from bundlerec.errors import InvalidArgument
+from bundlerec.runtime.encoding import varint
 from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2
 from bundlerec.v1_events import EVENT_TYPES
 
@@ -215,22 +216,13 @@ class ResponseEncoder:
         members = found.bundles[target_id].item_ids if found.bundles is not None else (target_id,)
         candidate = Candidate(target_id, field == _BUNDLES, 0.0, SOURCE_SETS[bits], members)
         body = candidate_pb(candidate).SerializeToString() + _SCORE_TAG
-        return _varint(field << 3 | 2) + _varint(len(body) + 8) + body  # 2: a length-delimited field
+        return varint(field << 3 | 2) + varint(len(body) + 8) + body  # 2: a length-delimited field; 8: the score
 
 
 _ITEMS, _BUNDLES = (candidate_pb2.RetrieveResponse.DESCRIPTOR.fields_by_name[f].number for f in ("items", "bundles"))
 _SCORE_TAG = bytes([candidate_pb2.Candidate.DESCRIPTOR.fields_by_name["score"].number << 3 | 1])  # 1: 64-bit
 _DOUBLE = struct.Struct("<d").pack
 _CODES_PER_SLOT = len(SOURCE_SETS)  # a piece's code: slot × this + source bits
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
