@@ -189,6 +189,17 @@ async def test_the_refresher_rebuilds_stale_snapshots_before_anyone_reads_them(d
         assert [e.target.id for e in (await get(server, user)).recent_events] == ["a"]
 
 
+async def test_a_service_stopped_while_its_refresher_rebuilds_leaves_the_store_writable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'profile.sqlite3'}"
+    events = [event(f"busy-{n}", "a", at=1_700_000_000) for n in range(300)]
+    async with running_profile(url, **SETTINGS) as server:  # no refresher: 300 stale snapshots stay
+        await server.stub.RecordEvents(profile_pb2.RecordEventsRequest(events=events))
+    async with running_profile(url, **{**SETTINGS, "snapshot_refresh_seconds": 0.01}):
+        await asyncio.sleep(0.3)  # stopped in the middle of rebuilding them
+    async with running_profile(url, **SETTINGS) as server:  # its start migrates: takes the writer lock
+        await server.stub.RecordEvents(profile_pb2.RecordEventsRequest(events=[event("busy-0", "b")]))
+
+
 async def change_rows(database_url: str, user: str) -> int:
     from bundlerec.profile.snapshots import changes_t
 

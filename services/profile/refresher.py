@@ -37,6 +37,7 @@ class SnapshotRefresher:
         self.batch = batch
         self.idle = max(idle_seconds, interval_seconds)
         self._poked = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def poke(self) -> None:
@@ -51,11 +52,13 @@ class SnapshotRefresher:
         """Rebuilds the snapshots of up to `batch` users with pending changes; how many."""
         users = await self.store.stale_users(self.batch)
         for user_id in users:
+            if self._stopping.is_set():
+                break
             await self.store.build_snapshot(user_id, self.settings, keep=True)
         return len(users)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 done = await self.refresh_once()
             except Unavailable:  # the database is away: reads rebuild what they need meanwhile
@@ -65,14 +68,25 @@ class SnapshotRefresher:
                 done = 0
             if done < self.batch:  # caught up: until a write here, or the next look for others'
                 self._poked.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.idle):
-                        await self._poked.wait()
-                await asyncio.sleep(self.interval)  # let a burst of writes gather
+                await _until(self._poked, self.idle)
+                await _until(self._stopping, self.interval)  # let a burst of writes gather
 
     async def close(self) -> None:
-        if self._task is not None:
+        """Stops after the rebuild in progress: cancelling one inside its transaction could leave
+        SQLite's writer lock with a connection nobody closes."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        self._poked.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=30)
+        except TimeoutError:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            self._task = None
+        self._task = None
+
+
+async def _until(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
