@@ -83,7 +83,6 @@ class ProfileService:
         self.store = store
         self.on_change = on_change  # profiles changed (the snapshot refresher's cue)
         self.settings = settings
-        self.sensitive = SensitiveCategories(settings.sensitive_categories)
         self.default_consent = Consent(settings.default_personalization, settings.default_sensitive_categories)
         self.snapshot = snapshot_settings(settings)
 

@@ -41,27 +41,26 @@ class SnapshotSettings:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotRows:
-    """A user's rows as a snapshot is built from them (store.py reads them in one transaction)."""
+    """A user's rows as a snapshot is built from them (snapshots.py reads them in one transaction,
+    already cut to the settings' lengths)."""
 
     consent: Consent
-    recent: list[tuple[int, Event]]  # (row id, event): the newest events the consent lets show, newest first
+    recent: list[Event]  # the newest events the consent lets show, newest first
     counts: dict[EventType, tuple[int, int, int]]  # type → (events, first, last occurred_at_us)
-    window: list[tuple[int, int, str, str]]  # (occurred_at_us, row id, category, event type), newest first
+    window: list[tuple[int, str, str]]  # (occurred_at_us, category, event type) of the newest categorized events
     bought: list[tuple[int, str, str]]  # (last purchase us, item id, category) per item and category, newest first
 
 
 def build(user_id: str, rows: SnapshotRows, settings: SnapshotSettings, now_us: int) -> bytes:
     """The encoded Profile message of a user with these rows."""
-    keep = _keeper(rows.consent, settings)
-    recent = [e for _, e in rows.recent if keep(e.category)][: settings.sequence_length]
-    window = rows.window[: settings.affinity_window]
+    keep = keeper(rows.consent, settings)
     profile = Profile(
         user_id=user_id,
         known=True,
         consent=rows.consent,
-        recent_events=recent[::-1],
+        recent_events=rows.recent[::-1],
         counts={kind: n for kind, (n, _, _) in rows.counts.items()},
-        affinities=[CategoryAffinity(c, score) for c, score in affinities(window, rows.consent, settings, now_us)],
+        affinities=[CategoryAffinity(c, score) for c, score in affinities(rows.window, rows.consent, settings, now_us)],
         total_events=sum(n for n, _, _ in rows.counts.values()),
         first_event_at_us=min((first for _, first, _ in rows.counts.values()), default=None),
         last_event_at_us=max((last for _, _, last in rows.counts.values()), default=None),
@@ -80,7 +79,7 @@ def affinities(
     the day of reading is a common factor of every share: the shares stay right on later days."""
     today = now_us // US_PER_DAY
     counted: dict[tuple[str, str, int], int] = defaultdict(int)
-    for at, _, category, kind in window:
+    for at, category, kind in window:
         counted[(category, kind, at // US_PER_DAY)] += 1
     totals: dict[str, float] = defaultdict(float)
     for (category, kind, day), n in counted.items():
@@ -97,5 +96,5 @@ def affinities(
     return sorted(kept, key=lambda a: (-a[1], a[0]))
 
 
-def _keeper(consent: Consent, settings: SnapshotSettings) -> Callable[[str], bool]:
+def keeper(consent: Consent, settings: SnapshotSettings) -> Callable[[str], bool]:
     return (lambda _: True) if consent.sensitive_categories else (lambda c: not settings.sensitive(c))

@@ -62,7 +62,7 @@ _RECENT = (
     .limit(bindparam("limit"))
 )
 _WINDOW = (
-    select(events_t.c.occurred_at_us, events_t.c.id, events_t.c.category, events_t.c.event_type)
+    select(events_t.c.occurred_at_us, events_t.c.category, events_t.c.event_type)
     .where(events_t.c.user_id == bindparam("user_id"), events_t.c.category != "")
     .order_by(events_t.c.occurred_at_us.desc(), events_t.c.id.desc())
     .limit(bindparam("window"))
@@ -116,27 +116,25 @@ async def read_rows(conn: AsyncConnection, user_id: str, settings: SnapshotSetti
         return None
     consent = consent_of(user)
     stats = (await conn.execute(_STATS, {"user_id": user_id})).all()
-    keep = (lambda _: True) if consent.sensitive_categories else (lambda c: not settings.sensitive(c))
+    keep = snapshot.keeper(consent, settings)
     window = await conn.execute(_WINDOW, {"user_id": user_id, "window": settings.affinity_window})
     bought = await conn.execute(_BOUGHT, {"user_id": user_id})
     return SnapshotRows(
         consent=consent,
         recent=await _recent(conn, user_id, settings.sequence_length, keep),
         counts={EventType(r.event_type): (r.n, r.first, r.last) for r in stats},
-        window=[(r.occurred_at_us, r.id, r.category, r.event_type) for r in window],
+        window=[(r.occurred_at_us, r.category, r.event_type) for r in window],
         bought=[(r.last, r.target_id, r.category) for r in bought],
     )
 
 
-async def _recent(
-    conn: AsyncConnection, user_id: str, limit: int, keep: Callable[[str], bool]
-) -> list[tuple[int, Event]]:
-    """The newest `limit` events whose category `keep` accepts, newest first, with their row ids."""
-    found: list[tuple[int, Event]] = []
+async def _recent(conn: AsyncConnection, user_id: str, limit: int, keep: Callable[[str], bool]) -> list[Event]:
+    """The newest `limit` events whose category `keep` accepts, newest first."""
+    found: list[Event] = []
     params = {"user_id": user_id, "limit": limit, "before_us": _NEWEST, "before_id": _NEWEST}
     while len(found) < limit:
         page = (await conn.execute(_RECENT, params)).all()
-        found.extend((r.id, event_of(r)) for r in page if keep(r.category))
+        found.extend(event_of(r) for r in page if keep(r.category))
         if len(page) < limit:
             break
         params.update(before_us=page[-1].occurred_at_us, before_id=page[-1].id)

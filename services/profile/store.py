@@ -24,10 +24,9 @@ from bundlerec.profile import metrics, snapshot, snapshots
 from bundlerec.profile.hot_read import MISSING, hot_reader
 from bundlerec.profile.model import EVENT_WEIGHTS, Consent, Event, RecordResult, TargetType
 from bundlerec.profile.schema import AnonymousEventIdRow, EventRow, PopularityRow, UserRow
-from bundlerec.profile.snapshot import SnapshotSettings
+from bundlerec.profile.snapshot import US_PER_DAY, SnapshotSettings
 
 MIGRATIONS = "bundlerec.profile:migrations"
-US_PER_DAY = 86_400 * 1_000_000
 
 users_t: Table = UserRow.__table__  # type: ignore[assignment]
 events_t: Table = EventRow.__table__  # type: ignore[assignment]
