@@ -13,6 +13,7 @@ from request to request, and building them field by field cost more than the cal
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Generic, TypeVar
@@ -74,19 +75,14 @@ def raw_method(channel: grpc.aio.Channel, service: object, name: str, reply: typ
     )
 
 
-def recent_pb(step: HistoryStep) -> candidate_pb2.RecentInteraction:
-    pb = candidate_pb2.RecentInteraction(
-        target=target_pb(step.target_id, step.is_bundle), type=EVENT_TYPES_PB[step.kind]
-    )
-    if step.at_us:
-        pb.timestamp.FromMicroseconds(step.at_us)
-    return pb
+M = TypeVar("M", candidate_pb2.RecentInteraction, ranker_pb2.SequenceStep)
 
 
-def sequence_step_pb(step: HistoryStep) -> ranker_pb2.SequenceStep:
-    pb = ranker_pb2.SequenceStep(target=target_pb(step.target_id, step.is_bundle), type=EVENT_TYPES_PB[step.kind])
+def history_step_pb(message_type: type[M], step: HistoryStep) -> M:
+    """A history step as a RecentInteraction or a SequenceStep (the same three fields)."""
+    pb = message_type(target=target_pb(step.target_id, step.is_bundle), type=EVENT_TYPES_PB[step.kind])
     if step.at_us:
-        pb.timestamp.FromMicroseconds(step.at_us)
+        pb.timestamp.FromMicroseconds(step.at_us)  # type: ignore[attr-defined]
     return pb
 
 
@@ -166,7 +162,9 @@ class CandidateClient:
     def __init__(self, channel: grpc.aio.Channel, catalogue_ttl_seconds: float = 30.0, max_cached: int = 200_000):
         self.stub = candidate_pb2_grpc.CandidateServiceStub(channel)
         self._retrieve = raw_method(channel, CANDIDATE_SERVICE, "Retrieve", candidate_pb2.RetrieveResponse)
-        self._recent = EncodedEntries(candidate_pb2.RetrieveRequest, "recent", recent_pb)
+        self._recent = EncodedEntries(
+            candidate_pb2.RetrieveRequest, "recent", functools.partial(history_step_pb, candidate_pb2.RecentInteraction)
+        )
         self._filters: dict[CandidateFilter, bytes] = {}  # a filter's encoding (a handful of rule sets)
         self._items: _Expiring[PageItem] = _Expiring(catalogue_ttl_seconds, max_cached)
         self._bundles: _Expiring[tuple[str, ...]] = _Expiring(catalogue_ttl_seconds, max_cached)
@@ -246,7 +244,9 @@ class RankerClient:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.stub = ranker_pb2_grpc.RankerServiceStub(channel)
         self._rank = raw_method(channel, RANKER_SERVICE, "Rank", ranker_pb2.RankResponse)
-        self._sequence = EncodedEntries(ranker_pb2.RankRequest, "sequence", sequence_step_pb)
+        self._sequence = EncodedEntries(
+            ranker_pb2.RankRequest, "sequence", functools.partial(history_step_pb, ranker_pb2.SequenceStep)
+        )
         self._candidates = EncodedEntries(ranker_pb2.RankRequest, "candidates", bundle_candidate_pb)
 
     async def rank(
