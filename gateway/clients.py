@@ -96,13 +96,13 @@ class ProfileClient:
         self.history_length = history_length
 
     async def requester(self, user_id: str, seconds: float) -> Requester:
+        """The profile as the profile service answered it; what a request may use of it is
+        consent.py's decision."""
         request = profile_pb2.GetProfileRequest(user_id=user_id, sequence_length=self.history_length)
         try:
             profile = (await self.stub.GetProfile(request, timeout=seconds)).profile
         except (grpc.aio.AioRpcError, TimeoutError) as error:
             raise failure(error) from None
-        if not profile.consent.personalization:
-            return Requester(user_id, anonymous=False)  # nothing of the history is read
         history = tuple(
             HistoryStep(
                 target_id=e.target.id,
@@ -116,7 +116,7 @@ class ProfileClient:
         return Requester(
             user_id,
             anonymous=False,
-            personalized=True,
+            personalized=profile.consent.personalization,
             sensitive_allowed=profile.consent.sensitive_categories,
             history=history,
             affinities=tuple((a.category, a.score) for a in profile.affinities),

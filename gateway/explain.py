@@ -1,8 +1,8 @@
 """Short human-readable reasons for a bundle, from the evidence the pipeline has, never more.
 
-Privacy: an explanation names an item of the requester's history or a category of their interest
-only when the request is personalized, and never one in a sensitive category unless the requester
-allowed sensitive categories. The anchor of the page is the request's own context, not history.
+Privacy: an explanation names only what the request may use (consent.Allowed): an item of the
+history or a category of interest only when the request is personalized, never one in a sensitive
+category without that consent. The anchor of the page is the request's own context, not history.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from bundlerec.events import EventType
-from bundlerec.gateway.model import Context, Requester, Scored, Source
+from bundlerec.gateway.consent import Allowed
+from bundlerec.gateway.model import Context, Scored, Source
 from bundlerec.gateway.page import PageItem
-from bundlerec.privacy import SensitiveCategories
 
 _VERBS = {
     EventType.VIEW: "viewed",
@@ -24,18 +24,8 @@ _VERBS = {
 }
 
 
-def usable_evidence(category: str, requester: Requester, sensitive: SensitiveCategories) -> bool:
-    """Whether something of this category may be named or used as evidence for this requester."""
-    return requester.sensitive_allowed or category not in sensitive
-
-
 def explain(
-    bundle: Scored,
-    requester: Requester,
-    anchor_id: str,
-    context: Context,
-    catalogue: Mapping[str, PageItem],
-    sensitive: SensitiveCategories,
+    bundle: Scored, allowed: Allowed, anchor_id: str, context: Context, catalogue: Mapping[str, PageItem]
 ) -> str:
     """`anchor_id` is the item the request's bundles were built around: the page's, the cart's
     newest, or the history's newest (pipeline.Recommender._anchor)."""
@@ -44,10 +34,10 @@ def explain(
     where = _where(anchor_id, context)
     if anchor is not None and where and anchor_id in members:
         return f"goes with the {anchor.title or 'item'} {where}"
-    if requester.personalized:
-        for step in reversed(requester.history):  # newest first
+    if allowed.personalized:
+        for step in reversed(allowed.history):  # newest first
             item = catalogue.get(step.target_id)
-            if step.is_bundle or item is None or not usable_evidence(item.category, requester, sensitive):
+            if step.is_bundle or item is None or not allowed.evidence(item.category):
                 continue
             verb = _VERBS.get(step.kind, "viewed")
             if step.target_id in members:
@@ -57,14 +47,14 @@ def explain(
             break
     if anchor is not None and where and Source.ANCHOR in bundle.sources:
         return f"goes with the {anchor.title or 'item'} {where}"
-    if requester.personalized and (Source.VECTOR in bundle.sources or Source.TWO_TOWER in bundle.sources):
-        for category, _ in requester.affinities:
-            if category and usable_evidence(category, requester, sensitive):
+    if allowed.personalized and (Source.VECTOR in bundle.sources or Source.TWO_TOWER in bundle.sources):
+        for category, _ in allowed.affinities:
+            if category and allowed.evidence(category):
                 if any(item.category.startswith(category) for item in bundle.items):
                     return f"matches your interest in {category.split('>')[-1].strip()}"
     if not bundle.sources:  # no retrieval source: added for a promotion
         return "featured"
-    if Source.POPULARITY in bundle.sources or not requester.personalized:
+    if Source.POPULARITY in bundle.sources or not allowed.personalized:
         return "popular right now"
     return "picked for you"
 

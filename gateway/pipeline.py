@@ -1,7 +1,9 @@
-"""The recommendation pipeline: profile → candidates → bundles → ranker → rules → privacy → page.
+"""The recommendation pipeline, in the order `Recommender.recommend` reads: who asks (profile,
+then consent.py decides what the request may use) → candidates → bundles (curated, and built
+around the anchor) → ranker → order and rotation → rules and page, each bundle explained.
 
-Each downstream stage runs under its share of the request's deadline and behind a circuit
-breaker; when one fails, the page is still made from what is left, and the response says which
+Every call to another service goes through stages.StageRunner (budget, breaker, degradation,
+metrics); when one fails, the page is still made from what is left, and the response says which
 stage degraded and what stood in for it:
 - profile unavailable or late → the requester is treated as anonymous (nothing personal is used);
 - candidate service unavailable → the popular bundles the gateway keeps fresh (popular.py);
@@ -12,59 +14,46 @@ Only a bad request is an error. No grpc here: the stages are ports (ports.py).
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from bundlerec.gateway import metrics
 from bundlerec.gateway.builder import BuildLimits, build_bundles, complements_first, related
-from bundlerec.gateway.experiments import Experiments
-from bundlerec.gateway.explain import explain, usable_evidence
+from bundlerec.gateway.consent import Allowed, ConsentPolicy
+from bundlerec.gateway.experiments import Experiments, Variant
+from bundlerec.gateway.explain import explain
 from bundlerec.gateway.impressions import ImpressionStore, ImpressionsUnavailable, bundle_key
 from bundlerec.gateway.model import (
     Context,
-    Degradation,
     Placement,
     Recommendation,
-    Requester,
     Retrieved,
     Scored,
     Shown,
     Source,
     Stage,
-    Trace,
     TraceStage,
 )
 from bundlerec.gateway.page import PageBundle, PageItem, RuleAction, assemble_page
 from bundlerec.gateway.popular import PopularCache
-from bundlerec.gateway.ports import CandidateFilter, CandidatePort, CandidateQuery, ProfilePort, RankerPort, StageFailed
+from bundlerec.gateway.ports import CandidateFilter, CandidatePort, CandidateQuery, ProfilePort, RankerPort
 from bundlerec.gateway.promotions import promoted_items_alone, with_promoted
-from bundlerec.gateway.resilience import BreakerState, CircuitBreaker, Deadline
 from bundlerec.gateway.rules import EffectiveRules, RuleOverrides, Rules, RulesSource, effective_rules
+from bundlerec.gateway.stages import Run, StageRunner, StageSettings
 from bundlerec.privacy import SensitiveCategories
 
-log = logging.getLogger("bundlerec.gateway")
 ANCHORED_PLACEMENTS = (Placement.PRODUCT_PAGE, Placement.CART)
-MIN_BUDGET_SECONDS = 0.0005  # below this a call cannot succeed: the stage is skipped as late
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    deadline_seconds: float = 0.1
-    # shares of the deadline per stage; what is left after the ranker is for rules and the page
-    profile_share: float = 0.2
-    candidates_share: float = 0.4
-    ranker_share: float = 0.3
+    stages: StageSettings = field(default_factory=StageSettings)  # the deadline, its shares, the breakers
     candidate_limit: int = 100  # items and bundles asked from retrieval
     history_length: int = 50
     build: BuildLimits = field(default_factory=BuildLimits)
     sensitive: SensitiveCategories = field(default_factory=lambda: SensitiveCategories(()))
-    breaker_failures: int = 5
-    breaker_reset_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -98,32 +87,44 @@ class Recommender:
         self.profile, self.candidates, self.ranker = profile, candidates, ranker
         self.rules, self.popular, self.impressions, self.experiments = rules, popular, impressions, experiments
         self.settings = settings
-        self.breakers: dict[tuple[Stage, str], CircuitBreaker] = {}
+        self.stages = StageRunner(settings.stages)
+        self.consent = ConsentPolicy(settings.sensitive, settings.history_length)
 
     async def recommend(self, query: RecommendQuery) -> Recommendation:
-        s = self.settings
-        deadline = Deadline(min(s.deadline_seconds, query.caller_seconds or s.deadline_seconds))
-        run = Run(deadline, Trace() if query.debug else None)
+        run = self.stages.start(query.caller_seconds, query.debug)
         rules = effective_rules(self.rules.current, query.overrides, query.context.budget)  # bad overrides: raise
         variant = self.experiments.assign(query.key)
+        allowed = await self.who_asks(run, query.user_id, query.key)
+        anchor = _anchor(query.context, allowed)
+        found, catalogue = await self._candidates(run, allowed, anchor, rules)
+        unscored = self._bundles(found, catalogue, anchor, allowed, rules, run)
+        scored, version = await self._rank(run, unscored, allowed, variant)
+        scored = _ordered(scored, query.context, anchor)
+        scored = await self._rotated(query.key, scored, allowed, run)
+        return self._page(query, run, rules, variant, allowed, anchor, catalogue, scored, version)
 
-        requester = Requester(query.key, anonymous=not query.user_id)
-        declined = False  # the profile service said: no personalization consent
-        if query.user_id:
-            budget = deadline.budget(s.profile_share, reserve=s.candidates_share + s.ranker_share)
-            got = await self.call_stage(
-                run, Stage.PROFILE, "anonymous", budget, lambda seconds: self.profile.requester(query.user_id, seconds)
+    # ---- stages --------------------------------------------------------------------------
+    async def who_asks(self, run: Run, user_id: str, key: str) -> Allowed:
+        """What this request may use of who asks (consent.py); nothing personal when the profile
+        stage fails."""
+        if user_id:
+            got = await self.stages.call(
+                run, Stage.PROFILE, "anonymous", lambda seconds: self.profile.requester(user_id, seconds)
             )
             if got is not None:
-                requester, declined = got, not got.personalized
-        history = requester.history[-s.history_length :] if requester.personalized else ()
+                return self.consent.allowed(got, answered=True)
+        return self.consent.unknown(key, anonymous=not user_id)
 
-        anchor = self._anchor(query.context, requester)
+    async def _candidates(
+        self, run: Run, allowed: Allowed, anchor: str, rules: EffectiveRules
+    ) -> tuple[Retrieved, Mapping[str, PageItem]]:
+        """Retrieval (plus the promoted targets it missed) and the catalogue entries of every item
+        involved; the popular bundles the gateway keeps fresh when the candidate service fails."""
         retrieval = CandidateQuery(
-            recent=history,
+            recent=allowed.history,
             anchor_item_id=anchor,
-            item_limit=s.candidate_limit,
-            bundle_limit=s.candidate_limit,
+            item_limit=self.settings.candidate_limit,
+            bundle_limit=self.settings.candidate_limit,
             filter=_filter(rules),
         )
 
@@ -132,39 +133,44 @@ class Recommender:
             found = await self.candidates.retrieve(retrieval, seconds)
             left = max(0.001, seconds - (time.monotonic() - started))
             found = await with_promoted(found, rules, self.candidates, left)
-            ids = _item_ids(found, [anchor, *(h.target_id for h in history[-5:] if not h.is_bundle)])
+            ids = _item_ids(found, [anchor, *(h.target_id for h in allowed.history[-5:] if not h.is_bundle)])
             return found, await self.candidates.items(ids, max(0.001, seconds - (time.monotonic() - started)))
 
-        budget = deadline.budget(s.candidates_share, reserve=s.ranker_share)
-        got_candidates = await self.call_stage(run, Stage.CANDIDATES, "cached_popular", budget, retrieve_with_items)
-        found, catalogue = got_candidates if got_candidates is not None else self.popular.snapshot()
+        got = await self.stages.call(run, Stage.CANDIDATES, "cached_popular", retrieve_with_items)
+        found, catalogue = got if got is not None else self.popular.snapshot()
         run.count(Stage.CANDIDATES, {"items": len(found.items), "bundles": len(found.bundles)})
+        return found, catalogue
 
-        unscored = self._bundles(found, catalogue, anchor, requester, rules, run)
-        scored, version = unscored, ""
-        if unscored:
-            budget = deadline.budget(s.ranker_share, reserve=0.05)
+    async def _rank(
+        self, run: Run, unscored: list[Scored], allowed: Allowed, variant: Variant
+    ) -> tuple[list[Scored], str]:
+        """The ranker's scores for the bundles, and the model version; the fallback order when it fails."""
+        if not unscored:
+            return unscored, ""
 
-            async def rank(seconds: float) -> tuple[list[float], str]:
-                pairs = [(b.bundle_id, tuple(i.item_id for i in b.items)) for b in unscored]
-                return await self.ranker.rank(history, pairs, variant.model_version, seconds)
+        async def rank(seconds: float) -> tuple[list[float], str]:
+            pairs = [(b.bundle_id, tuple(i.item_id for i in b.items)) for b in unscored]
+            return await self.ranker.rank(allowed.history, pairs, variant.model_version, seconds)
 
-            ranked = await self.call_stage(run, Stage.RANKER, "candidate_order", budget, rank, variant.model_version)
-            if ranked is not None:
-                scores, version = ranked
-                scored = [_with_score(b, score) for b, score in zip(unscored, scores, strict=True)]
-        scored = sorted(scored, key=lambda b: -b.score)  # stable: retrieval order among equals
-        if query.context.placement in ANCHORED_PLACEMENTS and anchor and scored:
-            # a product page or cart shows what completes its item first ("complete the look"): the
-            # bundles holding it score above every other (the page orders by score, then diversity)
-            lift = max(b.score for b in scored) - min(b.score for b in scored) + 1.0
-            scored = [_with_score(b, b.score + lift) if _holds(b, anchor) else b for b in scored]
-        if declined:  # tracked before the request knew their consent
-            with contextlib.suppress(ImpressionsUnavailable):  # ForgetUser and consent changes erase them for sure
-                await self.impressions.forget(query.key)
-        elif requester.personalized or requester.anonymous:
-            scored = await self._rotate(query.key, scored, run)
+        ranked = await self.stages.call(run, Stage.RANKER, "candidate_order", rank, key=variant.model_version)
+        if ranked is None:
+            return unscored, ""
+        scores, version = ranked
+        return [_with_score(b, score) for b, score in zip(unscored, scores, strict=True)], version
 
+    def _page(
+        self,
+        query: RecommendQuery,
+        run: Run,
+        rules: EffectiveRules,
+        variant: Variant,
+        allowed: Allowed,
+        anchor: str,
+        catalogue: Mapping[str, PageItem],
+        scored: list[Scored],
+        version: str,
+    ) -> Recommendation:
+        """The rules and the page (page.py), each bundle with its explanation (explain.py)."""
         started = time.monotonic()
         candidates = [PageBundle(b.bundle_id, b.items, b.score, b.generated) for b in scored]
         origins = {id(candidate): b for candidate, b in zip(candidates, scored, strict=True)}
@@ -172,16 +178,16 @@ class Recommender:
             candidates,
             rules,
             page_size=query.page_size,
-            purchased_item_ids=requester.purchased if requester.personalized else frozenset(),
+            purchased_item_ids=allowed.purchased,
             actions=run.trace is not None,  # what the rules removed, and why, only for a trace
         )
         shown = []
         for bundle in page.bundles:
             origin = origins[id(bundle)]
-            reason = explain(origin, requester, anchor, query.context, catalogue, s.sensitive)
+            reason = explain(origin, allowed, anchor, query.context, catalogue)
             shown.append(Shown(bundle.bundle_id, bundle.items, bundle.score, reason, bundle.generated, origin.sources))
         metrics.STAGE_LATENCY.labels(Stage.RULES.value).observe(time.monotonic() - started)
-        metrics.PAGES.labels(variant.name, str(requester.personalized).lower()).inc()
+        metrics.PAGES.labels(variant.name, str(allowed.personalized).lower()).inc()
         metrics.PAGE_SIZE.observe(len(shown))
         if run.degraded:
             metrics.DEGRADED_PAGES.labels(variant.name).inc()
@@ -198,91 +204,17 @@ class Recommender:
             bundles=shown,
             model_version=version,
             variant=variant.name,
-            personalized=requester.personalized,
+            personalized=allowed.personalized,
             degraded=run.degraded,
             trace=run.trace,
         )
-
-    # ---- stages --------------------------------------------------------------------------
-    async def call_stage(
-        self,
-        run: Run,
-        stage: Stage,
-        fallback: str,
-        budget: float,
-        call: Callable[[float], Awaitable[T]],
-        key: str = "",
-    ) -> T | None:
-        """Runs one stage under its breaker (one per stage and `key`: a model version) and budget;
-        None (and a Degradation) when it failed."""
-        breaker = self._breaker(stage, key)
-        started = time.monotonic()
-        reason = ""
-        result: T | None = None
-        before = breaker.state
-        allowed = breaker.allow()
-        outcome: bool | None = None  # True: answered, False: failed as an outage, None: told nothing
-        try:
-            if not allowed:
-                reason = "circuit_open"
-            elif budget <= MIN_BUDGET_SECONDS:
-                reason = "deadline_exceeded"
-            else:
-                try:
-                    result = await call(budget)
-                    outcome = True
-                except StageFailed as failure:
-                    reason = failure.reason
-                    outcome = False if failure.outage else None
-        finally:  # also when the caller gave up (cancelled): a probe must never stay taken
-            if outcome is True:
-                breaker.succeeded()
-            elif outcome is False:
-                breaker.failed()
-            elif allowed:
-                breaker.release()
-        now = breaker.state
-        opened = now is BreakerState.OPEN and before is BreakerState.CLOSED
-        if opened or (now is BreakerState.CLOSED and before is not BreakerState.CLOSED):
-            # one line per change of state, not per request: an outage must not flood the logs
-            level = logging.WARNING if now is BreakerState.OPEN else logging.INFO
-            log.log(level, f"circuit {now.value}", extra={"fields": {"stage": stage.value, "reason": reason}})
-        if reason:
-            run.degraded.append(Degradation(stage, reason, fallback))
-            metrics.DEGRADED.labels(stage.value, reason).inc()
-        if run.trace is not None:
-            run.trace.stages.append(TraceStage(stage, (time.monotonic() - started) * 1000))
-        metrics.STAGE_LATENCY.labels(stage.value).observe(time.monotonic() - started)
-        return result
-
-    def _breaker(self, stage: Stage, key: str) -> CircuitBreaker:
-        breaker = self.breakers.get((stage, key))
-        if breaker is None:
-            s = self.settings
-            breaker = CircuitBreaker(stage.value, s.breaker_failures, s.breaker_reset_seconds)
-            self.breakers[(stage, key)] = breaker
-        return breaker
-
-    def _anchor(self, context: Context, requester: Requester) -> str:
-        """What built bundles grow around: the page's item, else the cart's newest, else (only when
-        personalized) the newest item of the history that is not in a sensitive category."""
-        if context.anchor_item_id:
-            return context.anchor_item_id
-        if context.cart_item_ids:
-            return context.cart_item_ids[-1]
-        if requester.personalized:
-            for step in reversed(requester.history):
-                known = step.category != ""  # an event without a category could be a sensitive item
-                if not step.is_bundle and known and usable_evidence(step.category, requester, self.settings.sensitive):
-                    return step.target_id
-        return ""
 
     def _bundles(
         self,
         found: Retrieved,
         catalogue: Mapping[str, PageItem],
         anchor: str,
-        requester: Requester,
+        allowed: Allowed,
         rules: EffectiveRules,
         run: Run,
     ) -> list[Scored]:
@@ -297,7 +229,7 @@ class Recommender:
                 continue  # a member just deleted: its stock and price are unknown, so is the bundle's
             out.append(Scored(bundle.target_id, items, bundle.score, bundle.sources, generated=False))
         seed = catalogue.get(anchor)
-        if seed is not None and not usable_evidence(seed.category, requester, self.settings.sensitive):
+        if seed is not None and not allowed.evidence(seed.category):
             seed = None  # the event named no category, the catalogue says it is sensitive
         built = 0
         if seed is not None:
@@ -320,9 +252,17 @@ class Recommender:
         run.count(Stage.CANDIDATES, {"bundles.curated": len(found.bundles), "bundles.generated": built})
         return out
 
-    async def _rotate(self, key: str, scored: list[Scored], run: Run) -> list[Scored]:
+    async def _rotated(self, key: str, scored: list[Scored], allowed: Allowed, run: Run) -> list[Scored]:
         """Bundles this requester was shown many times without interacting score below every other
-        (in their own order), so fresh ones get the places; they still fill a page that needs them."""
+        (in their own order), so fresh ones get the places; they still fill a page that needs them.
+        A requester who declined personalization has their impressions erased instead (tracked
+        before the request knew their consent)."""
+        if allowed.declined:
+            with contextlib.suppress(ImpressionsUnavailable):  # ForgetUser and consent changes erase them for sure
+                await self.impressions.forget(key)
+            return scored
+        if not (allowed.personalized or allowed.anonymous):
+            return scored
         tired = await self.impressions.overexposed(key, [_key(b.bundle_id, b.items) for b in scored])
         if not tired:
             return scored
@@ -341,22 +281,25 @@ class Recommender:
         return out + demoted
 
 
-@dataclass
-class Run:
-    """One request's passage through the stages: its deadline, trace and degradations."""
+def _anchor(context: Context, allowed: Allowed) -> str:
+    """What built bundles grow around: the page's item, else the cart's newest, else the newest
+    item of the history the request may use as evidence (consent.Allowed.history_anchor)."""
+    if context.anchor_item_id:
+        return context.anchor_item_id
+    if context.cart_item_ids:
+        return context.cart_item_ids[-1]
+    return allowed.history_anchor()
 
-    deadline: Deadline
-    trace: Trace | None
-    degraded: list[Degradation] = field(default_factory=list)
 
-    def count(self, stage: Stage, counters: Mapping[str, float]) -> None:
-        if self.trace is None:
-            return
-        for entry in self.trace.stages:
-            if entry.stage is stage:
-                entry.counters.update(counters)
-                return
-        self.trace.stages.append(TraceStage(stage, 0.0, dict(counters)))
+def _ordered(scored: list[Scored], context: Context, anchor: str) -> list[Scored]:
+    """Best score first (stable: retrieval order among equals). A product page or cart shows what
+    completes its item first ("complete the look"): the bundles holding it score above every
+    other (the page orders by score, then diversity)."""
+    scored = sorted(scored, key=lambda b: -b.score)
+    if context.placement in ANCHORED_PLACEMENTS and anchor and scored:
+        lift = max(b.score for b in scored) - min(b.score for b in scored) + 1.0
+        scored = [_with_score(b, b.score + lift) if _holds(b, anchor) else b for b in scored]
+    return scored
 
 
 def _key(bundle_id: str, items: Sequence[PageItem]) -> str:
@@ -393,4 +336,4 @@ def _filter(rules: Rules) -> CandidateFilter:
     )
 
 
-__all__ = ["PipelineSettings", "RecommendQuery", "Recommender", "Run"]
+__all__ = ["PipelineSettings", "RecommendQuery", "Recommender"]

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bundlerec.errors import Unavailable
-from bundlerec.gateway.model import Degradation, Requester, Stage
+from bundlerec.gateway.model import Degradation, Stage
 from bundlerec.gateway.page import PageItem
-from bundlerec.gateway.pipeline import Recommender, Run
+from bundlerec.gateway.pipeline import Recommender
 from bundlerec.gateway.ports import CandidateFilter
-from bundlerec.gateway.resilience import Deadline
+from bundlerec.gateway.stages import LAST_RESERVE
 
 TEXT_WEIGHT = 0.7
 WIDER = 2  # the text search returns this many times the page, for the ranker to re-order
@@ -38,31 +38,29 @@ class SearchResult:
 
 
 async def search(recommender: Recommender, query: SearchQuery) -> SearchResult:
-    s = recommender.settings
-    run = Run(Deadline(min(s.deadline_seconds, query.caller_seconds or s.deadline_seconds)), None)
-    requester = Requester(query.user_id, anonymous=not query.user_id)
-    if query.user_id:
-        budget = run.deadline.budget(s.profile_share, reserve=s.candidates_share + s.ranker_share)
-        got = await recommender.call_stage(
-            run, Stage.PROFILE, "anonymous", budget, lambda t: recommender.profile.requester(query.user_id, t)
-        )
-        requester = got or requester
-    budget = run.deadline.budget(s.candidates_share, reserve=s.ranker_share if requester.personalized else 0.05)
-    limit = query.page_size * (WIDER if requester.personalized else 1)
+    stages = recommender.stages
+    run = stages.start(query.caller_seconds, debug=False)
+    allowed = await recommender.who_asks(run, query.user_id, query.user_id)
+    limit = query.page_size * (WIDER if allowed.personalized else 1)
+
     def text_search(seconds: float):  # type: ignore[no-untyped-def]
         return recommender.candidates.search_text(query.text, limit, query.filter, seconds)
 
-    found = await recommender.call_stage(run, Stage.CANDIDATES, "none", budget, text_search)
+    # without personalization there is no ranker stage after this one to keep time for
+    reserve = None if allowed.personalized else LAST_RESERVE
+    found = await stages.call(run, Stage.CANDIDATES, "none", text_search, reserve=reserve)
     if found is None:
         raise Unavailable(f"search is unavailable ({run.degraded[-1].reason}); retry")
-    if not requester.personalized or len(found) < 2:
+    if not allowed.personalized or len(found) < 2:
         return SearchResult(found[: query.page_size], run.degraded)
-    history = requester.history[-s.history_length :]
     pairs = [("", (item.item_id,)) for item, _ in found]
-    budget = run.deadline.budget(s.ranker_share, reserve=0.05)
     version = recommender.experiments.assign(query.user_id).model_version
-    ranked = await recommender.call_stage(
-        run, Stage.RANKER, "text_order", budget, lambda t: recommender.ranker.rank(history, pairs, version, t), version
+    ranked = await stages.call(
+        run,
+        Stage.RANKER,
+        "text_order",
+        lambda seconds: recommender.ranker.rank(allowed.history, pairs, version, seconds),
+        key=version,
     )
     if ranked is None:
         return SearchResult(found[: query.page_size], run.degraded)

@@ -19,6 +19,7 @@ from bundlerec.gateway.popular import PopularCache
 from bundlerec.gateway.rules import RulesError, RulesSource
 from bundlerec.gateway.servicer import GatewayServicer
 from bundlerec.gateway.settings import GatewaySettings
+from bundlerec.gateway.stages import StageSettings
 from bundlerec.privacy import SensitiveCategories
 from bundlerec.runtime.server import ServiceParts
 from bundlerec.runtime.tls import open_channel
@@ -110,16 +111,18 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         impressions=impressions,
         experiments=Experiments(salt=settings.experiment_salt, variants=tuple(settings.experiment_variants)),
         settings=PipelineSettings(
-            deadline_seconds=settings.deadline_ms / 1000,
-            profile_share=settings.profile_share,
-            candidates_share=settings.candidates_share,
-            ranker_share=settings.ranker_share,
+            stages=StageSettings(
+                deadline_seconds=settings.deadline_ms / 1000,
+                profile_share=settings.profile_share,
+                candidates_share=settings.candidates_share,
+                ranker_share=settings.ranker_share,
+                breaker_failures=settings.breaker_failures,
+                breaker_reset_seconds=settings.breaker_reset_seconds,
+            ),
             candidate_limit=settings.candidate_limit,
             history_length=settings.history_length,
             build=BuildLimits(max_size=settings.built_bundle_size, max_bundles=settings.built_bundles),
             sensitive=SensitiveCategories(settings.sensitive_categories),
-            breaker_failures=settings.breaker_failures,
-            breaker_reset_seconds=settings.breaker_reset_seconds,
         ),
     )
     servicer = GatewayServicer(recommender, AccountsClient(profile_channel), impressions)
