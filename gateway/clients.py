@@ -19,9 +19,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 from bundlerec import errors
 from bundlerec.events import EventType
+from bundlerec.gateway.accounts import ConsentState, Recorded
 from bundlerec.gateway.model import Found, HistoryStep, Requester, Retrieved, Source
 from bundlerec.gateway.page import PageItem
 from bundlerec.gateway.ports import CandidateFilter, CandidateQuery, StageFailed
@@ -41,6 +43,7 @@ SOURCES = {s.value: s for s in Source}
 CANDIDATE_SERVICE = candidate_pb2.DESCRIPTOR.services_by_name["CandidateService"]
 RANKER_SERVICE = ranker_pb2.DESCRIPTOR.services_by_name["RankerService"]
 FILTER_FIELD = candidate_pb2.RetrieveRequest.DESCRIPTOR.fields_by_name["filter"].number
+STATUS_DETAILS_KEY = "grpc-status-details-bin"  # where grpc-status puts a google.rpc.Status
 MAX_GET_ITEMS = 1000  # GetItems' limit per call
 # answers about one request, not the service's health (a model version a variant names is not loaded)
 REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
@@ -278,6 +281,20 @@ def page_item(pb: common_pb2.Item) -> PageItem:
     )
 
 
+def field_violation(error: grpc.aio.AioRpcError) -> tuple[str, str] | None:
+    """(field, problem) of the first google.rpc.BadRequest violation in the error's status details."""
+    for key, value in error.trailing_metadata() or ():
+        if key != STATUS_DETAILS_KEY:
+            continue
+        for detail in status_pb2.Status.FromString(value).details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                if bad.field_violations:
+                    return bad.field_violations[0].field, bad.field_violations[0].description
+    return None
+
+
 def filter_pb(f: CandidateFilter) -> candidate_pb2.CandidateFilter:
     return candidate_pb2.CandidateFilter(
         in_stock_only=f.in_stock_only,
@@ -304,36 +321,50 @@ def _found(pb: candidate_pb2.Candidate) -> Found:
 
 
 class AccountsClient:
-    """The profile service's write side, for Track, SetUserConsent and ForgetUser. These do not
-    degrade: an event the profile service did not acknowledge is not accepted, so the caller gets
-    the error (UNAVAILABLE: retry; the event ids make the retry safe) and nothing is lost."""
+    """The profile service's write side (accounts.AccountsPort), for Track, SetUserConsent and
+    ForgetUser. Each call carries the caller's deadline, capped at `timeout_seconds`."""
 
     def __init__(self, channel: grpc.aio.Channel, timeout_seconds: float = 5.0) -> None:
         self.stub = profile_pb2_grpc.ProfileServiceStub(channel)
         self.timeout = timeout_seconds
 
-    async def record_events(self, events: Sequence[common_pb2.Event]) -> profile_pb2.RecordEventsResponse:
-        return await self._call(self.stub.RecordEvents, profile_pb2.RecordEventsRequest(events=events))
+    async def record_events(self, events: Sequence[object], seconds: float | None) -> Recorded:
+        reply = await self._call(self.stub.RecordEvents, profile_pb2.RecordEventsRequest(events=events), seconds)
+        return Recorded(reply.recorded, reply.duplicates, reply.anonymized)
 
-    async def set_consent(self, request: profile_pb2.SetConsentRequest) -> profile_pb2.SetConsentResponse:
-        return await self._call(self.stub.SetConsent, request)
+    async def set_consent(
+        self, user_id: str, personalization: bool | None, sensitive: bool | None, seconds: float | None
+    ) -> ConsentState:
+        request = profile_pb2.SetConsentRequest(user_id=user_id)
+        if personalization is not None:
+            request.personalization = personalization
+        if sensitive is not None:
+            request.sensitive_categories = sensitive
+        consent = (await self._call(self.stub.SetConsent, request, seconds)).consent
+        updated = consent.updated_at.ToMicroseconds() if consent.HasField("updated_at") else 0
+        return ConsentState(consent.personalization, consent.sensitive_categories, updated)
 
-    async def delete_user(self, user_id: str) -> profile_pb2.DeleteUserResponse:
-        return await self._call(self.stub.DeleteUser, profile_pb2.DeleteUserRequest(user_id=user_id))
+    async def delete_user(self, user_id: str, seconds: float | None) -> bool:
+        reply = await self._call(self.stub.DeleteUser, profile_pb2.DeleteUserRequest(user_id=user_id), seconds)
+        return reply.existed
 
-    async def _call(self, method, request):  # type: ignore[no-untyped-def]
+    async def _call(self, method, request, seconds: float | None):  # type: ignore[no-untyped-def]
+        timeout = self.timeout if seconds is None else min(self.timeout, seconds)
         try:
-            return await method(request, timeout=self.timeout)
+            return await method(request, timeout=timeout)
         except grpc.aio.AioRpcError as error:
             raise forwarded(error) from None
 
 
 def forwarded(error: grpc.aio.AioRpcError) -> errors.BundlerecError:
-    """A downstream error as the gateway's own: a bad field keeps its name (`events[3].timestamp`)."""
+    """A downstream error as the gateway's own: a bad field keeps its name (`events[3].timestamp`),
+    read from the google.rpc.BadRequest detail the services attach (runtime/interceptor.py)."""
     code, details = error.code(), error.details() or ""
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        field, _, problem = details.partition(": ")
-        return errors.InvalidArgument(field if problem else "request", problem or details or "is invalid")
+        violation = field_violation(error)
+        if violation is not None:
+            return errors.InvalidArgument(*violation)
+        return errors.InvalidArgument("request", details or "is invalid")
     if code == grpc.StatusCode.NOT_FOUND:
         return errors.NotFound(details)
     if code == grpc.StatusCode.FAILED_PRECONDITION:

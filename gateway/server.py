@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from bundlerec.gateway.accounts import Accounts
 from bundlerec.gateway.builder import BuildLimits
 from bundlerec.gateway.clients import AccountsClient, CandidateClient, ProfileClient, RankerClient
 from bundlerec.gateway.experiments import Experiments
@@ -125,7 +126,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
             sensitive=SensitiveCategories(settings.sensitive_categories),
         ),
     )
-    servicer = GatewayServicer(recommender, AccountsClient(profile_channel), impressions)
+    servicer = GatewayServicer(recommender, Accounts(AccountsClient(profile_channel), impressions))
     await _connect(channels)
     stop = asyncio.Event()
     tasks = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import uuid
 from collections.abc import Sequence
@@ -11,9 +10,9 @@ from collections.abc import Sequence
 import grpc
 
 from bundlerec import validation
-from bundlerec.errors import InvalidArgument, Unavailable
-from bundlerec.gateway.clients import AccountsClient
-from bundlerec.gateway.impressions import ImpressionStore, ImpressionsUnavailable, bundle_key
+from bundlerec.errors import InvalidArgument
+from bundlerec.gateway.accounts import Accounts, Impression
+from bundlerec.gateway.impressions import bundle_key
 from bundlerec.gateway.model import Context, Degradation, Placement, Recommendation, Stage
 from bundlerec.gateway.page import PageItem
 from bundlerec.gateway.pipeline import Recommender, RecommendQuery
@@ -21,9 +20,7 @@ from bundlerec.gateway.ports import CandidateFilter
 from bundlerec.gateway.rules import BLOCKLIST_ENTRIES, MAX_OVERRIDE_ENTRIES, RuleOverrides, Rules
 from bundlerec.gateway.search import SearchQuery, search
 from bundlerec.runtime.tracing import bind_recommendation
-from bundlerec.v1 import candidate_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc, profile_pb2
-
-log = logging.getLogger("bundlerec.gateway")
+from bundlerec.v1 import candidate_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
 
 MAX_PAGE = 50
 CALLER_MARGIN_SECONDS = 0.002
@@ -198,10 +195,9 @@ def recommendation_pb(r: Recommendation) -> gateway_pb2.RecommendResponse:
 
 
 class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
-    def __init__(self, recommender: Recommender, accounts: AccountsClient, impressions: ImpressionStore) -> None:
+    def __init__(self, recommender: Recommender, accounts: Accounts) -> None:
         self.recommender = recommender
         self.accounts = accounts
-        self.impressions = impressions
 
     async def Recommend(
         self, request: gateway_pb2.RecommendRequest, context: grpc.aio.ServicerContext
@@ -223,72 +219,59 @@ class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
             degraded=degradations_pb(found.degraded),
         )
 
-    async def Track(self, request: gateway_pb2.TrackRequest, context: object) -> gateway_pb2.TrackResponse:
-        if len(request.events) > MAX_TRACKED:
-            raise InvalidArgument("events", f"has {len(request.events)} events; at most {MAX_TRACKED}")
-        if len(request.impressions) > MAX_TRACKED:
-            raise InvalidArgument("impressions", f"has {len(request.impressions)} impressions; at most {MAX_TRACKED}")
-        for n, impression in enumerate(request.impressions):  # all checked before anything is kept
-            field = f"impressions[{n}]"
-            validation.identifier(f"{field}.impression_id", impression.impression_id)
-            validation.identifier(f"{field}.user_id", impression.user_id)
-            validation.identifier(f"{field}.recommendation_id", impression.recommendation_id)
-            validation.identifier(f"{field}.bundle_id", impression.bundle_id, required=False)
-            validation.identifiers(f"{field}.item_ids", impression.item_ids, max_count=MAX_PAGE)
-            if not impression.bundle_id and not impression.item_ids:
-                raise InvalidArgument(f"{field}.item_ids", "is required for a generated bundle")
-            if impression.position < 0:
-                raise InvalidArgument(f"{field}.position", "must not be negative")
-        recorded = None
-        counted = 0
-        if request.events:  # first: a retry after a failure below re-sends them, and the profile ignores repeats
-            recorded = await self.accounts.record_events(request.events)
-            targets: dict[str, list[str]] = {}
-            for event in request.events:
-                targets.setdefault(event.user_id, []).append(event.target.id)
-            for user_id, target_ids in targets.items():
-                try:
-                    await self.impressions.interacted(user_id, target_ids)
-                except ImpressionsUnavailable as error:  # the event is kept; only a rotation reset is missed
-                    log.warning("impression counts not reset", extra={"fields": {"reason": str(error)}})
-        try:
-            for impression in request.impressions:
-                key = bundle_key(impression.bundle_id, impression.item_ids)
-                user, items = impression.user_id, impression.item_ids
-                counted += await self.impressions.record(user, impression.impression_id, key, items)
-        except ImpressionsUnavailable:  # each impression is counted atomically, once per id: a retry is safe
-            raise Unavailable("the impression store did not answer; retry the whole request") from None
+    async def Track(
+        self, request: gateway_pb2.TrackRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.TrackResponse:
+        impressions = impressions_from_pb(request)  # all checked before anything is kept
+        interactions = [(event.user_id, event.target.id) for event in request.events]
+        tracked = await self.accounts.track(request.events, interactions, impressions, _caller_seconds(context))
         return gateway_pb2.TrackResponse(
-            events_recorded=recorded.recorded if recorded else 0,
-            events_duplicate=recorded.duplicates if recorded else 0,
-            events_anonymized=recorded.anonymized if recorded else 0,
-            impressions_recorded=counted,
+            events_recorded=tracked.recorded.recorded,
+            events_duplicate=tracked.recorded.duplicates,
+            events_anonymized=tracked.recorded.anonymized,
+            impressions_recorded=tracked.impressions,
         )
 
     async def SetUserConsent(
-        self, request: gateway_pb2.SetUserConsentRequest, context: object
+        self, request: gateway_pb2.SetUserConsentRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.SetUserConsentResponse:
         validation.identifier("user_id", request.user_id)
-        forwarded = profile_pb2.SetConsentRequest(user_id=request.user_id)
-        if request.HasField("personalization"):
-            forwarded.personalization = request.personalization
-            if not request.personalization:
-                await self._forget_impressions(request.user_id)
-        if request.HasField("sensitive_categories"):
-            forwarded.sensitive_categories = request.sensitive_categories
-        response = await self.accounts.set_consent(forwarded)
-        return gateway_pb2.SetUserConsentResponse(consent=response.consent)
+        personalization = request.personalization if request.HasField("personalization") else None
+        sensitive = request.sensitive_categories if request.HasField("sensitive_categories") else None
+        state = await self.accounts.set_consent(request.user_id, personalization, sensitive, _caller_seconds(context))
+        consent = common_pb2.Consent(
+            personalization=state.personalization, sensitive_categories=state.sensitive_categories
+        )
+        if state.updated_at_us:
+            consent.updated_at.FromMicroseconds(state.updated_at_us)
+        return gateway_pb2.SetUserConsentResponse(consent=consent)
 
     async def ForgetUser(
-        self, request: gateway_pb2.ForgetUserRequest, context: object
+        self, request: gateway_pb2.ForgetUserRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ForgetUserResponse:
         validation.identifier("user_id", request.user_id)
-        response = await self.accounts.delete_user(request.user_id)
-        shown = await self._forget_impressions(request.user_id)
-        return gateway_pb2.ForgetUserResponse(existed=response.existed or shown)
+        return gateway_pb2.ForgetUserResponse(
+            existed=await self.accounts.forget(request.user_id, _caller_seconds(context))
+        )
 
-    async def _forget_impressions(self, user_id: str) -> bool:
-        try:
-            return await self.impressions.forget(user_id)
-        except ImpressionsUnavailable:
-            raise Unavailable("the impression store did not answer; retry (erasure is idempotent)") from None
+
+def impressions_from_pb(request: gateway_pb2.TrackRequest) -> list[Impression]:
+    if len(request.events) > MAX_TRACKED:
+        raise InvalidArgument("events", f"has {len(request.events)} events; at most {MAX_TRACKED}")
+    if len(request.impressions) > MAX_TRACKED:
+        raise InvalidArgument("impressions", f"has {len(request.impressions)} impressions; at most {MAX_TRACKED}")
+    out = []
+    for n, impression in enumerate(request.impressions):
+        field = f"impressions[{n}]"
+        validation.identifier(f"{field}.impression_id", impression.impression_id)
+        validation.identifier(f"{field}.user_id", impression.user_id)
+        validation.identifier(f"{field}.recommendation_id", impression.recommendation_id)
+        validation.identifier(f"{field}.bundle_id", impression.bundle_id, required=False)
+        validation.identifiers(f"{field}.item_ids", impression.item_ids, max_count=MAX_PAGE)
+        if not impression.bundle_id and not impression.item_ids:
+            raise InvalidArgument(f"{field}.item_ids", "is required for a generated bundle")
+        if impression.position < 0:
+            raise InvalidArgument(f"{field}.position", "must not be negative")
+        key = bundle_key(impression.bundle_id, impression.item_ids)
+        out.append(Impression(impression.impression_id, impression.user_id, key, tuple(impression.item_ids)))
+    return out
