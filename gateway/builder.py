@@ -19,8 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bundlerec.gateway.model import Found, Source
-from bundlerec.gateway.page import PageItem
+from bundlerec.gateway.model import Found, PageItem, Source
 
 NEAR_DUPLICATE_TITLES = 0.6  # Jaccard index of title words at or above which two items are the same thing
 _WORD = re.compile(r"\w+")

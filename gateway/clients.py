@@ -24,8 +24,7 @@ from google.rpc import error_details_pb2, status_pb2
 from bundlerec import errors
 from bundlerec.events import EventType
 from bundlerec.gateway.accounts import ConsentState, Recorded
-from bundlerec.gateway.model import Found, HistoryStep, Requester, Retrieved, Source
-from bundlerec.gateway.page import PageItem
+from bundlerec.gateway.model import Found, HistoryStep, PageItem, Requester, Retrieved, Source
 from bundlerec.gateway.ports import CandidateFilter, CandidateQuery, StageFailed
 from bundlerec.runtime.encoding import EncodedEntries, length_delimited
 from bundlerec.v1 import (

@@ -11,8 +11,7 @@ from collections.abc import Mapping
 
 from bundlerec.events import EventType
 from bundlerec.gateway.consent import Allowed
-from bundlerec.gateway.model import Context, Scored, Source
-from bundlerec.gateway.page import PageItem
+from bundlerec.gateway.model import Context, PageItem, Scored, Source
 
 _VERBS = {
     EventType.VIEW: "viewed",

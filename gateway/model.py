@@ -7,7 +7,6 @@ import enum
 from dataclasses import dataclass, field
 
 from bundlerec.events import EventType
-from bundlerec.gateway.page import PageItem
 
 
 class Placement(enum.StrEnum):
@@ -35,6 +34,18 @@ class Source(enum.IntEnum):
     ANCHOR = 4
     BUNDLE_MEMBERSHIP = 5
     TWO_TOWER = 6
+
+
+@dataclass(frozen=True, slots=True)
+class PageItem:
+    """A catalogue item as a page shows it."""
+
+    item_id: str
+    title: str = ""
+    category: str = ""  # path, levels joined by " > "
+    brand: str = ""
+    price: float | None = None  # None: unknown
+    in_stock: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from bundlerec.gateway.explain import explain
 from bundlerec.gateway.impressions import ImpressionStore, ImpressionsUnavailable, bundle_key
 from bundlerec.gateway.model import (
     Context,
+    PageItem,
     Placement,
     Recommendation,
     Retrieved,
@@ -36,11 +37,19 @@ from bundlerec.gateway.model import (
     Stage,
     TraceStage,
 )
-from bundlerec.gateway.page import PageBundle, PageItem, RuleAction, assemble_page
 from bundlerec.gateway.popular import PopularCache
-from bundlerec.gateway.ports import CandidateFilter, CandidatePort, CandidateQuery, ProfilePort, RankerPort
-from bundlerec.gateway.promotions import promoted_items_alone, with_promoted
-from bundlerec.gateway.rules import EffectiveRules, RuleOverrides, Rules, RulesSource, effective_rules
+from bundlerec.gateway.ports import CandidatePort, CandidateQuery, ProfilePort, RankerPort
+from bundlerec.gateway.rules import (
+    EffectiveRules,
+    PageBundle,
+    RuleAction,
+    RuleOverrides,
+    RulesSource,
+    assemble_page,
+    candidate_filter,
+    effective_rules,
+)
+from bundlerec.gateway.rules.promotions import promoted_items_alone, with_promoted
 from bundlerec.gateway.stages import Run, StageRunner, StageSettings
 from bundlerec.privacy import SensitiveCategories
 
@@ -125,7 +134,7 @@ class Recommender:
             anchor_item_id=anchor,
             item_limit=self.settings.candidate_limit,
             bundle_limit=self.settings.candidate_limit,
-            filter=_filter(rules),
+            filter=candidate_filter(rules),
         )
 
         async def retrieve_with_items(seconds: float) -> tuple[Retrieved, Mapping[str, PageItem]]:
@@ -319,21 +328,6 @@ def _item_ids(found: Retrieved, extra: Sequence[str]) -> list[str]:
     for candidate in (*found.items, *found.bundles):
         ids.update(dict.fromkeys(candidate.item_ids or (candidate.target_id,)))
     return list(ids)
-
-
-def _filter(rules: Rules) -> CandidateFilter:
-    """The rules the candidate service can apply during retrieval (the page applies all of them again)."""
-    return CandidateFilter(
-        in_stock_only=rules.in_stock_only,
-        include_categories=tuple(rules.include_categories),
-        exclude_categories=tuple(rules.exclude_categories),
-        include_brands=tuple(rules.include_brands),
-        exclude_brands=tuple(rules.exclude_brands),
-        min_price=rules.min_price,
-        max_price=rules.max_price,
-        exclude_item_ids=tuple(rules.blocklist_items),
-        exclude_bundle_ids=tuple(rules.blocklist_bundles),
-    )
 
 
 __all__ = ["PipelineSettings", "RecommendQuery", "Recommender"]

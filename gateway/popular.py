@@ -13,8 +13,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 
-from bundlerec.gateway.model import Retrieved, Source
-from bundlerec.gateway.page import PageItem
+from bundlerec.gateway.model import PageItem, Retrieved, Source
 from bundlerec.gateway.ports import CandidateFilter, CandidatePort, CandidateQuery, StageFailed
 
 log = logging.getLogger("bundlerec.gateway")

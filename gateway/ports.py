@@ -8,8 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from bundlerec.gateway.model import HistoryStep, Requester, Retrieved, Source
-from bundlerec.gateway.page import PageItem
+from bundlerec.gateway.model import HistoryStep, PageItem, Requester, Retrieved, Source
 
 
 class StageFailed(Exception):

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bundlerec.errors import Unavailable
-from bundlerec.gateway.model import Degradation, Stage
-from bundlerec.gateway.page import PageItem
+from bundlerec.gateway.model import Degradation, PageItem, Stage
 from bundlerec.gateway.pipeline import Recommender
 from bundlerec.gateway.ports import CandidateFilter
+from bundlerec.gateway.rules import candidate_filter
 from bundlerec.gateway.stages import LAST_RESERVE
 
 TEXT_WEIGHT = 0.7
@@ -27,7 +27,7 @@ class SearchQuery:
     user_id: str
     text: str
     page_size: int
-    filter: CandidateFilter = field(default_factory=CandidateFilter)
+    filter: CandidateFilter = field(default_factory=CandidateFilter)  # the caller's; the rules are added
     caller_seconds: float | None = None
 
 
@@ -42,9 +42,10 @@ async def search(recommender: Recommender, query: SearchQuery) -> SearchResult:
     run = stages.start(query.caller_seconds, debug=False)
     allowed = await recommender.who_asks(run, query.user_id, query.user_id)
     limit = query.page_size * (WIDER if allowed.personalized else 1)
+    item_filter = candidate_filter(recommender.rules.current, query.filter)
 
     def text_search(seconds: float):  # type: ignore[no-untyped-def]
-        return recommender.candidates.search_text(query.text, limit, query.filter, seconds)
+        return recommender.candidates.search_text(query.text, limit, item_filter, seconds)
 
     # without personalization there is no ranker stage after this one to keep time for
     reserve = None if allowed.personalized else LAST_RESERVE

@@ -13,11 +13,10 @@ from bundlerec import validation
 from bundlerec.errors import InvalidArgument
 from bundlerec.gateway.accounts import Accounts, Impression
 from bundlerec.gateway.impressions import bundle_key
-from bundlerec.gateway.model import Context, Degradation, Placement, Recommendation, Stage
-from bundlerec.gateway.page import PageItem
+from bundlerec.gateway.model import Context, Degradation, PageItem, Placement, Recommendation, Stage
 from bundlerec.gateway.pipeline import Recommender, RecommendQuery
 from bundlerec.gateway.ports import CandidateFilter
-from bundlerec.gateway.rules import BLOCKLIST_ENTRIES, MAX_OVERRIDE_ENTRIES, RuleOverrides, Rules
+from bundlerec.gateway.rules import BLOCKLIST_ENTRIES, MAX_OVERRIDE_ENTRIES, RuleOverrides
 from bundlerec.gateway.search import SearchQuery, search
 from bundlerec.runtime.tracing import bind_recommendation
 from bundlerec.v1 import candidate_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
@@ -68,9 +67,9 @@ def query_from_pb(pb: gateway_pb2.RecommendRequest) -> RecommendQuery:
     )
 
 
-def search_from_pb(pb: gateway_pb2.SearchRequest, rules: Rules) -> SearchQuery:
-    """The caller's filter, plus the configured stock rule and blocklist (checked by the candidate
-    service, which names a bad filter field)."""
+def search_from_pb(pb: gateway_pb2.SearchRequest) -> SearchQuery:
+    """The caller's query and filter (the candidate service names a bad filter field); the rules
+    that hold for every search are added by search.py."""
     validation.identifier("user_id", pb.user_id, required=False)
     validation.text("query", pb.query, max_length=512, required=True)
     f = pb.filter
@@ -84,14 +83,14 @@ def search_from_pb(pb: gateway_pb2.SearchRequest, rules: Rules) -> SearchQuery:
         text=pb.query,
         page_size=validation.page_size("page_size", pb.page_size, default=20, maximum=100),
         filter=CandidateFilter(
-            in_stock_only=f.in_stock_only or rules.in_stock_only,
+            in_stock_only=f.in_stock_only,
             include_categories=tuple(f.include_categories),
-            exclude_categories=tuple(f.exclude_categories) + tuple(rules.exclude_categories),
+            exclude_categories=tuple(f.exclude_categories),
             include_brands=tuple(f.include_brands),
-            exclude_brands=tuple(f.exclude_brands) + tuple(rules.exclude_brands),
+            exclude_brands=tuple(f.exclude_brands),
             min_price=f.min_price if f.HasField("min_price") else None,
             max_price=f.max_price if f.HasField("max_price") else None,
-            exclude_item_ids=tuple(f.exclude_item_ids) + tuple(rules.blocklist_items),
+            exclude_item_ids=tuple(f.exclude_item_ids),
             exclude_bundle_ids=tuple(f.exclude_bundle_ids),
         ),
     )
@@ -212,7 +211,7 @@ class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
     async def Search(
         self, request: gateway_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.SearchResponse:
-        query = search_from_pb(request, self.recommender.rules.current)
+        query = search_from_pb(request)
         found = await search(self.recommender, dataclasses.replace(query, caller_seconds=_caller_seconds(context)))
         return gateway_pb2.SearchResponse(
             results=[candidate_pb2.ScoredItem(item=item_pb(item), score=score) for item, score in found.results],

@@ -17,7 +17,8 @@ from bundlerec.gateway.clients import AccountsClient
 from bundlerec.gateway.consent import ConsentPolicy
 from bundlerec.gateway.impressions import MemoryImpressions
 from bundlerec.gateway.model import HistoryStep, Requester, Stage
-from bundlerec.gateway.ports import StageFailed
+from bundlerec.gateway.ports import CandidateFilter, StageFailed
+from bundlerec.gateway.rules import Rules, candidate_filter
 from bundlerec.gateway.stages import StageRunner, StageSettings
 from bundlerec.privacy import SensitiveCategories
 
@@ -164,3 +165,24 @@ async def test_a_write_carries_the_callers_deadline_to_the_profile_service() -> 
             assert time.monotonic() - started < 2.0  # not the 5 s cap
     finally:
         await server.stop(None)
+
+
+def test_one_rules_to_filter_mapping_serves_pages_and_searches() -> None:
+    rules = Rules(
+        in_stock_only=True,
+        include_categories=["Kitchen"],
+        exclude_brands=["Acme"],
+        min_price=5.0,
+        blocklist_items=["bad-item"],
+        blocklist_bundles=["bad-bundle"],
+    )
+    page = candidate_filter(rules)
+    assert page.include_categories == ("Kitchen",) and page.min_price == 5.0
+    assert page.exclude_brands == ("Acme",) and page.exclude_item_ids == ("bad-item",)
+    assert page.exclude_bundle_ids == ("bad-bundle",)
+    caller = CandidateFilter(in_stock_only=False, exclude_brands=("Other",), max_price=50.0)
+    search = candidate_filter(rules, caller)
+    # what holds for everything shown is added to the caller's filter; the scope stays the caller's
+    assert search.in_stock_only and search.exclude_brands == ("Other", "Acme")
+    assert search.exclude_item_ids == ("bad-item",) and search.include_categories == ()
+    assert (search.min_price, search.max_price) == (None, 50.0)

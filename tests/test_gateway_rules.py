@@ -11,8 +11,19 @@ from pathlib import Path
 import pytest
 
 from bundlerec.errors import InvalidArgument
-from bundlerec.gateway.page import Page, PageBundle, PageItem, RuleAction, assemble_page
-from bundlerec.gateway.rules import RuleOverrides, Rules, RulesError, RulesSource, effective_rules, load_rules
+from bundlerec.gateway.model import PageItem
+from bundlerec.gateway.rules import (
+    Page,
+    PageBundle,
+    RuleAction,
+    RuleOverrides,
+    Rules,
+    RulesError,
+    RulesSource,
+    assemble_page,
+    effective_rules,
+    load_rules,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "gateway" / "rules.example.toml"
 

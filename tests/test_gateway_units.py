@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from bundlerec.gateway.builder import BuildLimits, build_bundles, near_duplicates
 from bundlerec.gateway.experiments import Experiments, Variant
-from bundlerec.gateway.page import PageItem
+from bundlerec.gateway.model import PageItem
 from bundlerec.gateway.ports import StageFailed
 from bundlerec.gateway.resilience import BreakerState, CircuitBreaker, Deadline
 
@@ -106,8 +106,8 @@ class _CatalogueDown:
 
 async def test_a_failed_promotion_lookup_keeps_the_retrieval_and_adds_what_it_can() -> None:
     from bundlerec.gateway.model import Found, Retrieved, Source
-    from bundlerec.gateway.promotions import with_promoted
     from bundlerec.gateway.rules import Rules
+    from bundlerec.gateway.rules.promotions import with_promoted
 
     found = Retrieved((Found("a", False, 1.0, frozenset({Source.VECTOR}), ("a",)),), ())
     rules = Rules.model_validate({"promotions": [

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bundlerec.gateway.filters import Filters, brand_key, category_key
-from bundlerec.gateway.rules import Promotion, Rules
+from bundlerec.gateway.rules.filters import Filters, brand_key, category_key
+from bundlerec.gateway.rules.schema import Promotion, Rules
 
 if TYPE_CHECKING:
-    from bundlerec.gateway.page import PageBundle
+    from bundlerec.gateway.rules.page import PageBundle
 
 
 @dataclass(slots=True, eq=False)

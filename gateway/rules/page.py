@@ -38,22 +38,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bundlerec.gateway.filters import Filters
-from bundlerec.gateway.page_state import Candidate, Candidates, PageState, promotes, similarity
-from bundlerec.gateway.rules import Promotion, Rules
+from bundlerec.gateway.model import PageItem
+from bundlerec.gateway.rules.filters import Filters
+from bundlerec.gateway.rules.page_state import Candidate, Candidates, PageState, promotes, similarity
+from bundlerec.gateway.rules.schema import Promotion, Rules
 
 TargetKind = Literal["bundle", "item"]
 Action = Literal["removed", "moved_down", "pinned", "boosted"]
-
-
-@dataclass(frozen=True, slots=True)
-class PageItem:
-    item_id: str
-    title: str = ""
-    category: str = ""  # path, levels joined by " > "
-    brand: str = ""
-    price: float | None = None  # None: unknown
-    in_stock: bool = True
 
 
 @dataclass(frozen=True, slots=True)

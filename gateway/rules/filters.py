@@ -12,10 +12,11 @@ import functools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from bundlerec.gateway.rules import EffectiveRules, Rules, category_levels
+from bundlerec.gateway.rules.schema import EffectiveRules, Rules, category_levels
 
 if TYPE_CHECKING:
-    from bundlerec.gateway.page import PageBundle, PageItem
+    from bundlerec.gateway.model import PageItem
+    from bundlerec.gateway.rules.page import PageBundle
 
 _MEMO_ENTRIES = 65_536  # distinct strings remembered; a catalogue has far fewer categories and brands
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from bundlerec.gateway.model import Found, Retrieved, Scored
-from bundlerec.gateway.page import PageItem
+from bundlerec.gateway.model import Found, PageItem, Retrieved, Scored
 from bundlerec.gateway.ports import CandidatePort, StageFailed
-from bundlerec.gateway.rules import Rules
+from bundlerec.gateway.rules.schema import Rules
 
 log = logging.getLogger("bundlerec.gateway")
 
