@@ -6,11 +6,10 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from bundlerec.gateway.experiments import Variant
-from bundlerec.runtime.settings import ServiceSettings
-from bundlerec.runtime.tls import ChannelSecurity
+from bundlerec.runtime.settings import CallerSettings, ServiceSettings
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(ServiceSettings, CallerSettings):
     model_config = SettingsConfigDict(env_prefix="BUNDLEREC_GATEWAY_")
 
     port: int = Field(50050, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
@@ -70,24 +69,6 @@ class GatewaySettings(ServiceSettings):
         SecretStr(""), description="Key of the hash that names a requester in the impression store; "
         "required with impressions_url (set it from the environment, not the command line)."
     )
-    # How the gateway reaches the three services (they list it in their auth files).
-    client_tls_ca_file: str = Field("", description="CA of the three services' certificates (PEM); set: TLS.")
-    client_tls_cert_file: str = Field("", description="The gateway's own certificate, for mutual TLS (PEM).")
-    client_tls_key_file: str = Field("", description="The private key of that certificate (PEM).")
-    client_token_file: str = Field("", description="File holding the bearer token the gateway presents.")
-    client_tls_server_name: str = Field(
-        "", description="Name the services' certificates carry, when it is not the host of their addresses."
-    )
-
-    def client_security(self) -> ChannelSecurity:
-        return ChannelSecurity(
-            ca_file=self.client_tls_ca_file,
-            cert_file=self.client_tls_cert_file,
-            key_file=self.client_tls_key_file,
-            token_file=self.client_token_file,
-            server_name=self.client_tls_server_name,
-        )
-
     @model_validator(mode="after")
     def _shares_leave_room(self) -> GatewaySettings:
         if self.profile_share + self.candidates_share + self.ranker_share > 1:

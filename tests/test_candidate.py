@@ -3,10 +3,8 @@ sentence encoder (exported once per test session)."""
 
 from __future__ import annotations
 
-import contextlib
 import random
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -14,14 +12,13 @@ import pytest
 from bundlerec.candidate.catalogue import CatalogueStore
 from bundlerec.candidate.index import CatalogueIndex
 from bundlerec.candidate.model import Item, RecentInteraction, RetrievalRequest
-from bundlerec.candidate.server import build
 from bundlerec.candidate.service import CandidateService
-from bundlerec.candidate.settings import CandidateSettings
 from bundlerec.encoder.runtime import TextEncoder
 from bundlerec.events import EventType
-from bundlerec.runtime.server import RunningServer, start_server
 from bundlerec.v1 import candidate_pb2 as pb
-from bundlerec.v1 import candidate_pb2_grpc, common_pb2
+from bundlerec.v1 import common_pb2
+from tests.harness.factories import recent
+from tests.harness.servers import CandidateServer, running_candidate
 
 ITEM, BUNDLE = common_pb2.TARGET_TYPE_ITEM, common_pb2.TARGET_TYPE_BUNDLE
 VECTOR, CO_OCCURRENCE, POPULARITY, ANCHOR, MEMBERSHIP = 1, 2, 3, 4, 5
@@ -42,39 +39,6 @@ SHOP = [
 
 def item(key: str, title: str, category: str, brand: str, price: float, **kw: object) -> common_pb2.Item:
     return common_pb2.Item(item_id=key, title=title, category=category, brand=brand, price=price, **kw)
-
-
-def recent(*keys: str, kind: int = common_pb2.EVENT_TYPE_VIEW) -> list[pb.RecentInteraction]:
-    return [pb.RecentInteraction(target=common_pb2.TargetRef(type=ITEM, id=k), type=kind) for k in keys]
-
-
-@dataclass
-class CandidateServer:
-    running: RunningServer
-    stub: candidate_pb2_grpc.CandidateServiceStub
-    settings: CandidateSettings
-
-
-@contextlib.asynccontextmanager
-async def running_candidate(database_url: str, encoder_dir: str, **overrides: object) -> AsyncIterator[CandidateServer]:
-    values: dict[str, object] = {
-        "port": 0,
-        "metrics_port": 0,
-        "database_url": database_url,
-        "encoder_dir": encoder_dir,
-        "index_dir": "",
-        "models_dir": "",
-        "health_interval_seconds": 0.2,
-        **overrides,
-    }
-    settings = CandidateSettings(**values)  # type: ignore[arg-type]
-    running = await start_server(settings, await build(settings))
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
-        yield CandidateServer(running, candidate_pb2_grpc.CandidateServiceStub(channel), settings)
-    finally:
-        await channel.close()
-        await running.stop()
 
 
 @pytest.fixture
@@ -223,7 +187,7 @@ async def test_catalogue_survives_a_restart(tmp_path, encoder_dir: str) -> None:
 
 @pytest.mark.postgres
 async def test_catalogue_on_postgres(encoder_dir: str) -> None:
-    from tests.conftest import postgres_database
+    from tests.harness.databases import postgres_database
 
     with postgres_database() as url:
         async with running_candidate(url, encoder_dir) as server:

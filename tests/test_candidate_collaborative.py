@@ -41,7 +41,8 @@ from bundlerec.ranking.features import EVENT_TYPE_INDEX, Step, encode_sequence  
 from bundlerec.ranking.vocabulary import Vocabulary  # noqa: E402
 from bundlerec.v1 import candidate_pb2 as pb  # noqa: E402
 from bundlerec.v1 import common_pb2  # noqa: E402
-from tests.test_candidate import CandidateServer, recent, running_candidate  # noqa: E402
+from tests.harness.factories import recent  # noqa: E402
+from tests.harness.servers import CandidateServer, running_candidate  # noqa: E402
 
 TWO_TOWER, VECTOR = pb.CANDIDATE_SOURCE_TWO_TOWER, pb.CANDIDATE_SOURCE_VECTOR
 DIM = 32

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import BUNDLEREC
+from tests.harness.processes import BUNDLEREC
 
 pytest.importorskip("torch", reason="the demo trains a model (train extra)")
 

@@ -19,8 +19,8 @@ from bundlerec.gateway.server import assemble
 from bundlerec.gateway.settings import GatewaySettings
 from bundlerec.runtime.server import start_server
 from bundlerec.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.conftest import running_profile
-from tests.processes import free_port
+from tests.harness.processes import free_port
+from tests.harness.servers import running_profile
 
 REDIS_URL = os.environ.get("BUNDLEREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 REQUIRE_REDIS = os.environ.get("BUNDLEREC_REQUIRE_REDIS") == "1"

@@ -13,14 +13,14 @@ import grpc
 import pytest
 
 from bundlerec.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.processes import free_port, start_service, wait_serving
-from tests.test_gateway import Suite, buyer, suite  # noqa: F401  (the module's fixture)
+from tests.harness.processes import free_port, start_service, wait_serving
+from tests.harness.shops import Suite, buyer
 
 PROFILE, CANDIDATES, RANKER = gateway_pb2.STAGE_PROFILE, gateway_pb2.STAGE_CANDIDATES, gateway_pb2.STAGE_RANKER
 
 
 @pytest.fixture
-def processes(suite: Suite, encoder_dir: str) -> Iterator[dict[str, tuple[subprocess.Popen[bytes], str]]]:  # noqa: F811
+def processes(suite: Suite, encoder_dir: str) -> Iterator[dict[str, tuple[subprocess.Popen[bytes], str]]]:
     ports = {name: free_port() for name in ("profile", "candidate", "ranker", "gateway")}
     env = {
         "BUNDLEREC_PROFILE_DATABASE_URL": suite.profile_url,
@@ -57,7 +57,7 @@ def processes(suite: Suite, encoder_dir: str) -> Iterator[dict[str, tuple[subpro
 @pytest.mark.slow
 async def test_killing_each_stage_under_traffic_degrades_pages_and_fails_none(
     processes: dict[str, tuple[subprocess.Popen[bytes], str]],
-    suite: Suite,  # noqa: F811
+    suite: Suite,
 ) -> None:
     user = buyer(suite)
     failures: list[str] = []
@@ -116,13 +116,13 @@ async def test_killing_each_stage_under_traffic_degrades_pages_and_fails_none(
 @pytest.mark.slow
 def test_bundlerec_loadtest_drives_the_four_services_and_reports_them(
     processes: dict[str, tuple[subprocess.Popen[bytes], str]],
-    suite: Suite,  # noqa: F811
+    suite: Suite,
     tmp_path,  # type: ignore[no-untyped-def]
 ) -> None:
     """What a new user runs against the demo: the command, its JSON and its PNG."""
     import json
 
-    from tests.processes import BUNDLEREC
+    from tests.harness.processes import BUNDLEREC
 
     command = [BUNDLEREC, "loadtest", "--target", "gateway", "--address", processes["gateway"][1],
                "--data", str(suite.root / "shop"), "--rate", "20", "--duration", "3", "--warmup", "1",

@@ -13,8 +13,8 @@ from bundlerec.errors import InvalidArgument
 from bundlerec.importer import ImportTargets, import_dataset
 from bundlerec.v1 import candidate_pb2 as pb
 from bundlerec.v1 import profile_pb2
-from tests.conftest import rows_mentioning, running_profile
-from tests.test_candidate import running_candidate
+from tests.harness.databases import rows_mentioning
+from tests.harness.servers import running_candidate, running_profile
 
 
 @pytest.fixture

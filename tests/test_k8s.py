@@ -55,10 +55,13 @@ OPERATOR_SECRETS = {
     "ranker-tls",
     "gateway-tls",
     "gateway-client-tls",
+    "ranker-client-tls",
     "gateway-token",
     "bundlerec-redis",
 }
 OPERATOR_CONFIGMAPS = {"bundlerec-auth"}
+# who may call each backend in prod: the gateway; the ranker also calls the candidate service (GetTextVectors)
+CALLERS = {"candidate": {"gateway", "ranker"}}
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 # kustomize's generated-name suffix (a hash spelt in these characters)
 HASH_SUFFIX = re.compile(r"-[245679bcdfghkmt8]{10}$")
@@ -499,13 +502,12 @@ def test_environment_variables_are_settings_of_the_service(
             assert field in settings[service].model_fields, f"{service}: {var} sets no setting"
 
 
-def test_only_the_gateway_calls_the_services_in_prod(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_only_their_callers_reach_the_services_in_prod(rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["prod"]
     policies = _of(docs, "NetworkPolicy")
     deny = [p for p in policies if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")]
     assert deny and "Ingress" in deny[0]["spec"]["policyTypes"], "no default-deny ingress policy"
     deployments = _deployments(docs)
-    gateway_labels = deployments["gateway"]["spec"]["template"]["metadata"]["labels"]
     for backend in BACKENDS:
         labels = deployments[backend]["spec"]["template"]["metadata"]["labels"]
         port = SERVICES[backend][0]
@@ -520,13 +522,14 @@ def test_only_the_gateway_calls_the_services_in_prod(rendered: dict[str, list[di
                 assert rule.get("from"), f"{policy['metadata']['name']} opens {backend}:{port} to everyone"
                 allowed_from.extend(rule["from"])
         assert allowed_from, f"nothing may call {backend}"
+        callers = CALLERS.get(backend, {"gateway"})
         for peer in allowed_from:
             assert set(peer) == {"podSelector"}, f"{backend}: a peer other than pods of this namespace: {peer}"
-            assert _matches(peer["podSelector"], gateway_labels), f"{backend}: a peer that is not the gateway"
-            others = [n for n, d in deployments.items() if n != "gateway"]
-            for other in others:
-                other_labels = deployments[other]["spec"]["template"]["metadata"]["labels"]
-                assert not _matches(peer["podSelector"], other_labels), f"{backend}: {other} may call it"
+            matched = {n for n, d in deployments.items() if _matches(peer["podSelector"], _labels(d))}
+            assert matched and matched <= callers, f"{backend}: {sorted(matched - callers) or 'no pod'} may call it"
+        for caller in callers:
+            labels = _labels(deployments[caller])
+            assert any(_matches(p["podSelector"], labels) for p in allowed_from), f"{caller} may not call {backend}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -678,3 +681,7 @@ def test_the_images_user_is_the_pods_user(rendered: dict[str, list[dict[str, Any
             uids.add(int(users[-1].split(":")[0]))
     pods = {_pod_spec(d)["securityContext"]["runAsUser"] for o in OVERLAYS for d in _of(rendered[o], "Deployment")}
     assert uids == pods
+
+
+def _labels(deployment: dict[str, Any]) -> dict[str, str]:
+    return deployment["spec"]["template"]["metadata"]["labels"]

@@ -363,7 +363,7 @@ def test_step_mode_from_the_command_line_reports_the_highest_rate(shop: Path, tm
 
 
 def test_nothing_listening_is_a_clear_error(tmp_path: Path, shop: Path) -> None:
-    from tests.processes import free_port
+    from tests.harness.processes import free_port
 
     command = [sys.executable, "-m", "bundlerec.cli", "loadtest", "--address", f"127.0.0.1:{free_port()}"]
     command += ["--data", str(shop), "--duration", "1", "--connect-timeout", "1", "--out", str(tmp_path)]

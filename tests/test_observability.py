@@ -21,8 +21,8 @@ from bundlerec.runtime.logs import JsonFormatter
 from bundlerec.runtime.server import ServiceParts, start_server
 from bundlerec.runtime.settings import ServiceSettings
 from bundlerec.v1 import common_pb2, gateway_pb2, profile_pb2, profile_pb2_grpc
-from tests.conftest import running_profile
-from tests.factories import event
+from tests.harness.factories import event
+from tests.harness.servers import running_profile
 
 SERVICES = ("gateway", "profile", "candidate", "ranker")
 
@@ -201,17 +201,9 @@ async def test_an_unexpected_error_reaches_no_span_with_its_message(exporter) ->
 # -- the four services together ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-async def suite(tmp_path_factory, encoder_dir):  # type: ignore[no-untyped-def]
-    """test_gateway's demo shop and model (skipped without torch, as there)."""
-    from tests import test_gateway
-
-    return await test_gateway.suite.__wrapped__(tmp_path_factory, encoder_dir)  # type: ignore[attr-defined]
-
-
 @pytest.fixture
 async def traced_suite(suite, encoder_dir, exporter) -> AsyncIterator:  # type: ignore[no-untyped-def]
-    from tests.test_gateway import running_suite
+    from tests.harness.shops import running_suite
 
     async with running_suite(suite, encoder_dir) as running:
         yield running
@@ -229,7 +221,7 @@ async def test_a_recommend_call_is_one_trace_through_the_four_services_with_one_
 ) -> None:  # type: ignore[no-untyped-def]
     from opentelemetry.trace import SpanKind
 
-    from tests.test_gateway import buyer
+    from tests.harness.shops import buyer
 
     response = await traced_suite.stub.Recommend(gateway_pb2.RecommendRequest(user_id=buyer(suite), page_size=5))
     assert response.model_version and not response.degraded  # the ranker was called and answered
@@ -268,7 +260,7 @@ async def test_a_recommend_call_is_one_trace_through_the_four_services_with_one_
 
 
 async def test_a_recommend_call_moves_the_metrics_of_every_service(traced_suite, suite) -> None:  # type: ignore[no-untyped-def]
-    from tests.test_gateway import buyer
+    from tests.harness.shops import buyer
 
     rpc = "bundlerec_rpc_duration_seconds_count"
     watched = {
@@ -307,7 +299,7 @@ async def test_a_recommend_call_moves_the_metrics_of_every_service(traced_suite,
 
 
 async def test_a_degraded_page_is_counted_by_stage_reason_and_variant(suite, encoder_dir) -> None:  # type: ignore[no-untyped-def]
-    from tests.test_gateway import buyer, running_suite
+    from tests.harness.shops import buyer, running_suite
 
     variants = [{"name": "broken", "share": 1.0, "model_version": "no-such-version"}]
     reason = {"stage": "ranker", "reason": "rejected_not_found"}

@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from bundlerec.v1 import gateway_pb2
-from tests.test_gateway import Suite, buyer, running_suite, suite  # noqa: F401  (the module's fixture)
+from tests.harness.shops import Suite, buyer, running_suite
 
 GOLDEN = Path(__file__).parent / "golden" / "pinned_pages.json"
 PLACEMENTS = {
@@ -85,7 +85,7 @@ def copied(shop: Suite, folder: Path) -> Suite:
     return dataclasses.replace(shop, **urls)
 
 
-async def test_the_pages_of_a_fixed_seed_are_unchanged(suite: Suite, encoder_dir: str, tmp_path: Path) -> None:  # noqa: F811
+async def test_the_pages_of_a_fixed_seed_are_unchanged(suite: Suite, encoder_dir: str, tmp_path: Path) -> None:
     pages = {}
     async with running_suite(copied(suite, tmp_path), encoder_dir) as running:
         for name, request in requests(suite).items():

@@ -8,8 +8,8 @@ import grpc
 import pytest
 
 from bundlerec.v1 import common_pb2, profile_pb2
-from tests.conftest import ProfileServer, running_profile
-from tests.factories import event
+from tests.harness.factories import event
+from tests.harness.servers import ProfileServer, running_profile
 
 VIEW, CLICK, CART, PURCHASE, RATING = (
     common_pb2.EVENT_TYPE_VIEW,

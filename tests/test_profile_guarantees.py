@@ -15,9 +15,10 @@ from sqlalchemy import select
 
 from bundlerec import db
 from bundlerec.v1 import profile_pb2, profile_pb2_grpc
-from tests.conftest import ProfileServer, rows_mentioning
-from tests.factories import event
-from tests.processes import start_profile
+from tests.harness.databases import rows_mentioning
+from tests.harness.factories import event
+from tests.harness.processes import start_profile
+from tests.harness.servers import ProfileServer
 
 
 @pytest.mark.slow

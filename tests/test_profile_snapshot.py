@@ -15,8 +15,9 @@ from bundlerec.profile.service import snapshot_settings
 from bundlerec.profile.settings import ProfileSettings
 from bundlerec.profile.store import SqlProfileStore
 from bundlerec.v1 import common_pb2, profile_pb2
-from tests.conftest import ProfileServer, postgres_database, running_profile
-from tests.factories import event
+from tests.harness.databases import postgres_database
+from tests.harness.factories import event
+from tests.harness.servers import ProfileServer, running_profile
 
 KINDS = [
     common_pb2.EVENT_TYPE_VIEW,

@@ -12,8 +12,9 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from bundlerec.v1 import common_pb2, profile_pb2
-from tests.conftest import ProfileServer, rows_mentioning, running_profile
-from tests.factories import event
+from tests.harness.databases import rows_mentioning
+from tests.harness.factories import event
+from tests.harness.servers import ProfileServer, running_profile
 
 OVERFLOWING_TOKEN = base64.urlsafe_b64encode(b"export:99999999999999999999").decode()
 

@@ -22,8 +22,8 @@ from bundlerec.training.export import ServingRanker, write_model_dir  # noqa: E4
 from bundlerec.training.scorer import ModelScorer  # noqa: E402
 from bundlerec.training.text import item_text_vectors  # noqa: E402
 from bundlerec.training.train import TrainedModel, TrainSettings, train  # noqa: E402
+from tests.harness.factories import SCIENTIFIC  # noqa: E402
 
-SCIENTIFIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-scientific"
 QUICK = TrainSettings(max_epochs=1, dim=32, validation_users=200)
 
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import copy
-import dataclasses
 import datetime as dt
 import functools
 import random
@@ -25,100 +22,20 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
+from grpc_health.v1 import health_pb2
 from prometheus_client import REGISTRY
-from sqlalchemy import create_engine, insert
 
-from bundlerec.candidate.catalogue import to_bytes
-from bundlerec.candidate.schema import Base, ItemRow
-from bundlerec.ranker.server import build
-from bundlerec.ranker.settings import RankerSettings
 from bundlerec.ranking.artifact import INT8_FILE, ONNX_FILE, ModelManifest
 from bundlerec.ranking.features import EVENT_TYPE_INDEX, PAD, UNKNOWN, Step, encode_candidates, encode_sequence
 from bundlerec.ranking.vocabulary import Vocabulary
-from bundlerec.runtime.server import RunningServer, start_server
-from bundlerec.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
-from tests.processes import free_port, start_service, wait_serving
+from bundlerec.v1 import candidate_pb2, common_pb2, ranker_pb2, ranker_pb2_grpc
+from tests.harness.models import NEW_ITEMS, TEXT_DIM, Artifacts, models_with, publish
+from tests.harness.processes import free_port, start_service, wait_serving
+from tests.harness.servers import RankerServer, eventually, field_of, running_candidate, running_ranker
 
 ITEM, BUNDLE = common_pb2.TARGET_TYPE_ITEM, common_pb2.TARGET_TYPE_BUNDLE
 EVENT_NAMES = {v: k for k, v in EVENT_TYPE_INDEX.items()}  # proto EventType values equal the model's indices
 START = 1_709_251_200
-TEXT_DIM = 16
-NEW_ITEMS = ("new-lamp", "new-mug")  # not in the training data, but in the catalogue with a text vector
-
-
-@dataclass
-class Artifacts:
-    plain: Path  # the older version: no text, with an int8 export
-    text: Path  # the newer version, trained with (random) item text vectors
-    poisoned: Path  # the plain model with one bundle's learned row set to NaN
-    poisoned_bundle: str
-    items: list[str]  # item ids the models know
-    bundles: list[str]  # bundle ids the models know
-    catalogue_text: dict[str, np.ndarray]
-
-
-@pytest.fixture(scope="session")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
-    torch = pytest.importorskip("torch", reason="training the test models needs the train extra (torch)")
-    from bundlerec.datasets import read_dataset
-    from bundlerec.datasets.demo import generate_demo_shop
-    from bundlerec.training.export import write_model_dir
-    from bundlerec.training.train import TrainSettings, train
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two tiny models: threads would only fight the other jobs of this machine
-    root = tmp_path_factory.mktemp("ranker")
-    generate_demo_shop(root / "shop", seed=1, users=60, items=150)
-    dataset = read_dataset(root / "shop")
-    quiet = functools.partial(train, progress=lambda _: None)
-    plain = quiet(dataset, TrainSettings(max_epochs=1, dim=32), None)
-    plain_dir = write_model_dir(plain, root / "models", dataset_name="demo", text_encoder=None, int8=True, curves=False)
-    vectors = np.random.default_rng(0).standard_normal((len(dataset.items), TEXT_DIM)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    texted = quiet(dataset, TrainSettings(max_epochs=1, dim=32, seed=1), vectors)
-    text_dir = write_model_dir(
-        texted, root / "models", dataset_name="demo", text_encoder={"dimension": TEXT_DIM}, curves=False
-    )
-    poisoned = copy.deepcopy(plain.model)
-    with torch.no_grad():
-        poisoned.bundle_id.weight[2] = float("nan")  # bundle row 2: the vocabulary's first bundle
-    poisoned_dir = write_model_dir(
-        dataclasses.replace(plain, model=poisoned),
-        root / "poisoned",
-        dataset_name="demo",
-        text_encoder=None,
-        curves=False,
-    )
-    torch.set_num_threads(threads)
-    vocabulary = plain.data.vocabulary
-    rng = np.random.default_rng(1)
-    catalogue_text = {i: rng.standard_normal(TEXT_DIM).astype(np.float32) for i in NEW_ITEMS}
-    return Artifacts(
-        plain_dir,
-        text_dir,
-        poisoned_dir,
-        vocabulary.bundle_ids[0],
-        list(vocabulary.item_ids),
-        list(vocabulary.bundle_ids),
-        catalogue_text,
-    )
-
-
-def models_with(directory: Path, *versions: Path) -> Path:
-    """A models directory holding copies of `versions` (each published whole, as training does)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for version in versions:
-        publish(version, directory)
-    return directory
-
-
-def publish(version: Path, models_dir: Path, name: str | None = None) -> Path:
-    staging = models_dir / f".{version.name}.copying"
-    shutil.copytree(version, staging)
-    return staging.rename(models_dir / (name or version.name))
 
 
 # -- requests and the reference -------------------------------------------------------------
@@ -147,14 +64,14 @@ def random_request(a: Artifacts, seed: int, steps: int, candidates: int) -> rank
     for n in range(steps):
         kind = BUNDLE if rng.random() < 0.2 else ITEM
         if rng.random() < 0.2:
-            target = rng.choice(["ghost", "ghost-bundle", *NEW_ITEMS])  # unknown to the model
+            target = rng.choice(["ghost", "ghost-bundle", *NEW_ITEMS.keys()])  # unknown to the model
         else:
             target = rng.choice(a.bundles if kind == BUNDLE else a.items)
         at = START + 600 * n if rng.random() < 0.9 else None
         sequence.append(step(kind, target, rng.randint(1, 6), at))
     cands = []
     for _ in range(candidates):
-        members = rng.sample([*a.items, "ghost-1", "ghost-2", *NEW_ITEMS], rng.randint(1, 5))
+        members = rng.sample([*a.items, "ghost-1", "ghost-2", *NEW_ITEMS.keys()], rng.randint(1, 5))
         bundle = rng.choice(["", "", rng.choice(a.bundles), "unknown-bundle"])
         cands.append(candidate(*members, bundle=bundle))
     return ranker_pb2.RankRequest(sequence=sequence, candidates=cands, return_user_vector=True)
@@ -212,97 +129,50 @@ def assert_matches(response: ranker_pb2.RankResponse, expected: tuple[np.ndarray
         np.testing.assert_allclose(np.array(response.user_vector), expected[1], atol=1e-4, rtol=0)
 
 
-def field_of(error: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(error)
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return bad.field_violations[0].field
-    raise AssertionError(f"no BadRequest detail in {error}")
-
-
-# -- servers ----------------------------------------------------------------------------------
-
-
 @dataclass
-class RankerServer:
-    running: RunningServer
-    stub: ranker_pb2_grpc.RankerServiceStub
-    health: health_pb2_grpc.HealthStub
+class Catalogue:
+    """A real candidate service whose catalogue holds NEW_ITEMS, and their text vectors as it answers them."""
 
-    async def version(self) -> str:
-        return (await self.stub.GetModelInfo(ranker_pb2.GetModelInfoRequest())).model.version
-
-    async def status(self) -> int:
-        return (await self.health.Check(health_pb2.HealthCheckRequest())).status
-
-
-@contextlib.asynccontextmanager
-async def running_ranker(models_dir: Path, **overrides: object) -> AsyncIterator[RankerServer]:
-    values: dict[str, object] = {
-        "port": 0,
-        "metrics_port": 0,
-        "models_dir": str(models_dir),
-        "poll_seconds": 0,
-        "health_interval_seconds": 0.1,
-        "providers": "cpu",
-        **overrides,
-    }
-    settings = RankerSettings(**values)  # type: ignore[arg-type]
-    running = await start_server(settings, await build(settings))
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
-        yield RankerServer(running, ranker_pb2_grpc.RankerServiceStub(channel), health_pb2_grpc.HealthStub(channel))
-    finally:
-        await channel.close()
-        await running.stop()
-
-
-async def eventually(check, seconds: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
-def write_catalogue(path: Path, vectors: Mapping[str, np.ndarray]) -> str:
-    """The candidate service's catalogue table, holding the given items' text vectors."""
-    engine = create_engine(f"sqlite:///{path}")
-    Base.metadata.create_all(engine)
-    rows = [
-        {"item_id": i, "title": i, "category": "", "brand": "", "attributes": [], "in_stock": True,
-         "text_vector": to_bytes(v), "updated_at_us": 0}
-        for i, v in vectors.items()
-    ]  # fmt: skip
-    with engine.begin() as conn:
-        conn.execute(insert(ItemRow), rows)
-    engine.dispose()
-    return f"sqlite:///{path}"
+    address: str
+    text: dict[str, np.ndarray]
 
 
 @pytest.fixture(scope="module")
-async def ranker(artifacts: Artifacts, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RankerServer]:
-    """Serves the newest (text) version, with the plain one on disk and a catalogue for new items."""
-    root = tmp_path_factory.mktemp("served")
-    url = write_catalogue(root / "catalogue.sqlite3", artifacts.catalogue_text)
-    models = models_with(root / "models", artifacts.plain, artifacts.text)
-    async with running_ranker(models, catalogue_database_url=url) as server:
+async def catalogue(tmp_path_factory: pytest.TempPathFactory, encoder_dir: str) -> AsyncIterator[Catalogue]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('catalogue') / 'catalogue.sqlite3'}"
+    async with running_candidate(url, encoder_dir) as server:
+        items = [common_pb2.Item(item_id=i, title=title, category="Home > Decor") for i, title in NEW_ITEMS.items()]
+        await server.stub.UpsertItems(candidate_pb2.UpsertItemsRequest(items=items))
+        reply = await server.stub.GetTextVectors(candidate_pb2.GetTextVectorsRequest(item_ids=list(NEW_ITEMS)))
+        text = {pb.item_id: np.asarray(pb.vector, np.float32) for pb in reply.vectors}
+        assert set(text) == set(NEW_ITEMS) and all(v.shape == (TEXT_DIM,) for v in text.values())
+        yield Catalogue(server.address, text)
+
+
+@pytest.fixture(scope="module")
+async def ranker(
+    artifacts: Artifacts, catalogue: Catalogue, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RankerServer]:
+    """Serves the newest (text) version, with the plain one on disk, asking the candidate service
+    for the text of items the models never saw."""
+    models = models_with(tmp_path_factory.mktemp("served") / "models", artifacts.plain, artifacts.text)
+    async with running_ranker(models, candidate_address=catalogue.address) as server:
         yield server
 
 
 # -- scoring ----------------------------------------------------------------------------------
 
 
-async def test_scores_equal_onnxruntime_on_the_request_alone(ranker: RankerServer, artifacts: Artifacts) -> None:
+async def test_scores_equal_onnxruntime_on_the_request_alone(
+    ranker: RankerServer, artifacts: Artifacts, catalogue: Catalogue
+) -> None:
     requests = [random_request(artifacts, seed, steps, count) for seed, (steps, count) in
                 enumerate([(0, 1), (1, 3), (7, 40), (50, 200), (120, 17)])]  # fmt: skip
     for request in requests:
         response = await ranker.stub.Rank(request)
         assert response.model_version == artifacts.text.name
         assert len(response.user_vector) == 32
-        assert_matches(response, reference(artifacts.text, request, artifacts.catalogue_text))
+        assert_matches(response, reference(artifacts.text, request, catalogue.text))
     request = requests[3]
     request.model_version = artifacts.plain.name  # an older version, loaded on first use
     response = await ranker.stub.Rank(request)
@@ -311,7 +181,7 @@ async def test_scores_equal_onnxruntime_on_the_request_alone(ranker: RankerServe
 
 
 async def test_requests_of_different_shapes_batched_together_score_as_alone(
-    artifacts: Artifacts, tmp_path: Path
+    artifacts: Artifacts, catalogue: Catalogue, tmp_path: Path
 ) -> None:
     """Different sequence lengths, candidate counts, set sizes and extra text rows in one run; every
     third request asks for the older version, which must run separately, on its own model."""
@@ -319,8 +189,7 @@ async def test_requests_of_different_shapes_batched_together_score_as_alone(
     for request in requests[::3]:
         request.model_version = artifacts.plain.name
     models = models_with(tmp_path / "models", artifacts.plain, artifacts.text)
-    url = write_catalogue(tmp_path / "catalogue.sqlite3", artifacts.catalogue_text)
-    async with running_ranker(models, max_wait_ms=300, max_batch=16, catalogue_database_url=url) as server:
+    async with running_ranker(models, max_wait_ms=300, max_batch=16, candidate_address=catalogue.address) as server:
         await server.stub.Rank(ranker_pb2.RankRequest(candidates=[OK_CANDIDATE], model_version=artifacts.plain.name))
         batches_before = REGISTRY.get_sample_value("bundlerec_ranker_batch_size_count") or 0
         responses = await asyncio.gather(*(server.stub.Rank(r) for r in requests))
@@ -331,7 +200,7 @@ async def test_requests_of_different_shapes_batched_together_score_as_alone(
             assert_matches(response, reference(artifacts.plain, request))
         else:
             assert response.model_version == artifacts.text.name
-            assert_matches(response, reference(artifacts.text, request, artifacts.catalogue_text))
+            assert_matches(response, reference(artifacts.text, request, catalogue.text))
     assert batches <= 4  # they really were fused: 12 requests, two versions
 
 
@@ -346,19 +215,19 @@ async def test_sequence_beyond_the_limit_keeps_the_newest_steps(ranker: RankerSe
 
 
 async def test_unknown_ids_are_scored_and_new_items_use_their_catalogue_text(
-    ranker: RankerServer, artifacts: Artifacts, tmp_path: Path
+    ranker: RankerServer, artifacts: Artifacts, catalogue: Catalogue, tmp_path: Path
 ) -> None:
     request = ranker_pb2.RankRequest(
         sequence=[step(ITEM, "new-lamp", at=START), step(BUNDLE, "no-such-bundle", at=START + 1)],
         candidates=[candidate("new-mug"), candidate("never-seen"), candidate(artifacts.items[3], bundle="no-such")],
     )
     with_text = await ranker.stub.Rank(request)
-    assert_matches(with_text, reference(artifacts.text, request, artifacts.catalogue_text))
+    assert_matches(with_text, reference(artifacts.text, request, catalogue.text))
     without_text = reference(artifacts.text, request)
     assert abs(with_text.scores[0] - without_text[0][0]) > 1e-3  # the mug's text changed its score
-    # a catalogue that cannot answer (no such table): scored without text rather than failing
-    broken = f"sqlite:///{tmp_path / 'empty.sqlite3'}"
-    async with running_ranker(models_with(tmp_path / "m", artifacts.text), catalogue_database_url=broken) as server:
+    # a candidate service that does not answer: scored without text rather than failing
+    nobody = f"127.0.0.1:{free_port()}"
+    async with running_ranker(models_with(tmp_path / "m", artifacts.text), candidate_address=nobody) as server:
         assert_matches(await server.stub.Rank(request), without_text)
 
 

@@ -33,7 +33,7 @@ from bundlerec.training.data import BUNDLE, ITEM, examples, make_batch, prepare 
 from bundlerec.training.model import BundleRanker, ModelConfig  # noqa: E402
 from bundlerec.training.scorer import ModelScorer  # noqa: E402
 from bundlerec.training.train import TrainSettings, train  # noqa: E402
-from tests.test_ranker_model import SCIENTIFIC  # noqa: E402
+from tests.harness.factories import SCIENTIFIC  # noqa: E402
 
 
 @pytest.fixture(scope="module")

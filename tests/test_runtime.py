@@ -15,9 +15,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from bundlerec.runtime.server import LIVENESS_SERVICE
 from bundlerec.v1 import gateway_pb2, gateway_pb2_grpc, profile_pb2
-from tests.conftest import ProfileServer, running_profile
-from tests.factories import event
-from tests.processes import BUNDLEREC, free_port, start_profile, start_service, wait_serving
+from tests.harness.factories import event
+from tests.harness.processes import BUNDLEREC, free_port, start_profile, start_service, wait_serving
+from tests.harness.servers import ProfileServer, running_profile
 
 
 async def health_status(channel: grpc.aio.Channel, service: str = "") -> int:

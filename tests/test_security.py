@@ -37,9 +37,9 @@ from bundlerec.runtime.auth import AuthPolicy
 from bundlerec.runtime.server import RunningServer, start_server
 from bundlerec.runtime.tls import ChannelSecurity, open_channel
 from bundlerec.v1 import candidate_pb2, gateway_pb2, gateway_pb2_grpc, profile_pb2, profile_pb2_grpc, ranker_pb2
-from tests.conftest import profile_settings
-from tests.processes import free_port
-from tests.test_ranker_service import Artifacts, artifacts  # noqa: F401 (a fixture: the test models)
+from tests.harness.models import Artifacts
+from tests.harness.processes import free_port
+from tests.harness.servers import profile_settings
 
 SERVICES = {
     "profile": (profile_pb2, "ProfileService"),
@@ -139,7 +139,7 @@ allow = ["{allowed_for_reader}"]
 
 @pytest.fixture(scope="module")
 async def guarded_servers(
-    tmp_path_factory: pytest.TempPathFactory, encoder_dir: str, artifacts: Artifacts  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory, encoder_dir: str, artifacts: Artifacts
 ) -> AsyncIterator[dict[str, RunningServer]]:
     """The four real services, each with an auth file: an admin may call anything, a reader only the
     service's first RPC."""

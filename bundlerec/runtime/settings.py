@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bundlerec.runtime.tls import ChannelSecurity
+
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -52,3 +54,25 @@ class ServiceSettings(BaseSettings):
     tracing_sample_ratio: float = Field(
         1.0, ge=0, le=1, description="Share of traces kept when the caller did not decide (parent-based sampling)."
     )
+
+
+class CallerSettings(BaseSettings):
+    """How a service reaches the services it calls (which list it in their auth files): the gateway
+    calls the three others, the ranker the candidate service. All empty: plaintext, anonymous."""
+
+    client_tls_ca_file: str = Field("", description="CA of the called services' certificates (PEM); set: TLS.")
+    client_tls_cert_file: str = Field("", description="This service's own client certificate, for mutual TLS (PEM).")
+    client_tls_key_file: str = Field("", description="The private key of that certificate (PEM).")
+    client_token_file: str = Field("", description="File holding the bearer token this service presents.")
+    client_tls_server_name: str = Field(
+        "", description="Name the called services' certificates carry, when it is not the host of their addresses."
+    )
+
+    def client_security(self) -> ChannelSecurity:
+        return ChannelSecurity(
+            ca_file=self.client_tls_ca_file,
+            cert_file=self.client_tls_cert_file,
+            key_file=self.client_tls_key_file,
+            token_file=self.client_token_file,
+            server_name=self.client_tls_server_name,
+        )

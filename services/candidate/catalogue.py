@@ -273,6 +273,21 @@ class CatalogueStore:
 
         return await db.read(self.engine, work)
 
+    async def text_vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The sentence encoder's vectors of those of `item_ids` that have text of their own (an
+        item without title, category or brand is embedded from "" and has none)."""
+
+        async def work(conn: AsyncConnection) -> dict[str, np.ndarray]:
+            columns = (items_t.c.item_id, items_t.c.title, items_t.c.category, items_t.c.brand, items_t.c.text_vector)
+            query = select(*columns).where(items_t.c.item_id.in_(list(item_ids)), items_t.c.text_vector.is_not(None))
+            return {
+                r.item_id: from_bytes(r.text_vector)
+                for r in await conn.execute(query)
+                if r.title.strip() or r.category.strip() or r.brand.strip()
+            }
+
+        return await db.read(self.engine, work)
+
     async def get_bundles(self, bundle_ids: Sequence[str]) -> dict[str, Bundle]:
         async def work(conn: AsyncConnection) -> dict[str, Bundle]:
             heads = {

@@ -326,6 +326,12 @@ class CandidateService:
         found = await self.store.get_items(item_ids)
         return [found[i] for i in item_ids if i in found], [i for i in item_ids if i not in found]
 
+    async def text_vectors(self, item_ids: Sequence[str]) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+        """(item id, text vector) in request order for items with text; the other ids (unknown, or no text)."""
+        validation.identifiers("item_ids", item_ids, max_count=MAX_BATCH, unique=False)
+        found = await self.store.text_vectors(item_ids)
+        return [(i, found[i]) for i in item_ids if i in found], [i for i in item_ids if i not in found]
+
     async def get_bundles(self, bundle_ids: Sequence[str]) -> tuple[list[Bundle], list[str]]:
         validation.identifiers("bundle_ids", bundle_ids, max_count=MAX_BATCH, unique=False)
         found = await self.store.get_bundles(bundle_ids)

@@ -264,6 +264,13 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
         items, missing = await self.service.get_items(list(request.item_ids))
         return candidate_pb2.GetItemsResponse(items=[item_pb(i) for i in items], missing_item_ids=missing)
 
+    async def GetTextVectors(self, request, context):  # type: ignore[no-untyped-def]
+        found, missing = await self.service.text_vectors(list(request.item_ids))
+        return candidate_pb2.GetTextVectorsResponse(
+            vectors=[candidate_pb2.TextVector(item_id=i, vector=v.tolist()) for i, v in found],
+            missing_item_ids=missing,
+        )
+
     async def GetBundles(self, request, context):  # type: ignore[no-untyped-def]
         bundles, missing = await self.service.get_bundles(list(request.bundle_ids))
         return candidate_pb2.GetBundlesResponse(

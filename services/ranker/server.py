@@ -12,8 +12,9 @@ from bundlerec.ranker.registry import ModelRegistry
 from bundlerec.ranker.service import RankerService
 from bundlerec.ranker.servicer import RankerServicer
 from bundlerec.ranker.settings import RankerSettings
-from bundlerec.ranker.text import CachedItemText, CatalogueTextSource
+from bundlerec.ranker.text import CachedItemText, CandidateTextSource
 from bundlerec.runtime.server import ServiceParts
+from bundlerec.runtime.tls import open_channel
 from bundlerec.v1 import ranker_pb2, ranker_pb2_grpc
 
 SERVICE_NAME = ranker_pb2.DESCRIPTOR.services_by_name["RankerService"].full_name
@@ -36,8 +37,10 @@ async def build(settings: RankerSettings) -> ServiceParts:
     registry.start_watching(settings.poll_seconds)
     batcher = MicroBatcher(settings.max_batch, settings.max_wait_ms / 1000)
     batcher.start()
-    url = settings.catalogue_database_url
-    text = CachedItemText(CatalogueTextSource(url)) if url else None
+    text = None
+    if settings.candidate_address:
+        channel = open_channel(settings.candidate_address, settings.client_security())
+        text = CachedItemText(CandidateTextSource(channel))
     limits = Limits(settings.max_candidates, settings.max_members, settings.max_sequence)
     service = RankerService(registry, batcher, limits, text)
     servicer = RankerServicer(service)

@@ -7,10 +7,10 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from bundlerec.runtime.settings import ServiceSettings
+from bundlerec.runtime.settings import CallerSettings, ServiceSettings
 
 
-class RankerSettings(ServiceSettings):
+class RankerSettings(ServiceSettings, CallerSettings):
     model_config = SettingsConfigDict(env_prefix="BUNDLEREC_RANKER_")
 
     port: int = Field(50053, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
@@ -52,8 +52,8 @@ class RankerSettings(ServiceSettings):
     keep_versions: int = Field(
         2, ge=1, le=32, description="Model versions kept loaded (the current one and recent ones, for experiments)."
     )
-    catalogue_database_url: str = Field(
+    candidate_address: str = Field(
         "",
-        description="The candidate service's catalogue database: text vectors of items the model never saw "
-        "(text models only); empty: unknown items are scored without text.",
+        description="host:port of the candidate service, asked for the text vectors of items the model never "
+        "saw (text models only; client_* settings: how to reach it); empty: unknown items are scored without text.",
     )

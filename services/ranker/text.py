@@ -1,5 +1,6 @@
 """Text vectors of items the model never saw, so a text model can score a brand-new item by its
-title: read from the candidate service's catalogue (it embeds every item at upsert), cached.
+title: asked of the candidate service (`GetTextVectors`: it embeds every item at upsert), cached.
+The ranker never reads the candidate service's database.
 
 Text is an improvement, not a requirement: when the catalogue cannot answer, unknown items are
 scored from the UNKNOWN row alone, the failure is logged once, and the catalogue is left alone for
@@ -15,17 +16,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+import grpc
 import numpy as np
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bundlerec import db
-from bundlerec.candidate.catalogue import from_bytes, items_t
-from bundlerec.encoder.runtime import item_text
+from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc
 
 log = logging.getLogger("bundlerec.ranker")
 
-CHUNK = 500  # ids per query: well under SQLite's and PostgreSQL's parameter limits
+CHUNK = 1000  # ids per call: GetTextVectors' limit
 
 
 class ItemTextSource(Protocol):
@@ -36,31 +34,23 @@ class ItemTextSource(Protocol):
     async def close(self) -> None: ...
 
 
-class CatalogueTextSource:
-    """The catalogue table of the candidate service, read only."""
+class CandidateTextSource:
+    """The candidate service's GetTextVectors, over a channel this source owns."""
 
-    def __init__(self, database_url: str) -> None:
-        self._engine = db.create_engine(database_url, pool_size=2)
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.stub = candidate_pb2_grpc.CandidateServiceStub(channel)
 
     async def text_vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
-        async def work(conn: AsyncConnection) -> dict[str, np.ndarray]:
-            found: dict[str, np.ndarray] = {}
-            for start in range(0, len(item_ids), CHUNK):
-                columns = (items_t.c.item_id, items_t.c.title, items_t.c.category, items_t.c.brand)
-                query = select(*columns, items_t.c.text_vector).where(
-                    items_t.c.item_id.in_(item_ids[start : start + CHUNK]), items_t.c.text_vector.is_not(None)
-                )
-                for item_id, title, category, brand, blob in await conn.execute(query):
-                    # The catalogue embeds "" for an item without any text; training gives such an
-                    # item no text row, so serving must not feed it one either.
-                    if item_text(title, category, brand):
-                        found[item_id] = from_bytes(blob)  # type: ignore[assignment]
-            return found
-
-        return await db.read(self._engine, work)
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(item_ids), CHUNK):
+            request = candidate_pb2.GetTextVectorsRequest(item_ids=item_ids[start : start + CHUNK])
+            for pb in (await self.stub.GetTextVectors(request)).vectors:
+                found[pb.item_id] = np.asarray(pb.vector, np.float32)
+        return found  # the caller (CachedItemText) bounds the time and handles failures
 
     async def close(self) -> None:
-        await self._engine.dispose()
+        await self.channel.close()
 
 
 class CachedItemText:

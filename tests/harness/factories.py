@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
-from bundlerec.v1 import common_pb2
+from bundlerec.v1 import candidate_pb2, common_pb2
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data beside the checkout
+SCIENTIFIC = SHARED_DATA / "amazon-scientific"
 
 
 def event(
@@ -29,3 +33,9 @@ def event(
         category=category,
         **fields,
     )
+
+
+def recent(*item_ids: str, kind: int = common_pb2.EVENT_TYPE_VIEW) -> list[candidate_pb2.RecentInteraction]:
+    """A Retrieve request's recent interactions: these items, oldest first."""
+    item = common_pb2.TARGET_TYPE_ITEM
+    return [candidate_pb2.RecentInteraction(target=common_pb2.TargetRef(type=item, id=i), type=kind) for i in item_ids]
