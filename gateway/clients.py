@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from bundlerec import errors
 from bundlerec.events import EventType
@@ -42,7 +43,6 @@ SOURCES = {s.value: s for s in Source}
 CANDIDATE_SERVICE = candidate_pb2.DESCRIPTOR.services_by_name["CandidateService"]
 RANKER_SERVICE = ranker_pb2.DESCRIPTOR.services_by_name["RankerService"]
 FILTER_FIELD = candidate_pb2.RetrieveRequest.DESCRIPTOR.fields_by_name["filter"].number
-STATUS_DETAILS_KEY = "grpc-status-details-bin"  # where grpc-status puts a google.rpc.Status
 MAX_GET_ITEMS = 1000  # GetItems' limit per call
 # answers about one request, not the service's health (a model version a variant names is not loaded)
 REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
@@ -282,15 +282,16 @@ def page_item(pb: common_pb2.Item) -> PageItem:
 
 def field_violation(error: grpc.aio.AioRpcError) -> tuple[str, str] | None:
     """(field, problem) of the first google.rpc.BadRequest violation in the error's status details."""
-    for key, value in error.trailing_metadata() or ():
-        if key != STATUS_DETAILS_KEY:
-            continue
-        for detail in status_pb2.Status.FromString(value).details:
-            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                if bad.field_violations:
-                    return bad.field_violations[0].field, bad.field_violations[0].description
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # details that contradict the status line: not one of ours
+        return None
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            if bad.field_violations:
+                return bad.field_violations[0].field, bad.field_violations[0].description
     return None
 
 
