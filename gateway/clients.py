@@ -25,9 +25,10 @@ from grpc_status import rpc_status
 from bundlerec import errors
 from bundlerec.events import EventType
 from bundlerec.gateway.accounts import ConsentState, Recorded
-from bundlerec.gateway.model import Found, HistoryStep, PageItem, Requester, Retrieved, Source
+from bundlerec.gateway.model import Found, HistoryStep, PageItem, Requester, Retrieved
 from bundlerec.gateway.ports import CandidateFilter, CandidateQuery, StageFailed
 from bundlerec.runtime.encoding import EncodedEntries, length_delimited
+from bundlerec.sources import SOURCES
 from bundlerec.v1 import (
     candidate_pb2,
     candidate_pb2_grpc,
@@ -39,7 +40,6 @@ from bundlerec.v1 import (
 )
 from bundlerec.v1_events import EVENT_TYPES, EVENT_TYPES_PB
 
-SOURCES = {s.value: s for s in Source}
 CANDIDATE_SERVICE = candidate_pb2.DESCRIPTOR.services_by_name["CandidateService"]
 RANKER_SERVICE = ranker_pb2.DESCRIPTOR.services_by_name["RankerService"]
 FILTER_FIELD = candidate_pb2.RetrieveRequest.DESCRIPTOR.fields_by_name["filter"].number

@@ -7,6 +7,7 @@ import enum
 from dataclasses import dataclass, field
 
 from bundlerec.events import EventType
+from bundlerec.sources import Source
 
 
 class Placement(enum.StrEnum):
@@ -23,17 +24,6 @@ class Stage(enum.StrEnum):
     CANDIDATES = "candidates"
     RANKER = "ranker"
     RULES = "rules"
-
-
-class Source(enum.IntEnum):
-    """Where a candidate came from (values match the API's CandidateSource)."""
-
-    VECTOR = 1
-    CO_OCCURRENCE = 2
-    POPULARITY = 3
-    ANCHOR = 4
-    BUNDLE_MEMBERSHIP = 5
-    TWO_TOWER = 6
 
 
 @dataclass(frozen=True, slots=True)

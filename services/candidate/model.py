@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bundlerec.events import EventType
+from bundlerec.sources import Source
 
 if TYPE_CHECKING:
     from bundlerec.candidate.ranking import Found
@@ -32,17 +32,6 @@ class Bundle:
     bundle_id: str
     item_ids: tuple[str, ...]
     title: str = ""
-
-
-class Source(enum.IntEnum):
-    """Where a candidate came from (values match the API's CandidateSource)."""
-
-    VECTOR = 1
-    CO_OCCURRENCE = 2
-    POPULARITY = 3
-    ANCHOR = 4
-    BUNDLE_MEMBERSHIP = 5
-    TWO_TOWER = 6  # nearest neighbours of the ranker's user vector among the model's collaborative vectors
 
 
 # How strongly a recent interaction says "more like this" when building the query.

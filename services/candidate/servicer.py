@@ -21,10 +21,9 @@ from bundlerec.candidate.ranking import Found
 from bundlerec.candidate.service import CandidateService
 from bundlerec.errors import InvalidArgument
 from bundlerec.runtime.encoding import varint
+from bundlerec.sources import SOURCES
 from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2
 from bundlerec.v1_events import EVENT_TYPES
-
-SOURCES = {s.value: s for s in Source}
 
 
 def item_from_pb(pb: common_pb2.Item) -> Item:
