@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SOURCES := pyproject.toml setup.py $(wildcard protos/bundlerec/v1/*.proto)
+# buf (the gRPC API's lint and breaking-change checks), from the npm registry, pinned
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
 
 .PHONY: demo test lint bench clean
 
@@ -15,8 +18,18 @@ demo: $(VENV)/.installed
 test: lint
 	$(BIN)/python -m pytest
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed $(BUF)
 	$(BIN)/ruff check .
+	$(BUF) lint
+	@# the API against the previous commit: what would break callers on the wire or in JSON fails,
+	@# unless the last commit says so in a "BREAKING CHANGE:" line (Conventional Commits' footer)
+	@if ! git rev-parse -q --verify HEAD~1 >/dev/null; then echo "buf breaking: no previous commit"; \
+	elif git log -1 --format=%B | grep -q '^BREAKING CHANGE:'; then echo "buf breaking: the last commit declares its break"; \
+	else echo "$(BUF) breaking --against .git#ref=HEAD~1,subdir=protos"; \
+		$(BUF) breaking --against '.git#ref=HEAD~1,subdir=protos'; fi
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
 ## bench: the profile service benchmark on PostgreSQL (README figures)
 bench: $(VENV)/.installed

@@ -19,7 +19,7 @@ from bundlerec.gateway.ports import CandidateFilter
 from bundlerec.gateway.rules import BLOCKLIST_ENTRIES, MAX_OVERRIDE_ENTRIES, RuleOverrides
 from bundlerec.gateway.search import SearchQuery, search
 from bundlerec.runtime.tracing import bind_recommendation
-from bundlerec.v1 import candidate_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
+from bundlerec.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 MAX_PAGE = 50
 CALLER_MARGIN_SECONDS = 0.002
@@ -125,8 +125,38 @@ def _caller_seconds(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else max(0.0, remaining - CALLER_MARGIN_SECONDS)
 
 
+REASONS_PB = {
+    "deadline_exceeded": gateway_pb2.DEGRADATION_REASON_DEADLINE_EXCEEDED,
+    "unavailable": gateway_pb2.DEGRADATION_REASON_UNAVAILABLE,
+    "circuit_open": gateway_pb2.DEGRADATION_REASON_CIRCUIT_OPEN,
+    "rejected": gateway_pb2.DEGRADATION_REASON_REJECTED,  # rejected_<status>
+    "error": gateway_pb2.DEGRADATION_REASON_ERROR,  # error, error_<status>
+}
+FALLBACKS_PB = {
+    "anonymous": gateway_pb2.FALLBACK_ANONYMOUS,
+    "cached_popular": gateway_pb2.FALLBACK_CACHED_POPULAR,
+    "candidate_order": gateway_pb2.FALLBACK_CANDIDATE_ORDER,
+    "text_order": gateway_pb2.FALLBACK_TEXT_ORDER,
+}
+ACTIONS_PB = {
+    "removed": gateway_pb2.RULE_ACTION_KIND_REMOVED,
+    "moved_down": gateway_pb2.RULE_ACTION_KIND_MOVED_DOWN,
+    "pinned": gateway_pb2.RULE_ACTION_KIND_PINNED,
+    "boosted": gateway_pb2.RULE_ACTION_KIND_BOOSTED,
+}
+
+
 def degradations_pb(degraded: Sequence[Degradation]) -> list[gateway_pb2.Degradation]:
-    return [gateway_pb2.Degradation(stage=STAGES_PB[d.stage], reason=d.reason, fallback=d.fallback) for d in degraded]
+    return [
+        gateway_pb2.Degradation(
+            stage=STAGES_PB[d.stage],
+            reason=d.reason,
+            fallback=d.fallback,
+            reason_code=REASONS_PB.get(d.reason, REASONS_PB.get(d.reason.partition("_")[0], 0)),
+            fallback_code=FALLBACKS_PB.get(d.fallback, 0),
+        )
+        for d in degraded
+    ]
 
 
 def item_pb(item: PageItem) -> common_pb2.Item:
@@ -188,6 +218,7 @@ def recommendation_pb(r: Recommendation) -> gateway_pb2.RecommendResponse:
                     target=common_pb2.TargetRef(type=kind, id=action.target_id),
                     action=action.action,
                     detail=action.detail,
+                    kind=ACTIONS_PB.get(action.action, 0),
                 )
             )
     return pb
@@ -214,7 +245,7 @@ class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
         query = search_from_pb(request)
         found = await search(self.recommender, dataclasses.replace(query, caller_seconds=_caller_seconds(context)))
         return gateway_pb2.SearchResponse(
-            results=[candidate_pb2.ScoredItem(item=item_pb(item), score=score) for item, score in found.results],
+            results=[gateway_pb2.SearchResult(item=item_pb(item), score=score) for item, score in found.results],
             degraded=degradations_pb(found.degraded),
         )
 

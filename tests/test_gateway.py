@@ -191,6 +191,8 @@ async def test_each_failing_stage_degrades_the_page_instead_of_failing_it(suite:
         await running.ranker.running.stop()
         page = await recommend(running.stub, user_id=user, page_size=5)
         assert [(d.stage, d.fallback) for d in page.degraded] == [(gateway_pb2.STAGE_RANKER, "candidate_order")]
+        assert page.degraded[0].fallback_code == gateway_pb2.FALLBACK_CANDIDATE_ORDER
+        assert page.degraded[0].reason_code == gateway_pb2.DEGRADATION_REASON_UNAVAILABLE
         assert page.bundles and not page.model_version
 
         await running.candidate.running.stop()
@@ -202,8 +204,12 @@ async def test_each_failing_stage_degrades_the_page_instead_of_failing_it(suite:
         await running.profile.running.stop()
         for _ in range(3):  # the third call finds the profile circuit open
             page = await recommend(running.stub, user_id=user, page_size=5)
-        reasons = {d.stage: d.reason for d in page.degraded}
-        assert reasons[gateway_pb2.STAGE_PROFILE] == "circuit_open"
+        reasons = {d.stage: (d.reason, d.reason_code, d.fallback_code) for d in page.degraded}
+        assert reasons[gateway_pb2.STAGE_PROFILE] == (
+            "circuit_open",
+            gateway_pb2.DEGRADATION_REASON_CIRCUIT_OPEN,
+            gateway_pb2.FALLBACK_ANONYMOUS,
+        )
         assert not page.personalized and page.bundles
 
 
@@ -275,6 +281,8 @@ position = 1
         assert page.bundles[0].explanation == "featured"
         assert [i.item_id for i in page.bundles[1].items] == [item] and not page.bundles[1].bundle_id
         assert {a.rule for a in page.trace.rule_actions if a.action == "pinned"} >= {"kit", "new-item"}
+        pins = [a for a in page.trace.rule_actions if a.action == "pinned"]
+        assert all(a.kind == gateway_pb2.RULE_ACTION_KIND_PINNED for a in pins)
 
 
 def replace_file(path: Path, text: str) -> None:

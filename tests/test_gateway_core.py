@@ -186,3 +186,10 @@ def test_one_rules_to_filter_mapping_serves_pages_and_searches() -> None:
     assert search.in_stock_only and search.exclude_brands == ("Other", "Acme")
     assert search.exclude_item_ids == ("bad-item",) and search.include_categories == ()
     assert (search.min_price, search.max_price) == (None, 50.0)
+
+
+def test_the_public_api_does_not_import_an_internal_one() -> None:
+    from bundlerec.v1 import gateway_pb2
+
+    imported = {d.name for d in gateway_pb2.DESCRIPTOR.dependencies}
+    assert imported <= {"bundlerec/v1/common.proto", "google/protobuf/timestamp.proto"}, imported
