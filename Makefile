@@ -14,12 +14,13 @@ BUF := .tools/node_modules/.bin/buf
 demo: $(VENV)/.installed
 	$(BIN)/bundlerec demo
 
-## test: install with the dev tools, lint, then run the whole test suite
+## test: install with the dev tools, lint (ruff, mypy, buf), then run the whole test suite
 test: lint
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed $(BUF)
 	$(BIN)/ruff check .
+	tools/typecheck.sh
 	$(BUF) lint
 	@# the API against the previous commit: what would break callers on the wire or in JSON fails,
 	@# unless the last commit says so in a "BREAKING CHANGE:" line (Conventional Commits' footer)

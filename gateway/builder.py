@@ -19,7 +19,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bundlerec.gateway.model import Found, PageItem, Source
+from bundlerec.gateway.model import Found, PageItem
+from bundlerec.sources import Source
 
 NEAR_DUPLICATE_TITLES = 0.6  # Jaccard index of title words at or above which two items are the same thing
 _WORD = re.compile(r"\w+")

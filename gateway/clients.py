@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Generic, TypeVar, cast
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -68,10 +70,12 @@ def target_pb(target_id: str, is_bundle: bool) -> common_pb2.TargetRef:
     return common_pb2.TargetRef(type=kind, id=target_id)
 
 
-def raw_method(channel: grpc.aio.Channel, service: object, name: str, reply: type) -> grpc.aio.UnaryUnaryMultiCallable:
+def raw_method(
+    channel: grpc.aio.Channel, service: ServiceDescriptor, name: str, reply: type[Message]
+) -> grpc.aio.UnaryUnaryMultiCallable[bytes, Any]:
     """A unary method of `service` (a generated module's service descriptor) that takes the
     request already encoded (bytes) and parses the reply into `reply`."""
-    method = service.methods_by_name[name]  # type: ignore[attr-defined]
+    method = service.methods_by_name[name]
     return channel.unary_unary(
         f"/{method.containing_service.full_name}/{method.name}", response_deserializer=reply.FromString
     )
@@ -84,7 +88,7 @@ def history_step_pb(message_type: type[M], step: HistoryStep) -> M:
     """A history step as a RecentInteraction or a SequenceStep (the same three fields)."""
     pb = message_type(target=target_pb(step.target_id, step.is_bundle), type=EVENT_TYPES_PB[step.kind])
     if step.at_us:
-        pb.timestamp.FromMicroseconds(step.at_us)  # type: ignore[attr-defined]
+        pb.timestamp.FromMicroseconds(step.at_us)
     return pb
 
 
@@ -127,6 +131,7 @@ class ProfileClient:
 
 
 V = TypeVar("V")
+R = TypeVar("R")
 
 
 class _Expiring(Generic[V]):
@@ -192,7 +197,7 @@ class CandidateClient:
             anchor_item_id=query.anchor_item_id,
             item_limit=query.item_limit,
             bundle_limit=query.bundle_limit,
-            sources=[s.value for s in query.sources],
+            sources=cast(list[candidate_pb2.CandidateSource], [s.value for s in query.sources]),
         )
         request = head.SerializeToString() + self._filter(query.filter) + self._recent.encode(query.recent)
         try:
@@ -329,7 +334,8 @@ class AccountsClient:
         self.timeout = timeout_seconds
 
     async def record_events(self, events: Sequence[object], seconds: float | None) -> Recorded:
-        reply = await self._call(self.stub.RecordEvents, profile_pb2.RecordEventsRequest(events=events), seconds)
+        request = profile_pb2.RecordEventsRequest(events=cast(Sequence[common_pb2.Event], events))
+        reply = await self._call(self.stub.RecordEvents, request, seconds)
         return Recorded(reply.recorded, reply.duplicates, reply.anonymized)
 
     async def set_consent(
@@ -346,9 +352,9 @@ class AccountsClient:
 
     async def delete_user(self, user_id: str, seconds: float | None) -> bool:
         reply = await self._call(self.stub.DeleteUser, profile_pb2.DeleteUserRequest(user_id=user_id), seconds)
-        return reply.existed
+        return bool(reply.existed)
 
-    async def _call(self, method, request, seconds: float | None):  # type: ignore[no-untyped-def]
+    async def _call(self, method: Callable[..., Awaitable[R]], request: Message, seconds: float | None) -> R:
         timeout = self.timeout if seconds is None else min(self.timeout, seconds)
         try:
             return await method(request, timeout=timeout)

@@ -21,7 +21,7 @@ class Variant(BaseModel):
     model_version: str = Field("", max_length=256, description="Ranker model version; empty: the current one.")
 
 
-DEFAULT = Variant(name="default", share=1.0)
+DEFAULT = Variant(name="default", share=1.0, model_version="")
 
 
 class Experiments(BaseModel):

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 
 from bundlerec.events import EventType
 from bundlerec.gateway.consent import Allowed
-from bundlerec.gateway.model import Context, PageItem, Scored, Source
+from bundlerec.gateway.model import Context, PageItem, Scored
+from bundlerec.sources import Source
 
 _VERBS = {
     EventType.VIEW: "viewed",

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -61,11 +62,11 @@ class RedisImpressions:
         self._record = client.register_script(_RECORD)
 
     @classmethod
-    def connect(cls, url: str, *, timeout_seconds: float, **options: object) -> RedisImpressions:
+    def connect(cls, url: str, *, timeout_seconds: float, **options: Any) -> RedisImpressions:
         client = redis.Redis.from_url(
             url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds, decode_responses=True
         )
-        return cls(client, **options)  # type: ignore[arg-type]
+        return cls(client, **options)
 
     def _name(self, requester: str) -> str:
         digest = hmac.new(self.key_secret, requester.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
@@ -73,7 +74,7 @@ class RedisImpressions:
 
     async def record(self, requester: str, impression_id: str, bundle_key: str, item_ids: Iterable[str]) -> bool:
         field = "id:" + hashlib.sha256(impression_id.encode("utf-8")).hexdigest()[:24]
-        args = [field, bundle_key, "\t".join(item_ids), self.ttl_seconds, self.max_fields]
+        args: list[str | int] = [field, bundle_key, "\t".join(item_ids), self.ttl_seconds, self.max_fields]
         try:
             return bool(await self._record(keys=[self._name(requester)], args=args))
         except (RedisError, OSError) as error:
@@ -86,7 +87,7 @@ class RedisImpressions:
         name = self._name(requester)
         as_bundles = {bundle_key(t, ()) for t in targets}
         try:
-            fields = await self.client.hgetall(name)
+            fields = cast(dict[str, str], await self.client.hgetall(name))  # decode_responses: text
             stale: list[str] = []
             for field, value in fields.items():
                 if field.startswith("m:") and (field[2:] in as_bundles or targets.intersection(value.split("\t"))):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Literal
 
 from bundlerec.events import EventType
 from bundlerec.sources import Source
@@ -140,7 +141,22 @@ class TraceStage:
     counters: dict[str, float] = field(default_factory=dict)
 
 
+TargetKind = Literal["bundle", "item"]
+Action = Literal["removed", "moved_down", "pinned", "boosted"]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleAction:
+    """What a rule did to a bundle or an item, for a debug trace."""
+
+    rule: str  # the rule's name in the rules file, a promotion's name, or "diversity"/"duplicate"
+    target_kind: TargetKind
+    target_id: str
+    action: Action
+    detail: str
+
+
 @dataclass
 class Trace:
     stages: list[TraceStage] = field(default_factory=list)
-    actions: list = field(default_factory=list)  # page.RuleAction
+    actions: list[RuleAction] = field(default_factory=list)

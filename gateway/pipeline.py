@@ -33,7 +33,6 @@ from bundlerec.gateway.model import (
     Retrieved,
     Scored,
     Shown,
-    Source,
     Stage,
     TraceStage,
 )
@@ -52,6 +51,7 @@ from bundlerec.gateway.rules import (
 from bundlerec.gateway.rules.promotions import promoted_items_alone, with_promoted
 from bundlerec.gateway.stages import Run, StageRunner, StageSettings
 from bundlerec.privacy import SensitiveCategories
+from bundlerec.sources import Source
 
 ANCHORED_PLACEMENTS = (Placement.PRODUCT_PAGE, Placement.CART)
 
@@ -276,7 +276,8 @@ class Recommender:
         if not tired:
             return scored
         floor = min(b.score for b in scored) - 1.0
-        out, demoted = [], []
+        out: list[Scored] = []
+        demoted: list[Scored] = []
         for bundle in scored:
             if _key(bundle.bundle_id, bundle.items) in tired:
                 demoted.append(_with_score(bundle, floor - 1e-3 * len(demoted)))

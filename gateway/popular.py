@@ -13,8 +13,9 @@ import contextlib
 import logging
 from collections.abc import Mapping
 
-from bundlerec.gateway.model import PageItem, Retrieved, Source
+from bundlerec.gateway.model import PageItem, Retrieved
 from bundlerec.gateway.ports import CandidateFilter, CandidatePort, CandidateQuery, StageFailed
+from bundlerec.sources import Source
 
 log = logging.getLogger("bundlerec.gateway")
 

@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from bundlerec.gateway.model import HistoryStep, PageItem, Requester, Retrieved, Source
+from bundlerec.gateway.model import HistoryStep, PageItem, Requester, Retrieved
+from bundlerec.sources import Source
 
 
 class StageFailed(Exception):

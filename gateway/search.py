@@ -9,6 +9,7 @@ service there is no search to fall back on: UNAVAILABLE.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from bundlerec.errors import Unavailable
@@ -44,7 +45,7 @@ async def search(recommender: Recommender, query: SearchQuery) -> SearchResult:
     limit = query.page_size * (WIDER if allowed.personalized else 1)
     item_filter = candidate_filter(recommender.rules.current, query.filter)
 
-    def text_search(seconds: float):  # type: ignore[no-untyped-def]
+    def text_search(seconds: float) -> Awaitable[list[tuple[PageItem, float]]]:
         return recommender.candidates.search_text(query.text, limit, item_filter, seconds)
 
     # without personalization there is no ranker stage after this one to keep time for

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import uuid
 from collections.abc import Sequence
+from typing import Any, cast
 
 import grpc
 
@@ -99,7 +100,7 @@ def search_from_pb(pb: gateway_pb2.SearchRequest) -> SearchQuery:
 def overrides_from_pb(pb: gateway_pb2.RuleOverrides) -> RuleOverrides:
     """Present fields only; effective_rules() checks their values and names `overrides.<field>`."""
 
-    def opt(name: str):  # type: ignore[no-untyped-def]
+    def opt(name: str) -> Any:
         value = getattr(pb, name) if pb.HasField(name) else None
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidArgument(f"overrides.{name}", "must be a finite number")
@@ -119,7 +120,7 @@ def overrides_from_pb(pb: gateway_pb2.RuleOverrides) -> RuleOverrides:
     )
 
 
-def _caller_seconds(context: grpc.aio.ServicerContext) -> float | None:
+def _caller_seconds(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     """What is left of the caller's deadline, less a margin for the reply; None without one."""
     remaining = context.time_remaining()
     return None if remaining is None else max(0.0, remaining - CALLER_MARGIN_SECONDS)
@@ -132,6 +133,7 @@ REASONS_PB = {
     "rejected": gateway_pb2.DEGRADATION_REASON_REJECTED,  # rejected_<status>
     "error": gateway_pb2.DEGRADATION_REASON_ERROR,  # error, error_<status>
 }
+UNSPECIFIED_REASON = gateway_pb2.DEGRADATION_REASON_UNSPECIFIED
 FALLBACKS_PB = {
     "anonymous": gateway_pb2.FALLBACK_ANONYMOUS,
     "cached_popular": gateway_pb2.FALLBACK_CACHED_POPULAR,
@@ -152,8 +154,8 @@ def degradations_pb(degraded: Sequence[Degradation]) -> list[gateway_pb2.Degrada
             stage=STAGES_PB[d.stage],
             reason=d.reason,
             fallback=d.fallback,
-            reason_code=REASONS_PB.get(d.reason, REASONS_PB.get(d.reason.partition("_")[0], 0)),
-            fallback_code=FALLBACKS_PB.get(d.fallback, 0),
+            reason_code=REASONS_PB.get(d.reason) or REASONS_PB.get(d.reason.partition("_")[0], UNSPECIFIED_REASON),
+            fallback_code=FALLBACKS_PB.get(d.fallback, gateway_pb2.FALLBACK_UNSPECIFIED),
         )
         for d in degraded
     ]
@@ -196,7 +198,7 @@ def recommendation_pb(r: Recommendation) -> gateway_pb2.RecommendResponse:
                 explanation=b.explanation,
                 total_price=b.total_price,
                 generated=b.generated,
-                sources=sorted(s.value for s in b.sources),
+                sources=cast(list[gateway_pb2.BundleSource], sorted(s.value for s in b.sources)),
             )
             for b in r.bundles
         ],
@@ -218,7 +220,7 @@ def recommendation_pb(r: Recommendation) -> gateway_pb2.RecommendResponse:
                     target=common_pb2.TargetRef(type=kind, id=action.target_id),
                     action=action.action,
                     detail=action.detail,
-                    kind=ACTIONS_PB.get(action.action, 0),
+                    kind=ACTIONS_PB.get(action.action, gateway_pb2.RULE_ACTION_KIND_UNSPECIFIED),
                 )
             )
     return pb
@@ -230,7 +232,7 @@ class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
         self.accounts = accounts
 
     async def Recommend(
-        self, request: gateway_pb2.RecommendRequest, context: grpc.aio.ServicerContext
+        self, request: gateway_pb2.RecommendRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.RecommendResponse:
         recommendation_id = uuid.uuid4().hex
         bind_recommendation(recommendation_id)  # tracing on: on the span, and the request id unless the caller sent one
@@ -240,7 +242,7 @@ class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
         return recommendation_pb(await self.recommender.recommend(query))
 
     async def Search(
-        self, request: gateway_pb2.SearchRequest, context: grpc.aio.ServicerContext
+        self, request: gateway_pb2.SearchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.SearchResponse:
         query = search_from_pb(request)
         found = await search(self.recommender, dataclasses.replace(query, caller_seconds=_caller_seconds(context)))
@@ -250,7 +252,7 @@ class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
         )
 
     async def Track(
-        self, request: gateway_pb2.TrackRequest, context: grpc.aio.ServicerContext
+        self, request: gateway_pb2.TrackRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.TrackResponse:
         impressions = impressions_from_pb(request)  # all checked before anything is kept
         interactions = [(event.user_id, event.target.id) for event in request.events]
@@ -263,7 +265,7 @@ class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
         )
 
     async def SetUserConsent(
-        self, request: gateway_pb2.SetUserConsentRequest, context: grpc.aio.ServicerContext
+        self, request: gateway_pb2.SetUserConsentRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.SetUserConsentResponse:
         validation.identifier("user_id", request.user_id)
         personalization = request.personalization if request.HasField("personalization") else None
@@ -277,7 +279,7 @@ class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
         return gateway_pb2.SetUserConsentResponse(consent=consent)
 
     async def ForgetUser(
-        self, request: gateway_pb2.ForgetUserRequest, context: grpc.aio.ServicerContext
+        self, request: gateway_pb2.ForgetUserRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.ForgetUserResponse:
         validation.identifier("user_id", request.user_id)
         return gateway_pb2.ForgetUserResponse(

@@ -30,6 +30,7 @@ import grpc
 from google.protobuf import descriptor_pool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bundlerec.runtime.interceptor import Context, Handler
 from bundlerec.runtime.metrics import RPC_REQUESTS
 
 log = logging.getLogger("bundlerec.auth")
@@ -138,23 +139,23 @@ def _bearer(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     return None
 
 
-def _certificate_names(context: grpc.aio.ServicerContext) -> list[str]:
+def _certificate_names(context: Context) -> list[str]:
     auth = context.auth_context()
     values = [*auth.get("x509_common_name", []), *auth.get("x509_subject_alternative_name", [])]
     return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
 
 
 # Returns None to let a call through, else the status and details to refuse it with.
-Decide = Callable[[grpc.aio.ServicerContext], tuple[grpc.StatusCode, str] | None]
+Decide = Callable[[Context], tuple[grpc.StatusCode, str] | None]
 
 
-def _guarded(handler: grpc.RpcMethodHandler, decide: Decide) -> grpc.RpcMethodHandler:
+def _guarded(handler: Handler, decide: Decide) -> Handler:
     """The same handler, with `decide` run before its behaviour (and the call aborted if refused)."""
     if handler.unary_unary or handler.stream_unary:  # one reply
         inner = handler.unary_unary or handler.stream_unary
         reply_field = "unary_unary" if handler.unary_unary else "stream_unary"
 
-        async def single(request_or_requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def single(request_or_requests: Any, context: Context) -> Any:
             if refusal := decide(context):
                 await context.abort(*refusal)
             result = inner(request_or_requests, context)
@@ -164,7 +165,7 @@ def _guarded(handler: grpc.RpcMethodHandler, decide: Decide) -> grpc.RpcMethodHa
     inner_stream = handler.unary_stream or handler.stream_stream
     field = "unary_stream" if handler.unary_stream else "stream_stream"
 
-    async def streaming(request_or_requests: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def streaming(request_or_requests: Any, context: Context) -> Any:
         if refusal := decide(context):
             await context.abort(*refusal)
         result = inner_stream(request_or_requests, context)
@@ -184,13 +185,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, policy: AuthPolicy, service: str) -> None:
         self.policy = policy
         self.service = service
-        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._guarded: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -207,7 +208,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         # as long as this interceptor, and so do its callers).
         admitted = frozenset(id(caller) for caller in self.policy.caller if caller.allows(method))
 
-        def decide(context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
+        def decide(context: Context) -> tuple[grpc.StatusCode, str] | None:
             token = _bearer(context.invocation_metadata())
             if token is not None:  # a token decides alone: a bad one never falls back to the certificate
                 caller = self.policy.by_token(token) if token else None

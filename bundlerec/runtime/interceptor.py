@@ -28,6 +28,11 @@ from bundlerec import errors
 from bundlerec.runtime.metrics import RPC_LATENCY, RPC_REQUESTS
 from bundlerec.runtime.wire import find_invalid_utf8
 
+# grpc's RpcMethodHandler is a namedtuple at run time (interceptors swap its behaviours with
+# _replace), an abstract class without those fields in its type stubs: handled as Any here.
+Handler = Any
+Context = grpc.aio.ServicerContext[Any, Any]
+
 log = logging.getLogger("bundlerec.rpc")
 
 ERROR_DOMAIN = "bundlerec.dev"
@@ -57,7 +62,10 @@ def status_for(exc: errors.BundlerecError) -> grpc.Status:
         holder = any_pb2.Any()
         holder.Pack(detail)
         packed.append(holder)
-    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=exc.message, details=packed))
+    status: grpc.Status = rpc_status.to_status(
+        status_pb2.Status(code=code.value[0], message=exc.message, details=packed)
+    )
+    return status
 
 
 class _Undecodable:
@@ -88,14 +96,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     on its first call, and reused (as long as the server hands out the same handler for it)."""
 
     def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
+    ) -> Handler:
+        handler: Handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler  # streaming RPCs (health Watch, reflection) pass through untouched
         cached = self._wrapped.get(handler_call_details.method)
@@ -120,7 +128,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         clock = time.perf_counter
         iscoroutine = asyncio.iscoroutine
 
-        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def handle(request: Any, context: Context) -> Any:
             started = clock()
             code = ok
             refusal: tuple[grpc.StatusCode, str, Any] = _NO_REFUSAL

@@ -79,7 +79,11 @@ class _BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamCli
 
     def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         metadata = [m for m in (details.metadata or ()) if m[0] != "authorization"]
-        return details._replace(metadata=grpc.aio.Metadata(*metadata, self._header))
+        # ClientCallDetails is a namedtuple at run time; its type stub does not say so
+        replaced: grpc.aio.ClientCallDetails = getattr(details, "_replace")(  # noqa: B009
+            metadata=grpc.aio.Metadata(*metadata, self._header)
+        )
+        return replaced
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._with_token(details), request)

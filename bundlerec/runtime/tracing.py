@@ -162,7 +162,7 @@ class _RequestIdServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self) -> None:
         self._wrapped: dict[str, tuple[Any, Any]] = {}
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    async def intercept_service(self, continuation: Any, handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
@@ -176,7 +176,7 @@ class _RequestIdServerInterceptor(grpc.aio.ServerInterceptor):
 def _with_request_id(behavior: Any) -> Any:
     from opentelemetry import trace
 
-    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         incoming = _incoming_request_id(context.invocation_metadata())
         token = _request.set((incoming, True) if incoming else (uuid.uuid4().hex, False))
         try:
@@ -191,7 +191,7 @@ def _with_request_id(behavior: Any) -> Any:
 class _RequestIdClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """Sends the current call's request id on as `x-request-id`."""
 
-    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         current = request_id()
         if current:
             sent = [(k, v) for k, v in (client_call_details.metadata or ()) if k != REQUEST_ID_HEADER]

@@ -66,7 +66,7 @@ def _walk(descriptor: Descriptor, buf: bytes) -> str | None:
                 chunk.decode("utf-8")
             except UnicodeDecodeError:
                 return name
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
             inner = _walk(field.message_type, chunk)
             if inner is not None:
                 return f"{name}.{inner}"

@@ -9,7 +9,8 @@
 The bundles built for a request keep to the rules' budget and stock through builder.BuildLimits.
 """
 
-from bundlerec.gateway.rules.page import Page, PageBundle, RuleAction, assemble_page
+from bundlerec.gateway.model import RuleAction
+from bundlerec.gateway.rules.page import Page, PageBundle, assemble_page
 from bundlerec.gateway.rules.retrieval import candidate_filter
 from bundlerec.gateway.rules.schema import (
     BLOCKLIST_ENTRIES,

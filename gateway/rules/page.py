@@ -36,15 +36,11 @@ import bisect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
-from bundlerec.gateway.model import PageItem
+from bundlerec.gateway.model import Action, PageItem, RuleAction, TargetKind
 from bundlerec.gateway.rules.filters import Filters
 from bundlerec.gateway.rules.page_state import Candidate, Candidates, PageState, promotes, similarity
 from bundlerec.gateway.rules.schema import Promotion, Rules
-
-TargetKind = Literal["bundle", "item"]
-Action = Literal["removed", "moved_down", "pinned", "boosted"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +58,6 @@ class PageBundle:
     def key(self) -> str | tuple[str, ...]:
         """Identifies the bundle on a page: its catalogue id, else its members."""
         return self.bundle_id or self.item_ids
-
-
-@dataclass(frozen=True, slots=True)
-class RuleAction:
-    rule: str  # the rule's name in the rules file, a promotion's name, or "diversity"/"duplicate"
-    target_kind: TargetKind
-    target_id: str
-    action: Action
-    detail: str
 
 
 @dataclass
