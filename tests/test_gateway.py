@@ -3,8 +3,6 @@ real sentence encoder, a real ONNX model trained on the demo shop)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +15,7 @@ from bundlerec.gateway.server import build
 from bundlerec.gateway.settings import GatewaySettings
 from bundlerec.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.harness.databases import rows_mentioning
-from tests.harness.servers import field_of
+from tests.harness.servers import eventually, field_of
 from tests.harness.shops import Running, Suite, buyer, running_suite
 
 torch = pytest.importorskip("torch", reason="training the test model needs the train extra (torch)")
@@ -232,9 +230,14 @@ async def test_rules_file_blocklist_applies_and_a_bad_edit_keeps_the_old_rules(
         # each edit replaces the file whole, as an editor or a ConfigMap does: a poll never reads it
         # half-written (write_text truncates first, and an empty file is valid rules)
         replace_file(rules, f'blocklist_items = ["{blocked}"]\n')
-        await _until(lambda: _blocked(running, user, blocked))
+        await eventually(lambda: _blocked(running, user, blocked))
         replace_file(rules, "blocklist_items = 42\n")  # a bad edit: the old rules stay
-        await asyncio.sleep(0.3)
+        source = running.gateway.servicer.recommender.rules
+
+        async def rejected() -> bool:
+            return source.last_error is not None
+
+        await eventually(rejected)
         page = await recommend(running.stub, user_id=user, page_size=5)
         assert all(i.item_id != blocked for b in page.bundles for i in b.items)
 
@@ -276,7 +279,7 @@ position = 1
             page = await recommend(running.stub, user_id=user, page_size=4)
             return bool(page.bundles) and page.bundles[0].bundle_id == bundle
 
-        await _until(pinned)
+        await eventually(pinned)
         page = await recommend(running.stub, user_id=user, page_size=4, debug=True)
         assert page.bundles[0].explanation == "featured"
         assert [i.item_id for i in page.bundles[1].items] == [item] and not page.bundles[1].bundle_id
@@ -294,15 +297,6 @@ def replace_file(path: Path, text: str) -> None:
 async def _blocked(running: Running, user: str, item: str) -> bool:
     page = await recommend(running.stub, user_id=user, page_size=5)
     return all(i.item_id != item for b in page.bundles for i in b.items)
-
-
-async def _until(check, seconds: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 
@@ -330,7 +324,7 @@ async def test_a_deadline_too_short_for_any_stage_still_serves_the_popular_page(
         async def served() -> bool:
             return bool((await recommend(running.stub, user_id=buyer(suite), page_size=5)).bundles)
 
-        await _until(served)  # once the gateway's popular bundles are in
+        await eventually(served)  # once the gateway's popular bundles are in
         page = await recommend(running.stub, user_id=buyer(suite), page_size=5)
         assert {(d.stage, d.reason) for d in page.degraded} == {
             (gateway_pb2.STAGE_PROFILE, "deadline_exceeded"),

@@ -14,7 +14,7 @@ import functools
 import random
 import shutil
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -360,15 +360,22 @@ async def test_no_call_fails_while_versions_are_swapped_under_load(artifacts: Ar
                     failures.append(error.code())
 
         clients = [asyncio.create_task(client(n)) for n in range(16)]
-        await asyncio.sleep(0.3)
+
+        def serving(version: str, more_than: int) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                return served[version] > more_than
+
+            return check
+
+        await eventually(serving(artifacts.plain.name, 0))
         publish(artifacts.text, models)  # the watcher swaps it in
         await eventually(lambda: _is(server, artifacts.text.name))
-        await asyncio.sleep(0.3)
+        await eventually(serving(artifacts.text.name, 0))
         await server.stub.ReloadModel(ranker_pb2.ReloadModelRequest(version=artifacts.plain.name))  # roll back
-        await asyncio.sleep(0.5)  # the watcher must not undo the rollback
+        await asyncio.sleep(0.5)  # the watcher must not undo the rollback (polls every 0.1 s)
         assert await server.version() == artifacts.plain.name
         await server.stub.ReloadModel(ranker_pb2.ReloadModelRequest())  # and forward again
-        await asyncio.sleep(0.3)
+        await eventually(serving(artifacts.text.name, served[artifacts.text.name]))
         stop.set()
         await asyncio.gather(*clients)
         assert await server.version() == artifacts.text.name
@@ -384,9 +391,12 @@ async def _is(server: RankerServer, version: str) -> bool:
 async def test_not_serving_without_a_model_then_serving_once_one_appears(artifacts: Artifacts, tmp_path: Path) -> None:
     models = tmp_path / "models"
     async with running_ranker(models, poll_seconds=0.1) as server:
-        await asyncio.sleep(0.3)
-        assert await server.status() == health_pb2.HealthCheckResponse.NOT_SERVING
         assert "no model version in" in (await server.running.parts.readiness() or "")
+
+        async def not_serving() -> bool:
+            return await server.status() == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        await eventually(not_serving)
         for call in (
             server.stub.Rank(ranker_pb2.RankRequest(candidates=[OK_CANDIDATE])),
             server.stub.GetModelInfo(ranker_pb2.GetModelInfoRequest()),

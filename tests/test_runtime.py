@@ -55,8 +55,9 @@ async def test_reflection_lists_and_describes_the_service(profile: ProfileServer
 async def test_not_ready_until_the_database_is_migrated(tmp_path) -> None:  # type: ignore[no-untyped-def]
     url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
     async with running_profile(url, migrate_on_start=False) as server:
-        await asyncio.sleep(0.5)
+        await wait_for_health(server.channel, health_pb2.HealthCheckResponse.NOT_SERVING)
         before = await health_status(server.channel)
+        assert "migrat" in (await server.running.parts.readiness() or "")  # why, in the service's words
         from bundlerec.cli import main
 
         await asyncio.to_thread(main, ["migrate", "profile", "--database-url", url, "--log-level", "warning"])
@@ -68,7 +69,7 @@ async def test_not_ready_until_the_database_is_migrated(tmp_path) -> None:  # ty
 async def test_unreachable_database_is_not_serving_and_unavailable() -> None:
     url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing?connect_timeout=1"
     async with running_profile(url, migrate_on_start=False) as server:
-        await asyncio.sleep(0.5)
+        await wait_for_health(server.channel, health_pb2.HealthCheckResponse.NOT_SERVING)
         status = await health_status(server.channel)
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await server.stub.GetProfile(profile_pb2.GetProfileRequest(user_id="u1"))
