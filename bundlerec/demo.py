@@ -217,12 +217,12 @@ def _show(stub: gateway_pb2_grpc.RecommendationServiceStub, shop: Path) -> None:
 def _start(name: str, port: int, env: dict[str, str]) -> Service:
     prefix = f"BUNDLEREC_{name.upper()}_"
     full = {
+        f"{prefix}LOG_FORMAT": "text",  # quiet by default; the environment may ask for more
+        f"{prefix}LOG_LEVEL": "error",
         **os.environ,
         **env,
         f"{prefix}PORT": str(port),
         f"{prefix}METRICS_PORT": "0",
-        f"{prefix}LOG_FORMAT": "text",
-        f"{prefix}LOG_LEVEL": "error",
     }
     process = subprocess.Popen([sys.executable, "-m", "bundlerec.cli", "serve", name], env=full)
     return Service(name, port, process)

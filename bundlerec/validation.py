@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -15,8 +17,13 @@ MAX_ID_LENGTH = 256
 _FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
-def _forbidden_char(value: str) -> str | None:
-    found = _FORBIDDEN.search(value)
+# An id goes into logs, keys, URLs and files: no control character at all (C0 with tab and line
+# breaks, DEL, C1) and no Unicode line or paragraph separator.
+_ID_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _forbidden_char(value: str, forbidden: re.Pattern[str] = _FORBIDDEN) -> str | None:
+    found = forbidden.search(value)
     if found is None:
         return None
     return "NUL" if found.group() == "\x00" else f"control character U+{ord(found.group()):04X}"
@@ -35,10 +42,15 @@ def text(field: str, value: str, *, max_length: int, required: bool = False) -> 
 
 
 def identifier(field: str, value: str, *, required: bool = True) -> str:
-    """An id: 1 to 256 characters, no control characters, not only whitespace."""
+    """An id: 1 to 256 characters, no control character or line separator anywhere, not only
+    whitespace, no whitespace at either end."""
     if required and not value.strip():
         raise InvalidArgument(field, "is required")
-    text(field, value, max_length=MAX_ID_LENGTH)
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument(field, f"is {len(value)} characters long; at most {MAX_ID_LENGTH} allowed")
+    bad = _forbidden_char(value, _ID_FORBIDDEN)
+    if bad:
+        raise InvalidArgument(field, f"contains a {bad}")
     if value != value.strip():
         raise InvalidArgument(field, "must not start or end with whitespace")
     return value
@@ -79,3 +91,22 @@ def page_size(field: str, value: int, *, default: int, maximum: int) -> int:
     if value > maximum:
         raise InvalidArgument(field, f"is {value}; at most {maximum} allowed")
     return value or default
+
+
+def encode_page_token(kind: str, position: str | int) -> str:
+    """An opaque token for the page after `position` of a listing of `kind` ("export", "items"...)."""
+    return base64.urlsafe_b64encode(f"{kind}:{position}".encode()).decode()
+
+
+def page_token(field: str, token: str, kind: str) -> str:
+    """The position in a token encode_page_token made for `kind`; "" for no token (the first page).
+    Anything else, a token of another listing included, is INVALID_ARGUMENT naming `field`."""
+    if not token:
+        return ""
+    try:
+        prefix, colon, position = base64.urlsafe_b64decode(token.encode("ascii")).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeError, ValueError):
+        prefix, colon, position = "", "", ""
+    if prefix != kind or not colon or not position or _forbidden_char(position, _ID_FORBIDDEN):
+        raise InvalidArgument(field, "is not a token this service issued")
+    return position

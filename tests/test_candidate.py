@@ -81,6 +81,28 @@ async def test_list_items_pages_through_the_catalogue(shop: CandidateServer) -> 
             break
 
     assert seen == sorted(row[0] for row in SHOP)
+    for garbage in ("not-a-token", "boots", "ZXhwb3J0OjU="):  # the last: another listing's ("export:5")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await shop.stub.ListItems(pb.ListItemsRequest(page_size=3, page_token=garbage))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in caught.value.details()
+
+
+async def test_ids_with_control_characters_are_refused(shop: CandidateServer) -> None:
+    for bad in ("a\tb", "a\nb", "a\x7fb", "a\x85b", "a\u2028b"):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await shop.stub.UpsertItems(pb.UpsertItemsRequest(items=[item(bad, "Lamp", "Home", "Lux", 10.0)]))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "items[0].item_id" in caught.value.details()
+
+
+async def test_the_index_version_names_the_index_and_counts_its_changes(shop: CandidateServer, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    first = (await shop.stub.Retrieve(pb.RetrieveRequest(recent=recent("boots"), item_limit=3))).index_version
+    await shop.stub.UpsertItems(pb.UpsertItemsRequest(items=[item("lamp", "Desk lamp", "Home", "Lux", 30.0)]))
+    second = (await shop.stub.Retrieve(pb.RetrieveRequest(recent=recent("boots"), item_limit=3))).index_version
+    index, _, changes = first.partition(".")
+    assert second.partition(".")[0] == index and int(second.partition(".")[2]) > int(changes)
+    async with running_candidate(shop.settings.database_url, shop.settings.encoder_dir) as other:
+        reply = await other.stub.Retrieve(pb.RetrieveRequest(recent=recent("boots"), item_limit=3))
+        assert reply.index_version.partition(".")[0] != index  # another process: another index
 
 
 async def test_a_new_item_is_retrievable_by_the_next_call_through_its_title(shop: CandidateServer) -> None:

@@ -315,3 +315,25 @@ async def test_a_degraded_page_is_counted_by_stage_reason_and_variant(suite, enc
         sample("bundlerec_gateway_degraded_pages_total", variant="broken"),
     )
     assert (after[0] - before[0], after[1] - before[1]) == (1.0, 1.0)
+
+
+def test_the_documented_alert_rules_pass_promtool(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """docs/observability.md's example rules, as promtool (Prometheus 2.42, Debian's) reads them."""
+    import os
+    import re
+    import shutil
+    from pathlib import Path
+
+    promtool = os.environ.get("BUNDLEREC_PROMTOOL") or shutil.which("promtool") or ""
+    if not Path(promtool).is_file():
+        why = "no promtool (BUNDLEREC_PROMTOOL; .ci/run unpacks Debian's prometheus package)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why}: required under CI")
+        pytest.skip(why)
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "observability.md").read_text()
+    (rules_yaml,) = re.findall(r"## Alerts\n.*?```yaml\n(.*?)```", doc, flags=re.S)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules_yaml)
+    checked = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 5 rules found" in checked.stdout

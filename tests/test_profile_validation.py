@@ -43,6 +43,13 @@ def _mutations() -> list[tuple[str, object, str]]:
         ("huge user_id", set_("user_id", "u" * 257), "events[1].user_id"),
         ("padded user_id", set_("user_id", " u1"), "events[1].user_id"),
         ("NUL in user_id", set_("user_id", "u\x001"), "events[1].user_id"),
+        # an id carries no control character or line separator anywhere (they forge log lines)
+        *[
+            (f"U+{ord(char):04X} in {name}", set_(name, f"a{char}b"), f"events[1].{name}")
+            for char in "\t\n\r\x7f\x85\u2028"
+            for name in ("event_id", "user_id")
+        ],
+        ("line separator in target.id", lambda pb: setattr(pb.target, "id", "a\u2029b"), "events[1].target.id"),
         ("unknown type", set_("type", 99), "events[1].type"),
         ("unspecified type", set_("type", 0), "events[1].type"),
         ("no target", lambda pb: pb.ClearField("target"), "events[1].target"),

@@ -9,6 +9,7 @@ item is retrievable by the very next call.
 from __future__ import annotations
 
 import json
+import uuid
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -48,7 +49,8 @@ class CatalogueIndex:
         self.event_pairs: dict[str, dict[str, float]] = defaultdict(dict)
         self.bundle_pairs: dict[str, dict[str, float]] = defaultdict(dict)
         self.popularity: dict[str, float] = {}
-        self.version = 0  # bumped by every change, reported as the index version
+        self.version = 0  # bumped by every change
+        self.instance = uuid.uuid4().hex[:8]  # this in-memory index (a restart or a new model's builds another)
         self._columns_layout = -1  # the vector index layout the per-slot columns were built for
         self._order_dirty = self._bundles_dirty = True
         self._relations = Relations(self)

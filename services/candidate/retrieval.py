@@ -95,7 +95,7 @@ def retrieve(index: CatalogueIndex, request: RetrievalRequest) -> Retrieved:
         if request.bundle_limit
         else _nothing(index.bundle_vectors, index.bundles)
     )
-    return Retrieved(items, bundles, f"v{index.version}")
+    return Retrieved(items, bundles, f"{index.instance}.{index.version}")
 
 
 def _nothing(vectors: VectorIndex, bundles: dict[str, Bundle] | None = None) -> Found:

@@ -337,12 +337,14 @@ class CandidateService:
         found = await self.store.get_bundles(bundle_ids)
         return [found[b] for b in bundle_ids if b in found], [b for b in bundle_ids if b not in found]
 
-    async def list_items(self, page_size: int, after_id: str) -> tuple[list[Item], str]:
+    async def list_items(self, page_size: int, page_token: str) -> tuple[list[Item], str]:
+        """A page of the catalogue in id order, and the token of the next one ("" after the last)."""
         size = validation.page_size("page_size", page_size, default=100, maximum=1000)
+        after_id = validation.page_token("page_token", page_token, "items")
         items = await self.store.list_items(after_id, size + 1)
         more = len(items) > size
         items = items[:size]
-        return items, (items[-1].item_id if more else "")
+        return items, (validation.encode_page_token("items", items[-1].item_id) if more else "")
 
     # -- retrieval ------------------------------------------------------------------------
 

@@ -278,7 +278,6 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
         )
 
     async def ListItems(self, request, context):  # type: ignore[no-untyped-def]
-        validation.identifier("page_token", request.page_token, required=False)
         items, token = await self.service.list_items(request.page_size, request.page_token)
         return candidate_pb2.ListItemsResponse(items=[item_pb(i) for i in items], next_page_token=token)
 

@@ -17,8 +17,6 @@ in its own transaction, so a read is one lookup and still sees every write ackno
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import dataclasses
 import time
 from collections import defaultdict
@@ -61,18 +59,15 @@ def now_us() -> int:
 
 
 def _encode_token(kind: str, value: int) -> str:
-    return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode()
+    return validation.encode_page_token(kind, value)
 
 
 def _decode_token(kind: str, token: str) -> int:
-    if not token:
+    position = validation.page_token("page_token", token, kind)
+    if not position:
         return 0
-    try:
-        prefix, _, number = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if prefix == kind and number.isdigit() and int(number) < 2**63:
-            return int(number)
-    except (binascii.Error, UnicodeError, ValueError):
-        pass
+    if position.isdigit() and int(position) < 2**63:
+        return int(position)
     raise InvalidArgument("page_token", "is not a token this service issued")
 
 
