@@ -219,10 +219,10 @@ def _start(name: str, port: int, env: dict[str, str]) -> Service:
     full = {
         f"{prefix}LOG_FORMAT": "text",  # quiet by default; the environment may ask for more
         f"{prefix}LOG_LEVEL": "error",
+        f"{prefix}METRICS_PORT": "0",  # no /metrics unless asked
         **os.environ,
         **env,
         f"{prefix}PORT": str(port),
-        f"{prefix}METRICS_PORT": "0",
     }
     process = subprocess.Popen([sys.executable, "-m", "bundlerec.cli", "serve", name], env=full)
     return Service(name, port, process)

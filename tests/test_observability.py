@@ -4,6 +4,7 @@ trace id and one request id; off by default, it costs no OpenTelemetry import.""
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -337,3 +338,14 @@ def test_the_documented_alert_rules_pass_promtool(tmp_path) -> None:  # type: ig
     checked = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS: 5 rules found" in checked.stdout
+
+
+def test_garbage_collections_are_timed_by_generation() -> None:
+    from bundlerec.runtime.metrics import time_garbage_collections
+
+    time_garbage_collections()
+    time_garbage_collections()  # once per process, however often asked
+    before = sample("bundlerec_gc_pause_seconds_count", generation="2")
+    gc.collect(2)
+    assert sample("bundlerec_gc_pause_seconds_count", generation="2") == before + 1
+    assert sample("bundlerec_gc_pause_seconds_sum", generation="2") > 0

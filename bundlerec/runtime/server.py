@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from bundlerec.runtime.auth import AuthInterceptor, AuthPolicy
 from bundlerec.runtime.interceptor import ServiceInterceptor
-from bundlerec.runtime.metrics import start_metrics_endpoint
+from bundlerec.runtime.metrics import start_metrics_endpoint, time_garbage_collections
 from bundlerec.runtime.settings import ServiceSettings
 from bundlerec.runtime.tls import server_credentials
 from bundlerec.runtime.tracing import server_interceptors
@@ -183,6 +183,7 @@ async def serve_until_signal(settings: ServiceSettings, parts: ServiceParts) -> 
     # flight (seen as 70-100 ms outliers every 15-30 s under load, bench/loadtest.py).
     gc.collect()
     gc.freeze()
+    time_garbage_collections()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
