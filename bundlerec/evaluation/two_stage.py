@@ -15,13 +15,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bundlerec.candidate.importer import dataset_statistics
 from bundlerec.candidate.index import CatalogueIndex
 from bundlerec.candidate.model import Bundle, Filter, Item, RecentInteraction, RetrievalRequest, Source
 from bundlerec.candidate.retrieval import retrieve
 from bundlerec.datasets import Dataset
 from bundlerec.evaluation.protocol import EvalSplit, Scorer
 from bundlerec.events import EventType
-from bundlerec.importer import dataset_statistics
 
 HISTORY = 50  # recent interactions sent as the retrieval context, as the gateway does
 TEXT_DIM = 384  # the index's text dimension when a dataset has no text at all
