@@ -8,7 +8,9 @@
    20 % anonymous, the placement mix). Each service's user+system CPU time is read from
    /proc/PID/stat before and after: CPU per page = its CPU seconds / pages answered.
 3. The same load on the floor (bundlerec/loadtest/floor.py: four empty gRPC processes in the same
-   topology), so each service's figure stands beside what its bare RPCs cost.
+   topology, whose requests and replies have the demo shop's sizes: 50-event profiles, 200
+   retrieved candidates, 110 ranked bundles, a 5-bundle page), so each service's figure stands
+   beside what bare RPCs carrying the same messages cost (`--empty-floor`: empty messages).
 4. With `--flamegraphs DIR`, a second window at the same rate with py-spy recording every service
    (sampling slows what it samples, so the CPU figures come from the first window, not this one):
    DIR/<service>.svg, and DIR/<service>.txt with the hottest functions by own time.
@@ -121,6 +123,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds measured (default: %(default)s)")
     parser.add_argument("--flamegraphs", default="", help="a folder for py-spy flame graphs (optional)")
     parser.add_argument("--no-floor", action="store_true", help="skip the floor")
+    parser.add_argument("--empty-floor", action="store_true", help="the floor's messages empty, not page-sized")
     parser.add_argument("--out", default="var/bench/cpu", help="cpu.json (default: %(default)s)")
     args = parser.parse_args()
     root = Path(args.workdir).resolve()
@@ -142,10 +145,11 @@ def main() -> int:
     finally:
         stop_services(services)
     if not args.no_floor:
-        with floor_services() as floor:
+        with floor_services(sized=not args.empty_floor) as floor:
             floor_pids = {name: _pid_listening(address) for name, address in floor.items()}
             asyncio.run(measure(floor["gateway"], "gateway", workload, Plan(rate=args.rate, duration=5, warmup=0)))
             doc["floor"] = window(floor["gateway"], floor_pids, workload, args.rate, args.duration)
+            doc["floor"]["messages"] = "empty" if args.empty_floor else "page-sized"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cpu.json").write_text(json.dumps(doc, indent=2) + "\n")

@@ -275,7 +275,12 @@ async def test_tls_with_a_token_sends_it_along(
     assert refused in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 
 
-async def test_the_empty_gateway_calls_profile_for_users_then_candidates_then_ranker(workload: Workload) -> None:
+@pytest.mark.parametrize("sized", [False, True], ids=["empty", "page-sized"])
+async def test_the_empty_gateway_calls_profile_for_users_then_candidates_then_ranker(
+    workload: Workload, sized: bool
+) -> None:
+    messages = floor.sized_messages() if sized else floor.Messages()
+    sizes: list[int] = []
     calls: list[str] = []
     remaining: list[float | None] = []
 
@@ -293,17 +298,18 @@ async def test_the_empty_gateway_calls_profile_for_users_then_candidates_then_ra
     class Ranker(floor.EmptyRanker):
         async def Rank(self, request: Any, context: Any) -> Any:
             calls.append("ranker")
+            sizes.append(len(request.candidates))
             return await super().Rank(request, context)
 
     server = grpc.aio.server()
-    profile_pb2_grpc.add_ProfileServiceServicer_to_server(Profile(), server)
-    candidate_pb2_grpc.add_CandidateServiceServicer_to_server(Candidate(), server)
-    ranker_pb2_grpc.add_RankerServiceServicer_to_server(Ranker(), server)
+    profile_pb2_grpc.add_ProfileServiceServicer_to_server(Profile(messages), server)
+    candidate_pb2_grpc.add_CandidateServiceServicer_to_server(Candidate(messages), server)
+    ranker_pb2_grpc.add_RankerServiceServicer_to_server(Ranker(messages), server)
     downstream = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{downstream}") for _ in range(3)]
     gateway = grpc.aio.server()
-    gateway_pb2_grpc.add_RecommendationServiceServicer_to_server(floor.EmptyGateway(*channels), gateway)
+    gateway_pb2_grpc.add_RecommendationServiceServicer_to_server(floor.EmptyGateway(messages, *channels), gateway)
     port = gateway.add_insecure_port("127.0.0.1:0")
     await gateway.start()
     try:
@@ -322,6 +328,7 @@ async def test_the_empty_gateway_calls_profile_for_users_then_candidates_then_ra
     assert known == ["profile", "candidate", "ranker"]
     assert calls == ["candidate", "ranker"]  # an anonymous visitor has no profile to read
     assert all(r is not None and 0 < r < 2.5 for r in remaining)  # the caller's 2 s deadline went down
+    assert sizes == ([110, 110] if sized else [0, 0])  # the ranker got a page's candidates, or none
 
 
 def test_the_command_drives_the_floor_and_writes_json_and_png(shop: Path, tmp_path: Path) -> None:
