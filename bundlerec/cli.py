@@ -73,7 +73,7 @@ NATIVE_THREAD_POOLS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREA
 def _serve(service: str, args: Sequence[str]) -> int:
     for pool in NATIVE_THREAD_POOLS:  # before anything loads numpy, FAISS or onnxruntime
         os.environ.setdefault(pool, "1")
-    from bundlerec.runtime.server import serve_until_signal
+    from bundlerec.runtime.server import run_loop, serve_until_signal
 
     entry = SERVICES[service]
     settings = _settings(service, args)
@@ -86,7 +86,7 @@ def _serve(service: str, args: Sequence[str]) -> int:
         parts = await _load(entry.build)(settings)  # type: ignore[operator]
         await serve_until_signal(settings, parts)
 
-    asyncio.run(main())
+    run_loop(main(), settings.event_loop)
     return 0
 
 

@@ -12,8 +12,9 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -173,6 +174,21 @@ async def start_server(settings: ServiceSettings, parts: ServiceParts) -> Runnin
         },
     )
     return running
+
+
+def run_loop(main: Coroutine[Any, Any, None], event_loop: str = "auto") -> None:
+    """Runs a service's main coroutine on uvloop (libuv's event loop: less CPU per gRPC call than
+    the standard loop) when asked or, with "auto", when it is installed; else with asyncio.run."""
+    if event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if event_loop == "uvloop":
+                raise SystemExit("event_loop = uvloop, but uvloop is not installed") from None
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
 
 
 async def serve_until_signal(settings: ServiceSettings, parts: ServiceParts) -> None:

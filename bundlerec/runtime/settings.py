@@ -32,6 +32,11 @@ class ServiceSettings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto",
+        description="The asyncio event loop: uvloop (libuv; 4-8 % less CPU per page for the four services "
+        "together in two A/B runs of bench/cpu_per_page.py) or the standard one; auto: uvloop where installed.",
+    )
     # Security (see bundlerec/runtime/tls.py and auth.py): all empty is plaintext without
     # authentication, the embedded default for one machine.
     tls_cert_file: str = Field("", description="The server's certificate (PEM); with tls_key_file: TLS.")
