@@ -21,10 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundlerec.candidate.model import Source
+from bundlerec.candidate.offline import DatasetRetriever
 from bundlerec.candidate.retrieval import SOURCE_WEIGHTS
 from bundlerec.datasets.reader import read_dataset
 from bundlerec.evaluation.protocol import build_split
-from bundlerec.evaluation.two_stage import CandidateRetriever, sample_users
+from bundlerec.evaluation.two_stage import sample_users
 from bundlerec.training.text import item_text_vectors
 
 
@@ -32,7 +33,7 @@ def evaluate(path: str, k: int, users: int, encoder_dir: str, seed: int, split: 
     dataset = read_dataset(path)
     started = time.monotonic()
     vectors, _ = item_text_vectors(dataset, Path(encoder_dir))
-    retriever = CandidateRetriever(dataset, vectors)
+    retriever = DatasetRetriever(dataset, vectors)
     build_s = time.monotonic() - started
     data = sample_users(build_split(dataset, split), users, seed)
     configs: dict[str, frozenset[Source]] = {

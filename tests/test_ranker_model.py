@@ -163,13 +163,14 @@ def test_a_dataset_without_valid_csv_validates_on_held_out_targets(demo_shop: Da
 
 
 def test_two_stage_ranks_only_the_retrieved_candidates(demo_shop: Dataset, encoder_dir: str) -> None:
-    from bundlerec.evaluation.two_stage import CandidateRetriever, CandidatesOnly
+    from bundlerec.candidate.offline import DatasetRetriever
+    from bundlerec.evaluation.two_stage import CandidatesOnly
 
     trained = train(demo_shop, QUICK, None, progress=lambda line: None)
     ours = ModelScorer("ours", trained.model, demo_shop, trained.data.vocabulary, None)
     split = build_split(demo_shop, "test")
     vectors, _ = item_text_vectors(demo_shop, Path(encoder_dir), cache_dir=None)
-    retriever = CandidateRetriever(demo_shop, vectors)
+    retriever = DatasetRetriever(demo_shop, vectors)
     users = split.users[:20]
     staged = CandidatesOnly("two-stage", ours, retriever, k=30)
     scores, full = staged.score(split, users), ours.score(split, users)

@@ -194,13 +194,14 @@ def _two_stage(
 ) -> None:
     """Adds two rows on the same sample of users: ours over the whole catalogue, and ours over the
     candidate service's top 200 only (its row also carries the candidate recall)."""
+    from bundlerec.candidate.offline import DatasetRetriever
     from bundlerec.evaluation.metrics import evaluate_scorer
     from bundlerec.evaluation.protocol import build_split
     from bundlerec.evaluation.run import KS
-    from bundlerec.evaluation.two_stage import CandidateRetriever, CandidatesOnly, sample_users
+    from bundlerec.evaluation.two_stage import CandidatesOnly, sample_users
 
     split = sample_users(build_split(dataset, args.split), args.two_stage_users, args.seed)
-    retriever = CandidateRetriever(dataset, vectors)
+    retriever = DatasetRetriever(dataset, vectors)
     staged = CandidatesOnly("two-stage", ours, retriever, k=200)
     on_candidates = evaluate_scorer(split, staged, ks=KS)
     on_candidates["Candidate recall@200"] = staged.recall
