@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from pydantic_settings import CliApp
@@ -26,37 +26,58 @@ from bundlerec.runtime.settings import ServiceSettings
 
 @dataclass(frozen=True)
 class ServiceEntry:
-    settings: str  # "module:Class"
-    build: str | None  # "module:function" returning ServiceParts; None until implemented
-    migrations: str | None = None  # "module:attr" of the Alembic script location
+    """What `serve` and `migrate` need of a service."""
+
+    settings: type[ServiceSettings]
+    build: Callable[[Any], Awaitable[Any]]  # settings -> ServiceParts
+    migrations: str | None = None  # the Alembic script location; None: the service keeps no database
 
 
-SERVICES = {
-    "profile": ServiceEntry(
-        "bundlerec.profile.settings:ProfileSettings",
-        "bundlerec.profile.server:build",
-        "bundlerec.profile.store:MIGRATIONS",
-    ),
-    "candidate": ServiceEntry(
-        "bundlerec.candidate.settings:CandidateSettings",
-        "bundlerec.candidate.server:build",
-        "bundlerec.candidate.catalogue:MIGRATIONS",
-    ),
-    "ranker": ServiceEntry("bundlerec.ranker.settings:RankerSettings", "bundlerec.ranker.server:build"),
-    "gateway": ServiceEntry("bundlerec.gateway.settings:GatewaySettings", "bundlerec.gateway.server:build"),
+# The services this command composes, each imported only when asked for (after the native thread
+# pools are set: importing a service loads numpy, FAISS or onnxruntime).
+def _profile() -> ServiceEntry:
+    from bundlerec.profile.server import build
+    from bundlerec.profile.settings import ProfileSettings
+    from bundlerec.profile.store import MIGRATIONS
+
+    return ServiceEntry(ProfileSettings, build, MIGRATIONS)
+
+
+def _candidate() -> ServiceEntry:
+    from bundlerec.candidate.catalogue import MIGRATIONS
+    from bundlerec.candidate.server import build
+    from bundlerec.candidate.settings import CandidateSettings
+
+    return ServiceEntry(CandidateSettings, build, MIGRATIONS)
+
+
+def _ranker() -> ServiceEntry:
+    from bundlerec.ranker.server import build
+    from bundlerec.ranker.settings import RankerSettings
+
+    return ServiceEntry(RankerSettings, build)
+
+
+def _gateway() -> ServiceEntry:
+    from bundlerec.gateway.server import build
+    from bundlerec.gateway.settings import GatewaySettings
+
+    return ServiceEntry(GatewaySettings, build)
+
+
+SERVICES: dict[str, Callable[[], ServiceEntry]] = {
+    "profile": _profile,
+    "candidate": _candidate,
+    "ranker": _ranker,
+    "gateway": _gateway,
 }
 
 
-def _load(ref: str) -> object:
-    module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 def _settings(service: str, args: Sequence[str]) -> ServiceSettings:
-    settings_class = _load(SERVICES[service].settings)
-    settings_class.model_config["cli_prog_name"] = f"bundlerec serve {service}"  # type: ignore[attr-defined]
+    settings_class = SERVICES[service]().settings
+    settings_class.model_config["cli_prog_name"] = f"bundlerec serve {service}"
     try:
-        return CliApp.run(settings_class, cli_args=list(args))  # type: ignore[arg-type]
+        return CliApp.run(settings_class, cli_args=list(args))
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise SystemExit(f"bundlerec serve {service}: invalid settings: {problems}") from None
@@ -75,15 +96,12 @@ def _serve(service: str, args: Sequence[str]) -> int:
         os.environ.setdefault(pool, "1")
     from bundlerec.runtime.server import run_loop, serve_until_signal
 
-    entry = SERVICES[service]
+    entry = SERVICES[service]()
     settings = _settings(service, args)
     configure_logging(settings.log_level, settings.log_format)
-    if entry.build is None:
-        print(f"bundlerec serve {service}: not implemented yet", file=sys.stderr)
-        return 2
 
     async def main() -> None:
-        parts = await _load(entry.build)(settings)  # type: ignore[operator]
+        parts = await entry.build(settings)
         await serve_until_signal(settings, parts)
 
     run_loop(main(), settings.event_loop)
@@ -93,7 +111,7 @@ def _serve(service: str, args: Sequence[str]) -> int:
 def _migrate(service: str, args: Sequence[str]) -> int:
     from bundlerec import db
 
-    entry = SERVICES[service]
+    entry = SERVICES[service]()
     if entry.migrations is None:
         print(f"bundlerec migrate {service}: this service keeps no database", file=sys.stderr)
         return 2
@@ -103,7 +121,7 @@ def _migrate(service: str, args: Sequence[str]) -> int:
     async def main() -> None:
         engine = db.create_engine(settings.database_url)  # type: ignore[attr-defined]
         try:
-            await db.upgrade_to_head(engine, _load(entry.migrations))  # type: ignore[arg-type]
+            await db.upgrade_to_head(engine, entry.migrations)
         finally:
             await engine.dispose()
 

@@ -202,3 +202,18 @@ def test_the_gateway_starts_without_its_services_live_but_not_ready_and_stops_cl
         assert not page.bundles and {d.stage for d in page.degraded} >= {gateway_pb2.STAGE_CANDIDATES}
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+
+
+def test_every_services_settings_keep_the_shared_rules() -> None:
+    """Kebab-case flags, unknown settings refused, the service's own environment prefix: also for
+    the services that mix in the caller settings (gateway, ranker)."""
+    from bundlerec.candidate.settings import CandidateSettings
+    from bundlerec.gateway.settings import GatewaySettings
+    from bundlerec.profile.settings import ProfileSettings
+    from bundlerec.ranker.settings import RankerSettings
+
+    for name, settings in (("profile", ProfileSettings), ("candidate", CandidateSettings),
+                           ("ranker", RankerSettings), ("gateway", GatewaySettings)):  # fmt: skip
+        config = settings.model_config
+        assert config["cli_kebab_case"] and config["extra"] == "forbid"
+        assert config["env_prefix"] == f"BUNDLEREC_{name.upper()}_"

@@ -65,6 +65,8 @@ class CallerSettings(BaseSettings):
     """How a service reaches the services it calls (which list it in their auth files): the gateway
     calls the three others, the ranker the candidate service. All empty: plaintext, anonymous."""
 
+    model_config = ServiceSettings.model_config  # mixed into a service's settings: the same rules
+
     client_tls_ca_file: str = Field("", description="CA of the called services' certificates (PEM); set: TLS.")
     client_tls_cert_file: str = Field("", description="This service's own client certificate, for mutual TLS (PEM).")
     client_tls_key_file: str = Field("", description="The private key of that certificate (PEM).")
