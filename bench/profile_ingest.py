@@ -33,7 +33,7 @@ from sqlalchemy.engine import make_url
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundlerec.v1 import common_pb2, profile_pb2, profile_pb2_grpc
-from tests.processes import start_profile
+from tests.harness.processes import start_profile
 
 ADMIN_URL = os.environ.get("BUNDLEREC_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TYPES = (

@@ -40,7 +40,7 @@ from bundlerec.ranker.encoding import encode_query
 from bundlerec.ranker.model import LoadedModel, load_model
 from bundlerec.ranker.servicer import query_from_pb
 from bundlerec.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
-from tests.processes import free_port, start_service, wait_serving
+from tests.harness.processes import free_port, start_service, wait_serving
 
 FLOORS = {  # PERF-FLOORS.md, "encode the sequence once" row and gRPC table
     "onnxruntime fp32": "0.60-0.75 ms",
