@@ -193,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_data.add_argument("--seed", type=int, default=1, help="same seed, same files (default: %(default)s)")
     demo_data.add_argument("--users", type=int, default=500, help="shoppers (default: %(default)s)")
     demo_data.add_argument("--items", type=int, default=2000, help="catalogue size (default: %(default)s)")
+    demo_data.add_argument("--bundles", type=int, default=300, help="curated bundles (default: %(default)s)")
     importer = commands.add_parser(
         "import", help="load a dataset in the import format (docs/import-format.md) into the stores"
     )
@@ -245,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo-data":
         from bundlerec.datasets.demo import generate_demo_shop
 
-        summary = generate_demo_shop(args.out, seed=args.seed, users=args.users, items=args.items)
+        summary = generate_demo_shop(args.out, seed=args.seed, users=args.users, items=args.items, bundles=args.bundles)
         print(", ".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, dict)))
         return 0
     from bundlerec.demo import run_demo

@@ -17,6 +17,7 @@ import heapq
 import math
 import random
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
@@ -56,7 +57,7 @@ class _Product:
 class _Shop:
     products: list[_Product]
     by_cat: dict[tuple[int, int], list[int]]  # (dept, cat) -> product indexes
-    # (dept, cat, shopper tier) -> cumulative weights over by_cat[(dept, cat)], for rng.choices
+    # (dept, cat, shopper tier) -> cumulative weights over by_cat[(dept, cat)], for _choose
     weights: dict[tuple[int, int, int], list[float]]
     bundles: list[Bundle]
     bundles_by_dept: dict[int, list[int]]
@@ -198,7 +199,13 @@ def _price(rng: random.Random, spec: CategorySpec, tier: int) -> float:
 
 def _pick(rng: random.Random, shop: _Shop, dept: int, cat: int, tier: int) -> int:
     members = shop.by_cat[(dept, cat)]
-    return rng.choices(members, cum_weights=shop.weights[(dept, cat, tier)])[0]
+    return _choose(rng, members, shop.weights[(dept, cat, tier)])
+
+
+def _choose(rng: random.Random, population: list[int], cum_weights: list[float]) -> int:
+    """rng.choices(population, cum_weights=cum_weights)[0]: the same draw from the same random(),
+    without the checks and the list, since shops of 200k shoppers make it millions of times."""
+    return population[bisect_right(cum_weights, rng.random() * (cum_weights[-1] + 0.0), 0, len(population) - 1)]
 
 
 def _curate_bundles(rng: random.Random, shop: _Shop, n_bundles: int) -> None:
@@ -292,7 +299,7 @@ def _shopper(rng: random.Random, shop: _Shop, user: str, days: int) -> list[Even
                     emit("add_to_cart", "item", item_id, (10, 180))
                     carted.append(product)
         if dept in shop.bundles_by_dept and rng.random() < (0.3 if follow_up >= 0 else 0.15):
-            index = rng.choices(shop.bundles_by_dept[dept], cum_weights=shop.bundle_weights[dept])[0]
+            index = _choose(rng, shop.bundles_by_dept[dept], shop.bundle_weights[dept])
             bundle_id = shop.bundles[index].bundle_id
             emit("view", "bundle", bundle_id, (20, 300))
             if rng.random() < 0.5:

@@ -56,6 +56,13 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         help="how the co-occurrence part weighs a pair: EASE, its L2 chosen on validation, or cosine item-kNN "
         "(default: %(default)s)",
     )
+    parser.add_argument(
+        "--two-tower-negatives",
+        type=int,
+        default=defaults.two_tower_negatives,
+        help="a kind with more items or bundles than this trains its two-tower term on this many sampled "
+        "negatives per step instead of the whole table; 0: always the whole table (default: %(default)s)",
+    )
     parser.add_argument("--int8", action="store_true", help="also write a dynamically quantized model for CPUs")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
 
@@ -73,6 +80,7 @@ def settings_from(args: argparse.Namespace) -> TrainSettings:
         order=args.order,
         neighbours=args.neighbours,
         wide=args.wide,
+        two_tower_negatives=args.two_tower_negatives,
     )
 
 

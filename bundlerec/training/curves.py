@@ -17,7 +17,7 @@ def plot_curves(trained: TrainedModel, directory: Path) -> Path:
     epochs = [r.epoch for r in trained.history]
     figure, (losses, metric) = plt.subplots(1, 2, figsize=(10, 4))
     losses.plot(epochs, [r.loss for r in trained.history], label="total")
-    losses.plot(epochs, [r.two_tower for r in trained.history], label="two-tower (full softmax)")
+    losses.plot(epochs, [r.two_tower for r in trained.history], label="two-tower")
     losses.plot(epochs, [r.full for r in trained.history], label="full score (sampled)")
     losses.set_xlabel("epoch")
     losses.set_ylabel("training loss")

@@ -61,6 +61,26 @@ class Encoded(NamedTuple):
     key_bias: Tensor  # [B, 1, 1, L+1] 0 for present steps, NEGATIVE for padding
 
 
+class TableRows:
+    """Some rows of a table indexed by item or bundle row (the items' text parts, the bundles'
+    vectors), read like the whole table: what a sampled training step computes instead of every
+    row of a large catalogue. Reading a row it does not hold is an error."""
+
+    def __init__(self, rows: Tensor, values: Tensor) -> None:
+        """rows [N] sorted and distinct; values [N, d], row n of the table in values[n]."""
+        self.rows = rows
+        self.values = values
+
+    def __getitem__(self, index: Tensor) -> Tensor:
+        position = torch.searchsorted(self.rows, index.contiguous()).clamp(max=len(self.rows) - 1)
+        if not bool((self.rows[position] == index).all()):
+            raise IndexError("a row the step did not compute was read")
+        return self.values[position]
+
+
+Table = Tensor | TableRows  # a whole table, or the rows a step needs
+
+
 class SelfAttentionBlock(nn.Module):
     """Pre-norm multi-head self-attention and feed-forward, written out so it exports cleanly."""
 
@@ -94,6 +114,9 @@ class BundleRanker(nn.Module):
         self.item_id = nn.Embedding(config.num_item_rows, d, padding_idx=PAD)
         self.bundle_id = nn.Embedding(config.num_bundle_rows, d, padding_idx=PAD)
         self.register_buffer("item_text", item_text.float())
+        # which item rows have text, kept rather than recomputed from the whole table at every
+        # step (not saved: it follows from item_text, which is fixed at construction)
+        self.register_buffer("has_text", self.item_text.abs().sum(-1) > 0, persistent=False)
         self.register_buffer("bundle_members", bundle_members.long()[:, : config.max_members])
         if neighbours is None:
             neighbours = empty_tables(config.num_item_rows, config.num_bundle_rows, config.neighbours)
@@ -149,7 +172,14 @@ class BundleRanker(nn.Module):
             return torch.zeros_like(self.item_id.weight)
         return self.text_proj(self.item_text) * (self.item_text.abs().sum(-1, keepdim=True) > 0)
 
-    def items(self, index: Tensor, projected: Tensor, extra_text: Tensor | None = None) -> Tensor:
+    def projected_rows(self, rows: Tensor) -> Tensor:
+        """[len(rows), d]: the text part of those item rows, as projected_text() has them."""
+        if self.config.text_dim == 0:
+            return torch.zeros(len(rows), self.config.dim, device=rows.device)
+        text = self.item_text[rows]
+        return self.text_proj(text) * (text.abs().sum(-1, keepdim=True) > 0)
+
+    def items(self, index: Tensor, projected: Table, extra_text: Tensor | None = None) -> Tensor:
         """Item vectors for indices of any shape; index >= num_item_rows selects a row of extra_text."""
         rows = self.config.num_item_rows
         known = index < rows
@@ -158,8 +188,8 @@ class BundleRanker(nn.Module):
         if self.training and self.config.id_dropout > 0 and self.config.text_dim:
             # Id-dropout teaches the text path to stand in for a missing id (cold items); an item
             # without text keeps its id, since nothing could stand in for it.
-            has_text = self.item_text.abs().sum(-1) > 0
-            dropped = (torch.rand(index.shape, device=index.device) < self.config.id_dropout) & has_text[known_index]
+            rolled = torch.rand(index.shape, device=index.device) < self.config.id_dropout
+            dropped = rolled & self.has_text[known_index]
             id_index = torch.where(dropped, torch.full_like(index, UNKNOWN), known_index)
         vectors = self.item_id(id_index) + projected[known_index]
         if extra_text is not None and self.config.text_dim:
@@ -168,7 +198,7 @@ class BundleRanker(nn.Module):
             vectors = torch.where(known.unsqueeze(-1), vectors, self.item_id.weight[UNKNOWN] + extra)
         return vectors
 
-    def sets(self, members: Tensor, bundles: Tensor, projected: Tensor, extra_text: Tensor | None = None) -> Tensor:
+    def sets(self, members: Tensor, bundles: Tensor, projected: Table, extra_text: Tensor | None = None) -> Tensor:
         """Candidate vectors: members [..., M] item indices (0 = none), bundles [...] → [..., d]."""
         vectors = self.items(members, projected, extra_text)
         if members.shape[-1] == 1:  # single items: pooling one vector is the vector (a training shortcut;
@@ -194,8 +224,16 @@ class BundleRanker(nn.Module):
         rows = torch.arange(self.config.num_bundle_rows, device=projected.device)
         return self.sets(self.bundle_members, rows, projected)
 
+    def item_rows(self, rows: Tensor, projected: Table) -> Tensor:
+        """[len(rows), d]: those item rows as candidates, as item_table() has them."""
+        return self.sets(rows.unsqueeze(-1), torch.zeros_like(rows), projected)
+
+    def bundle_rows(self, rows: Tensor, projected: Table) -> Tensor:
+        """[len(rows), d]: those bundle rows as candidates, as bundle_table() has them."""
+        return self.sets(self.bundle_members[rows], rows, projected)
+
     # ---- the sequence ----------------------------------------------------------------------
-    def encode(self, seq: Tensor, projected: Tensor, bundles: Tensor, extra_text: Tensor | None = None) -> Encoded:
+    def encode(self, seq: Tensor, projected: Table, bundles: Table, extra_text: Tensor | None = None) -> Encoded:
         """seq [B, 5, L] (features.encode_sequence) → the encoded batch."""
         items, bundle_steps, types, recency, age = seq.unbind(1)
         item_vectors = self.sets(items.unsqueeze(-1), torch.zeros_like(items), projected, extra_text)

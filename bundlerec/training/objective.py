@@ -2,8 +2,12 @@
 
 Two terms, both softmax cross-entropy over candidates of the target's kind (items or bundles):
 - the two-tower term at every predicting position: the user state against every known item or
-  bundle (the exact softmax; catalogues of this size fit, and it is what makes SASRec-style models
-  strong on full ranking);
+  bundle (the exact softmax, what makes SASRec-style models strong on full ranking). Its cost grows
+  with the catalogue (every row's vector is computed and scored at every step), so a kind whose
+  table has more rows than TrainSettings.two_tower_negatives uses a sampled softmax instead: the
+  target against that many rows drawn by popularity for the whole batch, each logit corrected by
+  the log of its sampling probability (as below), a draw equal to the target masked; the step then
+  computes only the rows it reads (sampled_forward);
 - the full score at the user token (two-tower plus target attention), against the batch's own
   targets (in-batch negatives) and negatives sampled by popularity; a column equal to another of
   the example's targets is masked, so no positive is ever treated as a negative. Both kinds of negative
@@ -20,7 +24,7 @@ from torch import Tensor, nn
 
 from bundlerec.ranking.features import FIRST_ID
 from bundlerec.training.data import BUNDLE, ITEM, Batch
-from bundlerec.training.model import NEGATIVE, BundleRanker, Encoded
+from bundlerec.training.model import NEGATIVE, BundleRanker, Encoded, Table, TableRows
 
 
 def sampling_distribution(counts: Tensor) -> Tensor:
@@ -41,10 +45,20 @@ class TrainingLoss(nn.Module):
         self.log_q = {kind: torch.log(p).float() for kind, p in sampling.items()}
 
     def forward(
-        self, seq: Tensor, rows: Tensor, positions: Tensor, kinds: Tensor, targets: Tensor, negatives: dict[int, Tensor]
+        self,
+        seq: Tensor,
+        rows: Tensor,
+        positions: Tensor,
+        kinds: Tensor,
+        targets: Tensor,
+        negatives: dict[int, Tensor],
+        two_tower_negatives: dict[int, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """A Batch as tensors on the model's device, and the sampled negatives of each kind →
-        (loss, two-tower term, full term)."""
+        """A Batch as tensors on the model's device, the sampled negatives of each kind for the full
+        term and, for the kinds whose two-tower term is sampled, its negatives → (loss, two-tower
+        term, full term)."""
+        if two_tower_negatives:
+            return self.sampled_forward(seq, rows, positions, kinds, targets, negatives, two_tower_negatives)
         model = self.model
         device = seq.device
         projected = model.projected_text()
@@ -62,12 +76,98 @@ class TrainingLoss(nn.Module):
             logits[:, :FIRST_ID] = NEGATIVE
             two_tower = two_tower + F.cross_entropy(logits, targets[where], reduction="sum")
         two_tower = two_tower / len(targets)
+        full = self.full_term(seq, rows, positions, kinds, targets, negatives, encoded, users, tables)
+        return two_tower + full, two_tower.detach(), full.detach()
 
+    def sampled_forward(
+        self,
+        seq: Tensor,
+        rows: Tensor,
+        positions: Tensor,
+        kinds: Tensor,
+        targets: Tensor,
+        negatives: dict[int, Tensor],
+        two_tower_negatives: dict[int, Tensor],
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """forward() where some kinds' two-tower term is a sampled softmax: the rows of each table
+        that the step reads (the sequence's steps, the targets, the negatives, the members of the
+        bundles among them) are the only ones computed. A kind without sampled negatives keeps the
+        exact softmax over its whole table."""
+        model = self.model
+        device = seq.device
+        num_rows = {ITEM: model.config.num_item_rows, BUNDLE: model.config.num_bundle_rows}
+        unused = torch.arange(FIRST_ID, device=device)  # padding and unknown: read by padded steps
+        candidates = {}  # kind → the rows scored as candidates
+        for kind, size in num_rows.items():
+            if kind not in two_tower_negatives:
+                candidates[kind] = torch.arange(size, device=device)
+                continue
+            parts = [unused, targets[kinds == kind], two_tower_negatives[kind]]
+            candidates[kind] = torch.cat(parts + ([negatives[kind]] if kind in negatives else [])).unique()
+        bundle_rows = torch.cat([candidates[BUNDLE], seq[:, 1].flatten()]).unique()
+        text_rows = torch.cat(
+            [candidates[ITEM], seq[:, 0].flatten(), model.bundle_members[bundle_rows].flatten()]
+        ).unique()
+        projected = TableRows(text_rows, model.projected_rows(text_rows))
+        bundles = TableRows(bundle_rows, model.bundle_rows(bundle_rows, projected))
+        encoded = model.encode(seq, projected, bundles)
+        users = model.user_vectors(encoded.states)
+        tables: dict[int, Table] = {
+            ITEM: TableRows(candidates[ITEM], model.item_rows(candidates[ITEM], projected)),
+            BUNDLE: bundles,
+        }
+
+        two_tower = torch.zeros((), device=device)
+        for kind, table in tables.items():
+            where = kinds == kind
+            if not where.any():
+                continue
+            user = users[rows[where], positions[where]]
+            target = targets[where]
+            if kind not in two_tower_negatives:
+                logits = user @ table[candidates[kind]].T
+                logits[:, :FIRST_ID] = NEGATIVE
+                two_tower = two_tower + F.cross_entropy(logits, target, reduction="sum")
+                continue
+            two_tower = two_tower + self.sampled_softmax(user, target, two_tower_negatives[kind], table, kind)
+        two_tower = two_tower / len(targets)
+        full = self.full_term(seq, rows, positions, kinds, targets, negatives, encoded, users, tables, num_rows)
+        return two_tower + full, two_tower.detach(), full.detach()
+
+    def sampled_softmax(self, user: Tensor, target: Tensor, drawn: Tensor, table: Table, kind: int) -> Tensor:
+        """Summed cross-entropy of each target against the shared draws, every logit less its log
+        sampling probability and a draw of the target itself masked. Written as logsumexp over the
+        draws rather than a softmax over [target, draws], which saves copies of the largest tensor
+        of the step ([predictions, draws])."""
+        log_q = self.log_q[kind].to(user.device)
+        positive = (user * table[target]).sum(-1) - log_q[target]
+        logits = torch.addmm(-log_q[drawn], user, table[drawn].T)
+        logits.masked_fill_(drawn.unsqueeze(0) == target.unsqueeze(1), NEGATIVE)
+        return (torch.logaddexp(positive, torch.logsumexp(logits, dim=1)) - positive).sum()
+
+    def full_term(
+        self,
+        seq: Tensor,
+        rows: Tensor,
+        positions: Tensor,
+        kinds: Tensor,
+        targets: Tensor,
+        negatives: dict[int, Tensor],
+        encoded: Encoded,
+        users: Tensor,
+        tables: dict[int, Table],
+        num_rows: dict[int, int] | None = None,
+    ) -> Tensor:
+        """The full score's term at the user token (module docstring); `num_rows` gives the tables'
+        sizes where they are TableRows."""
+        model = self.model
+        device = seq.device
         full = torch.zeros((), device=device)
         final = positions == seq.shape[-1]  # the user token's predictions
         for kind, table in tables.items():
             where = final & (kinds == kind)
-            if not where.any() or table.shape[0] <= FIRST_ID:
+            size = table.shape[0] if num_rows is None else num_rows[kind]
+            if not where.any() or size <= FIRST_ID:
                 continue
             positives, owners = targets[where], rows[where]
             own = positives.unique()
@@ -83,8 +183,7 @@ class TrainingLoss(nn.Module):
             own_column = torch.arange(len(columns), device=device).unsqueeze(0) == label.unsqueeze(1)
             other = (example_positive[owner] > 0) & ~own_column
             full = full + F.cross_entropy(scores.masked_fill(other, NEGATIVE), label, reduction="sum")
-        full = full / final.sum()
-        return two_tower + full, two_tower.detach(), full.detach()
+        return full / final.sum()
 
 
 def batch_tensors(batch: Batch, device: torch.device) -> tuple[Tensor, ...]:

@@ -20,6 +20,10 @@ from bundlerec.ranking.vocabulary import Vocabulary
 from bundlerec.training.data import model_steps
 from bundlerec.training.model import BundleRanker
 
+# users × candidates scored at once at most: target attention holds several [users, candidates, d]
+# tensors, a gigabyte each at 32 users and 160k candidates
+CANDIDATE_BUDGET = 2_000_000
+
 
 class ItemMapper:
     """Maps dataset item ids to model indices; an unknown item with text gets an extra-text row."""
@@ -102,8 +106,9 @@ class ModelScorer:
         length = self.model.config.max_sequence
         scores = np.empty((len(users), len(split.target_ids)), dtype=np.float32)
         wide = np.empty_like(scores)
-        for start in range(0, len(users), self.batch_users):
-            chunk = users[start : start + self.batch_users]
+        step = max(1, min(self.batch_users, CANDIDATE_BUDGET // max(1, len(split.target_ids))))
+        for start in range(0, len(users), step):
+            chunk = users[start : start + step]
             seq = torch.from_numpy(
                 np.stack([encode_sequence(self._steps(split, u), length, clock=self.clock) for u in chunk])
             ).to(device)

@@ -29,6 +29,7 @@ from bundlerec.training.cooccurrence import (
     neighbour_tables,
 )
 from bundlerec.training.data import (
+    ITEM,
     TrainingData,
     batches,
     carve_validation,
@@ -56,6 +57,10 @@ class TrainSettings:
     batch_size: int = 0  # examples per step; 0: 256 for ordered histories, 64 for unordered (fewer predictions each)
     learning_rate: float = 5e-3
     negatives: int = 256
+    # the two-tower term's softmax runs over a kind's whole table (items or bundles) up to this many
+    # rows; above, over this many rows drawn per step with the logQ correction (objective.py), so an
+    # epoch costs what its examples do, not what the catalogue does. 0: always the whole table.
+    two_tower_negatives: int = 2048
     neighbours: int = 100  # co-occurrence neighbours per item or bundle (cooccurrence.py); 0 = none
     # how the co-occurrence part weighs a pair: "ease" (blended with cosine; L2 and share chosen on
     # validation from the grids) or "cosine" (item-kNN)
@@ -86,7 +91,14 @@ class EpochRecord:
     two_tower: float
     full: float
     metric: float
-    seconds: float
+    seconds: float  # the whole epoch, validation included
+    examples: int = 0  # trained on (all workers')
+    train_seconds: float = 0.0  # the epoch without its validation
+    train_cpu_seconds: float = 0.0  # and the process's CPU time for it: steadier on a shared machine
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples / self.train_seconds if self.train_seconds else 0.0
 
 
 @dataclass
@@ -138,6 +150,8 @@ def train(
     members = torch.from_numpy(data.vocabulary.bundle_members)
     model = BundleRanker(config, torch.from_numpy(data.item_text), members).to(workers.device)
     sampling = {kind: sampling_distribution(torch.from_numpy(c)) for kind, c in data.target_counts().items()}
+    limit = settings.two_tower_negatives
+    sampled = {kind: p for kind, p in sampling.items() if limit and len(p) > limit}
     step = distributed.wrap(TrainingLoss(model, sampling), workers)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     generator = torch.Generator().manual_seed(settings.seed + workers.rank)
@@ -153,12 +167,15 @@ def train(
         f"{data.vocabulary.num_bundle_rows - 2:,} bundles ({'ordered' if data.causal else 'unordered'} histories); "
         f"selecting on validation {metric_name} over {len(split.users):,} users; on {workers.describe()}"
     )
+    if sampled:
+        names = " and ".join("items" if kind == ITEM else "bundles" for kind in sampled)
+        progress(f"two-tower term: a sampled softmax over {limit:,} {names} per step")
 
     best: tuple[float, dict, dict[str, float]] | None = None
     history: list[EpochRecord] = []
     stale = 0
     for epoch in range(1, settings.max_epochs + 1):
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         model.train()
         pairs = examples(data, settings.max_sequence, rng, settings.mask_share)
         totals = np.zeros(3)
@@ -167,19 +184,30 @@ def train(
         for group in distributed.share(epoch_batches, workers):
             batch = make_batch(group, settings.max_sequence, clock=data.clock, causal=data.causal)
             negatives = sample_negatives(sampling, settings.negatives, generator, workers.device)
-            loss, two_tower, full = step(*batch_tensors(batch, workers.device), negatives)
+            drawn = sample_negatives(sampled, limit, generator, workers.device) if sampled else None
+            loss, two_tower, full = step(*batch_tensors(batch, workers.device), negatives, drawn)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             totals += (loss.item(), two_tower.item(), full.item())
             count += 1
+        trained_for, cpu_for = time.monotonic() - started, time.process_time() - cpu_started
         metrics = evaluate_scorer(split, scorer, ks=(10, 20))
-        record = EpochRecord(epoch, *(totals / max(count, 1)), metrics[metric_name], time.monotonic() - started)
+        record = EpochRecord(
+            epoch,
+            *(totals / max(count, 1)),
+            metrics[metric_name],
+            time.monotonic() - started,
+            examples=len(pairs),
+            train_seconds=trained_for,
+            train_cpu_seconds=cpu_for,
+        )
         history.append(record)
         improved = best is None or record.metric > best[0]
         progress(
             f"epoch {epoch:3d}  loss {record.loss:.4f} (two-tower {record.two_tower:.4f}, full {record.full:.4f})  "
-            f"valid {metric_name} {record.metric:.4f}{' *' if improved else ''}  {record.seconds:.0f} s"
+            f"valid {metric_name} {record.metric:.4f}{' *' if improved else ''}  {record.seconds:.0f} s "
+            f"({record.examples_per_second:,.0f} examples/s, validation {record.seconds - trained_for:.0f} s)"
         )
         if improved:
             best = (record.metric, copy.deepcopy(model.state_dict()), metrics)
