@@ -43,7 +43,7 @@ class ModelConfig:
     heads: int = 2
     max_sequence: int = 50
     max_members: int = 32
-    dropout: float = 0.3
+    dropout: float = 0.5
     id_dropout: float = 0.1
     neighbours: int = 100  # co-occurrence neighbours per column (cooccurrence.py); 0 = none
     wide_l2: float = 0.0  # how the tables were weighed: EASE's L2 regularization, 0 = cosine only

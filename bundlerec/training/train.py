@@ -11,7 +11,7 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -45,15 +45,19 @@ from bundlerec.training.scorer import ModelScorer
 Progress = Callable[[str], None]
 
 
+# The model's hyper-parameters have one definition, ModelConfig's defaults; training starts from them.
+_MODEL = {f.name: f.default for f in fields(ModelConfig) if f.default is not MISSING}
+
+
 @dataclass
 class TrainSettings:
-    dim: int = 64
-    layers: int = 2
-    heads: int = 2
-    max_sequence: int = 50
-    max_members: int = 32
-    dropout: float = 0.5
-    id_dropout: float = 0.1
+    dim: int = _MODEL["dim"]
+    layers: int = _MODEL["layers"]
+    heads: int = _MODEL["heads"]
+    max_sequence: int = _MODEL["max_sequence"]
+    max_members: int = _MODEL["max_members"]
+    dropout: float = _MODEL["dropout"]
+    id_dropout: float = _MODEL["id_dropout"]
     batch_size: int = 0  # examples per step; 0: 256 for ordered histories, 64 for unordered (fewer predictions each)
     learning_rate: float = 5e-3
     negatives: int = 256
@@ -61,7 +65,7 @@ class TrainSettings:
     # rows; above, over this many rows drawn per step with the logQ correction (objective.py), so an
     # epoch costs what its examples do, not what the catalogue does. 0: always the whole table.
     two_tower_negatives: int = 2048
-    neighbours: int = 100  # co-occurrence neighbours per item or bundle (cooccurrence.py); 0 = none
+    neighbours: int = _MODEL["neighbours"]  # co-occurrence neighbours per item or bundle; 0 = none
     # how the co-occurrence part weighs a pair: "ease" (blended with cosine; L2 and share chosen on
     # validation from the grids) or "cosine" (item-kNN)
     wide: str = "ease"
