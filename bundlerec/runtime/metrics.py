@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Any
 
 from prometheus_client import Counter, Histogram, start_http_server
 
@@ -31,25 +30,24 @@ GC_PAUSES = Histogram(
 )
 
 
+class _CollectionTimer:
+    """A gc callback: the time from each collection's start to its stop, by generation."""
+
+    def __init__(self) -> None:
+        self.children = [GC_PAUSES.labels(str(generation)) for generation in range(3)]
+        self.started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.children[info["generation"]].observe(time.perf_counter() - self.started)
+
+
 def time_garbage_collections() -> None:
     """Times every collection of this process into GC_PAUSES (once per process)."""
-    if _on_collection in gc.callbacks:
-        return
-    children = [GC_PAUSES.labels(str(generation)) for generation in range(3)]
-    _started[:] = [0.0]
-    _children[:] = children
-    gc.callbacks.append(_on_collection)
-
-
-_started: list[float] = [0.0]
-_children: list[Any] = []
-
-
-def _on_collection(phase: str, info: dict[str, int]) -> None:
-    if phase == "start":
-        _started[0] = time.perf_counter()
-    elif _children:
-        _children[info["generation"]].observe(time.perf_counter() - _started[0])
+    if not any(isinstance(callback, _CollectionTimer) for callback in gc.callbacks):
+        gc.callbacks.append(_CollectionTimer())
 
 
 def start_metrics_endpoint(host: str, port: int) -> None:
