@@ -367,7 +367,7 @@ async def test_vector_indexes_are_restored_only_while_they_match_the_catalogue(t
     got = {c.target_id for c in second.retrieve(query).items}
     await second.close()
     other_writer = await CatalogueStore.open(url, migrate=False)  # a change the saved index never saw
-    await other_writer.delete_bundles(["nothing"])
+    await other_writer.delete_bundles(["nothing"], 0)
     await other_writer.close()
     third = await open_service(url, encoder_dir, saved)
     elsewhere = await open_service(other_url, encoder_dir, saved)  # another catalogue, same directory

@@ -3,7 +3,7 @@ layer (SQLite embedded, PostgreSQL in production). Each public method is one tra
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bundlerec import db
+from bundlerec.candidate import feed
 from bundlerec.candidate.model import Bundle, Item
 from bundlerec.candidate.schema import (
     BundleCoOccurrenceRow,
@@ -56,12 +57,30 @@ class StoredItem:
 
 
 @dataclass(frozen=True, slots=True)
-class CatalogueSnapshot:
-    """Everything the in-memory indexes are built from."""
+class Counters:
+    instance: int  # random, per catalogue: tells catalogues apart
+    generation: int  # grows with every change of items or bundles (a saved vector index's stamp)
+    sequence: int  # the change feed's newest entry (feed.py): grows with every write
 
+    @property
+    def stamp(self) -> tuple[int, int]:
+        return self.instance, self.generation
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueSnapshot:
+    """Everything the in-memory indexes are built from, and the counters read before it (so it
+    holds at least every change up to them; a follower re-applies later ones idempotently)."""
+
+    counters: Counters
     items: list[StoredItem]
     bundles: list[Bundle]
     statistics: BehaviourStatistics
+
+
+async def _counters(conn: AsyncConnection) -> Counters:
+    values = {row.key: row.value for row in await conn.execute(select(meta_t.c.key, meta_t.c.value))}
+    return Counters(values["instance"], values["generation"], values["sequence"])
 
 
 def _item_from_row(row: Any) -> Item:
@@ -83,6 +102,7 @@ class CatalogueStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.last_generation = -1  # the generation the last write of this store produced
+        self.last_sequence = -1  # and the number of its change-feed entry (feed.py)
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
     @classmethod
@@ -104,14 +124,23 @@ class CatalogueStore:
         stmt = update(meta_t).where(_GENERATION).values(value=meta_t.c.value + 1).returning(meta_t.c.value)
         self.last_generation = (await conn.execute(stmt)).scalar_one()
 
-    async def generation(self) -> tuple[int, int]:
-        """(this catalogue's random instance number, its generation)."""
+    async def _log(
+        self,
+        conn: AsyncConnection,
+        now_us: int,
+        *,
+        items: Collection[str] = (),
+        bundles: Collection[str] = (),
+        availability: Collection[str] = (),
+        kind: str = "write",
+    ) -> None:
+        """Appends the write to the change feed that the other replicas follow (feed.py)."""
+        self.last_sequence = await feed.append(
+            conn, now_us, items=items, bundles=bundles, availability=availability, kind=kind
+        )
 
-        async def work(conn: AsyncConnection) -> tuple[int, int]:
-            values = {row.key: row.value for row in await conn.execute(select(meta_t.c.key, meta_t.c.value))}
-            return values["instance"], values["generation"]
-
-        return await db.read(self.engine, work)
+    async def counters(self) -> Counters:
+        return await db.read(self.engine, _counters)
 
     async def encoder_stamp(self) -> int | None:
         """Which encoder embedded the stored text vectors (see CandidateService.load)."""
@@ -137,7 +166,12 @@ class CatalogueStore:
 
     async def upsert_items(self, items: Sequence[Item], text_vectors: np.ndarray, now_us: int) -> tuple[int, int]:
         """Inserts or replaces items with their text embeddings; returns (inserted, updated)."""
-        return await db.in_transaction(self.engine, lambda conn: self._upsert_items(conn, items, text_vectors, now_us))
+
+        async def work(conn: AsyncConnection) -> tuple[int, int]:
+            await self._log(conn, now_us, items=[it.item_id for it in items])
+            return await self._upsert_items(conn, items, text_vectors, now_us)
+
+        return await db.in_transaction(self.engine, work)
 
     async def _upsert_items(
         self,
@@ -175,7 +209,7 @@ class CatalogueStore:
             await conn.execute(stmt, rows[start : start + 1000])
         return len(rows) - len(existing), len(existing)
 
-    async def delete_items(self, item_ids: Sequence[str]) -> tuple[int, list[str]]:
+    async def delete_items(self, item_ids: Sequence[str], now_us: int) -> tuple[int, list[str]]:
         """Deletes items (and their bundle memberships); returns (deleted, bundles that changed)."""
 
         async def work(conn: AsyncConnection) -> tuple[int, list[str]]:
@@ -187,6 +221,7 @@ class CatalogueStore:
                     )
                 ).scalars()
             )
+            await self._log(conn, now_us, items=item_ids, bundles=touched)
             await conn.execute(delete(members_t).where(members_t.c.item_id.in_(item_ids)))
             await conn.execute(delete(stats_t).where(stats_t.c.item_id.in_(item_ids)))
             await conn.execute(
@@ -207,7 +242,12 @@ class CatalogueStore:
         return await db.in_transaction(self.engine, work)
 
     async def upsert_bundles(self, bundles: Sequence[Bundle], now_us: int) -> tuple[int, int]:
-        return await db.in_transaction(self.engine, lambda conn: self._upsert_bundles(conn, bundles, now_us))
+        async def work(conn: AsyncConnection) -> tuple[int, int]:
+            counts = await self._upsert_bundles(conn, bundles, now_us)  # (checks members first)
+            await self._log(conn, now_us, bundles=[b.bundle_id for b in bundles])
+            return counts
+
+        return await db.in_transaction(self.engine, work)
 
     async def _upsert_bundles(self, conn: AsyncConnection, bundles: Sequence[Bundle], now_us: int) -> tuple[int, int]:
         await self._bump(conn)
@@ -237,9 +277,10 @@ class CatalogueStore:
             await conn.execute(self._insert(members_t), rows[start : start + 5000])
         return len(ids) - len(existing), len(existing)
 
-    async def delete_bundles(self, bundle_ids: Sequence[str]) -> int:
+    async def delete_bundles(self, bundle_ids: Sequence[str], now_us: int) -> int:
         async def work(conn: AsyncConnection) -> int:
             await self._bump(conn)
+            await self._log(conn, now_us, bundles=bundle_ids)
             await conn.execute(delete(members_t).where(members_t.c.bundle_id.in_(bundle_ids)))
             await conn.execute(
                 delete(bundle_cooccurrence_t).where(
@@ -255,6 +296,7 @@ class CatalogueStore:
     ) -> tuple[int, list[str]]:
         async def work(conn: AsyncConnection) -> tuple[int, list[str]]:
             known = await self._existing(conn, items_t.c.item_id, (u[0] for u in updates))
+            await self._log(conn, now_us, availability=known)
             for item_id, in_stock, count in updates:
                 if item_id in known:
                     await conn.execute(
@@ -270,6 +312,19 @@ class CatalogueStore:
         async def work(conn: AsyncConnection) -> dict[str, Item]:
             rows = await conn.execute(select(items_t).where(items_t.c.item_id.in_(list(item_ids))))
             return {r.item_id: _item_from_row(r) for r in rows}
+
+        return await db.read(self.engine, work)
+
+    async def stored_items(self, item_ids: Collection[str]) -> dict[str, StoredItem]:
+        """Items with their text vectors, as the index takes them."""
+
+        async def work(conn: AsyncConnection) -> dict[str, StoredItem]:
+            found: dict[str, StoredItem] = {}
+            wanted = list(item_ids)
+            for start in range(0, len(wanted), 500):
+                rows = await conn.execute(select(items_t).where(items_t.c.item_id.in_(wanted[start : start + 500])))
+                found.update((r.item_id, StoredItem(_item_from_row(r), from_bytes(r.text_vector))) for r in rows)
+            return found
 
         return await db.read(self.engine, work)
 
@@ -319,6 +374,7 @@ class CatalogueStore:
         """The whole catalogue, to (re)build the in-memory indexes."""
 
         async def work(conn: AsyncConnection) -> CatalogueSnapshot:
+            counters = await _counters(conn)
             items = [
                 StoredItem(_item_from_row(r), from_bytes(r.text_vector))
                 for r in await conn.execute(select(items_t).order_by(items_t.c.item_id))
@@ -337,7 +393,7 @@ class CatalogueStore:
                     (r.bundle_id, r.other_id): r.weight for r in await conn.execute(select(bundle_cooccurrence_t))
                 },
             )
-            return CatalogueSnapshot(items, bundles, statistics)
+            return CatalogueSnapshot(counters, items, bundles, statistics)
 
         return await db.read(self.engine, work)
 
@@ -370,6 +426,7 @@ class CatalogueStore:
 
         async def work(conn: AsyncConnection) -> tuple[int, int]:
             # The import format has no availability: items already in the catalogue keep theirs.
+            await self._log(conn, now_us, kind="import")
             counts = await self._upsert_items(conn, items, text_vectors, now_us, keep_availability=True)
             if bundles:
                 await self._upsert_bundles(conn, bundles, now_us)

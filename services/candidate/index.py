@@ -195,6 +195,9 @@ class CatalogueIndex:
         self._set_item_columns(self.items[item_id])
         self.version += 1
 
+    def wants_compaction(self) -> bool:
+        return self.item_vectors.wants_compaction or self.bundle_vectors.wants_compaction
+
     def _changed(self) -> None:
         """Everything changed (a load): every derived array is rebuilt on next use."""
         self.version += 1

@@ -9,7 +9,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from bundlerec.candidate.model import SOURCE_SETS
 
@@ -28,6 +28,23 @@ SOURCE_HITS = Counter(
     "Candidates returned by Retrieve (kind item or bundle) per source that found them (a candidate found "
     "by several sources counts for each); SearchText results count as source text_search.",
     ["kind", "source"],
+)
+
+FOLLOWED = Counter(
+    "bundlerec_candidate_feed_applied_total",
+    "Looks at the catalogue's change feed that found other writers' changes (another replica's writes, "
+    "an import) and applied them to this replica's index.",
+)
+FEED_LAG = Histogram(
+    "bundlerec_candidate_feed_lag_seconds",
+    "From a catalogue write's commit (by another replica or an import) to this replica's index "
+    "reflecting it; the oldest write of each batch applied.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+REBUILDS = Counter(
+    "bundlerec_candidate_index_rebuilds_total",
+    "Whole indexes built in the background and swapped in (a new model's vectors, compaction of deleted "
+    "entries, an import, a replica left behind the trimmed change feed).",
 )
 
 

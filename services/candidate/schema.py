@@ -91,9 +91,27 @@ class BundleCoOccurrenceRow(Base):
 
 class CatalogueMetaRow(Base):
     """Counters of the catalogue. `generation` grows with every change of items or bundles, so a
-    saved vector index can tell whether it still matches the catalogue."""
+    saved vector index can tell whether it still matches the catalogue; `sequence` with every write
+    of any kind (availability too), numbering the change feed (CatalogueChangeRow)."""
 
     __tablename__ = "catalogue_meta"
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
+
+
+class CatalogueChangeRow(Base):
+    """The change feed every replica follows: one row per catalogue write, numbered by the
+    `sequence` counter, which the writing transaction holds locked until it commits, so rows become
+    visible in sequence order. The JSON lists name what changed (followers read those rows' current
+    state); an `import` row replaces too much to list: followers rebuild their index. Old rows are
+    trimmed: a follower left behind the oldest kept row rebuilds too."""
+
+    __tablename__ = "catalogue_changes"
+
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16))  # "write" or "import"
+    items: Mapped[list[str]] = mapped_column(JSON)  # items stored or deleted
+    bundles: Mapped[list[str]] = mapped_column(JSON)  # bundles stored or deleted (or losing a member)
+    availability: Mapped[list[str]] = mapped_column(JSON)  # items whose stock alone changed
+    at_us: Mapped[int] = mapped_column(BigInteger)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bundlerec.candidate.catalogue import CatalogueStore
 from bundlerec.candidate.collaborative import ModelWatcher
+from bundlerec.candidate.following import Followers
 from bundlerec.candidate.index import CatalogueIndex
 from bundlerec.candidate.service import CandidateService, Encoder
 from bundlerec.candidate.servicer import CandidateServicer
@@ -41,13 +42,20 @@ async def build(
     )
     service = CandidateService(store, index, encoder, Path(settings.index_dir) if settings.index_dir else None)
     await service.load()
+    followers = Followers(service)
+    followers.follow_catalogue(settings.feed_poll_seconds, settings.database_url)
     if watcher:
-        service.follow_models(watcher, settings.model_poll_seconds)
+        followers.follow_models(watcher, settings.model_poll_seconds)
     servicer = CandidateServicer(service)
+
+    async def close() -> None:
+        await followers.close()
+        await service.close()
+
     return ServiceParts(
         name="candidate",
         register=lambda server: candidate_pb2_grpc.add_CandidateServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
         readiness=store.readiness,
-        close=service.close,
+        close=close,
     )

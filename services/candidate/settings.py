@@ -34,9 +34,12 @@ class CandidateSettings(ServiceSettings):
         100_000, ge=0, description="Exact vector search below this many vectors, HNSW above (bench/retrieval.py)."
     )
     search_threads: int = Field(
-        1, ge=1, le=256, description="OpenMP threads of FAISS (one search, index builds). 1: a query of one "
+        1,
+        ge=1,
+        le=256,
+        description="OpenMP threads of FAISS (one search, index builds). 1: a query of one "
         "vector gains nothing from more, and on a machine shared with other services their threads wait on "
-        "each other (measured: bench/loadtest.py)."
+        "each other (measured: bench/loadtest.py).",
     )
     models_dir: str = Field(
         "var/bundlerec/models",
@@ -49,4 +52,11 @@ class CandidateSettings(ServiceSettings):
         ge=0,
         description="Seconds between looks for a newer model version (then the vector indexes are rebuilt and "
         "swapped in); 0: only at start.",
+    )
+    feed_poll_seconds: float = Field(
+        0.25,
+        ge=0,
+        description="Seconds between looks at the catalogue's change feed, which brings other replicas' writes and "
+        "imports to this replica's index (PostgreSQL: writes also notify, and the poll runs ten times less "
+        "often while the listener is connected); 0: never (a single replica that alone writes its catalogue).",
     )

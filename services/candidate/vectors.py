@@ -123,10 +123,14 @@ class VectorIndex:
         self.alive[slot] = False
         self.searchable[slot] = False
         # A tombstone in both index kinds: the search bitmap skips it. (FAISS remove_ids on an
-        # IndexIDMap2 rebuilds its reverse map, O(n) per removal.)
+        # IndexIDMap2 rebuilds its reverse map, O(n) per removal.) The owner compacts (rebuilds) in
+        # the background once `wants_compaction`; an HNSW build takes minutes at 100k vectors.
         self._tombstones += 1
-        if self._tombstones > 0.2 * max(1, len(self.slot_of)):
-            self.compact()
+
+    @property
+    def wants_compaction(self) -> bool:
+        """More than a fifth of the slots are tombstones (every upsert of a known key leaves one)."""
+        return self._tombstones > max(16, 0.2 * len(self.slot_of))
 
     def save(self, path: Path) -> None:
         """Writes the index next to its slot map: `path`.faiss and `path`.json."""
@@ -152,11 +156,6 @@ class VectorIndex:
             self.searchable[slot] = bool(np.any(self.vector(key)))
         self._tombstones = len(self.key_at) - len(self.slot_of)
         return True
-
-    def compact(self) -> None:
-        keys = [k for k in self.key_at if k is not None]
-        vectors = np.stack([self.vector(k) for k in keys]) if keys else np.zeros((0, self.dim), np.float32)
-        self.build(keys, vectors)
 
     def vector(self, key: str) -> np.ndarray:
         return self._index.reconstruct(self.slot_of[key])

@@ -1,0 +1,108 @@
+"""The catalogue's change feed (table catalogue_changes): every write appends one entry in its own
+transaction, and every replica reads the entries after the last one it applied.
+
+Order: an entry's number comes from the `sequence` counter row, which the writing transaction
+updates first and holds locked until it commits; so entries commit in number order, and a reader
+that has seen entry n has seen every entry before it. On PostgreSQL each entry also sends a
+NOTIFY on CHANNEL at commit, so followers need not wait for their next poll."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bundlerec import db
+from bundlerec.candidate.schema import CatalogueChangeRow, CatalogueMetaRow
+
+CHANNEL = "bundlerec_catalogue"
+KEEP = 10_000  # entries kept; a follower further behind rebuilds its index from a snapshot
+TRIM_EVERY = 500
+
+changes_t: Table = CatalogueChangeRow.__table__  # type: ignore[assignment]
+meta_t: Table = CatalogueMetaRow.__table__  # type: ignore[assignment]
+_SEQUENCE = meta_t.c.key == "sequence"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEntries:
+    """What changed after a follower's position, up to `sequence` (the newest entry read)."""
+
+    sequence: int
+    rebuild: bool  # an import, or entries already trimmed: rebuild from a snapshot
+    oldest_at_us: int = 0  # when the oldest of them was written
+    items: frozenset[str] = frozenset()
+    bundles: frozenset[str] = frozenset()
+    availability: frozenset[str] = frozenset()
+
+
+async def append(
+    conn: AsyncConnection,
+    now_us: int,
+    *,
+    items: Collection[str] = (),
+    bundles: Collection[str] = (),
+    availability: Collection[str] = (),
+    kind: str = "write",
+) -> int:
+    """Appends one entry in the writing transaction `conn`; returns its number."""
+    bump = update(meta_t).where(_SEQUENCE).values(value=meta_t.c.value + 1).returning(meta_t.c.value)
+    sequence: int = (await conn.execute(bump)).scalar_one()
+    await conn.execute(
+        changes_t.insert().values(
+            sequence=sequence,
+            kind=kind,
+            items=sorted(items),
+            bundles=sorted(bundles),
+            availability=sorted(availability),
+            at_us=now_us,
+        )
+    )
+    if sequence % TRIM_EVERY == 0:
+        await conn.execute(delete(changes_t).where(changes_t.c.sequence <= sequence - KEEP))
+    if conn.dialect.name == "postgresql":
+        await conn.execute(select(func.pg_notify(CHANNEL, str(sequence))))
+    return sequence
+
+
+async def position(conn: AsyncConnection) -> int:
+    """The newest entry's number."""
+    return (await conn.execute(select(meta_t.c.value).where(_SEQUENCE))).scalar_one()  # type: ignore[no-any-return]
+
+
+async def newest(engine: AsyncEngine) -> int:
+    return await db.read(engine, position)
+
+
+async def entries_after(engine: AsyncEngine, after: int, skip: Collection[int] = ()) -> FeedEntries | None:
+    """The entries after number `after`, merged (None when there are none); `skip`: numbers whose
+    changes the reader already applied (its own writes)."""
+
+    async def work(conn: AsyncConnection) -> FeedEntries | None:
+        if await position(conn) <= after:
+            return None
+        rows = list(await conn.execute(select(changes_t).where(changes_t.c.sequence > after).order_by("sequence")))
+        if not rows:
+            return None
+        if rows[0].sequence != after + 1:  # trimmed away
+            return FeedEntries(rows[-1].sequence, rebuild=True, oldest_at_us=rows[-1].at_us)
+        items: set[str] = set()
+        bundles: set[str] = set()
+        availability: set[str] = set()
+        rebuild = False
+        oldest = 0
+        for row in rows:
+            if row.sequence in skip:
+                continue
+            oldest = oldest or row.at_us
+            rebuild |= row.kind == "import"
+            items.update(row.items)
+            bundles.update(row.bundles)
+            availability.update(row.availability)
+        return FeedEntries(
+            rows[-1].sequence, rebuild, oldest, frozenset(items), frozenset(bundles), frozenset(availability - items)
+        )
+
+    return await db.read(engine, work)

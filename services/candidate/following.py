@@ -1,0 +1,96 @@
+"""The candidate service's background loops: following the catalogue's change feed (other
+replicas' writes, imports) and the ranker's models directory (a new model's vectors).
+
+On PostgreSQL a write's NOTIFY (feed.CHANNEL) wakes the feed follower at once, and polling is
+only the fallback for a lost listener connection; on SQLite, where writers are other processes on
+the same file, polling is the only mechanism."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sqlalchemy.engine import make_url
+
+from bundlerec.candidate import feed
+from bundlerec.candidate.collaborative import ModelWatcher
+from bundlerec.candidate.service import CandidateService
+
+log = logging.getLogger("bundlerec.candidate")
+LISTENING_POLL_FACTOR = 10  # while the listener is connected, poll this many times less often
+
+
+class Followers:
+    """Starts and stops the loops of one service."""
+
+    def __init__(self, service: CandidateService) -> None:
+        self.service = service
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._listening = False
+
+    def follow_catalogue(self, poll_seconds: float, database_url: str) -> None:
+        """Applies other writers' changes every `poll_seconds` (0: never), or when notified."""
+        if poll_seconds <= 0:
+            return
+        self._start(self._follow_feed(poll_seconds), "candidate-feed-follower")
+        if database_url.startswith("postgresql"):
+            self._start(self._listen(database_url), "candidate-feed-listener")
+
+    def follow_models(self, watcher: ModelWatcher, interval: float) -> None:
+        """Every `interval` seconds (0: never), swaps in the collaborative vectors of a newer model."""
+        if interval > 0:
+            self._start(self._follow_models(watcher, interval), "candidate-model-watcher")
+
+    def _start(self, loop: object, name: str) -> None:
+        self._tasks.append(asyncio.create_task(loop, name=name))  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def _follow_feed(self, poll_seconds: float) -> None:
+        while True:
+            timeout = poll_seconds * (LISTENING_POLL_FACTOR if self._listening else 1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            try:
+                while await self.service.follow_catalogue():
+                    pass  # until the feed has nothing newer
+            except Exception as error:  # the follower must outlive a bad poll (a lost connection...)
+                log.warning("catalogue feed poll failed", extra={"fields": {"error": type(error).__name__}})
+
+    async def _listen(self, database_url: str) -> None:
+        import psycopg
+
+        conninfo = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        backoff = 0.5
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {feed.CHANNEL}")
+                    self._listening, backoff = True, 0.5
+                    self._wake.set()  # anything written while not listening
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except (psycopg.Error, OSError) as error:
+                fields = {"error": type(error).__name__}
+                log.warning("catalogue feed listener lost; polling meanwhile", extra={"fields": fields})
+            finally:
+                self._listening = False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    async def _follow_models(self, watcher: ModelWatcher, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.service.check_model(watcher)
+            except Exception as error:  # the watcher must outlive a bad poll (a vanished directory...)
+                log.warning("model watcher poll failed", extra={"fields": {"error": type(error).__name__}})
