@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundlerec.demo import prepare_demo, start_services, stop_services
+from bundlerec.commands.demo import prepare_demo, start_services, stop_services
 from bundlerec.loadtest.command import Plan, measure
 from bundlerec.loadtest.floor import floor_services
 from bundlerec.loadtest.workload import Workload, WorkloadSettings, load_dataset

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundlerec.client import STAGES
-from bundlerec.demo import prepare_demo, start_services, stop_services
+from bundlerec.commands.demo import prepare_demo, start_services, stop_services
 from bundlerec.loadtest.workload import Workload, WorkloadSettings, load_dataset
 from bundlerec.v1 import gateway_pb2_grpc
 

@@ -111,8 +111,7 @@ def latency(
     and int8's accuracy cost on it: (largest |score difference|, share of fp32's top 20 it keeps)."""
     import torch
 
-    from bundlerec.training.commands import load_weights
-    from bundlerec.training.export import ServingRanker
+    from bundlerec.training.export import ServingRanker, load_weights
 
     fp32 = load_model(model_dir, providers="cpu")
     int8 = load_model(model_dir, providers="cpu", use_int8=True)

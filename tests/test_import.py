@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from bundlerec.candidate.catalogue import CatalogueStore
+from bundlerec.commands.importer import ImportTargets, import_dataset
 from bundlerec.datasets.demo import generate_demo_shop
 from bundlerec.errors import InvalidArgument
-from bundlerec.importer import ImportTargets, import_dataset
 from bundlerec.v1 import candidate_pb2 as pb
 from bundlerec.v1 import profile_pb2
 from tests.harness.databases import rows_mentioning

@@ -337,7 +337,7 @@ def test_the_command_drives_the_floor_and_writes_json_and_png(shop: Path, tmp_pa
     pytest.importorskip("matplotlib")
     with floor_services() as addresses:
         out = tmp_path / "report"
-        command = [sys.executable, "-m", "bundlerec.cli", "loadtest", "--address", addresses["gateway"]]
+        command = [sys.executable, "-m", "bundlerec", "loadtest", "--address", addresses["gateway"]]
         command += ["--data", str(shop), "--rate", "60", "--duration", "1.5", "--warmup", "0.3", "--floor"]
         command += ["--out", str(out)]
         result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
@@ -358,7 +358,7 @@ def test_the_command_drives_the_floor_and_writes_json_and_png(shop: Path, tmp_pa
 
 def test_step_mode_from_the_command_line_reports_the_highest_rate(shop: Path, tmp_path: Path) -> None:
     with floor_services() as addresses:
-        command = [sys.executable, "-m", "bundlerec.cli", "loadtest", "--address", addresses["gateway"]]
+        command = [sys.executable, "-m", "bundlerec", "loadtest", "--address", addresses["gateway"]]
         command += ["--data", str(shop), "--rate", "50", "--step-p99-ms", "0.001", "--step-duration", "0.5"]
         command += ["--step-warmup", "0.1", "--step-min-requests", "10", "--out", str(tmp_path)]
         result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
@@ -372,7 +372,7 @@ def test_step_mode_from_the_command_line_reports_the_highest_rate(shop: Path, tm
 def test_nothing_listening_is_a_clear_error(tmp_path: Path, shop: Path) -> None:
     from tests.harness.processes import free_port
 
-    command = [sys.executable, "-m", "bundlerec.cli", "loadtest", "--address", f"127.0.0.1:{free_port()}"]
+    command = [sys.executable, "-m", "bundlerec", "loadtest", "--address", f"127.0.0.1:{free_port()}"]
     command += ["--data", str(shop), "--duration", "1", "--connect-timeout", "1", "--out", str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
     assert result.returncode != 0

@@ -17,8 +17,11 @@ from bundlerec.datasets.demo import generate_demo_shop  # noqa: E402
 from bundlerec.evaluation.protocol import build_split  # noqa: E402
 from bundlerec.ranking.artifact import INT8_FILE, ONNX_FILE, ModelArtifactError, ModelManifest, model_versions  # noqa: E402
 from bundlerec.ranking.features import encode_candidates, encode_sequence  # noqa: E402
-from bundlerec.training.commands import load_weights  # noqa: E402
-from bundlerec.training.export import ServingRanker, write_model_dir  # noqa: E402
+from bundlerec.training.export import (  # noqa: E402
+    ServingRanker,
+    load_weights,
+    write_model_dir,
+)
 from bundlerec.training.scorer import ModelScorer  # noqa: E402
 from bundlerec.training.text import item_text_vectors  # noqa: E402
 from bundlerec.training.train import TrainedModel, TrainSettings, train  # noqa: E402

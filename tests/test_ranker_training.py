@@ -221,7 +221,7 @@ def test_torchrun_trains_on_two_workers_and_one_writes_the_model(tmp_path: Path)
     generate_demo_shop(tmp_path / "shop", seed=3, users=120, items=300)
     command = [
         *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"),
-        *("-m", "bundlerec.cli", "train", "--data", str(tmp_path / "shop"), "--out", str(tmp_path / "models")),
+        *("-m", "bundlerec", "train", "--data", str(tmp_path / "shop"), "--out", str(tmp_path / "models")),
         *("--epochs", "2", "--dim", "16", "--no-text", "--threads", "1"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

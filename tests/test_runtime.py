@@ -58,7 +58,7 @@ async def test_not_ready_until_the_database_is_migrated(tmp_path) -> None:  # ty
         await wait_for_health(server.channel, health_pb2.HealthCheckResponse.NOT_SERVING)
         before = await health_status(server.channel)
         assert "migrat" in (await server.running.parts.readiness() or "")  # why, in the service's words
-        from bundlerec.cli import main
+        from bundlerec.commands.cli import main
 
         await asyncio.to_thread(main, ["migrate", "profile", "--database-url", url, "--log-level", "warning"])
         await wait_for_health(server.channel, health_pb2.HealthCheckResponse.SERVING)

@@ -6,7 +6,7 @@ epoch's batches, and DistributedDataParallel averages the gradients, so all proc
 same weights after every step. Each validates the same users and so reaches the same decisions
 (best epoch, early stop, the mix of the two parts); only rank 0 writes the model.
 
-    torchrun --nnodes 2 --nproc-per-node 1 --rdzv-endpoint HOST:29400 -m bundlerec.cli train --data DIR
+    torchrun --nnodes 2 --nproc-per-node 1 --rdzv-endpoint HOST:29400 -m bundlerec train --data DIR
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from bundlerec.ranking.artifact import (
 )
 from bundlerec.ranking.features import FIRST_ID
 from bundlerec.ranking.vocabulary import Vocabulary
-from bundlerec.training.model import BundleRanker
+from bundlerec.training.model import BundleRanker, ModelConfig
 from bundlerec.training.train import TrainedModel
 
 
@@ -170,3 +170,15 @@ def write_model_dir(
 def _next(version: str) -> str:
     stem, _, n = version.partition(".")
     return f"{stem}.{int(n or 0) + 1:03d}"  # zero-padded, so names keep sorting by creation
+
+
+def load_weights(directory: Path) -> tuple[BundleRanker, Vocabulary, ModelManifest]:
+    """A model directory's PyTorch weights (a plain state dict, loaded with weights_only)."""
+    manifest = ModelManifest.read(directory)
+    vocabulary = Vocabulary.load(directory)
+    config = ModelConfig(**manifest.model)
+    state = torch.load(directory / WEIGHTS_FILE, weights_only=True)
+    state.setdefault("wide_member_weight", torch.ones(()))  # versions written before the factor existed
+    model = BundleRanker(config, state["item_text"], state["bundle_members"])
+    model.load_state_dict(state)
+    return model.eval(), vocabulary, manifest

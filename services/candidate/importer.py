@@ -1,6 +1,6 @@
 """The candidate service's part of `bundlerec import`: a dataset's catalogue, written in one
 transaction (items with their text embeddings, bundles, time-decayed popularity and co-occurrence).
-Called by the `bundlerec import` command (bundlerec/importer.py), which reads and checks the dataset
+Called by the `bundlerec import` command (bundlerec/commands/importer.py), which reads and checks the dataset
 first; start (or restart) the service after a bulk import."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The profile service's part of `bundlerec import`: a dataset's events, in batches whose event ids
 derive from the dataset, so an interrupted import can simply be run again (nothing is counted
-twice). Called by the `bundlerec import` command (bundlerec/importer.py)."""
+twice). Called by the `bundlerec import` command (bundlerec/commands/importer.py)."""
 
 from __future__ import annotations
 

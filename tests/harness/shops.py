@@ -11,11 +11,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from bundlerec.commands.importer import ImportTargets, import_dataset
 from bundlerec.datasets import read_dataset
 from bundlerec.datasets.demo import generate_demo_shop
 from bundlerec.gateway.server import Gateway, assemble
 from bundlerec.gateway.settings import GatewaySettings
-from bundlerec.importer import ImportTargets, import_dataset
 from bundlerec.runtime.server import RunningServer, start_server
 from bundlerec.v1 import gateway_pb2_grpc
 from tests.harness.servers import (

@@ -13,10 +13,7 @@ import torch
 
 from bundlerec.datasets import Dataset, read_dataset
 from bundlerec.evaluation.report import Report
-from bundlerec.ranking.artifact import WEIGHTS_FILE, ModelManifest
-from bundlerec.ranking.vocabulary import Vocabulary
 from bundlerec.training.distributed import launched_rank
-from bundlerec.training.model import BundleRanker, ModelConfig
 from bundlerec.training.scorer import ModelScorer
 from bundlerec.training.text import item_text_vectors
 from bundlerec.training.train import TrainedModel, TrainSettings, train
@@ -121,18 +118,6 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_weights(directory: Path) -> tuple[BundleRanker, Vocabulary, ModelManifest]:
-    """A model directory's PyTorch weights (a plain state dict, loaded with weights_only)."""
-    manifest = ModelManifest.read(directory)
-    vocabulary = Vocabulary.load(directory)
-    config = ModelConfig(**manifest.model)
-    state = torch.load(directory / WEIGHTS_FILE, weights_only=True)
-    state.setdefault("wide_member_weight", torch.ones(()))  # versions written before the factor existed
-    model = BundleRanker(config, state["item_text"], state["bundle_members"])
-    model.load_state_dict(state)
-    return model.eval(), vocabulary, manifest
-
-
 def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
     add_training_options(parser)
     parser.add_argument("--model", help="a model directory to evaluate (default: train one with these settings first)")
@@ -154,6 +139,7 @@ def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     from bundlerec.evaluation.report import format_table, plot_over_k, write_json
     from bundlerec.evaluation.run import run_evaluation
+    from bundlerec.training.export import load_weights
 
     dataset = _read(args.data)
     if args.model:

@@ -144,8 +144,8 @@ def _export_encoder(out: str) -> int:
 def _import(path: str, on_error: str, *, events: bool) -> int:
     """Imports into the stores the services use: their settings (environment) give the URLs."""
     from bundlerec.candidate.settings import CandidateSettings
+    from bundlerec.commands.importer import ImportTargets, import_dataset
     from bundlerec.errors import BundlerecError
-    from bundlerec.importer import ImportTargets, import_dataset
     from bundlerec.profile.settings import ProfileSettings
 
     candidate, profile = CandidateSettings(), ProfileSettings()
@@ -167,7 +167,7 @@ def _import(path: str, on_error: str, *, events: bool) -> int:
 def _training_commands():  # a module, or None
     """`train` and `evaluate` exist only where the train extra (torch) is installed."""
     try:
-        from bundlerec.training import commands
+        from bundlerec.commands import training as commands
     except ModuleNotFoundError as error:
         if error.name != "torch":
             raise
@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = generate_demo_shop(args.out, seed=args.seed, users=args.users, items=args.items, bundles=args.bundles)
         print(", ".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, dict)))
         return 0
-    from bundlerec.demo import run_demo
+    from bundlerec.commands.demo import run_demo
 
     return run_demo(args.workdir, keep=args.keep, serve=args.serve)
 

@@ -11,6 +11,7 @@ which it shares with the other commands (var/bundlerec/encoder).
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import os
 import shutil
 import signal
@@ -99,7 +100,7 @@ def prepare_demo(root: Path) -> int:
     if not (shop / "dataset.json").is_file():
         generate_demo_shop(shop, seed=1, users=300, items=600, bundles=120)
     _step(2, "exporting the sentence encoder and importing the shop (catalogue + events, SQLite)")
-    from bundlerec.importer import ImportTargets, import_dataset
+    from bundlerec.commands.importer import ImportTargets, import_dataset
     from bundlerec.training.text import ensure_encoder
 
     ensure_encoder(Path(ENCODER_DIR))
@@ -109,7 +110,7 @@ def prepare_demo(root: Path) -> int:
     _step(3, "training a small ranker (PyTorch, exported to ONNX)")
     models = root / "models"
     if not any(models.glob("*/manifest.json")):
-        train = [sys.executable, "-m", "bundlerec.cli", "train", "--data", str(shop), "--out", str(models)]
+        train = [sys.executable, "-m", "bundlerec", "train", "--data", str(shop), "--out", str(models)]
         train += ["--epochs", "4", "--dim", "32", "--encoder-dir", ENCODER_DIR]
         if subprocess.run(train, check=False).returncode != 0:
             print("training failed", file=sys.stderr)
@@ -148,7 +149,7 @@ def start_services(
         # a fresh machine is still warming up (imports, first model runs): a roomier deadline than
         # the 100 ms default keeps the demo's pages whole
         "BUNDLEREC_GATEWAY_DEADLINE_MS": "500",
-        "BUNDLEREC_GATEWAY_RULES_FILE": str(Path(__file__).resolve().parent.parent / "gateway" / "rules.example.toml"),
+        "BUNDLEREC_GATEWAY_RULES_FILE": str(importlib.resources.files("bundlerec.gateway") / "rules.example.toml"),
         **(overrides or {}),
     }
     services: list[Service] = []
@@ -224,7 +225,7 @@ def _start(name: str, port: int, env: dict[str, str]) -> Service:
         **env,
         f"{prefix}PORT": str(port),
     }
-    process = subprocess.Popen([sys.executable, "-m", "bundlerec.cli", "serve", name], env=full)
+    process = subprocess.Popen([sys.executable, "-m", "bundlerec", "serve", name], env=full)
     return Service(name, port, process)
 
 
