@@ -20,13 +20,27 @@ _FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 # An id goes into logs, keys, URLs and files: no control character at all (C0 with tab and line
 # breaks, DEL, C1) and no Unicode line or paragraph separator.
 _ID_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# A valid id in one regex, for readers of millions of rows: none of those characters, not empty,
+# no whitespace at either end.
+_PLAIN_ID = re.compile(
+    r"[^\s\x00-\x1f\x7f-\x9f\u2028\u2029](?:[^\x00-\x1f\x7f-\x9f\u2028\u2029]*[^\s\x00-\x1f\x7f-\x9f\u2028\u2029])?"
+)
 
 
 def _forbidden_char(value: str, forbidden: re.Pattern[str] = _FORBIDDEN) -> str | None:
     found = forbidden.search(value)
     if found is None:
         return None
-    return "NUL" if found.group() == "\x00" else f"control character U+{ord(found.group()):04X}"
+    char = found.group()
+    if char == "\x00":
+        return "NUL"
+    kind = "line or paragraph separator" if char in "\u2028\u2029" else "control character"
+    return f"{kind} U+{ord(char):04X}"
+
+
+def is_identifier(value: str) -> bool:
+    """What `identifier` accepts (required), in one regex: the fast path of bulk readers."""
+    return len(value) <= MAX_ID_LENGTH and _PLAIN_ID.fullmatch(value) is not None
 
 
 def text(field: str, value: str, *, max_length: int, required: bool = False) -> str:
@@ -39,6 +53,16 @@ def text(field: str, value: str, *, max_length: int, required: bool = False) -> 
     if bad:
         raise InvalidArgument(field, f"contains a {bad}")
     return value
+
+
+def all_identifiers(values: list[str]) -> bool:
+    """Whether `identifier` accepts every one of `values`, in a few C-speed passes over them all:
+    the fast path of a request carrying hundreds of ids (the field is named only when one fails)."""
+    if not values:
+        return True
+    if min(map(len, values)) == 0 or max(map(len, values)) > MAX_ID_LENGTH or list(map(str.strip, values)) != values:
+        return False
+    return _ID_FORBIDDEN.search("".join(values)) is None
 
 
 def identifier(field: str, value: str, *, required: bool = True) -> str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bundlerec import validation
 from bundlerec.datasets.format import (
     ATTRIBUTE_SEPARATOR,
     COLUMNS,
@@ -38,19 +39,16 @@ from bundlerec.datasets.format import (
     dataset_counts,
 )
 from bundlerec.datasets.rows import read_records
+from bundlerec.errors import InvalidArgument
 
 ProgressFn = Callable[[str, int], None]
 OnError = Literal["reject", "skip"]
 
-MAX_ID_LENGTH = 256
 MAX_ERRORS = 50
 PROGRESS_EVERY = 20_000
 # Unix seconds past this (year 5138) are almost always milliseconds exported by mistake.
 MAX_UNIX_SECONDS = 100_000_000_000
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-# Not empty, no control characters, no whitespace at either end.
-_PLAIN_ID = re.compile(r"[^\s\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _EVENT_TYPES: dict[str, EventType] = {t: t for t in EVENT_TYPES}
 _TARGET_TYPES: dict[str, TargetType] = {t: t for t in TARGET_TYPES}
@@ -333,17 +331,14 @@ class _Reader:
 
 
 def _id(value: str, column: str) -> None:
-    if len(value) <= MAX_ID_LENGTH and _PLAIN_ID.fullmatch(value) is not None:
-        return  # the common case, in one regex; the checks below only name what is wrong
-    if not value:
-        raise _Bad(column, "is empty")
-    if len(value) > MAX_ID_LENGTH:
-        raise _Bad(column, f"is {len(value)} characters long; at most {MAX_ID_LENGTH} allowed")
-    control = _CONTROL.search(value)
-    if control is not None:
-        raise _Bad(column, f"contains the control character U+{ord(control.group()):04X}")
-    if value != value.strip():
-        raise _Bad(column, f"starts or ends with whitespace: {value!r}")
+    """The API's rules for ids (bundlerec.validation), so every imported id can later be tracked,
+    recommended and forgotten through the services."""
+    if validation.is_identifier(value):
+        return  # the common case, in one regex; the full check only names what is wrong
+    try:
+        validation.identifier(column, value)
+    except InvalidArgument as error:
+        raise _Bad(column, "is empty" if error.problem == "is required" else error.problem) from None
 
 
 def _number(text: str, column: str) -> float:
