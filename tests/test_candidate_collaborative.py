@@ -42,7 +42,7 @@ from bundlerec.ranking.vocabulary import Vocabulary  # noqa: E402
 from bundlerec.v1 import candidate_pb2 as pb  # noqa: E402
 from bundlerec.v1 import common_pb2  # noqa: E402
 from tests.harness.factories import recent  # noqa: E402
-from tests.harness.servers import CandidateServer, running_candidate  # noqa: E402
+from tests.harness.servers import CandidateServer, eventually, running_candidate  # noqa: E402
 
 TWO_TOWER, VECTOR = pb.CANDIDATE_SOURCE_TWO_TOWER, pb.CANDIDATE_SOURCE_VECTOR
 DIM = 32
@@ -303,15 +303,17 @@ async def test_a_new_model_version_is_picked_up_while_retrieval_goes_on(
 
         clients = [asyncio.create_task(keep_retrieving()) for _ in range(4)]
         publish(model.version, models_dir)
-        reply = None
-        for _ in range(300):
-            await asyncio.sleep(0.1)
+        replies = []
+
+        async def picked_up() -> bool:  # the new model version: two-tower search answers
             with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await two_tower(server, user)
-                break
+                replies.append(await two_tower(server, user))
+            return bool(replies)
+
+        await eventually(picked_up, seconds=30, every=0.1)
+        reply = replies[0]
         stop.set()
         calls = await asyncio.gather(*clients)
-        assert reply is not None, "the new model version was not picked up"
         assert_two_tower(reply, model, user)
         assert not failures and sum(calls) > 0
 

@@ -7,13 +7,14 @@ import asyncio
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import grpc
 import pytest
 
 from bundlerec.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.harness.processes import free_port, start_service, wait_serving
+from tests.harness.servers import eventually
 from tests.harness.shops import Suite, buyer
 
 PROFILE, CANDIDATES, RANKER = gateway_pb2.STAGE_PROFILE, gateway_pb2.STAGE_CANDIDATES, gateway_pb2.STAGE_RANKER
@@ -75,14 +76,20 @@ async def test_killing_each_stage_under_traffic_degrades_pages_and_fails_none(
                     failures.append(f"{error.code().name} at {time.monotonic() - began:.1f} s: {error.details()}")
                 await asyncio.sleep(0.02)
 
+        def served_after(since: float, count: int = 20) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:  # a window: its first half second settles, then `count` pages
+                return sum(at > since + 0.5 for at, _ in pages) >= count
+
+            return check
+
         began = time.monotonic()
         clients = [asyncio.create_task(client(n)) for n in range(4)]
         marks = {}
-        await asyncio.sleep(1.0)
+        await eventually(served_after(began), seconds=30)
         for name in ("ranker", "candidate", "profile"):
             processes[name][0].send_signal(signal.SIGKILL)
             marks[name] = time.monotonic()
-            await asyncio.sleep(2.0)
+            await eventually(served_after(marks[name]), seconds=30)
         stop.set()
         await asyncio.gather(*clients)
 

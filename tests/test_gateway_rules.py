@@ -24,6 +24,7 @@ from bundlerec.gateway.rules import (
     effective_rules,
     load_rules,
 )
+from tests.harness.servers import eventually
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "gateway" / "rules.example.toml"
 
@@ -454,10 +455,10 @@ async def test_watch_reloads_until_stopped(tmp_path: Path) -> None:
     stop = asyncio.Event()
     watcher = asyncio.create_task(source.watch(0.01, stop))
     path.write_text("max_per_brand = 7\n")
-    for _ in range(200):
-        if source.current.max_per_brand == 7:
-            break
-        await asyncio.sleep(0.01)
-    assert source.current.max_per_brand == 7
+
+    async def reloaded() -> bool:
+        return source.current.max_per_brand == 7
+
+    await eventually(reloaded, seconds=2, every=0.01)
     stop.set()
     await asyncio.wait_for(watcher, 1.0)

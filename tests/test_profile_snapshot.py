@@ -17,7 +17,7 @@ from bundlerec.profile.store import SqlProfileStore
 from bundlerec.v1 import common_pb2, profile_pb2
 from tests.harness.databases import postgres_database
 from tests.harness.factories import event
-from tests.harness.servers import ProfileServer, running_profile
+from tests.harness.servers import ProfileServer, eventually, running_profile
 
 KINDS = [
     common_pb2.EVENT_TYPE_VIEW,
@@ -182,11 +182,11 @@ async def test_the_refresher_rebuilds_stale_snapshots_before_anyone_reads_them(d
     user = f"snap-{uuid.uuid4().hex[:8]}"
     async with running_profile(database_url, **{**SETTINGS, "snapshot_refresh_seconds": 0.05}) as server:
         await server.stub.RecordEvents(profile_pb2.RecordEventsRequest(events=[event(user, "a", at=1_700_000_000)]))
-        for _ in range(100):  # no read in between: only the refresher can have built it
-            if await change_rows(database_url, user) == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert await change_rows(database_url, user) == 0
+
+        async def rebuilt() -> bool:  # no read in between: only the refresher can have built it
+            return await change_rows(database_url, user) == 0
+
+        await eventually(rebuilt, seconds=5)
         assert [e.target.id for e in (await get(server, user)).recent_events] == ["a"]
 
 
@@ -196,7 +196,7 @@ async def test_a_service_stopped_while_its_refresher_rebuilds_leaves_the_store_w
     async with running_profile(url, **SETTINGS) as server:  # no refresher: 300 stale snapshots stay
         await server.stub.RecordEvents(profile_pb2.RecordEventsRequest(events=events))
     async with running_profile(url, **{**SETTINGS, "snapshot_refresh_seconds": 0.01}):
-        await asyncio.sleep(0.3)  # stopped in the middle of rebuilding them
+        await asyncio.sleep(0.3)  # stopped at some moment of rebuilding them (one transaction: not observable)
     async with running_profile(url, **SETTINGS) as server:  # its start migrates: takes the writer lock
         await server.stub.RecordEvents(profile_pb2.RecordEventsRequest(events=[event("busy-0", "b")]))
 

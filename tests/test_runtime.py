@@ -17,7 +17,7 @@ from bundlerec.runtime.server import LIVENESS_SERVICE
 from bundlerec.v1 import gateway_pb2, gateway_pb2_grpc, profile_pb2
 from tests.harness.factories import event
 from tests.harness.processes import BUNDLEREC, free_port, start_profile, start_service, wait_serving
-from tests.harness.servers import ProfileServer, running_profile
+from tests.harness.servers import ProfileServer, eventually, running_profile
 
 
 async def health_status(channel: grpc.aio.Channel, service: str = "") -> int:
@@ -26,11 +26,10 @@ async def health_status(channel: grpc.aio.Channel, service: str = "") -> int:
 
 
 async def wait_for_health(channel: grpc.aio.Channel, wanted: int, seconds: float = 10) -> None:
-    for _ in range(int(seconds / 0.05)):
-        if await health_status(channel) == wanted:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"health never became {wanted}")
+    async def reached() -> bool:
+        return await health_status(channel) == wanted
+
+    await eventually(reached, seconds)
 
 
 async def test_health_reports_serving_for_the_server_and_the_service(profile: ProfileServer) -> None:
@@ -132,8 +131,10 @@ async def test_stop_drains_in_flight_calls_and_refuses_new_ones(
     from bundlerec.profile.store import SqlProfileStore
 
     original = SqlProfileStore.record
+    writing = asyncio.Event()
 
     async def slow_record(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        writing.set()
         await asyncio.sleep(1.0)  # an injected slow write, to have a call in flight
         return await original(self, *args, **kwargs)
 
@@ -142,7 +143,7 @@ async def test_stop_drains_in_flight_calls_and_refuses_new_ones(
         in_flight = asyncio.ensure_future(
             server.stub.RecordEvents(profile_pb2.RecordEventsRequest(events=[event(user_id)]))
         )
-        await asyncio.sleep(0.3)
+        await writing.wait()
         stopping = asyncio.create_task(server.running.stop())
         await asyncio.sleep(0.1)
         with pytest.raises(grpc.aio.AioRpcError) as refused:

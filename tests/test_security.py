@@ -6,7 +6,6 @@ probes."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import hashlib
 import ipaddress
@@ -39,7 +38,7 @@ from bundlerec.runtime.tls import ChannelSecurity, open_channel
 from bundlerec.v1 import candidate_pb2, gateway_pb2, gateway_pb2_grpc, profile_pb2, profile_pb2_grpc, ranker_pb2
 from tests.harness.models import Artifacts
 from tests.harness.processes import free_port
-from tests.harness.servers import profile_settings
+from tests.harness.servers import eventually, profile_settings
 
 SERVICES = {
     "profile": (profile_pb2, "ProfileService"),
@@ -334,12 +333,12 @@ async def test_probes_that_speak_no_tls_get_health_on_the_health_port_and_nothin
     async with grpc.aio.insecure_channel(f"127.0.0.1:{tls_profile.health_port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "bundlerec.liveness", "bundlerec.v1.ProfileService"):
-            for _ in range(50):  # readiness is checked right after the start, and then every 0.2 s
+
+            async def serving(service: str = service) -> bool:  # readiness: at the start, then every 0.2 s
                 reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-                await asyncio.sleep(0.1)
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+                return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+            await eventually(serving, seconds=5, every=0.1)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await profile_pb2_grpc.ProfileServiceStub(channel).GetProfile(
                 profile_pb2.GetProfileRequest(user_id="u1"), timeout=5
