@@ -6,8 +6,9 @@ the gateway never uses them as evidence nor names them in an explanation. Both m
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
+
+from bundlerec import categories
 
 
 class SensitiveCategories:
@@ -16,13 +17,8 @@ class SensitiveCategories:
     _MEMO_ENTRIES = 65_536  # answers remembered; a catalogue has far fewer categories
 
     def __init__(self, entries: Sequence[str]) -> None:
-        self._paths = [self._levels(e) for e in entries if e.strip()]
+        self._paths = [categories.levels(e) for e in entries if e.strip()]
         self._answers: dict[str, bool] = {}  # category -> sensitive: asked of the same few paths on every page
-
-    @staticmethod
-    @functools.lru_cache(maxsize=65_536)  # pure; asked of every item on every page
-    def _levels(path: str) -> tuple[str, ...]:
-        return tuple(level.strip().casefold() for level in path.split(">") if level.strip())
 
     def __contains__(self, category: str) -> bool:
         answer = self._answers.get(category)
@@ -34,7 +30,7 @@ class SensitiveCategories:
         return answer
 
     def _matches(self, category: str) -> bool:
-        levels = self._levels(category)
+        levels = categories.levels(category)
         for entry in self._paths:
             if levels[: len(entry)] == entry:
                 return True

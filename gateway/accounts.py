@@ -53,8 +53,9 @@ class Tracked:
 
 
 class AccountsPort(Protocol):
-    async def record_events(self, events: Sequence[object], seconds: float | None) -> Recorded:
-        """Records the caller's events as they came (the profile service checks every field)."""
+    async def record_events(self, events: Sequence[bytes], seconds: float | None) -> Recorded:
+        """Records the caller's events as they came, each an encoded `common.Event` (the gateway
+        reads none of their fields; the profile service checks every one)."""
         ...
 
     async def set_consent(
@@ -73,7 +74,7 @@ class Accounts:
 
     async def track(
         self,
-        events: Sequence[object],
+        events: Sequence[bytes],
         interactions: Sequence[tuple[str, str]],
         impressions: Sequence[Impression],
         seconds: float | None = None,

@@ -19,6 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bundlerec.categories import department
 from bundlerec.gateway.model import Found, PageItem
 from bundlerec.sources import Source
 
@@ -49,11 +50,6 @@ def complements_first(found: Sequence[Found]) -> list[Found]:
 def related(seed: PageItem, candidate: Found, item: PageItem) -> bool:
     """Whether a candidate may complete a bundle of `seed`: an anchor complement, or same department."""
     return Source.ANCHOR in candidate.sources or department(item.category) == department(seed.category) != ""
-
-
-@functools.lru_cache(maxsize=65_536)  # pure; asked twice per item candidate of every request
-def department(category: str) -> str:
-    return category.split(">", 1)[0].strip().casefold()
 
 
 def build_bundles(

@@ -333,8 +333,10 @@ class AccountsClient:
         self.stub = profile_pb2_grpc.ProfileServiceStub(channel)
         self.timeout = timeout_seconds
 
-    async def record_events(self, events: Sequence[object], seconds: float | None) -> Recorded:
-        request = profile_pb2.RecordEventsRequest(events=cast(Sequence[common_pb2.Event], events))
+    async def record_events(self, events: Sequence[bytes], seconds: float | None) -> Recorded:
+        request = profile_pb2.RecordEventsRequest()
+        for encoded in events:
+            request.events.add().MergeFromString(encoded)
         reply = await self._call(self.stub.RecordEvents, request, seconds)
         return Recorded(reply.recorded, reply.duplicates, reply.anonymized)
 

@@ -38,6 +38,13 @@ class Allowed:
         """Whether something of this category may be used as evidence or named for this request."""
         return self.sensitive_allowed or category not in self.sensitive
 
+    @property
+    def keeps_impressions(self) -> bool:
+        """Whether what this requester was shown may be remembered (to rotate bundles they ignore):
+        for a consenting user and for an anonymous visitor (by session), never for a user who
+        declined personalization (their impressions are erased instead)."""
+        return self.personalized or self.anonymous
+
     def history_anchor(self) -> str:
         """The newest item of the history that may be used as evidence ("" when none): an event
         without a category could be a sensitive item, so it is never one."""

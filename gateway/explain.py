@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from bundlerec import categories
 from bundlerec.events import EventType
 from bundlerec.gateway.consent import Allowed
 from bundlerec.gateway.model import Context, PageItem, Scored
@@ -50,7 +51,7 @@ def explain(
     if allowed.personalized and (Source.VECTOR in bundle.sources or Source.TWO_TOWER in bundle.sources):
         for category, _ in allowed.affinities:
             if category and allowed.evidence(category):
-                if any(item.category.startswith(category) for item in bundle.items):
+                if any(categories.within(item.category, category) for item in bundle.items):
                     return f"matches your interest in {category.split('>')[-1].strip()}"
     if not bundle.sources:  # no retrieval source: added for a promotion
         return "featured"

@@ -52,7 +52,8 @@ class HistoryStep:
 
 @dataclass(frozen=True, slots=True)
 class Requester:
-    """Who asks, as far as this request may know: nothing of the history unless `personalized`."""
+    """Who asks, as the profile service answered (history, affinities, purchases, consent); what
+    one request may use of it is ConsentPolicy's decision (consent.Allowed)."""
 
     user_id: str  # the user id, or the session id of an anonymous visitor
     anonymous: bool

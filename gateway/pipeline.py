@@ -266,11 +266,10 @@ class Recommender:
         (in their own order), so fresh ones get the places; they still fill a page that needs them.
         A requester who declined personalization has their impressions erased instead (tracked
         before the request knew their consent)."""
-        if allowed.declined:
-            with contextlib.suppress(ImpressionsUnavailable):  # ForgetUser and consent changes erase them for sure
-                await self.impressions.forget(key)
-            return scored
-        if not (allowed.personalized or allowed.anonymous):
+        if not allowed.keeps_impressions:
+            if allowed.declined:  # ForgetUser and consent changes erase them for sure; this is a backstop
+                with contextlib.suppress(ImpressionsUnavailable):
+                    await self.impressions.forget(key)
             return scored
         tired = await self.impressions.overexposed(key, [_key(b.bundle_id, b.items) for b in scored])
         if not tired:

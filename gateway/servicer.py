@@ -256,7 +256,8 @@ class GatewayServicer(gateway_pb2_grpc.RecommendationServiceServicer):
     ) -> gateway_pb2.TrackResponse:
         impressions = impressions_from_pb(request)  # all checked before anything is kept
         interactions = [(event.user_id, event.target.id) for event in request.events]
-        tracked = await self.accounts.track(request.events, interactions, impressions, _caller_seconds(context))
+        events = [event.SerializeToString() for event in request.events]
+        tracked = await self.accounts.track(events, interactions, impressions, _caller_seconds(context))
         return gateway_pb2.TrackResponse(
             events_recorded=tracked.recorded.recorded,
             events_duplicate=tracked.recorded.duplicates,

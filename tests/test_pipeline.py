@@ -7,6 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import pytest
+
+from bundlerec.errors import Unavailable
 from bundlerec.events import EventType
 from bundlerec.gateway.experiments import Experiments
 from bundlerec.gateway.impressions import MemoryImpressions, bundle_key
@@ -24,6 +27,7 @@ from bundlerec.gateway.pipeline import PipelineSettings, Recommender, RecommendQ
 from bundlerec.gateway.popular import PopularCache
 from bundlerec.gateway.ports import CandidateFilter, CandidateQuery, StageFailed
 from bundlerec.gateway.rules import RulesSource
+from bundlerec.gateway.search import SearchQuery, search
 from bundlerec.privacy import SensitiveCategories
 from bundlerec.sources import Source
 
@@ -39,6 +43,8 @@ CATALOGUE = {
         PageItem("tester", "Test kit", "Health > Tests", "Vita", 15.0),
     )
 }
+# a text search's matches, best first: close enough for the ranker's order to move the first three
+TEXT_MATCHES = (("mug", 0.90), ("kettle", 0.89), ("phone", 0.88), ("case", 0.5))
 BUNDLES = {"b-phone": ("phone", "case"), "b-kitchen": ("kettle", "mug"), "b-health": ("pills", "tester")}
 
 
@@ -91,7 +97,9 @@ class Candidates:
     async def search_text(
         self, text: str, limit: int, item_filter: CandidateFilter, seconds: float
     ) -> list[tuple[PageItem, float]]:
-        return []
+        if self.down:
+            raise StageFailed("unavailable")
+        return [(CATALOGUE[i], score) for i, score in TEXT_MATCHES][:limit]
 
 
 @dataclass
@@ -240,3 +248,35 @@ async def test_no_time_left_skips_every_stage_as_late() -> None:
     page = await p.recommender.recommend(RecommendQuery("u1", "", Context(Placement.HOME), 5, caller_seconds=1e-9))
     assert {d.reason for d in page.degraded} == {"deadline_exceeded"}
     assert p.profile.asked == [] and len(p.candidates.queries) == 1  # the popular cache's refresh only
+
+
+# -- Search: the same ports and consent, the text match deciding what is found ------------------
+
+
+async def test_search_re_orders_the_text_matches_for_a_consenting_user() -> None:
+    p = await pipeline(shopper())
+    found = await search(p.recommender, SearchQuery("u1", "kitchen", 3))
+    assert [item.item_id for item, _ in found.results] == ["phone", "kettle", "mug"] and not found.degraded
+    assert p.ranker.histories == [("kettle",)]
+
+
+async def test_search_without_consent_keeps_the_text_order_and_asks_no_ranker() -> None:
+    p = await pipeline(shopper(personalized=False))
+    found = await search(p.recommender, SearchQuery("u1", "kitchen", 3))
+    assert [item.item_id for item, _ in found.results] == ["mug", "kettle", "phone"] and not found.degraded
+    assert p.ranker.histories == []
+
+
+async def test_search_with_the_ranker_down_keeps_the_text_order_and_says_so() -> None:
+    p = await pipeline(shopper())
+    p.ranker.down = True
+    found = await search(p.recommender, SearchQuery("u1", "kitchen", 3))
+    assert [item.item_id for item, _ in found.results] == ["mug", "kettle", "phone"]
+    assert [(d.stage, d.fallback) for d in found.degraded] == [(Stage.RANKER, "text_order")]
+
+
+async def test_search_without_the_candidate_service_is_unavailable() -> None:
+    p = await pipeline(shopper())
+    p.candidates.down = True
+    with pytest.raises(Unavailable):
+        await search(p.recommender, SearchQuery("u1", "kitchen", 3))

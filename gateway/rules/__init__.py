@@ -19,7 +19,6 @@ from bundlerec.gateway.rules.schema import (
     Promotion,
     RuleOverrides,
     Rules,
-    category_levels,
     effective_rules,
 )
 from bundlerec.gateway.rules.source import RulesError, RulesSource, load_rules, parse_rules
@@ -38,7 +37,6 @@ __all__ = [
     "RulesSource",
     "assemble_page",
     "candidate_filter",
-    "category_levels",
     "effective_rules",
     "load_rules",
     "parse_rules",

@@ -12,7 +12,8 @@ import functools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from bundlerec.gateway.rules.schema import EffectiveRules, Rules, category_levels
+from bundlerec.categories import levels as category_levels
+from bundlerec.gateway.rules.schema import EffectiveRules, Rules
 
 if TYPE_CHECKING:
     from bundlerec.gateway.model import PageItem
@@ -21,16 +22,10 @@ if TYPE_CHECKING:
 _MEMO_ENTRIES = 65_536  # distinct strings remembered; a catalogue has far fewer categories and brands
 
 
-@functools.lru_cache(maxsize=_MEMO_ENTRIES)  # pure; asked of every item on every page
-def levels_of(category: str) -> tuple[str, ...]:
-    """rules.category_levels, memoised."""
-    return category_levels(category)
-
-
 @functools.lru_cache(maxsize=_MEMO_ENTRIES)
 def category_key(category: str, depth: int) -> tuple[str, ...]:
     """The category as the page counts it: its first `depth` levels (() when unknown)."""
-    return levels_of(category)[:depth]
+    return category_levels(category)[:depth]
 
 
 @functools.lru_cache(maxsize=_MEMO_ENTRIES)
@@ -49,7 +44,7 @@ class CategoryMatcher(dict[str, bool]):
         self.lengths = sorted({len(p) for p in self.prefixes})
 
     def __missing__(self, category: str) -> bool:
-        levels = levels_of(category)
+        levels = category_levels(category)
         answer = any(levels[:n] in self.prefixes for n in self.lengths)
         if len(self) >= _MEMO_ENTRIES:
             self.clear()

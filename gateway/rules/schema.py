@@ -9,7 +9,6 @@ to INVALID_ARGUMENT. No I/O here.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,31 +26,18 @@ from pydantic import (
 )
 
 from bundlerec import validation
+from bundlerec.categories import levels as category_levels
 from bundlerec.errors import InvalidArgument
 
 log = logging.getLogger("bundlerec.gateway")
 
 # Separates the levels of a category path ("Home > Kitchen > Knives"), as in the import format.
-CATEGORY_SEPARATOR = ">"
 # The candidate service accepts at most 100 entries per filter list and 10,000 excluded ids, and
 # the gateway passes these rules into its filter: a file may fill half of an exclude list, a
 # request the other half, so no valid file and request can make retrieval refuse the filter.
 FILTER_ENTRIES = 100
 BLOCKLIST_ENTRIES = 5_000  # half of the 10,000 excluded ids: Search adds the caller's own
 MAX_OVERRIDE_ENTRIES = FILTER_ENTRIES // 2
-
-
-@functools.lru_cache(maxsize=65_536)  # pure, and called for every item of every candidate
-def category_levels(path: str) -> tuple[str, ...]:
-    """A category path as its levels, broadest first, trimmed and case-folded.
-
-    Splitting on ">" and trimming lets a rules file write "Home>Kitchen" for the catalogue's
-    "Home > Kitchen"; case-folding spares merchandisers the catalogue's exact capitalisation.
-    A prefix then matches whole levels only: ("home",) matches "Home > Kitchen", not "Homeware".
-    """
-    if not path.strip():
-        return ()
-    return tuple(level.strip().casefold() for level in path.split(CATEGORY_SEPARATOR))
 
 
 def _checked(check: Callable[[str], object]) -> AfterValidator:

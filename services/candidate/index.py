@@ -16,19 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bundlerec import categories
 from bundlerec.candidate.collaborative import Collaborative
 from bundlerec.candidate.fusion import Fusion
 from bundlerec.candidate.model import Bundle, Filter, Item
 from bundlerec.candidate.relations import Relations
 from bundlerec.candidate.statistics import BehaviourStatistics
 from bundlerec.candidate.vectors import VectorIndex
-
-
-def category_matches(path: str, prefix: str) -> bool:
-    """'A > B > C' matches the prefixes 'A', 'A > B' and 'A > B > C' (case-insensitive)."""
-    levels = [p.strip().casefold() for p in path.split(">")]
-    wanted = [p.strip().casefold() for p in prefix.split(">")]
-    return levels[: len(wanted)] == wanted
 
 
 class CatalogueIndex:
@@ -345,7 +339,7 @@ class CatalogueIndex:
         table = self._code_tables.get(key)
         if table is None:
             if path:
-                hits = [c for c, name in enumerate(names) if any(category_matches(name, w) for w in wanted)]
+                hits = [c for c, name in enumerate(names) if any(categories.within(name, w) for w in wanted)]
             else:
                 folded = {w.casefold() for w in wanted}
                 hits = [c for c, name in enumerate(names) if name in folded]
