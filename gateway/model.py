@@ -104,8 +104,9 @@ class Scored:
 @dataclass(frozen=True, slots=True)
 class Degradation:
     stage: Stage
-    reason: str  # "deadline_exceeded", "unavailable", "circuit_open", "error"
-    fallback: str  # "candidate_order", "cached_popular", "anonymous"
+    # "deadline_exceeded", "unavailable", "circuit_open", "rejected_<status>", "error_<status>"
+    reason: str
+    fallback: str  # "candidate_order", "cached_popular", "anonymous", "text_order" (Search), "none"
 
 
 @dataclass(frozen=True, slots=True)
