@@ -1,7 +1,8 @@
 """The candidate service's part of `bundlerec import`: a dataset's catalogue, written in one
 transaction (items with their text embeddings, bundles, time-decayed popularity and co-occurrence).
 Called by the `bundlerec import` command (bundlerec/commands/importer.py), which reads and checks the dataset
-first; start (or restart) the service after a bulk import."""
+first. Running candidate services follow it through the catalogue's change feed (feed.py): the
+import's entry makes each rebuild its index in the background."""
 
 from __future__ import annotations
 

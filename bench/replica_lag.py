@@ -1,0 +1,183 @@
+"""How long a catalogue write made through one candidate replica takes to reach another: two
+`bundlerec serve candidate` processes on one database, writes (new item, stock change, delete)
+through the first at a steady pace, the second polled until its index reflects each one. The
+baseline of the same run is the writing replica itself (its own index changes with the write).
+
+    python bench/replica_lag.py [--writes 40] [--backends postgresql,sqlite]
+
+PostgreSQL: a fresh database on BUNDLEREC_TEST_POSTGRES_URL's server (default the local one),
+where writes NOTIFY the followers; SQLite: one file, where the followers poll (feed_poll_seconds).
+Goal (issue 16): p99 within 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import psycopg
+from sqlalchemy.engine import make_url
+
+from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLEREC = str(Path(sys.executable).with_name("bundlerec"))
+PG_ADMIN = os.environ.get("BUNDLEREC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(url: str, encoder_dir: str, workdir: Path, n: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "BUNDLEREC_CANDIDATE_DATABASE_URL": url,
+        "BUNDLEREC_CANDIDATE_PORT": str(port),
+        "BUNDLEREC_CANDIDATE_METRICS_PORT": "0",
+        "BUNDLEREC_CANDIDATE_ENCODER_DIR": encoder_dir,
+        "BUNDLEREC_CANDIDATE_INDEX_DIR": str(workdir / f"index-{n}"),
+        "BUNDLEREC_CANDIDATE_MODELS_DIR": "",
+        "BUNDLEREC_CANDIDATE_LOG_LEVEL": "warning",
+    }
+    process = subprocess.Popen([BUNDLEREC, "serve", "candidate"], env=env, stdout=subprocess.DEVNULL)
+    return process, f"127.0.0.1:{port}"
+
+
+async def wait_serving(address: str) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = candidate_pb2_grpc.CandidateServiceStub(channel)
+        for _ in range(1200):
+            try:
+                await stub.SearchText(candidate_pb2.SearchTextRequest(query="warm up"), timeout=1)
+                return
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.1)
+    raise SystemExit(f"{address} never served")
+
+
+async def until(check: Callable[[], Awaitable[bool]], started: float, limit: float = 30.0) -> float:
+    while not await check():
+        if time.perf_counter() - started > limit:
+            return float("inf")
+        await asyncio.sleep(0.005)
+    return time.perf_counter() - started
+
+
+def probe(
+    stub: candidate_pb2_grpc.CandidateServiceStub, request: candidate_pb2.SearchTextRequest, item_id: str, wanted: bool
+) -> Callable[[], Awaitable[bool]]:
+    """Whether the replica's index shows `item_id` for `request` (or, with wanted False, no more)."""
+
+    async def check() -> bool:
+        found = {r.item.item_id for r in (await stub.SearchText(request)).results}
+        return (item_id in found) == wanted
+
+    return check
+
+
+async def measure(addresses: list[str], writes: int, pace: float) -> dict[str, dict[str, list[float]]]:
+    lags: dict[str, dict[str, list[float]]] = {}
+    channels = [grpc.aio.insecure_channel(address) for address in addresses]
+    stubs = {"writer": candidate_pb2_grpc.CandidateServiceStub(channels[0])}
+    stubs["other"] = candidate_pb2_grpc.CandidateServiceStub(channels[1])
+    writer = stubs["writer"]
+    try:
+        for n in range(writes):
+            item_id, title = f"lag-{n}-{uuid.uuid4().hex[:6]}", f"Lag probe number {n} {uuid.uuid4().hex[:6]}"
+            query = candidate_pb2.SearchTextRequest(query=title, limit=5)
+            stocked = candidate_pb2.CandidateFilter(in_stock_only=True)
+            gone = candidate_pb2.AvailabilityUpdate(item_id=item_id, availability=common_pb2.Availability())
+            steps: list[tuple[str, Callable[[], Awaitable[object]], candidate_pb2.SearchTextRequest, bool]] = [
+                ("new item", functools.partial(writer.UpsertItems, candidate_pb2.UpsertItemsRequest(
+                    items=[common_pb2.Item(item_id=item_id, title=title)])), query, True),
+                ("out of stock", functools.partial(writer.SetAvailability, candidate_pb2.SetAvailabilityRequest(
+                    updates=[gone])), candidate_pb2.SearchTextRequest(query=title, limit=5, filter=stocked), False),
+                ("delete", functools.partial(writer.DeleteItems, candidate_pb2.DeleteItemsRequest(item_ids=[item_id])),
+                 query, False),
+            ]  # fmt: skip
+            for kind, write, request, wanted in steps:
+                await write()
+                started = time.perf_counter()
+                seen = await asyncio.gather(
+                    *(until(probe(s, request, item_id, wanted), started) for s in stubs.values())
+                )
+                for name, lag in zip(stubs, seen, strict=True):
+                    lags.setdefault(kind, {}).setdefault(name, []).append(lag)
+                await asyncio.sleep(pace)
+    finally:
+        for channel in channels:
+            await channel.close()
+    return lags
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> None:
+    admin = None
+    if backend == "postgresql":
+        name = f"bundlerec_lag_{uuid.uuid4().hex[:8]}"
+        admin = psycopg.connect(PG_ADMIN, autocommit=True)
+        admin.execute(f'CREATE DATABASE "{name}"')
+        url = make_url(PG_ADMIN).set(drivername="postgresql+psycopg", database=name).render_as_string(False)
+    else:
+        url = f"sqlite:///{workdir / 'catalogue.sqlite3'}"
+    processes = []
+    try:
+        for n in range(2):  # one after the other: the first migrates
+            process, address = start(url, args.encoder_dir, workdir / backend, n)
+            processes.append((process, address))
+            await wait_serving(address)
+        lags = await measure([a for _, a in processes], args.writes, args.pace)
+    finally:
+        for process, _ in processes:
+            process.terminate()
+            process.wait(timeout=30)
+        if admin is not None:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.close()
+    print(f"\n{backend}: {args.writes} writes of each kind, ms from the write's reply to the index reflecting it")
+    print(f"{'write':<14}{'replica':<9}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}")
+    for kind, by_replica in lags.items():
+        for name, values in by_replica.items():
+            ms = [v * 1000 for v in values]
+            figures = (statistics.median(ms), pct(ms, 0.9), pct(ms, 0.99), max(ms))
+            print(f"{kind:<14}{name:<9}" + "".join(f"{f:>8.0f}" for f in figures))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--writes", type=int, default=40)
+    parser.add_argument("--pace", type=float, default=0.2, help="seconds between writes")
+    parser.add_argument("--backends", default="postgresql,sqlite")
+    parser.add_argument("--encoder-dir", default="var/bundlerec/encoder")
+    args = parser.parse_args()
+    if not Path(args.encoder_dir, "manifest.json").exists():
+        subprocess.run([BUNDLEREC, "encoder", "export", "--out", args.encoder_dir], check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in args.backends.split(","):
+            asyncio.run(run_backend(backend, args, Path(tmp)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
