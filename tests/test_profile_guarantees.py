@@ -149,7 +149,8 @@ async def test_a_batch_retried_after_erasure_does_not_bring_the_user_back(
 
     assert (retried.recorded, retried.duplicates) == (0, 1)
     assert not got.known and got.total_events == 0  # the next request treats them as new
-    assert set(await rows_mentioning(database_url, user)) <= {"profile_popularity"}
+    # only the target's anonymous aggregates (its id carries the user's here): no user column
+    assert set(await rows_mentioning(database_url, user)) <= {"profile_popularity", "profile_behaviour_log"}
 
 
 async def test_a_batch_retried_after_consent_withdrawal_is_not_counted_twice(profile: ProfileServer) -> None:

@@ -8,6 +8,9 @@ What is kept, and about whom:
   added in the write's own transaction; a snapshot is used only while its user has none. Rows
   are only ever inserted by writers, so concurrent writers never wait on each other for them.
 - profile_popularity: anonymous counts per target, day and event type (no user column).
+- profile_behaviour_log: one anonymous row per accepted event (no user or event id): its target,
+  type and time, and for a consenting user the targets of their previous few events, which the
+  candidate service reads (ReadBehaviour) to keep popularity and co-occurrence live (behaviour.py).
 - profile_anonymous_event_ids: keyed hashes (HMAC-SHA-256) of the ids of events not kept as
   personal history: those of users without consent, and those erased. A retried batch is then
   neither counted twice in popularity nor brought back after an erasure (no user column).
@@ -92,3 +95,22 @@ class AnonymousEventIdRow(Base):
 
     event_key: Mapped[str] = mapped_column(String(64), primary_key=True)  # HMAC-SHA-256 hex of the event id
     day: Mapped[int] = mapped_column(Integer, index=True)
+
+
+class BehaviourRow(Base):
+    """An accepted event, anonymously (behaviour.py). `txid` is the writing transaction's id on
+    PostgreSQL (0 on SQLite, whose writers commit in `seq` order): readers page by (txid, seq)
+    below the oldest transaction still running, so a row committed late is never skipped."""
+
+    __tablename__ = "profile_behaviour_log"
+    __table_args__ = (Index("ix_profile_behaviour_log_position", "txid", "seq"),)
+
+    seq: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    txid: Mapped[int] = mapped_column(BigInteger)  # set by the database: migration 0003's default
+    target_type: Mapped[str] = mapped_column(String(8))
+    target_id: Mapped[str] = mapped_column(String(256))
+    event_type: Mapped[str] = mapped_column(String(16))
+    occurred_at_us: Mapped[int] = mapped_column(BigInteger)
+    # the same user's previous targets: [[target_type, target_id, event_type, distance], ...]
+    partners: Mapped[list[list[str | int]]] = mapped_column(JSON)
+    logged_at_us: Mapped[int] = mapped_column(BigInteger, index=True)

@@ -21,6 +21,7 @@ async def build(settings: ProfileSettings) -> ServiceParts:
         pool_size=settings.pool_size,
         key_secret=settings.event_key_secret.get_secret_value().encode(),
         retry_window_days=settings.retry_window_days,
+        behaviour_retention_days=settings.behaviour_retention_days,
     )
     refresher = SnapshotRefresher(
         store, store.snapshot, settings.snapshot_refresh_seconds, settings.snapshot_refresh_batch

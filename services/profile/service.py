@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from bundlerec import validation
 from bundlerec.errors import InvalidArgument, NotFound
 from bundlerec.privacy import SensitiveCategories
+from bundlerec.profile.behaviour import BehaviourEntry, Position
 from bundlerec.profile.model import (
     Consent,
     EncodedProfile,
@@ -175,3 +176,9 @@ class ProfileService:
         page = ranked[offset : offset + size]
         token = _encode_token("popular", offset + size) if offset + size < len(ranked) else ""
         return [PopularTarget(target_type, t, s) for t, s in page], token
+
+    async def read_behaviour(self, cursor: str, max_entries: int) -> tuple[list[BehaviourEntry], str]:
+        """Anonymous behaviour after `cursor` (behaviour.py), and the cursor after it."""
+        limit = validation.page_size("max_entries", max_entries, default=1000, maximum=10_000)
+        entries, position = await self.store.read_behaviour(Position.parse("cursor", cursor), limit)
+        return entries, position.token() if entries else cursor

@@ -9,7 +9,7 @@ from bundlerec.errors import InvalidArgument
 from bundlerec.profile import metrics
 from bundlerec.profile.model import Event, EventType
 from bundlerec.profile.service import ProfileService, now_us
-from bundlerec.profile.wire import TARGET_TYPES, TARGET_TYPES_PB, consent_pb, event_pb
+from bundlerec.profile.wire import TARGET_TYPES, TARGET_TYPES_PB, behaviour_entry_pb, consent_pb, event_pb
 from bundlerec.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 from bundlerec.v1_events import EVENT_TYPES
 
@@ -129,3 +129,9 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
             ],
             next_page_token=token,
         )
+
+    async def ReadBehaviour(
+        self, request: profile_pb2.ReadBehaviourRequest, context: object
+    ) -> profile_pb2.ReadBehaviourResponse:
+        entries, cursor = await self.service.read_behaviour(request.cursor, request.max_entries)
+        return profile_pb2.ReadBehaviourResponse(entries=[behaviour_entry_pb(e) for e in entries], next_cursor=cursor)

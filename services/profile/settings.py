@@ -25,6 +25,13 @@ class ProfileSettings(ServiceSettings):
     retry_window_days: int = Field(
         90, ge=1, description="How long ids of anonymous and erased events are remembered to recognise retries."
     )
+    behaviour_retention_days: int = Field(
+        7,
+        ge=1,
+        le=365,
+        description="How long the anonymous behaviour log (ReadBehaviour: what the candidate service keeps its "
+        "statistics live from) is kept; a reader further behind misses what was deleted.",
+    )
     migrate_on_start: bool = Field(True, description="Apply pending database migrations at start.")
     pool_size: int = Field(10, ge=1, le=200, description="Database connections kept open.")
     default_personalization: bool = Field(

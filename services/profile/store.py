@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bundlerec import db
-from bundlerec.profile import metrics, snapshot, snapshots
+from bundlerec.profile import behaviour, metrics, snapshot, snapshots
 from bundlerec.profile.hot_read import MISSING, hot_reader
 from bundlerec.profile.model import EVENT_WEIGHTS, Consent, Event, RecordResult, TargetType
 from bundlerec.profile.schema import AnonymousEventIdRow, EventRow, PopularityRow, UserRow
@@ -62,6 +62,9 @@ class ProfileStore(Protocol):
         self, user_id: str, *, after_id: int, limit: int
     ) -> tuple[Consent | None, list[tuple[int, Event]]]: ...
     async def popularity_by_day(self, target_type: TargetType, *, since_day: int) -> list[tuple[str, int, float]]: ...
+    async def read_behaviour(
+        self, after: behaviour.Position, limit: int
+    ) -> tuple[list[behaviour.BehaviourEntry], behaviour.Position]: ...
     async def readiness(self) -> str | None: ...
     async def close(self) -> None: ...
 
@@ -81,6 +84,7 @@ class SqlProfileStore:
         *,
         key_secret: bytes = b"",
         retry_window_days: int = 90,
+        behaviour_retention_days: int = 7,
     ) -> None:
         self.engine = engine
         self.snapshot = snapshot
@@ -88,6 +92,7 @@ class SqlProfileStore:
         self._postgres = engine.dialect.name == "postgresql"
         self._secret = key_secret or b"bundlerec"
         self._retry_window_days = retry_window_days
+        self._behaviour_retention_days = behaviour_retention_days
         self._purged_day = -1  # the day the event-id keys were last purged by this process
 
     @classmethod
@@ -100,11 +105,18 @@ class SqlProfileStore:
         pool_size: int = 10,
         key_secret: bytes = b"",
         retry_window_days: int = 90,
+        behaviour_retention_days: int = 7,
     ) -> SqlProfileStore:
         engine = db.create_engine(url, pool_size=pool_size)
         if migrate:
             await db.upgrade_to_head(engine, MIGRATIONS)
-        return cls(engine, snapshot, key_secret=key_secret, retry_window_days=retry_window_days)
+        return cls(
+            engine,
+            snapshot,
+            key_secret=key_secret,
+            retry_window_days=retry_window_days,
+            behaviour_retention_days=behaviour_retention_days,
+        )
 
     @metrics.timed("readiness")
     async def readiness(self) -> str | None:
@@ -179,6 +191,7 @@ class SqlProfileStore:
                 unique.setdefault(e.event_id, e)
             personal = await self._not_forgotten(conn, [e for e in unique.values() if allowed.get(e.user_id, False)])
             anonymous = [e for e in unique.values() if not allowed.get(e.user_id, False)]
+            before = await behaviour.previous_steps(conn, sorted({e.user_id for e in personal}))
             recorded = await self._insert_personal(conn, personal, now_us)
             # A user created above whose events were all retries of erased ones is not kept: an
             # erased user stays erased, even when a client retries an old batch.
@@ -191,6 +204,9 @@ class SqlProfileStore:
             anonymized = await self._insert_anonymous_keys(conn, anonymous, now_us)
             await self._purge_old_keys(conn, now_us)
             await self._count_popularity(conn, recorded + anonymized)
+            logged = behaviour.log_rows(recorded, anonymized, before, self.snapshot.sensitive, now_us)
+            if logged:
+                await self._insert_rows(conn, behaviour.behaviour_t, logged)
             return RecordResult(
                 recorded=len(recorded),
                 duplicates=len(events) - len(recorded) - len(anonymized),
@@ -199,15 +215,21 @@ class SqlProfileStore:
 
         return await db.in_transaction(self.engine, work)
 
+    async def _insert_rows(self, conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
+        if self._postgres:
+            await conn.execute(db.bulk_insert(table, list(rows[0])), db.columns_of(table, rows))
+        else:
+            await conn.execute(insert(table), rows)
+
+    async def read_behaviour(
+        self, after: behaviour.Position, limit: int
+    ) -> tuple[list[behaviour.BehaviourEntry], behaviour.Position]:
+        return await db.read(self.engine, lambda conn: behaviour.read(conn, after, limit))
+
     async def _changed(self, conn: AsyncConnection, user_ids: list[str]) -> None:
         """These users' profiles changed: their snapshots are stale from this commit on."""
         if user_ids:
-            rows = snapshots.changed_rows(user_ids)
-            if self._postgres:
-                changes = snapshots.changes_t
-                await conn.execute(db.bulk_insert(changes, ["user_id"]), db.columns_of(changes, rows))
-            else:
-                await conn.execute(insert(snapshots.changes_t), rows)
+            await self._insert_rows(conn, snapshots.changes_t, snapshots.changed_rows(user_ids))
 
     async def _not_forgotten(self, conn: AsyncConnection, events: list[Event]) -> list[Event]:
         """Drops events whose id was erased (or kept anonymously) before: a client retrying an
@@ -235,6 +257,7 @@ class SqlProfileStore:
         if today != self._purged_day:
             await conn.execute(delete(anonymous_t).where(anonymous_t.c.day < today - self._retry_window_days))
             await snapshots.compact(conn)
+            await behaviour.trim(conn, now_us - self._behaviour_retention_days * US_PER_DAY)
             self._purged_day = today
 
     def _key(self, event_id: str) -> str:

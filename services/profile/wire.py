@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from bundlerec.profile.behaviour import BehaviourEntry
 from bundlerec.profile.model import Consent, Event, Profile, TargetType
 from bundlerec.v1 import common_pb2, profile_pb2
 from bundlerec.v1_events import EVENT_TYPES_PB
@@ -58,4 +59,20 @@ def profile_pb(p: Profile) -> profile_pb2.Profile:
         first_event_at=timestamp_pb(p.first_event_at_us),
         last_event_at=timestamp_pb(p.last_event_at_us),
         purchased_item_ids=p.purchased_item_ids,
+    )
+
+
+def behaviour_entry_pb(entry: BehaviourEntry) -> profile_pb2.BehaviourEntry:
+    return profile_pb2.BehaviourEntry(
+        target=common_pb2.TargetRef(type=TARGET_TYPES_PB[entry.target_type], id=entry.target_id),
+        type=EVENT_TYPES_PB[entry.type],
+        occurred_at=timestamp_pb(entry.occurred_at_us),
+        partners=[
+            profile_pb2.BehaviourPartner(
+                target=common_pb2.TargetRef(type=TARGET_TYPES_PB[p.target_type], id=p.target_id),
+                type=EVENT_TYPES_PB[p.type],
+                distance=p.distance,
+            )
+            for p in entry.partners
+        ],
     )
