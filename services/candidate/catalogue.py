@@ -14,7 +14,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bundlerec import db
-from bundlerec.candidate import feed
+from bundlerec.candidate import feed, stats_store
 from bundlerec.candidate.model import Bundle, Item
 from bundlerec.candidate.schema import (
     BundleCoOccurrenceRow,
@@ -421,8 +421,11 @@ class CatalogueStore:
         bundles: Sequence[Bundle],
         statistics: BehaviourStatistics,
         now_us: int,
+        epoch_s: int | None = None,
     ) -> tuple[int, int]:
-        """Items, bundles and statistics in one transaction: an import lands whole or not at all."""
+        """Items, bundles and statistics in one transaction: an import lands whole or not at all.
+        `epoch_s`: the time the statistics are decayed to (their newest event), which live counts
+        then grow from (live.py)."""
 
         async def work(conn: AsyncConnection) -> tuple[int, int]:
             # The import format has no availability: items already in the catalogue keep theirs.
@@ -431,6 +434,8 @@ class CatalogueStore:
             if bundles:
                 await self._upsert_bundles(conn, bundles, now_us)
             await self._replace_statistics(conn, statistics)
+            if epoch_s is not None:
+                await stats_store.set_epoch(conn, epoch_s)
             return counts
 
         return await db.in_transaction(self.engine, work)

@@ -36,6 +36,8 @@ class FeedEntries:
     items: frozenset[str] = frozenset()
     bundles: frozenset[str] = frozenset()
     availability: frozenset[str] = frozenset()
+    counted_items: frozenset[str] = frozenset()  # whose statistics changed (popularity, co-occurrence)
+    counted_bundles: frozenset[str] = frozenset()
 
 
 async def append(
@@ -91,6 +93,8 @@ async def entries_after(engine: AsyncEngine, after: int, skip: Collection[int] =
         items: set[str] = set()
         bundles: set[str] = set()
         availability: set[str] = set()
+        counted_items: set[str] = set()
+        counted_bundles: set[str] = set()
         rebuild = False
         oldest = 0
         for row in rows:
@@ -98,11 +102,22 @@ async def entries_after(engine: AsyncEngine, after: int, skip: Collection[int] =
                 continue
             oldest = oldest or row.at_us
             rebuild |= row.kind == "import"
+            if row.kind == "statistics":
+                counted_items.update(row.items)
+                counted_bundles.update(row.bundles)
+                continue
             items.update(row.items)
             bundles.update(row.bundles)
             availability.update(row.availability)
         return FeedEntries(
-            rows[-1].sequence, rebuild, oldest, frozenset(items), frozenset(bundles), frozenset(availability - items)
+            rows[-1].sequence,
+            rebuild,
+            oldest,
+            frozenset(items),
+            frozenset(bundles),
+            frozenset(availability - items),
+            frozenset(counted_items),
+            frozenset(counted_bundles),
         )
 
     return await db.read(engine, work)

@@ -1,5 +1,6 @@
 """The candidate service's background loops: following the catalogue's change feed (other
-replicas' writes, imports) and the ranker's models directory (a new model's vectors).
+replicas' writes, imports, live statistics), learning live statistics from the profile service's
+behaviour log, and following the ranker's models directory (a new model's vectors).
 
 On PostgreSQL a write's NOTIFY (feed.CHANNEL) wakes the feed follower at once, and polling is
 only the fallback for a lost listener connection; on SQLite, where writers are other processes on
@@ -13,9 +14,9 @@ import logging
 
 from sqlalchemy.engine import make_url
 
-from bundlerec.candidate import feed
+from bundlerec.candidate import feed, live, metrics, stats_store
 from bundlerec.candidate.collaborative import ModelWatcher
-from bundlerec.candidate.service import CandidateService
+from bundlerec.candidate.service import CandidateService, now_us
 
 log = logging.getLogger("bundlerec.candidate")
 LISTENING_POLL_FACTOR = 10  # while the listener is connected, poll this many times less often
@@ -37,6 +38,11 @@ class Followers:
         self._start(self._follow_feed(poll_seconds), "candidate-feed-follower")
         if database_url.startswith("postgresql"):
             self._start(self._listen(database_url), "candidate-feed-listener")
+
+    def learn_behaviour(self, source: live.BehaviourSource, poll_seconds: float, half_life_days: float) -> None:
+        """Counts the profile service's behaviour log into the statistics, a batch at a time."""
+        if poll_seconds > 0:
+            self._start(self._learn(source, poll_seconds, half_life_days), "candidate-behaviour-learner")
 
     def follow_models(self, watcher: ModelWatcher, interval: float) -> None:
         """Every `interval` seconds (0: never), swaps in the collaborative vectors of a newer model."""
@@ -94,3 +100,35 @@ class Followers:
                 await self.service.check_model(watcher)
             except Exception as error:  # the watcher must outlive a bad poll (a vanished directory...)
                 log.warning("model watcher poll failed", extra={"fields": {"error": type(error).__name__}})
+
+    async def _learn(self, source: live.BehaviourSource, poll_seconds: float, half_life_days: float) -> None:
+        while True:
+            try:
+                while counted := await learn_once(self.service, source, half_life_days):
+                    self._wake.set()  # this replica's index follows through the feed, as the others'
+                    if counted < BATCH:
+                        break  # else a full batch: more may be waiting
+            except Exception as error:  # the profile service down, a lost connection: try again later
+                log.warning("behaviour log read failed", extra={"fields": {"error": type(error).__name__}})
+            await asyncio.sleep(poll_seconds)
+
+
+BATCH = 1000  # behaviour log entries read at a time
+
+
+async def learn_once(service: CandidateService, source: live.BehaviourSource, half_life_days: float) -> int:
+    """One batch of the behaviour log into the statistics (every replica's index follows through
+    the change feed); the number of entries counted: 0 when there was nothing new, or when another
+    replica counted them first."""
+    engine = service.store.engine
+    state = await stats_store.live_state(engine)
+    observed, next_cursor = await source.read(state.cursor, BATCH)
+    if not observed:
+        return 0
+    epoch = state.epoch_s if state.epoch_s is not None else int(min(o.occurred_s for o in observed))
+    members = {bundle_id: bundle.item_ids for bundle_id, bundle in service.index.bundles.items()}
+    counts = live.increments(observed, members, epoch_s=epoch, half_life_days=half_life_days)
+    if not await stats_store.add(engine, counts, state, next_cursor, epoch, now_us()):
+        return 0
+    metrics.BEHAVIOUR_COUNTED.inc(len(observed))
+    return len(observed)

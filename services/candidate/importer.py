@@ -43,7 +43,10 @@ async def import_catalogue(dataset: Dataset, database_url: str, encoder_dir: str
     bundles = [Bundle(b.bundle_id, b.item_ids, b.title) for b in dataset.bundles.values()]
     store = await CatalogueStore.open(database_url, migrate=True)
     try:
-        inserted, updated = await store.import_catalogue(items, vectors, bundles, statistics, time.time_ns() // 1000)
+        newest = max((e.timestamp for e in dataset.events), default=None) if dataset.info.timestamps == "unix" else None
+        inserted, updated = await store.import_catalogue(
+            items, vectors, bundles, statistics, time.time_ns() // 1000, epoch_s=newest
+        )
     finally:
         await store.close()
     say(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -187,6 +188,24 @@ class CatalogueIndex:
         item = self.items[item_id]
         self.items[item_id] = replace(item, in_stock=in_stock, stock_count=stock_count)
         self._set_item_columns(self.items[item_id])
+        self.version += 1
+
+    def set_statistics(
+        self,
+        popularity: Mapping[str, float],
+        item_partners: Mapping[str, Mapping[str, float]],
+        bundle_partners: Mapping[str, Mapping[str, float]],
+    ) -> None:
+        """The current statistics of some items and bundles (live: stats_store.counts_of)."""
+        for item_id, partners in item_partners.items():
+            self.event_pairs[item_id] = dict(partners)
+        for bundle_id, partners in bundle_partners.items():
+            self.bundle_pairs[bundle_id] = dict(partners)
+        for item_id, value in popularity.items():
+            self.popularity[item_id] = value
+            if item_id in self.item_vectors.slot_of:
+                self._set_item_columns(self.items[item_id])
+        self._bundles_dirty = True
         self.version += 1
 
     def wants_compaction(self) -> bool:

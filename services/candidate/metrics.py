@@ -41,6 +41,11 @@ FEED_LAG = Histogram(
     "reflecting it; the oldest write of each batch applied.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+BEHAVIOUR_COUNTED = Counter(
+    "bundlerec_candidate_behaviour_counted_total",
+    "Entries of the profile service's anonymous behaviour log counted into the live statistics "
+    "(popularity, co-occurrence) by this replica.",
+)
 REBUILDS = Counter(
     "bundlerec_candidate_index_rebuilds_total",
     "Whole indexes built in the background and swapped in (a new model's vectors, compaction of deleted "

@@ -110,8 +110,18 @@ class CatalogueChangeRow(Base):
     __tablename__ = "catalogue_changes"
 
     sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    kind: Mapped[str] = mapped_column(String(16))  # "write" or "import"
-    items: Mapped[list[str]] = mapped_column(JSON)  # items stored or deleted
+    kind: Mapped[str] = mapped_column(String(16))  # "write", "statistics" or "import"
+    items: Mapped[list[str]] = mapped_column(JSON)  # items stored or deleted (statistics: counted)
     bundles: Mapped[list[str]] = mapped_column(JSON)  # bundles stored or deleted (or losing a member)
     availability: Mapped[list[str]] = mapped_column(JSON)  # items whose stock alone changed
     at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class CatalogueCursorRow(Base):
+    """Where this catalogue has read up to in a log of another service: `behaviour`, the profile
+    service's behaviour log (ReadBehaviour), whose entries are in the statistics up to here."""
+
+    __tablename__ = "catalogue_cursors"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    cursor: Mapped[str] = mapped_column(String(512))

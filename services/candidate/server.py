@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+from bundlerec.candidate.behaviour_client import ProfileBehaviour
 from bundlerec.candidate.catalogue import CatalogueStore
 from bundlerec.candidate.collaborative import ModelWatcher
 from bundlerec.candidate.following import Followers
@@ -15,6 +16,7 @@ from bundlerec.candidate.servicer import CandidateServicer
 from bundlerec.candidate.settings import CandidateSettings
 from bundlerec.candidate.vectors import set_search_threads
 from bundlerec.runtime.server import ServiceParts
+from bundlerec.runtime.tls import open_channel
 from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc
 
 SERVICE_NAME = candidate_pb2.DESCRIPTOR.services_by_name["CandidateService"].full_name
@@ -44,12 +46,18 @@ async def build(
     await service.load()
     followers = Followers(service)
     followers.follow_catalogue(settings.feed_poll_seconds, settings.database_url)
+    channel = open_channel(settings.profile_address, settings.client_security()) if settings.profile_address else None
+    if channel is not None:
+        source = ProfileBehaviour(channel)
+        followers.learn_behaviour(source, settings.behaviour_poll_seconds, settings.statistics_half_life_days)
     if watcher:
         followers.follow_models(watcher, settings.model_poll_seconds)
     servicer = CandidateServicer(service)
 
     async def close() -> None:
         await followers.close()
+        if channel is not None:
+            await channel.close()
         await service.close()
 
     return ServiceParts(

@@ -16,7 +16,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from bundlerec import validation
-from bundlerec.candidate import checks, feed, metrics
+from bundlerec.candidate import checks, feed, metrics, stats_store
 from bundlerec.candidate.catalogue import CatalogueSnapshot, CatalogueStore, Counters
 from bundlerec.candidate.collaborative import Collaborative, ModelWatcher
 from bundlerec.candidate.index import CatalogueIndex
@@ -214,6 +214,7 @@ class CandidateService:
             items = await self.store.stored_items(entries.items)
             stock = await self.store.get_items(entries.availability)
             bundles = await self.store.get_bundles(list(entries.bundles))
+            counted = await stats_store.counts_of(self.store.engine, entries.counted_items, entries.counted_bundles)
 
             def update_index(_: object) -> None:
                 index = self.index
@@ -230,6 +231,8 @@ class CandidateService:
                         index.upsert_bundle(bundles[bundle_id])
                     elif bundle_id in index.bundles:
                         index.remove_bundle(bundle_id)
+                if entries.counted_items or entries.counted_bundles:
+                    index.set_statistics(counted.popularity, counted.item_partners, counted.bundle_partners)
 
             await self._apply(update_index, None)
             self._advance(entries.sequence)

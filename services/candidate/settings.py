@@ -5,10 +5,10 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from bundlerec.runtime.settings import ServiceSettings
+from bundlerec.runtime.settings import CallerSettings, ServiceSettings
 
 
-class CandidateSettings(ServiceSettings):
+class CandidateSettings(ServiceSettings, CallerSettings):
     model_config = SettingsConfigDict(env_prefix="BUNDLEREC_CANDIDATE_")
 
     port: int = Field(50052, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
@@ -59,4 +59,19 @@ class CandidateSettings(ServiceSettings):
         description="Seconds between looks at the catalogue's change feed, which brings other replicas' writes and "
         "imports to this replica's index (PostgreSQL: writes also notify, and the poll runs ten times less "
         "often while the listener is connected); 0: never (a single replica that alone writes its catalogue).",
+    )
+    profile_address: str = Field(
+        "",
+        description="host:port of the profile service, whose anonymous behaviour log (ReadBehaviour) keeps "
+        "popularity and co-occurrence live (client_* settings: how to reach it); empty: the statistics stay as "
+        "`bundlerec import` computed them.",
+    )
+    behaviour_poll_seconds: float = Field(
+        1.0, gt=0, description="Seconds between reads of the behaviour log when it had nothing new."
+    )
+    statistics_half_life_days: float = Field(
+        30.0,
+        gt=0,
+        description="Half-life of behaviour in the statistics (popularity, co-occurrence), as `bundlerec import` "
+        "decays it.",
     )

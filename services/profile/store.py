@@ -53,7 +53,9 @@ class ProfileStore(Protocol):
     async def stale_users(self, limit: int) -> list[str]:
         """Users whose snapshot is stale, those with the oldest pending change first."""
 
-    async def record(self, events: Sequence[Event], *, default: Consent, now_us: int) -> RecordResult: ...
+    async def record(
+        self, events: Sequence[Event], *, default: Consent, now_us: int, log_behaviour: bool = True
+    ) -> RecordResult: ...
     async def set_consent(
         self, user_id: str, *, personalization: bool | None, sensitive: bool | None, default: Consent, now_us: int
     ) -> tuple[Consent, int]: ...
@@ -167,7 +169,12 @@ class SqlProfileStore:
         return {row.user_id: row.personalization for row in await conn.execute(query)}
 
     @metrics.timed("record")
-    async def record(self, events: Sequence[Event], *, default: Consent, now_us: int) -> RecordResult:
+    async def record(
+        self, events: Sequence[Event], *, default: Consent, now_us: int, log_behaviour: bool = True
+    ) -> RecordResult:
+        """Stores a batch; `log_behaviour` False (a bulk import of history, whose statistics the
+        catalogue import computes itself) keeps it out of the behaviour log (behaviour.py)."""
+
         async def work(conn: AsyncConnection) -> RecordResult:
             user_ids = sorted({e.user_id for e in events})
             allowed = await self._personalization_of(conn, user_ids)
@@ -191,7 +198,8 @@ class SqlProfileStore:
                 unique.setdefault(e.event_id, e)
             personal = await self._not_forgotten(conn, [e for e in unique.values() if allowed.get(e.user_id, False)])
             anonymous = [e for e in unique.values() if not allowed.get(e.user_id, False)]
-            before = await behaviour.previous_steps(conn, sorted({e.user_id for e in personal}))
+            users = sorted({e.user_id for e in personal}) if log_behaviour else []
+            before = await behaviour.previous_steps(conn, users)
             recorded = await self._insert_personal(conn, personal, now_us)
             # A user created above whose events were all retries of erased ones is not kept: an
             # erased user stays erased, even when a client retries an old batch.
@@ -204,8 +212,8 @@ class SqlProfileStore:
             anonymized = await self._insert_anonymous_keys(conn, anonymous, now_us)
             await self._purge_old_keys(conn, now_us)
             await self._count_popularity(conn, recorded + anonymized)
-            logged = behaviour.log_rows(recorded, anonymized, before, self.snapshot.sensitive, now_us)
-            if logged:
+            if log_behaviour and (recorded or anonymized):
+                logged = behaviour.log_rows(recorded, anonymized, before, self.snapshot.sensitive, now_us)
                 await self._insert_rows(conn, behaviour.behaviour_t, logged)
             return RecordResult(
                 recorded=len(recorded),

@@ -1,0 +1,172 @@
+"""Behaviour statistics in the catalogue store (popularity, item and bundle co-occurrence): added
+to live from the profile service's behaviour log (live.py), each batch in one transaction that
+also moves the log cursor (so a batch counts once, whichever replica applies it) and appends a
+change-feed entry (so every replica's index follows), and read back per item or bundle.
+
+Only one replica's batch lands for a cursor position: the cursor moves by compare-and-set, and
+the replica that lost the race rolls its batch back."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bundlerec import db
+from bundlerec.candidate import feed
+from bundlerec.candidate.live import Increments
+from bundlerec.candidate.schema import (
+    BundleCoOccurrenceRow,
+    BundleRow,
+    CatalogueCursorRow,
+    CatalogueMetaRow,
+    CoOccurrenceRow,
+    ItemRow,
+    ItemStatsRow,
+)
+
+KEEP_PER_ITEM = 50  # partners kept per item or bundle, as the import keeps them
+CURSOR = "behaviour"
+EPOCH = "statistics_epoch_s"
+
+items_t: Table = ItemRow.__table__  # type: ignore[assignment]
+bundles_t: Table = BundleRow.__table__  # type: ignore[assignment]
+stats_t: Table = ItemStatsRow.__table__  # type: ignore[assignment]
+cooccurrence_t: Table = CoOccurrenceRow.__table__  # type: ignore[assignment]
+bundle_cooccurrence_t: Table = BundleCoOccurrenceRow.__table__  # type: ignore[assignment]
+cursors_t: Table = CatalogueCursorRow.__table__  # type: ignore[assignment]
+meta_t: Table = CatalogueMetaRow.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveState:
+    cursor: str  # where the next batch of the behaviour log starts
+    epoch_s: int | None  # the time weights grow from (live.py); None before any statistics
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """The current statistics of some items and bundles, as the index holds them."""
+
+    popularity: dict[str, float]
+    item_partners: dict[str, dict[str, float]]
+    bundle_partners: dict[str, dict[str, float]]
+
+
+async def live_state(engine: AsyncEngine) -> LiveState:
+    async def work(conn: AsyncConnection) -> LiveState:
+        cursor = (await conn.execute(select(cursors_t.c.cursor).where(cursors_t.c.name == CURSOR))).scalar_one()
+        epoch = (await conn.execute(select(meta_t.c.value).where(meta_t.c.key == EPOCH))).scalar_one_or_none()
+        return LiveState(cursor, epoch)
+
+    return await db.read(engine, work)
+
+
+async def set_epoch(conn: AsyncConnection, epoch_s: int) -> None:
+    """The time weights grow from: set by an import (its newest event) or the first live batch."""
+    await conn.execute(delete(meta_t).where(meta_t.c.key == EPOCH))
+    await conn.execute(meta_t.insert().values(key=EPOCH, value=epoch_s))
+
+
+async def add(
+    engine: AsyncEngine, counts: Increments, state: LiveState, next_cursor: str, epoch_s: int, now_us: int
+) -> bool:
+    """Adds `counts` and moves the cursor from `state.cursor` to `next_cursor`, in one
+    transaction; False (nothing written) when another replica moved the cursor first."""
+
+    async def work(conn: AsyncConnection) -> bool:
+        moved = await conn.execute(
+            update(cursors_t)
+            .where(cursors_t.c.name == CURSOR, cursors_t.c.cursor == state.cursor)
+            .values(cursor=next_cursor)
+        )
+        if moved.rowcount != 1:
+            return False
+        if state.epoch_s is None:
+            await set_epoch(conn, epoch_s)
+        items = await _known(conn, items_t.c.item_id, {*counts.popularity, *(a for a, _ in counts.item_pairs)})
+        bundles = await _known(conn, bundles_t.c.bundle_id, {a for a, _ in counts.bundle_pairs})
+        popularity = [{"item_id": i, "popularity": w} for i, w in counts.popularity.items() if i in items]
+        item_pairs = [
+            {"item_id": a, "other_id": b, "weight": w}
+            for (a, b), w in counts.item_pairs.items()
+            if a in items and b in items
+        ]
+        bundle_pairs = [
+            {"bundle_id": a, "other_id": b, "weight": w}
+            for (a, b), w in counts.bundle_pairs.items()
+            if a in bundles and b in bundles
+        ]
+        await _add(conn, stats_t, popularity, ["item_id"], "popularity")
+        await _add(conn, cooccurrence_t, item_pairs, ["item_id", "other_id"], "weight")
+        await _add(conn, bundle_cooccurrence_t, bundle_pairs, ["bundle_id", "other_id"], "weight")
+        await _prune(conn, cooccurrence_t, cooccurrence_t.c.item_id, {r["item_id"] for r in item_pairs})
+        await _prune(
+            conn, bundle_cooccurrence_t, bundle_cooccurrence_t.c.bundle_id, {r["bundle_id"] for r in bundle_pairs}
+        )
+        touched_items = {r["item_id"] for r in popularity} | {r["item_id"] for r in item_pairs}
+        touched_bundles = {r["bundle_id"] for r in bundle_pairs}
+        if touched_items or touched_bundles:
+            await feed.append(conn, now_us, items=touched_items, bundles=touched_bundles, kind="statistics")
+        return True
+
+    return await db.in_transaction(engine, work)
+
+
+async def counts_of(engine: AsyncEngine, item_ids: Collection[str], bundle_ids: Collection[str]) -> Counts:
+    async def work(conn: AsyncConnection) -> Counts:
+        popularity: dict[str, float] = {}
+        items: dict[str, dict[str, float]] = defaultdict(dict)
+        bundles: dict[str, dict[str, float]] = defaultdict(dict)
+        wanted, wanted_bundles = list(item_ids), list(bundle_ids)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            for row in await conn.execute(select(stats_t).where(stats_t.c.item_id.in_(chunk))):
+                popularity[row.item_id] = row.popularity
+            for row in await conn.execute(select(cooccurrence_t).where(cooccurrence_t.c.item_id.in_(chunk))):
+                items[row.item_id][row.other_id] = row.weight
+        for start in range(0, len(wanted_bundles), 500):
+            chunk = wanted_bundles[start : start + 500]
+            query = select(bundle_cooccurrence_t).where(bundle_cooccurrence_t.c.bundle_id.in_(chunk))
+            for row in await conn.execute(query):
+                bundles[row.bundle_id][row.other_id] = row.weight
+        return Counts(
+            popularity, {i: items.get(i, {}) for i in wanted}, {b: bundles.get(b, {}) for b in wanted_bundles}
+        )
+
+    return await db.read(engine, work)
+
+
+async def _known(conn: AsyncConnection, column: object, ids: Collection[str]) -> set[str]:
+    wanted, found = list(ids), set()
+    for start in range(0, len(wanted), 500):
+        found.update((await conn.execute(select(column).where(column.in_(wanted[start : start + 500])))).scalars())  # type: ignore[attr-defined]
+    return found
+
+
+async def _add(conn: AsyncConnection, table: Table, rows: list[dict[str, object]], key: list[str], column: str) -> None:
+    if not rows:
+        return
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(table)
+    stmt = stmt.on_conflict_do_update(index_elements=key, set_={column: table.c[column] + stmt.excluded[column]})
+    for start in range(0, len(rows), 5000):
+        await conn.execute(stmt, rows[start : start + 5000])
+
+
+async def _prune(conn: AsyncConnection, table: Table, owner: object, touched: set[str]) -> None:
+    """Owners with more than twice KEEP_PER_ITEM partners keep their strongest KEEP_PER_ITEM."""
+    if not touched:
+        return
+    crowded = select(owner).where(owner.in_(list(touched))).group_by(owner).having(func.count() > 2 * KEEP_PER_ITEM)  # type: ignore[attr-defined]
+    for key in list((await conn.execute(crowded)).scalars()):
+        strongest = (
+            select(table.c.other_id).where(owner == key).order_by(table.c.weight.desc()).limit(KEEP_PER_ITEM)  # type: ignore[operator]
+        )
+        kept = list((await conn.execute(strongest)).scalars())
+        await conn.execute(delete(table).where(owner == key, table.c.other_id.not_in(kept)))  # type: ignore[operator]
