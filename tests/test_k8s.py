@@ -56,12 +56,14 @@ OPERATOR_SECRETS = {
     "gateway-tls",
     "gateway-client-tls",
     "ranker-client-tls",
+    "candidate-client-tls",
     "gateway-token",
     "bundlerec-redis",
 }
 OPERATOR_CONFIGMAPS = {"bundlerec-auth"}
-# who may call each backend in prod: the gateway; the ranker also calls the candidate service (GetTextVectors)
-CALLERS = {"candidate": {"gateway", "ranker"}}
+# who may call each backend in prod: the gateway; the ranker also calls the candidate service
+# (GetTextVectors), and the candidate service the profile service (ReadBehaviour)
+CALLERS = {"candidate": {"gateway", "ranker"}, "profile": {"gateway", "candidate"}}
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 # kustomize's generated-name suffix (a hash spelt in these characters)
 HASH_SUFFIX = re.compile(r"-[245679bcdfghkmt8]{10}$")

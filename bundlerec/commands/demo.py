@@ -141,6 +141,7 @@ def start_services(
         "BUNDLEREC_CANDIDATE_ENCODER_DIR": ENCODER_DIR,
         "BUNDLEREC_CANDIDATE_INDEX_DIR": str(root / "index"),
         "BUNDLEREC_CANDIDATE_MODELS_DIR": str(models),
+        "BUNDLEREC_CANDIDATE_PROFILE_ADDRESS": f"127.0.0.1:{ports['profile']}",  # live statistics
         "BUNDLEREC_RANKER_MODELS_DIR": str(models),
         "BUNDLEREC_RANKER_CANDIDATE_ADDRESS": f"127.0.0.1:{ports['candidate']}",
         "BUNDLEREC_GATEWAY_PROFILE_ADDRESS": f"127.0.0.1:{ports['profile']}",
