@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from bundlerec.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.harness.processes import free_port, start_service, wait_serving
+from tests.harness.processes import four_services
 from tests.harness.servers import eventually
 from tests.harness.shops import Suite, buyer
 
@@ -22,37 +22,15 @@ PROFILE, CANDIDATES, RANKER = gateway_pb2.STAGE_PROFILE, gateway_pb2.STAGE_CANDI
 
 @pytest.fixture
 def processes(suite: Suite, encoder_dir: str) -> Iterator[dict[str, tuple[subprocess.Popen[bytes], str]]]:
-    ports = {name: free_port() for name in ("profile", "candidate", "ranker", "gateway")}
-    env = {
-        "BUNDLEREC_PROFILE_DATABASE_URL": suite.profile_url,
-        "BUNDLEREC_CANDIDATE_DATABASE_URL": suite.catalogue_url,
-        "BUNDLEREC_CANDIDATE_ENCODER_DIR": encoder_dir,
-        "BUNDLEREC_CANDIDATE_INDEX_DIR": "",
-        "BUNDLEREC_CANDIDATE_MODELS_DIR": "",
-        "BUNDLEREC_RANKER_MODELS_DIR": str(suite.models),
-        "BUNDLEREC_RANKER_PROVIDERS": "cpu",
-        "BUNDLEREC_GATEWAY_PROFILE_ADDRESS": f"127.0.0.1:{ports['profile']}",
-        "BUNDLEREC_GATEWAY_CANDIDATE_ADDRESS": f"127.0.0.1:{ports['candidate']}",
-        "BUNDLEREC_GATEWAY_RANKER_ADDRESS": f"127.0.0.1:{ports['ranker']}",
-        "BUNDLEREC_GATEWAY_DEADLINE_MS": "2000",  # a shared 2-core machine: failures, not slowness, are tested
-        "BUNDLEREC_GATEWAY_BREAKER_RESET_SECONDS": "0.5",
-    }
-    started: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
-    try:
-        for name, port in ports.items():
-            process = start_service(name, {**env, f"BUNDLEREC_{name.upper()}_PORT": str(port)})
-            started[name] = (process, f"127.0.0.1:{port}")
-            wait_serving(started[name][1], process)
+    with four_services(
+        suite.profile_url,
+        suite.catalogue_url,
+        suite.models,
+        encoder_dir,
+        BUNDLEREC_GATEWAY_DEADLINE_MS="2000",  # a shared 2-core machine: failures, not slowness, are tested
+        BUNDLEREC_GATEWAY_BREAKER_RESET_SECONDS="0.5",
+    ) as started:
         yield started
-    finally:
-        for process, _ in started.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process, _ in started.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 @pytest.mark.slow

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -61,3 +64,62 @@ def start_profile(database_url: str, port: int | None = None) -> tuple[subproces
     address = f"127.0.0.1:{port}"
     wait_serving(address, process)
     return process, address
+
+
+class Services(dict[str, tuple[subprocess.Popen[bytes], str]]):
+    """Name → (process, address) of services started by `four_services`."""
+
+    def __init__(self, settings: dict[str, str], ports: dict[str, int]) -> None:
+        super().__init__()
+        self.settings, self.ports = settings, ports
+
+    def start(self, name: str) -> None:
+        process = start_service(name, {**self.settings, f"BUNDLEREC_{name.upper()}_PORT": str(self.ports[name])})
+        self[name] = (process, f"127.0.0.1:{self.ports[name]}")
+        wait_serving(self[name][1], process)
+
+    def restart(self, name: str) -> None:
+        """Stops the service with SIGTERM, as an orchestrator does, and starts it again on its port."""
+        process = self[name][0]
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        self.start(name)
+
+
+@contextlib.contextmanager
+def four_services(
+    profile_url: str, catalogue_url: str, models: Path, encoder_dir: str, *, live_statistics: bool = False, **env: str
+) -> Iterator[Services]:
+    """The profile, candidate, ranker and gateway services as processes on these stores, started
+    in that order and waited for; `live_statistics`: the candidate service reads the profile
+    service's behaviour log; `env`: more settings (BUNDLEREC_... = value). Stopped with SIGTERM
+    (killed after 30 s) at the end."""
+    ports = {name: free_port() for name in ("profile", "candidate", "ranker", "gateway")}
+    settings = {
+        "BUNDLEREC_PROFILE_DATABASE_URL": profile_url,
+        "BUNDLEREC_CANDIDATE_DATABASE_URL": catalogue_url,
+        "BUNDLEREC_CANDIDATE_ENCODER_DIR": encoder_dir,
+        "BUNDLEREC_CANDIDATE_INDEX_DIR": "",
+        "BUNDLEREC_CANDIDATE_MODELS_DIR": "",
+        "BUNDLEREC_RANKER_MODELS_DIR": str(models),
+        "BUNDLEREC_RANKER_PROVIDERS": "cpu",
+        "BUNDLEREC_GATEWAY_PROFILE_ADDRESS": f"127.0.0.1:{ports['profile']}",
+        "BUNDLEREC_GATEWAY_CANDIDATE_ADDRESS": f"127.0.0.1:{ports['candidate']}",
+        "BUNDLEREC_GATEWAY_RANKER_ADDRESS": f"127.0.0.1:{ports['ranker']}",
+        **({"BUNDLEREC_CANDIDATE_PROFILE_ADDRESS": f"127.0.0.1:{ports['profile']}"} if live_statistics else {}),
+        **env,
+    }
+    started = Services(settings, ports)
+    try:
+        for name in ports:
+            started.start(name)
+        yield started
+    finally:
+        for process, _ in started.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process, _ in started.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
