@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 
 from bundlerec.candidate import feed, live, metrics, stats_store
 from bundlerec.candidate.collaborative import ModelWatcher
-from bundlerec.candidate.service import CandidateService, now_us
+from bundlerec.candidate.service import CandidateService
 
 log = logging.getLogger("bundlerec.candidate")
 LISTENING_POLL_FACTOR = 10  # while the listener is connected, poll this many times less often
@@ -105,7 +105,6 @@ class Followers:
         while True:
             try:
                 while counted := await learn_once(self.service, source, half_life_days):
-                    self._wake.set()  # this replica's index follows through the feed, as the others'
                     if counted < BATCH:
                         break  # else a full batch: more may be waiting
             except Exception as error:  # the profile service down, a lost connection: try again later
@@ -113,13 +112,13 @@ class Followers:
             await asyncio.sleep(poll_seconds)
 
 
-BATCH = 1000  # behaviour log entries read at a time
+BATCH = 5000  # behaviour log entries read at a time
 
 
 async def learn_once(service: CandidateService, source: live.BehaviourSource, half_life_days: float) -> int:
-    """One batch of the behaviour log into the statistics (every replica's index follows through
-    the change feed); the number of entries counted: 0 when there was nothing new, or when another
-    replica counted them first."""
+    """One batch of the behaviour log into the statistics, and this replica's index (the others
+    follow through the change feed); the number of entries counted: 0 when there was nothing new,
+    or when another replica counted them first."""
     engine = service.store.engine
     state = await stats_store.live_state(engine)
     observed, next_cursor = await source.read(state.cursor, BATCH)
@@ -128,7 +127,7 @@ async def learn_once(service: CandidateService, source: live.BehaviourSource, ha
     epoch = state.epoch_s if state.epoch_s is not None else int(min(o.occurred_s for o in observed))
     members = {bundle_id: bundle.item_ids for bundle_id, bundle in service.index.bundles.items()}
     counts = live.increments(observed, members, epoch_s=epoch, half_life_days=half_life_days)
-    if not await stats_store.add(engine, counts, state, next_cursor, epoch, now_us()):
+    if not await service.count_behaviour(counts, state, next_cursor, epoch):
         return 0
     metrics.BEHAVIOUR_COUNTED.inc(len(observed))
     return len(observed)

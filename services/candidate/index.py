@@ -8,6 +8,7 @@ item is retrievable by the very next call.
 
 from __future__ import annotations
 
+import heapq
 import json
 import uuid
 from collections import defaultdict
@@ -20,9 +21,10 @@ import numpy as np
 from bundlerec import categories
 from bundlerec.candidate.collaborative import Collaborative
 from bundlerec.candidate.fusion import Fusion
+from bundlerec.candidate.live import Increments
 from bundlerec.candidate.model import Bundle, Filter, Item
 from bundlerec.candidate.relations import Relations
-from bundlerec.candidate.statistics import BehaviourStatistics
+from bundlerec.candidate.statistics import KEEP_PER_ITEM, BehaviourStatistics
 from bundlerec.candidate.vectors import VectorIndex
 
 
@@ -205,6 +207,27 @@ class CatalogueIndex:
             self.popularity[item_id] = value
             if item_id in self.item_vectors.slot_of:
                 self._set_item_columns(self.items[item_id])
+        self._bundles_dirty = True
+        self.version += 1
+
+    def add_statistics(self, counts: Increments) -> None:
+        """Live increments (live.py) for what this index knows, as stats_store.add adds them;
+        partner lists past twice KEEP_PER_ITEM keep their strongest (as the store prunes)."""
+        for item_id, weight in counts.popularity.items():
+            if item_id in self.items:
+                self.popularity[item_id] = self.popularity.get(item_id, 0.0) + weight
+                if item_id in self.item_vectors.slot_of:
+                    self._set_item_columns(self.items[item_id])
+        for pairs, known, table in (
+            (counts.item_pairs, self.items, self.event_pairs),
+            (counts.bundle_pairs, self.bundles, self.bundle_pairs),
+        ):
+            for (a, b), weight in pairs.items():
+                if a in known and b in known:
+                    partners = table[a]
+                    partners[b] = partners.get(b, 0.0) + weight
+                    if len(partners) > 2 * KEEP_PER_ITEM:
+                        table[a] = dict(heapq.nlargest(KEEP_PER_ITEM, partners.items(), key=lambda kv: kv[1]))
         self._bundles_dirty = True
         self.version += 1
 

@@ -20,8 +20,10 @@ from bundlerec.candidate import checks, feed, metrics, stats_store
 from bundlerec.candidate.catalogue import CatalogueSnapshot, CatalogueStore, Counters
 from bundlerec.candidate.collaborative import Collaborative, ModelWatcher
 from bundlerec.candidate.index import CatalogueIndex
+from bundlerec.candidate.live import Increments
 from bundlerec.candidate.model import Bundle, Filter, Item, RetrievalRequest, Retrieved
 from bundlerec.candidate.retrieval import retrieve
+from bundlerec.candidate.stats_store import LiveState
 from bundlerec.encoder.runtime import item_text
 from bundlerec.errors import InvalidArgument
 
@@ -315,15 +317,36 @@ class CandidateService:
             async with self._writes:
                 result = await store_write()
                 await self._apply(update_index, result)
-                if self.store.last_sequence == self._sequence + 1:
-                    self._sequence += 1
-                else:  # other writers' entries come first: the feed brings them, and skips ours
-                    self._own.add(self.store.last_sequence)
+                self._wrote(self.store.last_sequence)
                 return result
 
         result = await asyncio.shield(step())
         self._compact_if_needed()
         return result
+
+    def _wrote(self, sequence: int) -> None:
+        """This replica's write made feed entry `sequence`, and its index has it."""
+        if sequence == self._sequence + 1:
+            self._sequence = sequence
+        else:  # other writers' entries come first: the feed brings them, and skips ours
+            self._own.add(sequence)
+
+    async def count_behaviour(self, counts: Increments, state: LiveState, next_cursor: str, epoch_s: int) -> bool:
+        """Adds live statistics to the store (stats_store.add) and to this replica's index at once;
+        the other replicas follow through the change feed. The write lock is held across both, so
+        a rebuild's snapshot has either both or neither. False: another replica counted them."""
+
+        async def step() -> bool:
+            async with self._writes:
+                sequence = await stats_store.add(self.store.engine, counts, state, next_cursor, epoch_s, now_us())
+                if sequence is None:
+                    return False
+                if sequence:
+                    await self._apply(lambda _: self.index.add_statistics(counts), None)
+                    self._wrote(sequence)
+                return True
+
+        return await asyncio.shield(step())
 
     async def _apply(self, update_index: Callable[[T], None], result: T) -> None:
         """Under the write lock: a committed change reaches the index (and a rebuild's replay); if

@@ -16,6 +16,7 @@ from bundlerec.candidate.model import MAX_BUNDLE_FOR_PAIRS
 from bundlerec.events import EVENT_WEIGHTS, EventType
 
 DAY = 86_400
+KEEP_PER_ITEM = 50  # co-occurrence partners kept per item or bundle (the strongest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,7 @@ def behaviour_statistics(
     unix_time: bool,
     half_life_days: float = 30.0,
     window: int = 5,
-    keep_per_item: int = 50,
+    keep_per_item: int = KEEP_PER_ITEM,
 ) -> BehaviourStatistics:
     """Popularity by item, and co-occurrence of items and of bundles.
 

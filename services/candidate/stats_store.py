@@ -8,12 +8,12 @@ the replica that lost the race rolls its batch back."""
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy import Table, delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -29,8 +29,9 @@ from bundlerec.candidate.schema import (
     ItemRow,
     ItemStatsRow,
 )
+from bundlerec.candidate.statistics import KEEP_PER_ITEM
 
-KEEP_PER_ITEM = 50  # partners kept per item or bundle, as the import keeps them
+PRUNE_EVERY = 10  # batches between prunings of the partner lists (housekeeping: a list may grow a while)
 CURSOR = "behaviour"
 EPOCH = "statistics_epoch_s"
 
@@ -41,6 +42,9 @@ cooccurrence_t: Table = CoOccurrenceRow.__table__  # type: ignore[assignment]
 bundle_cooccurrence_t: Table = BundleCoOccurrenceRow.__table__  # type: ignore[assignment]
 cursors_t: Table = CatalogueCursorRow.__table__  # type: ignore[assignment]
 meta_t: Table = CatalogueMetaRow.__table__  # type: ignore[assignment]
+
+
+_batches = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,18 +79,19 @@ async def set_epoch(conn: AsyncConnection, epoch_s: int) -> None:
 
 async def add(
     engine: AsyncEngine, counts: Increments, state: LiveState, next_cursor: str, epoch_s: int, now_us: int
-) -> bool:
+) -> int | None:
     """Adds `counts` and moves the cursor from `state.cursor` to `next_cursor`, in one
-    transaction; False (nothing written) when another replica moved the cursor first."""
+    transaction. None (nothing written) when another replica moved the cursor first; else the
+    number of the change-feed entry that names what changed (0: nothing the catalogue knows)."""
 
-    async def work(conn: AsyncConnection) -> bool:
+    async def work(conn: AsyncConnection) -> int | None:
         moved = await conn.execute(
             update(cursors_t)
             .where(cursors_t.c.name == CURSOR, cursors_t.c.cursor == state.cursor)
             .values(cursor=next_cursor)
         )
         if moved.rowcount != 1:
-            return False
+            return None
         if state.epoch_s is None:
             await set_epoch(conn, epoch_s)
         items = await _known(conn, items_t.c.item_id, {*counts.popularity, *(a for a, _ in counts.item_pairs)})
@@ -105,15 +110,15 @@ async def add(
         await _add(conn, stats_t, popularity, ["item_id"], "popularity")
         await _add(conn, cooccurrence_t, item_pairs, ["item_id", "other_id"], "weight")
         await _add(conn, bundle_cooccurrence_t, bundle_pairs, ["bundle_id", "other_id"], "weight")
-        await _prune(conn, cooccurrence_t, cooccurrence_t.c.item_id, {r["item_id"] for r in item_pairs})
-        await _prune(
-            conn, bundle_cooccurrence_t, bundle_cooccurrence_t.c.bundle_id, {r["bundle_id"] for r in bundle_pairs}
-        )
+        if next(_batches) % PRUNE_EVERY == 0:
+            await _prune(conn, cooccurrence_t, cooccurrence_t.c.item_id, {r["item_id"] for r in item_pairs})
+            bundle_owner = bundle_cooccurrence_t.c.bundle_id
+            await _prune(conn, bundle_cooccurrence_t, bundle_owner, {r["bundle_id"] for r in bundle_pairs})
         touched_items = {r["item_id"] for r in popularity} | {r["item_id"] for r in item_pairs}
         touched_bundles = {r["bundle_id"] for r in bundle_pairs}
-        if touched_items or touched_bundles:
-            await feed.append(conn, now_us, items=touched_items, bundles=touched_bundles, kind="statistics")
-        return True
+        if not (touched_items or touched_bundles):
+            return 0
+        return await feed.append(conn, now_us, items=touched_items, bundles=touched_bundles, kind="statistics")
 
     return await db.in_transaction(engine, work)
 
@@ -150,13 +155,17 @@ async def _known(conn: AsyncConnection, column: object, ids: Collection[str]) ->
 
 
 async def _add(conn: AsyncConnection, table: Table, rows: list[dict[str, object]], key: list[str], column: str) -> None:
+    """Adds each row's `column` to the stored one (inserting new rows); PostgreSQL: one statement
+    for the whole batch (unnest), SQLite: one per row."""
     if not rows:
         return
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(table)
+    if conn.dialect.name == "postgresql":
+        stmt = db.bulk_insert(table, list(rows[0]))
+        params: object = db.columns_of(table, rows)
+    else:
+        stmt, params = sqlite_insert(table), rows  # type: ignore[assignment]
     stmt = stmt.on_conflict_do_update(index_elements=key, set_={column: table.c[column] + stmt.excluded[column]})
-    for start in range(0, len(rows), 5000):
-        await conn.execute(stmt, rows[start : start + 5000])
+    await conn.execute(stmt, params)  # type: ignore[arg-type]
 
 
 async def _prune(conn: AsyncConnection, table: Table, owner: object, touched: set[str]) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Table, and_, delete, func, literal_column, or_, select
+from sqlalchemy import Table, delete, func, literal_column, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bundlerec import validation
@@ -140,9 +140,8 @@ def _row(event: Event, partners: list[list[str | int]], now_us: int) -> dict[str
 
 async def read(conn: AsyncConnection, after: Position, limit: int) -> tuple[list[BehaviourEntry], Position]:
     """Up to `limit` entries after `after`, and the position after the last one (or `after`)."""
-    txid, seq = behaviour_t.c.txid, behaviour_t.c.seq
-    position = or_(txid > after.txid, and_(txid == after.txid, seq > after.seq))
-    query = select(behaviour_t).where(position)
+    # a row-value comparison: the (txid, seq) index answers it (an OR of the two would scan the log)
+    query = select(behaviour_t).where(tuple_(behaviour_t.c.txid, behaviour_t.c.seq) > tuple_(after.txid, after.seq))
     if conn.dialect.name == "postgresql":  # only transactions that can no longer commit a row below
         horizon = literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
         query = query.where(behaviour_t.c.txid < horizon)
