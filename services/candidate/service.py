@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import logging
 import time
@@ -73,8 +72,7 @@ class CandidateService:
         self._writes = asyncio.Lock()  # store and index change in the same order
         self._rebuilding = asyncio.Lock()
         self._rebuild_task: asyncio.Task[bool] | None = None
-        # While a new index is built: the index updates made meanwhile, to replay on it.
-        self._replay: list[Callable[[], None]] | None = None
+        self._rebuild_again = False
         metrics.watch_index(self)
 
     @property
@@ -128,26 +126,22 @@ class CandidateService:
     # -- rebuilds: a new model's vectors, compaction, an import -----------------------------
 
     async def rebuild(self, collaborative: Collaborative | None) -> None:
-        """Builds a new index (with `collaborative` vectors) from a snapshot of the store on a worker
-        thread, while retrieval and catalogue writes go on with the current index; the writes made
-        meanwhile are replayed on the new index when it is swapped in."""
+        """Builds a new index (with `collaborative` vectors) from a snapshot of the store, on a
+        worker thread, while retrieval and catalogue writes go on with the current index (nothing
+        waits for the snapshot or the build); swapped in, it catches up on the change feed from
+        the snapshot's position, this replica's own writes included."""
         async with self._rebuilding:
+            snapshot = await self._embedded_snapshot()
+            index = self.index.with_collaborative(collaborative)
+            items = [(s.item, s.text_vector) for s in snapshot.items]
+
+            def build() -> None:
+                index.load(items, snapshot.bundles, snapshot.statistics)  # type: ignore[arg-type]
+                index.warm()
+
+            await asyncio.to_thread(build)
             async with self._writes:
-                snapshot = await self._embedded_snapshot()
-                self._replay = []
-            try:
-                index = self.index.with_collaborative(collaborative)
-                items = [(s.item, s.text_vector) for s in snapshot.items]
-
-                def build() -> None:
-                    index.load(items, snapshot.bundles, snapshot.statistics)  # type: ignore[arg-type]
-                    index.warm()
-
-                await asyncio.to_thread(build)
-                async with self._writes:
-                    await self._swap(index, snapshot.counters)
-            finally:
-                self._replay = None
+                await self._swap(index, snapshot.counters)
             metrics.REBUILDS.inc()
 
     async def check_model(self, watcher: ModelWatcher) -> bool:
@@ -159,32 +153,32 @@ class CandidateService:
         return True
 
     def rebuild_in_background(self, reason: str) -> None:
-        """Starts a rebuild with the current model's vectors unless one runs (compaction, an import)."""
-        if self._rebuild_task is None or self._rebuild_task.done():
-            log.info("rebuilding the catalogue index in the background", extra={"fields": {"reason": reason}})
-            self._rebuild_task = asyncio.create_task(self._rebuild_quietly(), name=f"candidate-rebuild-{reason}")
+        """Starts a rebuild with the current model's vectors (compaction, an import); while one
+        runs, it runs once more when done (its snapshot may predate what asked for this one)."""
+        if self._rebuild_task is not None and not self._rebuild_task.done():
+            self._rebuild_again = True
+            return
+        log.info("rebuilding the catalogue index in the background", extra={"fields": {"reason": reason}})
+        self._rebuild_task = asyncio.create_task(self._rebuild_quietly(), name=f"candidate-rebuild-{reason}")
 
     async def _rebuild_quietly(self) -> bool:
-        try:
-            await self.rebuild(self.index.collaborative)
-            return True
-        except Exception:  # the current index keeps serving; the next trigger tries again
-            log.exception("background rebuild of the catalogue index failed")
-            return False
+        while True:
+            self._rebuild_again = False
+            try:
+                await self.rebuild(self.index.collaborative)
+            except Exception:  # the current index keeps serving; the next trigger tries again
+                log.exception("background rebuild of the catalogue index failed")
+                return False
+            if not self._rebuild_again:
+                return True
 
     async def _swap(self, index: CatalogueIndex, counters: Counters) -> None:
-        """Under the write lock: the new index replaces the current one, with the writes it missed."""
-        pending, self._replay = self._replay or [], None
-        self.index = index
-        try:
-            for update in pending:
-                update()
-        except Exception:
-            log.exception("replaying catalogue writes on the rebuilt index failed; loading it again")
-            await self.load()
-            return
-        if counters.instance != self._instance:  # the database was replaced under us
-            self._instance, self._sequence, self._own = counters.instance, counters.sequence, set()
+        """Under the write lock: the new index replaces the current one, and applies every feed
+        entry after its snapshot's (`counters`, read before the snapshot: re-applying one it holds
+        is harmless)."""
+        self.index, self._instance = index, counters.instance
+        self._sequence, self._own = counters.sequence, set()
+        await self._catch_up()
         await self._save_if_current()
 
     async def close(self) -> None:
@@ -203,46 +197,54 @@ class CandidateService:
 
     async def follow_catalogue(self) -> bool:
         """One look at the change feed: applies what other writers (replicas, an import) changed
-        after the index's position, reading the changed rows' current state (so applying an entry
-        twice is harmless). True when something changed."""
+        after the index's position. True when something changed."""
         async with self._writes:
-            entries = await feed.entries_after(self.store.engine, self._sequence, self._own)
-            if entries is None:
-                return False
-            if entries.rebuild:  # rebuilt from a snapshot taken after these entries
-                self._advance(entries.sequence)
-                self.rebuild_in_background("import or trimmed feed")
-                return True
-            items = await self.store.stored_items(entries.items)
-            stock = await self.store.get_items(entries.availability)
-            bundles = await self.store.get_bundles(list(entries.bundles))
-            counted = await stats_store.counts_of(self.store.engine, entries.counted_items, entries.counted_bundles)
-
-            def update_index(_: object) -> None:
-                index = self.index
-                for item_id in entries.items:
-                    if item_id in items:
-                        index.upsert_item(items[item_id].item, items[item_id].text_vector)  # type: ignore[arg-type]
-                    elif item_id in index.items:
-                        index.remove_item(item_id)
-                for item_id, item in stock.items():
-                    if item_id in index.items:
-                        index.set_availability(item_id, item.in_stock, item.stock_count)
-                for bundle_id in entries.bundles:
-                    if bundle_id in bundles:
-                        index.upsert_bundle(bundles[bundle_id])
-                    elif bundle_id in index.bundles:
-                        index.remove_bundle(bundle_id)
-                if entries.counted_items or entries.counted_bundles:
-                    index.set_statistics(counted.popularity, counted.item_partners, counted.bundle_partners)
-
-            await self._apply(update_index, None)
-            self._advance(entries.sequence)
+            entries = await self._catch_up()
+        if entries is None:
+            return False
         metrics.FOLLOWED.inc()
         if entries.oldest_at_us:
             metrics.FEED_LAG.observe(max(0.0, (now_us() - entries.oldest_at_us) / 1e6))
         self._compact_if_needed()
         return True
+
+    async def _catch_up(self) -> feed.FeedEntries | None:
+        """Under the write lock: the feed entries after the index's position (but this replica's
+        own), applied by reading the changed rows' current state, so applying an entry twice is
+        harmless; an import, or entries trimmed away, rebuild the index in the background."""
+        entries = await feed.entries_after(self.store.engine, self._sequence, self._own)
+        if entries is None:
+            return None
+        if entries.rebuild:  # rebuilt from a snapshot taken after these entries
+            self._advance(entries.sequence)
+            self.rebuild_in_background("import or trimmed feed")
+            return entries
+        items = await self.store.stored_items(entries.items)
+        stock = await self.store.get_items(entries.availability)
+        bundles = await self.store.get_bundles(list(entries.bundles))
+        counted = await stats_store.counts_of(self.store.engine, entries.counted_items, entries.counted_bundles)
+
+        def update_index(_: object) -> None:
+            index = self.index
+            for item_id in entries.items:
+                if item_id in items:
+                    index.upsert_item(items[item_id].item, items[item_id].text_vector)  # type: ignore[arg-type]
+                elif item_id in index.items:
+                    index.remove_item(item_id)
+            for item_id, item in stock.items():
+                if item_id in index.items:
+                    index.set_availability(item_id, item.in_stock, item.stock_count)
+            for bundle_id in entries.bundles:
+                if bundle_id in bundles:
+                    index.upsert_bundle(bundles[bundle_id])
+                elif bundle_id in index.bundles:
+                    index.remove_bundle(bundle_id)
+            if entries.counted_items or entries.counted_bundles:
+                index.set_statistics(counted.popularity, counted.item_partners, counted.bundle_partners)
+
+        await self._apply(update_index, None)
+        self._advance(entries.sequence)
+        return entries
 
     def _advance(self, sequence: int) -> None:
         self._sequence = max(self._sequence, sequence)
@@ -333,8 +335,8 @@ class CandidateService:
 
     async def count_behaviour(self, counts: Increments, state: LiveState, next_cursor: str, epoch_s: int) -> bool:
         """Adds live statistics to the store (stats_store.add) and to this replica's index at once;
-        the other replicas follow through the change feed. The write lock is held across both, so
-        a rebuild's snapshot has either both or neither. False: another replica counted them."""
+        the other replicas follow through the change feed (and so does a rebuilt index of this
+        one: its catch-up re-reads the counts). False: another replica counted them."""
 
         async def step() -> bool:
             async with self._writes:
@@ -349,11 +351,8 @@ class CandidateService:
         return await asyncio.shield(step())
 
     async def _apply(self, update_index: Callable[[T], None], result: T) -> None:
-        """Under the write lock: a committed change reaches the index (and a rebuild's replay); if
-        the update fails, the index is rebuilt from the store, so what is served never drifts from
-        what is stored."""
-        if self._replay is not None:
-            self._replay.append(functools.partial(update_index, result))
+        """Under the write lock: a committed change reaches the index; if the update fails, the
+        index is rebuilt from the store, so what is served never drifts from what is stored."""
         try:
             update_index(result)
         except Exception:
