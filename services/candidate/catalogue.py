@@ -124,20 +124,10 @@ class CatalogueStore:
         stmt = update(meta_t).where(_GENERATION).values(value=meta_t.c.value + 1).returning(meta_t.c.value)
         self.last_generation = (await conn.execute(stmt)).scalar_one()
 
-    async def _log(
-        self,
-        conn: AsyncConnection,
-        now_us: int,
-        *,
-        items: Collection[str] = (),
-        bundles: Collection[str] = (),
-        availability: Collection[str] = (),
-        kind: str = "write",
-    ) -> None:
-        """Appends the write to the change feed that the other replicas follow (feed.py)."""
-        self.last_sequence = await feed.append(
-            conn, now_us, items=items, bundles=bundles, availability=availability, kind=kind
-        )
+    async def _reserve(self, conn: AsyncConnection) -> int:
+        """This write's change-feed number: the first lock every catalogue write takes (feed.py)."""
+        self.last_sequence = await feed.reserve(conn)
+        return self.last_sequence
 
     async def counters(self) -> Counters:
         return await db.read(self.engine, _counters)
@@ -168,8 +158,10 @@ class CatalogueStore:
         """Inserts or replaces items with their text embeddings; returns (inserted, updated)."""
 
         async def work(conn: AsyncConnection) -> tuple[int, int]:
-            await self._log(conn, now_us, items=[it.item_id for it in items])
-            return await self._upsert_items(conn, items, text_vectors, now_us)
+            sequence = await self._reserve(conn)
+            counts = await self._upsert_items(conn, items, text_vectors, now_us)
+            await feed.record(conn, sequence, now_us, items=[it.item_id for it in items])
+            return counts
 
         return await db.in_transaction(self.engine, work)
 
@@ -213,6 +205,7 @@ class CatalogueStore:
         """Deletes items (and their bundle memberships); returns (deleted, bundles that changed)."""
 
         async def work(conn: AsyncConnection) -> tuple[int, list[str]]:
+            sequence = await self._reserve(conn)
             await self._bump(conn)
             touched = list(
                 (
@@ -221,7 +214,7 @@ class CatalogueStore:
                     )
                 ).scalars()
             )
-            await self._log(conn, now_us, items=item_ids, bundles=touched)
+            await feed.record(conn, sequence, now_us, items=item_ids, bundles=touched)
             await conn.execute(delete(members_t).where(members_t.c.item_id.in_(item_ids)))
             await conn.execute(delete(stats_t).where(stats_t.c.item_id.in_(item_ids)))
             await conn.execute(
@@ -243,8 +236,9 @@ class CatalogueStore:
 
     async def upsert_bundles(self, bundles: Sequence[Bundle], now_us: int) -> tuple[int, int]:
         async def work(conn: AsyncConnection) -> tuple[int, int]:
-            counts = await self._upsert_bundles(conn, bundles, now_us)  # (checks members first)
-            await self._log(conn, now_us, bundles=[b.bundle_id for b in bundles])
+            sequence = await self._reserve(conn)
+            counts = await self._upsert_bundles(conn, bundles, now_us)
+            await feed.record(conn, sequence, now_us, bundles=[b.bundle_id for b in bundles])
             return counts
 
         return await db.in_transaction(self.engine, work)
@@ -279,8 +273,9 @@ class CatalogueStore:
 
     async def delete_bundles(self, bundle_ids: Sequence[str], now_us: int) -> int:
         async def work(conn: AsyncConnection) -> int:
+            sequence = await self._reserve(conn)
             await self._bump(conn)
-            await self._log(conn, now_us, bundles=bundle_ids)
+            await feed.record(conn, sequence, now_us, bundles=bundle_ids)
             await conn.execute(delete(members_t).where(members_t.c.bundle_id.in_(bundle_ids)))
             await conn.execute(
                 delete(bundle_cooccurrence_t).where(
@@ -295,8 +290,9 @@ class CatalogueStore:
         self, updates: Sequence[tuple[str, bool, int | None]], now_us: int
     ) -> tuple[int, list[str]]:
         async def work(conn: AsyncConnection) -> tuple[int, list[str]]:
+            sequence = await self._reserve(conn)
             known = await self._existing(conn, items_t.c.item_id, (u[0] for u in updates))
-            await self._log(conn, now_us, availability=known)
+            await feed.record(conn, sequence, now_us, availability=known)
             for item_id, in_stock, count in updates:
                 if item_id in known:
                     await conn.execute(
@@ -429,7 +425,7 @@ class CatalogueStore:
 
         async def work(conn: AsyncConnection) -> tuple[int, int]:
             # The import format has no availability: items already in the catalogue keep theirs.
-            await self._log(conn, now_us, kind="import")
+            await feed.record(conn, await self._reserve(conn), now_us, kind="import")
             counts = await self._upsert_items(conn, items, text_vectors, now_us, keep_availability=True)
             if bundles:
                 await self._upsert_bundles(conn, bundles, now_us)

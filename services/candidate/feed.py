@@ -2,7 +2,7 @@
 transaction, and every replica reads the entries after the last one it applied.
 
 Order: an entry's number comes from the `sequence` counter row, which the writing transaction
-updates first and holds locked until it commits; so entries commit in number order, and a reader
+updates first (`reserve`) and holds locked until it commits; so entries commit in number order, and a reader
 that has seen entry n has seen every entry before it. On PostgreSQL each entry also sends a
 NOTIFY on CHANNEL at commit, so followers need not wait for their next poll."""
 
@@ -40,18 +40,26 @@ class FeedEntries:
     counted_bundles: frozenset[str] = frozenset()
 
 
-async def append(
+async def reserve(conn: AsyncConnection) -> int:
+    """The number of the writing transaction `conn`'s entry: taken first in every catalogue write
+    (the counter row is the first lock each takes, so writers never wait on each other in
+    different orders), and held until it commits."""
+    bump = update(meta_t).where(_SEQUENCE).values(value=meta_t.c.value + 1).returning(meta_t.c.value)
+    sequence: int = (await conn.execute(bump)).scalar_one()
+    return sequence
+
+
+async def record(
     conn: AsyncConnection,
+    sequence: int,
     now_us: int,
     *,
     items: Collection[str] = (),
     bundles: Collection[str] = (),
     availability: Collection[str] = (),
     kind: str = "write",
-) -> int:
-    """Appends one entry in the writing transaction `conn`; returns its number."""
-    bump = update(meta_t).where(_SEQUENCE).values(value=meta_t.c.value + 1).returning(meta_t.c.value)
-    sequence: int = (await conn.execute(bump)).scalar_one()
+) -> None:
+    """Writes the entry `reserve` numbered, naming what the transaction changed."""
     await conn.execute(
         changes_t.insert().values(
             sequence=sequence,
@@ -66,7 +74,6 @@ async def append(
         await conn.execute(delete(changes_t).where(changes_t.c.sequence <= sequence - KEEP))
     if conn.dialect.name == "postgresql":
         await conn.execute(select(func.pg_notify(CHANNEL, str(sequence))))
-    return sequence
 
 
 async def position(conn: AsyncConnection) -> int:
@@ -89,7 +96,7 @@ async def entries_after(engine: AsyncEngine, after: int, skip: Collection[int] =
         if not rows:
             return None
         if rows[0].sequence != after + 1:  # trimmed away
-            return FeedEntries(rows[-1].sequence, rebuild=True, oldest_at_us=rows[-1].at_us)
+            return FeedEntries(rows[-1].sequence, rebuild=True, oldest_at_us=rows[0].at_us)
         items: set[str] = set()
         bundles: set[str] = set()
         availability: set[str] = set()

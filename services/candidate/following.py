@@ -79,13 +79,16 @@ class Followers:
         backoff = 0.5
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                # keepalives: a half-open connection must fail, not leave the follower believing it listens
+                keepalives = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+                connect = psycopg.AsyncConnection.connect(conninfo, autocommit=True, **keepalives)
+                async with await connect as conn:
                     await conn.execute(f"LISTEN {feed.CHANNEL}")
                     self._listening, backoff = True, 0.5
                     self._wake.set()  # anything written while not listening
                     async for _ in conn.notifies():
                         self._wake.set()
-            except (psycopg.Error, OSError) as error:
+            except Exception as error:  # the listener must outlive anything: polling covers meanwhile
                 fields = {"error": type(error).__name__}
                 log.warning("catalogue feed listener lost; polling meanwhile", extra={"fields": fields})
             finally:

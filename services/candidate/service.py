@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -48,6 +49,9 @@ def encoder_stamp(encoder: Encoder) -> int:
     return int(hashlib.sha256(what.encode()).hexdigest()[:15], 16)
 
 
+CURRENT_MODEL = object()  # rebuild(): with the model in use when the build starts
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 
@@ -73,6 +77,8 @@ class CandidateService:
         self._rebuilding = asyncio.Lock()
         self._rebuild_task: asyncio.Task[bool] | None = None
         self._rebuild_again = False
+        self._rebuild_pending = False  # the feed passed an import this index lacks: a rebuild must land
+        self._failed_at = -math.inf  # when a background rebuild last failed
         metrics.watch_index(self)
 
     @property
@@ -115,7 +121,7 @@ class CandidateService:
     async def _save_if_current(self) -> None:
         """Saves the vector indexes, stamped with the catalogue generation, when they reflect the
         whole feed (nobody wrote since) and differ from what is on disk."""
-        if not self.index_dir:
+        if not self.index_dir or self._rebuild_pending:  # (the index lacks an import the feed passed)
             return
         counters = await self.store.counters()
         current = counters.sequence == self._sequence and counters.instance == self._instance
@@ -125,14 +131,17 @@ class CandidateService:
 
     # -- rebuilds: a new model's vectors, compaction, an import -----------------------------
 
-    async def rebuild(self, collaborative: Collaborative | None) -> None:
-        """Builds a new index (with `collaborative` vectors) from a snapshot of the store, on a
-        worker thread, while retrieval and catalogue writes go on with the current index (nothing
-        waits for the snapshot or the build); swapped in, it catches up on the change feed from
-        the snapshot's position, this replica's own writes included."""
+    async def rebuild(self, collaborative: Collaborative | object | None = CURRENT_MODEL) -> None:
+        """Builds a new index (with `collaborative` vectors; by default the model's in use when the
+        build starts) from a snapshot of the store, on a worker thread, while retrieval and
+        catalogue writes go on with the current index (nothing waits for the snapshot or the
+        build); swapped in, it catches up on the change feed from the snapshot's position, this
+        replica's own writes included."""
         async with self._rebuilding:
-            snapshot = await self._embedded_snapshot()
-            index = self.index.with_collaborative(collaborative)
+            if collaborative is CURRENT_MODEL:
+                collaborative = self.index.collaborative
+            snapshot = await self.store.snapshot()  # every stored item has its vector (load() saw to it)
+            index = self.index.with_collaborative(collaborative)  # type: ignore[arg-type]
             items = [(s.item, s.text_vector) for s in snapshot.items]
 
             def build() -> None:
@@ -153,8 +162,8 @@ class CandidateService:
         return True
 
     def rebuild_in_background(self, reason: str) -> None:
-        """Starts a rebuild with the current model's vectors (compaction, an import); while one
-        runs, it runs once more when done (its snapshot may predate what asked for this one)."""
+        """Starts a rebuild with the current model's vectors; while one runs, it runs once more
+        when done (its snapshot may predate what asked for this one: an import)."""
         if self._rebuild_task is not None and not self._rebuild_task.done():
             self._rebuild_again = True
             return
@@ -162,13 +171,20 @@ class CandidateService:
         self._rebuild_task = asyncio.create_task(self._rebuild_quietly(), name=f"candidate-rebuild-{reason}")
 
     async def _rebuild_quietly(self) -> bool:
+        failures = 0
         while True:
             self._rebuild_again = False
             try:
-                await self.rebuild(self.index.collaborative)
-            except Exception:  # the current index keeps serving; the next trigger tries again
+                await self.rebuild()
+                failures = 0
+            except Exception:  # the current index keeps serving meanwhile
                 log.exception("background rebuild of the catalogue index failed")
-                return False
+                failures += 1
+                self._failed_at = time.monotonic()
+                if not self._rebuild_pending:
+                    return False  # compaction: the next write after the back-off tries again
+                await asyncio.sleep(min(60.0, 2.0**failures))  # an import is missing: keep trying
+                continue
             if not self._rebuild_again:
                 return True
 
@@ -177,7 +193,7 @@ class CandidateService:
         entry after its snapshot's (`counters`, read before the snapshot: re-applying one it holds
         is harmless)."""
         self.index, self._instance = index, counters.instance
-        self._sequence, self._own = counters.sequence, set()
+        self._sequence, self._own, self._rebuild_pending = counters.sequence, set(), False
         await self._catch_up()
         await self._save_if_current()
 
@@ -215,14 +231,21 @@ class CandidateService:
         entries = await feed.entries_after(self.store.engine, self._sequence, self._own)
         if entries is None:
             return None
-        if entries.rebuild:  # rebuilt from a snapshot taken after these entries
+        if entries.rebuild:  # rebuilt from a snapshot taken after these entries; nothing saved until then
+            self._rebuild_pending = True
             self._advance(entries.sequence)
             self.rebuild_in_background("import or trimmed feed")
             return entries
         items = await self.store.stored_items(entries.items)
         stock = await self.store.get_items(entries.availability)
         bundles = await self.store.get_bundles(list(entries.bundles))
-        counted = await stats_store.counts_of(self.store.engine, entries.counted_items, entries.counted_bundles)
+        # the statistics of items and bundles stored anew too: their counts may predate this index
+        # (an item another replica added, one deleted and stored again)
+        counted_items, counted_bundles = (
+            entries.counted_items | entries.items,
+            entries.counted_bundles | entries.bundles,
+        )
+        counted = await stats_store.counts_of(self.store.engine, counted_items, counted_bundles)
 
         def update_index(_: object) -> None:
             index = self.index
@@ -239,8 +262,10 @@ class CandidateService:
                     index.upsert_bundle(bundles[bundle_id])
                 elif bundle_id in index.bundles:
                     index.remove_bundle(bundle_id)
-            if entries.counted_items or entries.counted_bundles:
-                index.set_statistics(counted.popularity, counted.item_partners, counted.bundle_partners)
+            known = {i: v for i, v in counted.popularity.items() if i in index.items}
+            item_partners = {i: p for i, p in counted.item_partners.items() if i in index.items}
+            bundle_partners = {b: p for b, p in counted.bundle_partners.items() if b in index.bundles}
+            index.set_statistics(known, item_partners, bundle_partners)
 
         await self._apply(update_index, None)
         self._advance(entries.sequence)
@@ -251,7 +276,9 @@ class CandidateService:
         self._own = {n for n in self._own if n > self._sequence}
 
     def _compact_if_needed(self) -> None:
-        if self.index.wants_compaction():
+        """A compaction when the index wants one, none runs, and none failed in the last minute."""
+        running = self._rebuild_task is not None and not self._rebuild_task.done()
+        if self.index.wants_compaction() and not running and time.monotonic() - self._failed_at > 60.0:
             self.rebuild_in_background("compaction")
 
     async def _encode(self, items: Sequence[Item]) -> np.ndarray:

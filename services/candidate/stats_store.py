@@ -14,6 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -80,20 +81,28 @@ async def set_epoch(conn: AsyncConnection, epoch_s: int) -> None:
 async def add(
     engine: AsyncEngine, counts: Increments, state: LiveState, next_cursor: str, epoch_s: int, now_us: int
 ) -> int | None:
-    """Adds `counts` and moves the cursor from `state.cursor` to `next_cursor`, in one
-    transaction. None (nothing written) when another replica moved the cursor first; else the
-    number of the change-feed entry that names what changed (0: nothing the catalogue knows)."""
+    """Adds `counts` (weighted from `epoch_s`) and moves the cursor from `state.cursor` to
+    `next_cursor`, in one transaction. None, with nothing written, when another replica moved the
+    cursor first or the epoch is no longer `epoch_s` (an import set another); else the number of
+    the change-feed entry naming what changed.
+
+    Locks, in the order every catalogue write takes them: the cursor row, the feed's counter
+    (feed.reserve), then the statistics rows."""
 
     async def work(conn: AsyncConnection) -> int | None:
+        if state.epoch_s is None:  # the first batch ever: its epoch, unless an import set one meanwhile
+            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            await conn.execute(insert(meta_t).values(key=EPOCH, value=epoch_s).on_conflict_do_nothing())
+        stored = (await conn.execute(select(meta_t.c.value).where(meta_t.c.key == EPOCH))).scalar_one()
+        if stored != epoch_s:
+            raise _Retry
         moved = await conn.execute(
             update(cursors_t)
             .where(cursors_t.c.name == CURSOR, cursors_t.c.cursor == state.cursor)
             .values(cursor=next_cursor)
         )
         if moved.rowcount != 1:
-            return None
-        if state.epoch_s is None:
-            await set_epoch(conn, epoch_s)
+            raise _Retry
         items = await _known(conn, items_t.c.item_id, {*counts.popularity, *(a for a, _ in counts.item_pairs)})
         bundles = await _known(conn, bundles_t.c.bundle_id, {a for a, _ in counts.bundle_pairs})
         popularity = [{"item_id": i, "popularity": w} for i, w in counts.popularity.items() if i in items]
@@ -107,6 +116,10 @@ async def add(
             for (a, b), w in counts.bundle_pairs.items()
             if a in bundles and b in bundles
         ]
+        sequence = await feed.reserve(conn)
+        touched_items = {r["item_id"] for r in popularity} | {r["item_id"] for r in item_pairs}
+        touched_bundles = {r["bundle_id"] for r in bundle_pairs}
+        await feed.record(conn, sequence, now_us, items=touched_items, bundles=touched_bundles, kind="statistics")
         await _add(conn, stats_t, popularity, ["item_id"], "popularity")
         await _add(conn, cooccurrence_t, item_pairs, ["item_id", "other_id"], "weight")
         await _add(conn, bundle_cooccurrence_t, bundle_pairs, ["bundle_id", "other_id"], "weight")
@@ -114,18 +127,21 @@ async def add(
             await _prune(conn, cooccurrence_t, cooccurrence_t.c.item_id, {r["item_id"] for r in item_pairs})
             bundle_owner = bundle_cooccurrence_t.c.bundle_id
             await _prune(conn, bundle_cooccurrence_t, bundle_owner, {r["bundle_id"] for r in bundle_pairs})
-        touched_items = {r["item_id"] for r in popularity} | {r["item_id"] for r in item_pairs}
-        touched_bundles = {r["bundle_id"] for r in bundle_pairs}
-        if not (touched_items or touched_bundles):
-            return 0
-        return await feed.append(conn, now_us, items=touched_items, bundles=touched_bundles, kind="statistics")
+        return sequence
 
-    return await db.in_transaction(engine, work)
+    try:
+        return await db.in_transaction(engine, work)
+    except _Retry:  # rolled back: nothing of this batch was written
+        return None
+
+
+class _Retry(Exception):
+    """Another replica counted this batch first, or an import changed the epoch."""
 
 
 async def counts_of(engine: AsyncEngine, item_ids: Collection[str], bundle_ids: Collection[str]) -> Counts:
     async def work(conn: AsyncConnection) -> Counts:
-        popularity: dict[str, float] = {}
+        popularity: dict[str, float] = dict.fromkeys(item_ids, 0.0)  # no row: never counted
         items: dict[str, dict[str, float]] = defaultdict(dict)
         bundles: dict[str, dict[str, float]] = defaultdict(dict)
         wanted, wanted_bundles = list(item_ids), list(bundle_ids)

@@ -8,7 +8,8 @@ search still returns k results whenever k allowed vectors exist.
 
 Exact search (IndexFlatIP) below `exact_below` vectors, HNSW (efSearch 512) above it (see bench/retrieval.py
 for the figures behind the default). HNSW cannot delete: a replaced or removed key leaves a
-tombstone that the search skips, and the index is rebuilt when tombstones pass 20%.
+tombstone that the search skips; past a fifth of the slots the index `wants_compaction`, and the
+candidate service rebuilds it in the background and swaps it in (service.py), never inside a write.
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ class BehaviourRow(Base):
     below the oldest transaction still running, so a row committed late is never skipped."""
 
     __tablename__ = "profile_behaviour_log"
-    __table_args__ = (Index("ix_profile_behaviour_log_position", "txid", "seq"),)
+    __table_args__ = (Index("ix_profile_behaviour_log_position", "txid", "seq"), {"sqlite_autoincrement": True})
 
     seq: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     txid: Mapped[int] = mapped_column(BigInteger)  # set by the database: migration 0003's default

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("partners", sa.JSON(), nullable=False),
         sa.Column("logged_at_us", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_profile_behaviour_log")),
+        sqlite_autoincrement=True,  # never reuse a number, even after the log was trimmed empty
     )
     op.create_index("ix_profile_behaviour_log_position", "profile_behaviour_log", ["txid", "seq"])
     op.create_index(op.f("ix_profile_behaviour_log_logged_at_us"), "profile_behaviour_log", ["logged_at_us"])
