@@ -111,3 +111,34 @@ async def test_compaction_rebuilds_in_the_background(two: tuple[CandidateService
     assert a.index.items["item-3"].title == "Thing number 3, take 2"
     slots = a.index.item_vectors.key_at  # 70 before: at most the round replayed on the new index remains
     assert len(slots) <= 50 and {k for k in slots if k} == {f"item-{n}" for n in range(40)}
+
+
+async def test_a_replica_lacking_an_import_saves_no_index_until_its_rebuild_lands(
+    tmp_path: Path, encoder_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bundlerec.candidate.statistics import EMPTY
+
+    encoder = TextEncoder(encoder_dir)
+    url, saved = f"sqlite:///{tmp_path / 'catalogue.sqlite3'}", tmp_path / "index"
+    service = CandidateService(
+        await CatalogueStore.open(url, migrate=True), CatalogueIndex(encoder.dimension), encoder, saved
+    )
+    await service.load()
+    importer = await CatalogueStore.open(url, migrate=False)
+    items = [Item("imported", "An imported kettle")]
+    await importer.import_catalogue(items, encoder.encode(["An imported kettle"]), [], EMPTY, 0)
+    await importer.close()
+
+    async def broken() -> None:  # the injected fault: every snapshot fails
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(service.store, "snapshot", broken)
+    assert await service.follow_catalogue()  # sees the import: a rebuild is due, and fails
+    await service.close()  # cancels the retrying rebuild; must not save the index without the import
+
+    again = CandidateService(
+        await CatalogueStore.open(url, migrate=False), CatalogueIndex(encoder.dimension), encoder, saved
+    )
+    await again.load()
+    assert not again.restored and "imported" in again.index.items
+    await again.close()
