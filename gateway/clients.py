@@ -13,6 +13,7 @@ from request to request, and building them field by field cost more than the cal
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -198,11 +199,16 @@ class CandidateClient:
             item_limit=query.item_limit,
             bundle_limit=query.bundle_limit,
             sources=cast(list[candidate_pb2.CandidateSource], [s.value for s in query.sources]),
+            user_vector=query.user_vector,
         )
         request = head.SerializeToString() + self._filter(query.filter) + self._recent.encode(query.recent)
         try:
             response = await self._retrieve(request, timeout=seconds)
         except (grpc.aio.AioRpcError, TimeoutError) as error:
+            if query.user_vector and isinstance(error, grpc.aio.AioRpcError) and user_vector_refused(error):
+                # a vector of another model than the one the candidate service fuses (a new version,
+                # just published): retrieval without it
+                return await self.retrieve(dataclasses.replace(query, user_vector=()), seconds)
             raise failure(error) from None
         return Retrieved(tuple(_found(c) for c in response.items), tuple(_found(c) for c in response.bundles))
 
@@ -262,8 +268,12 @@ class RankerClient:
         candidates: Sequence[tuple[str, tuple[str, ...]]],
         model_version: str,
         seconds: float,
-    ) -> tuple[list[float], str]:
-        head = ranker_pb2.RankRequest(model_version=model_version).SerializeToString()
+        *,
+        with_user_vector: bool = False,
+    ) -> tuple[list[float], str, tuple[float, ...]]:
+        head = ranker_pb2.RankRequest(
+            model_version=model_version, return_user_vector=with_user_vector
+        ).SerializeToString()
         request = head + self._sequence.encode(history) + self._candidates.encode(candidates)
         try:
             response = await self._rank(request, timeout=seconds)
@@ -271,7 +281,7 @@ class RankerClient:
             raise failure(error) from None
         if len(response.scores) != len(candidates):
             raise StageFailed("error")
-        return list(response.scores), response.model_version
+        return list(response.scores), response.model_version, tuple(response.user_vector)
 
 
 def page_item(pb: common_pb2.Item) -> PageItem:
@@ -283,6 +293,11 @@ def page_item(pb: common_pb2.Item) -> PageItem:
         price=pb.price if pb.HasField("price") else None,
         in_stock=pb.availability.in_stock if pb.HasField("availability") else True,
     )
+
+
+def user_vector_refused(error: grpc.aio.AioRpcError) -> bool:
+    violation = field_violation(error) if error.code() == grpc.StatusCode.INVALID_ARGUMENT else None
+    return violation is not None and violation[0] == "user_vector"
 
 
 def field_violation(error: grpc.aio.AioRpcError) -> tuple[str, str] | None:

@@ -51,13 +51,30 @@ class ImpressionStore(Protocol):
 
     async def forget(self, requester: str) -> bool: ...
 
+    async def user_vector(self, requester: str) -> UserVector | None:
+        """The user vector the ranker gave this requester's last page (None: none, or unreadable)."""
+        ...
+
+    async def keep_user_vector(self, requester: str, vector: UserVector) -> None:
+        """Kept with the impressions, so it is erased with them (ForgetUser, consent withdrawal)."""
+        ...
+
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class UserVector:
+    """The two-tower head's vector of a shopper's history, as the ranker's `model_version` made it."""
+
+    model_version: str
+    values: tuple[float, ...]
 
 
 @dataclass
 class _Requester:
     counts: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)  # oldest shown first
     ids: OrderedDict[str, None] = field(default_factory=OrderedDict)  # impression ids counted
+    user_vector: UserVector | None = None
 
 
 class MemoryImpressions:
@@ -107,6 +124,13 @@ class MemoryImpressions:
 
     async def forget(self, requester: str) -> bool:
         return self._requesters.pop(requester, None) is not None
+
+    async def user_vector(self, requester: str) -> UserVector | None:
+        state = self._requesters.get(requester)
+        return state.user_vector if state is not None else None
+
+    async def keep_user_vector(self, requester: str, vector: UserVector) -> None:
+        self._touch(requester).user_vector = vector
 
     async def close(self) -> None:
         return None

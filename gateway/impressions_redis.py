@@ -21,7 +21,7 @@ from typing import Any, cast
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from bundlerec.gateway.impressions import ImpressionsUnavailable, bundle_key
+from bundlerec.gateway.impressions import ImpressionsUnavailable, UserVector, bundle_key
 
 log = logging.getLogger("bundlerec.gateway")
 
@@ -118,6 +118,26 @@ class RedisImpressions:
             return bool(await self.client.delete(self._name(requester)))
         except (RedisError, OSError) as error:
             raise ImpressionsUnavailable(type(error).__name__) from None
+
+    async def user_vector(self, requester: str) -> UserVector | None:
+        try:
+            stored = await self.client.hget(self._name(requester), "uv")
+        except (RedisError, OSError) as error:  # the page goes on without the two-tower source
+            log.warning("user vector not read", extra={"fields": {"reason": type(error).__name__}})
+            return None
+        if not stored:
+            return None
+        version, _, values = cast(str, stored).partition("\t")
+        return UserVector(version, tuple(float(v) for v in values.split(",") if v))
+
+    async def keep_user_vector(self, requester: str, vector: UserVector) -> None:
+        name = self._name(requester)
+        text = vector.model_version + "\t" + ",".join(f"{v:.6g}" for v in vector.values)
+        try:
+            await self.client.hset(name, "uv", text)
+            await self.client.expire(name, self.ttl_seconds)
+        except (RedisError, OSError) as error:  # only the next page's two-tower source is missed
+            log.warning("user vector not kept", extra={"fields": {"reason": type(error).__name__}})
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -24,7 +24,7 @@ from bundlerec.gateway.builder import BuildLimits, build_bundles, complements_fi
 from bundlerec.gateway.consent import Allowed, ConsentPolicy
 from bundlerec.gateway.experiments import Experiments, Variant
 from bundlerec.gateway.explain import explain
-from bundlerec.gateway.impressions import ImpressionStore, ImpressionsUnavailable, bundle_key
+from bundlerec.gateway.impressions import ImpressionStore, ImpressionsUnavailable, UserVector, bundle_key
 from bundlerec.gateway.model import (
     Context,
     PageItem,
@@ -63,6 +63,7 @@ class PipelineSettings:
     history_length: int = 50
     build: BuildLimits = field(default_factory=BuildLimits)
     sensitive: SensitiveCategories = field(default_factory=lambda: SensitiveCategories(()))
+    two_tower_retrieval: bool = False  # the ranker's user vector of the last page joins retrieval
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,10 @@ class Recommender:
         variant = self.experiments.assign(query.key)
         allowed = await self.who_asks(run, query.user_id, query.key)
         anchor = _anchor(query.context, allowed)
-        found, catalogue = await self._candidates(run, allowed, anchor, rules)
+        vector = await self._user_vector(query.key, allowed)
+        found, catalogue = await self._candidates(run, allowed, anchor, rules, vector)
         unscored = self._bundles(found, catalogue, anchor, allowed, rules, run)
-        scored, version = await self._rank(run, unscored, allowed, variant)
+        scored, version = await self._rank(run, unscored, allowed, variant, query.key)
         scored = _ordered(scored, query.context, anchor)
         scored = await self._rotated(query.key, scored, allowed, run)
         return self._page(query, run, rules, variant, allowed, anchor, catalogue, scored, version)
@@ -124,8 +126,17 @@ class Recommender:
                 return self.consent.allowed(got, answered=True)
         return self.consent.unknown(key, anonymous=not user_id)
 
+    async def _user_vector(self, key: str, allowed: Allowed) -> tuple[float, ...]:
+        """The two-tower vector the ranker gave this shopper's previous page (kept with their
+        impressions, erased with them): it adds the two-tower source to retrieval at no cost to
+        this page's budget. Only for a shopper whose history may be used; () otherwise."""
+        if not self.settings.two_tower_retrieval or not allowed.personalized or allowed.anonymous:
+            return ()
+        kept = await self.impressions.user_vector(key)
+        return kept.values if kept is not None else ()
+
     async def _candidates(
-        self, run: Run, allowed: Allowed, anchor: str, rules: EffectiveRules
+        self, run: Run, allowed: Allowed, anchor: str, rules: EffectiveRules, user_vector: tuple[float, ...] = ()
     ) -> tuple[Retrieved, Mapping[str, PageItem]]:
         """Retrieval (plus the promoted targets it missed) and the catalogue entries of every item
         involved; the popular bundles the gateway keeps fresh when the candidate service fails."""
@@ -135,6 +146,7 @@ class Recommender:
             item_limit=self.settings.candidate_limit,
             bundle_limit=self.settings.candidate_limit,
             filter=candidate_filter(rules),
+            user_vector=user_vector,
         )
 
         async def retrieve_with_items(seconds: float) -> tuple[Retrieved, Mapping[str, PageItem]]:
@@ -151,20 +163,33 @@ class Recommender:
         return found, catalogue
 
     async def _rank(
-        self, run: Run, unscored: list[Scored], allowed: Allowed, variant: Variant
+        self, run: Run, unscored: list[Scored], allowed: Allowed, variant: Variant, key: str
     ) -> tuple[list[Scored], str]:
-        """The ranker's scores for the bundles, and the model version; the fallback order when it fails."""
+        """The ranker's scores for the bundles, and the model version; the fallback order when it
+        fails. For a shopper whose history may be used, the serving model's user vector is kept for
+        their next page's retrieval (an experiment's other model would not match the vectors the
+        candidate service searches)."""
         if not unscored:
             return unscored, ""
+        keep_vector = (
+            self.settings.two_tower_retrieval
+            and allowed.personalized
+            and not allowed.anonymous
+            and not variant.model_version
+        )
 
-        async def rank(seconds: float) -> tuple[list[float], str]:
+        async def rank(seconds: float) -> tuple[list[float], str, tuple[float, ...]]:
             pairs = [(b.bundle_id, tuple(i.item_id for i in b.items)) for b in unscored]
-            return await self.ranker.rank(allowed.history, pairs, variant.model_version, seconds)
+            return await self.ranker.rank(
+                allowed.history, pairs, variant.model_version, seconds, with_user_vector=keep_vector
+            )
 
         ranked = await self.stages.call(run, Stage.RANKER, "candidate_order", rank, key=variant.model_version)
         if ranked is None:
             return unscored, ""
-        scores, version = ranked
+        scores, version, user_vector = ranked
+        if keep_vector and user_vector:
+            await self.impressions.keep_user_vector(key, UserVector(version, user_vector))
         return [_with_score(b, score) for b, score in zip(unscored, scores, strict=True)], version
 
     def _page(

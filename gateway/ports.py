@@ -44,6 +44,7 @@ class CandidateQuery:
     bundle_limit: int = 100
     filter: CandidateFilter = CandidateFilter()
     sources: tuple[Source, ...] = ()  # empty: every source
+    user_vector: tuple[float, ...] = ()  # the ranker's two-tower vector of the shopper: the two-tower source
 
 
 class ProfilePort(Protocol):
@@ -71,6 +72,9 @@ class RankerPort(Protocol):
         candidates: Sequence[tuple[str, tuple[str, ...]]],
         model_version: str,
         seconds: float,
-    ) -> tuple[list[float], str]:
-        """One score per (bundle id or "", item ids) candidate, and the model version used."""
+        *,
+        with_user_vector: bool = False,
+    ) -> tuple[list[float], str, tuple[float, ...]]:
+        """One score per (bundle id or "", item ids) candidate, the model version used, and (when
+        asked, and the model has a two-tower head) the user vector of `history`, else ()."""
         ...

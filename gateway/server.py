@@ -72,8 +72,10 @@ def open_impressions(settings: GatewaySettings) -> ImpressionStore:
 
     key_secret = settings.impressions_key_secret.get_secret_value().encode()
     if not key_secret:
-        raise SystemExit("bundlerec serve gateway: impressions_key_secret is required with impressions_url "
-                         "(it keys the names under which requesters are kept)")
+        raise SystemExit(
+            "bundlerec serve gateway: impressions_key_secret is required with impressions_url "
+            "(it keys the names under which requesters are kept)"
+        )
     try:
         return RedisImpressions.connect(
             url,
@@ -124,6 +126,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
             history_length=settings.history_length,
             build=BuildLimits(max_size=settings.built_bundle_size, max_bundles=settings.built_bundles),
             sensitive=SensitiveCategories(settings.sensitive_categories),
+            two_tower_retrieval=settings.two_tower_retrieval,
         ),
     )
     servicer = GatewayServicer(recommender, Accounts(AccountsClient(profile_channel), impressions))

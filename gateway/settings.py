@@ -28,6 +28,12 @@ class GatewaySettings(ServiceSettings, CallerSettings):
     # bounded by what the other services take: Retrieve reads at most 200 recent steps; Rank takes
     # at most 1000 candidates (the bundles retrieved plus those built)
     candidate_limit: int = Field(100, ge=1, le=500, description="Items and bundles asked of retrieval.")
+    two_tower_retrieval: bool = Field(
+        False,
+        description="A consenting shopper's next page retrieves with the user vector the ranker returned for their "
+        "last one (the two-tower source; kept with their impressions, erased with them). Off by default: on the "
+        "demo shop it lowered candidate recall (python bench/two_tower_recall.py); measure on your own data.",
+    )
     history_length: int = Field(50, ge=1, le=200, description="Most recent events of a profile that are used.")
     built_bundle_size: int = Field(3, ge=2, le=5, description="Items of a bundle built for the request, at most.")
     built_bundles: int = Field(10, ge=0, le=100, description="Bundles built per request around the anchor, at most.")
@@ -66,9 +72,11 @@ class GatewaySettings(ServiceSettings, CallerSettings):
         20.0, gt=0, le=5_000, description="Most time one impression store call may take (a late read: no rotation)."
     )
     impressions_key_secret: SecretStr = Field(
-        SecretStr(""), description="Key of the hash that names a requester in the impression store; "
-        "required with impressions_url (set it from the environment, not the command line)."
+        SecretStr(""),
+        description="Key of the hash that names a requester in the impression store; "
+        "required with impressions_url (set it from the environment, not the command line).",
     )
+
     @model_validator(mode="after")
     def _shares_leave_room(self) -> GatewaySettings:
         if self.profile_share + self.candidates_share + self.ranker_share > 1:

@@ -299,8 +299,6 @@ async def _blocked(running: Running, user: str, item: str) -> bool:
     return all(i.item_id != item for b in page.bundles for i in b.items)
 
 
-
-
 async def test_search_finds_by_text_reorders_for_the_user_and_names_bad_fields(shop: Running, suite: Suite) -> None:
     found = await shop.stub.Search(gateway_pb2.SearchRequest(query="smartphone", page_size=5))
     assert len(found.results) == 5 and not found.degraded
@@ -322,6 +320,7 @@ async def test_search_finds_by_text_reorders_for_the_user_and_names_bad_fields(s
 
 async def test_a_deadline_too_short_for_any_stage_still_serves_the_popular_page(suite: Suite, encoder_dir: str) -> None:
     async with running_suite(suite, encoder_dir, deadline_ms=1) as running:
+
         async def served() -> bool:
             return bool((await recommend(running.stub, user_id=buyer(suite), page_size=5)).bundles)
 
@@ -352,3 +351,22 @@ async def test_sensitive_categories_are_never_evidence_without_consent(suite: Su
             assert not any(t in bundle.explanation for t in pet_titles), bundle.explanation
             assert "Dog" not in bundle.explanation and "Cat" not in bundle.explanation
         assert any(suite.items[i][3] in b.explanation for b in page.bundles for i in phones)  # not vacuous
+
+
+async def test_with_two_tower_retrieval_a_shopper_s_next_page_searches_their_user_vector(
+    suite: Suite, encoder_dir: str
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def two_tower_hits() -> float:
+        labels = ({"kind": kind, "source": "two_tower"} for kind in ("item", "bundle"))
+        return sum(REGISTRY.get_sample_value("bundlerec_candidate_source_hits_total", label) or 0.0 for label in labels)
+
+    candidate = {"models_dir": str(suite.models)}  # the model's vectors fused: two-tower search possible
+    async with running_suite(suite, encoder_dir, candidate_settings=candidate, two_tower_retrieval=True) as running:
+        request = gateway_pb2.RecommendRequest(user_id=buyer(suite), page_size=5)
+        before = two_tower_hits()
+        await running.stub.Recommend(request)
+        assert two_tower_hits() == before, "a first page has no user vector yet"
+        page = await running.stub.Recommend(request)
+        assert page.bundles and two_tower_hits() > before, "the next one searches with the vector the ranker gave"

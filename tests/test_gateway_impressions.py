@@ -96,6 +96,16 @@ async def test_forgetting_a_requester_leaves_nothing(store: ImpressionStore) -> 
     assert await store.holds("bob")
 
 
+async def test_the_user_vector_is_kept_with_the_impressions_and_erased_with_them(store: ImpressionStore) -> None:
+    from bundlerec.gateway.impressions import UserVector
+
+    assert await store.user_vector("uv-1") is None
+    await store.keep_user_vector("uv-1", UserVector("v7", (0.25, -1.5, 3.0)))
+    assert await store.user_vector("uv-1") == UserVector("v7", (0.25, -1.5, 3.0))
+    assert await store.forget("uv-1")
+    assert await store.user_vector("uv-1") is None
+
+
 async def test_replicas_sharing_redis_count_together_and_one_erasure_reaches_all(
     redis_prefix: tuple[str, redis.Redis],
 ) -> None:

@@ -115,11 +115,14 @@ class Ranker:
         candidates: Sequence[tuple[str, tuple[str, ...]]],
         model_version: str,
         seconds: float,
-    ) -> tuple[list[float], str]:
+        *,
+        with_user_vector: bool = False,
+    ) -> tuple[list[float], str, tuple[float, ...]]:
         self.histories.append(tuple(s.target_id for s in history))
         if self.down:
             raise StageFailed("deadline_exceeded")
-        return [float(n) for n in range(len(candidates))], "v1"
+        vector = (float(len(history)), 1.0) if with_user_vector else ()  # the history's own vector
+        return [float(n) for n in range(len(candidates))], "v1", vector
 
 
 @dataclass
@@ -131,13 +134,13 @@ class Pipeline:
     impressions: MemoryImpressions
 
 
-async def pipeline(requester: Requester | None = None, *, primed: bool = True) -> Pipeline:
+async def pipeline(requester: Requester | None = None, *, primed: bool = True, two_tower: bool = True) -> Pipeline:
     profile, candidates, ranker = Profile(requester), Candidates(), Ranker()
     popular = PopularCache(candidates)
     if primed:
         assert await popular.refresh()
     impressions = MemoryImpressions(rotate_after=2)
-    settings = PipelineSettings(sensitive=SensitiveCategories(["Health"]))
+    settings = PipelineSettings(sensitive=SensitiveCategories(["Health"]), two_tower_retrieval=two_tower)
     recommender = Recommender(
         ProfileStage(profile), candidates, ranker, RulesSource(None), popular, impressions, Experiments(), settings
     )
@@ -280,3 +283,34 @@ async def test_search_without_the_candidate_service_is_unavailable() -> None:
     p.candidates.down = True
     with pytest.raises(Unavailable):
         await search(p.recommender, SearchQuery("u1", "kitchen", 3))
+
+
+# -- the two-tower source: the user vector of a shopper's previous page -----------------------
+
+
+async def test_a_consenting_shopper_s_next_page_retrieves_with_the_vector_of_the_last() -> None:
+    p = await pipeline(shopper(history=("kettle", "mug")))
+    await p.recommender.recommend(query())
+    assert p.candidates.queries[-1].user_vector == ()  # the first page has none yet
+    await p.recommender.recommend(query())
+    assert p.candidates.queries[-1].user_vector == (2.0, 1.0)  # the ranker's vector of that history
+    assert await p.impressions.forget("u1")  # erased with the impressions
+    await p.recommender.recommend(query())
+    assert p.candidates.queries[-1].user_vector == ()
+
+
+async def test_no_vector_is_kept_or_sent_without_consent_or_for_an_anonymous_visitor() -> None:
+    for requester, user in ((shopper(personalized=False), "u1"), (None, "")):
+        p = await pipeline(requester)
+        for _ in range(2):
+            await p.recommender.recommend(query(user=user))
+        assert all(q.user_vector == () for q in p.candidates.queries)
+        assert await p.impressions.user_vector(user or "s1") is None
+
+
+async def test_without_the_setting_no_vector_is_asked_kept_or_sent() -> None:
+    p = await pipeline(shopper(), two_tower=False)
+    for _ in range(2):
+        await p.recommender.recommend(query())
+    assert all(q.user_vector == () for q in p.candidates.queries)
+    assert await p.impressions.user_vector("u1") is None

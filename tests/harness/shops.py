@@ -77,11 +77,15 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def running_suite(
-    suite: Suite, encoder_dir: str, profile_settings: dict | None = None, **gateway: object
+    suite: Suite,
+    encoder_dir: str,
+    profile_settings: dict | None = None,
+    candidate_settings: dict | None = None,
+    **gateway: object,
 ) -> AsyncIterator[Running]:
     async with (
         running_profile(suite.profile_url, **(profile_settings or {})) as profile,
-        running_candidate(suite.catalogue_url, encoder_dir) as candidate,
+        running_candidate(suite.catalogue_url, encoder_dir, **(candidate_settings or {})) as candidate,
         running_ranker(suite.models) as ranker,
     ):
         values: dict[str, object] = {
