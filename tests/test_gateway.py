@@ -370,3 +370,15 @@ async def test_with_two_tower_retrieval_a_shopper_s_next_page_searches_their_use
         assert two_tower_hits() == before, "a first page has no user vector yet"
         page = await running.stub.Recommend(request)
         assert page.bundles and two_tower_hits() > before, "the next one searches with the vector the ranker gave"
+
+
+async def test_a_user_vector_the_candidate_service_cannot_search_is_dropped_not_failed(
+    suite: Suite, encoder_dir: str
+) -> None:
+    # the candidate service fuses no model here: a vector of the ranker model's size is refused
+    async with running_suite(suite, encoder_dir, two_tower_retrieval=True) as running:
+        request = gateway_pb2.RecommendRequest(user_id=buyer(suite), page_size=5)
+        await running.stub.Recommend(request)
+        assert await running.gateway.impressions.user_vector(buyer(suite)) is not None
+        page = await running.stub.Recommend(request)
+        assert page.bundles and not page.degraded
