@@ -72,6 +72,7 @@ class CandidateService:
         self._instance = -1  # the catalogue's instance number (Counters)
         self._sequence = -1  # the change-feed entry the in-memory index reflects, and every one before
         self._own: set[int] = set()  # entries of this replica's writes past _sequence (applied already)
+        self._pending: set[int] = set()  # entries of this replica's statistics, committing or to apply
         self._saved: tuple[int, int] | None = None  # the stamp of the vector indexes on disk
         self._writes = asyncio.Lock()  # store and index change in the same order
         self._rebuilding = asyncio.Lock()
@@ -97,7 +98,7 @@ class CandidateService:
             snapshot.statistics,
             vectors_restored=self.restored,
         )
-        self._instance, self._sequence, self._own = counters.instance, counters.sequence, set()
+        self._instance, self._sequence, self._own, self._pending = counters.instance, counters.sequence, set(), set()
         self._saved = counters.stamp if self.restored else None
         await self._save_if_current()
 
@@ -193,8 +194,8 @@ class CandidateService:
         entry after its snapshot's (`counters`, read before the snapshot: re-applying one it holds
         is harmless)."""
         self.index, self._instance = index, counters.instance
-        self._sequence, self._own, self._rebuild_pending = counters.sequence, set(), False
-        await self._catch_up()
+        self._sequence, self._own, self._pending, self._rebuild_pending = counters.sequence, set(), set(), False
+        await self._catch_up()  # (re-reads this replica's statistics committed since, so none is added twice)
         await self._save_if_current()
 
     async def close(self) -> None:
@@ -228,7 +229,7 @@ class CandidateService:
         """Under the write lock: the feed entries after the index's position (but this replica's
         own), applied by reading the changed rows' current state, so applying an entry twice is
         harmless; an import, or entries trimmed away, rebuild the index in the background."""
-        entries = await feed.entries_after(self.store.engine, self._sequence, self._own)
+        entries = await feed.entries_after(self.store.engine, self._sequence, self._own | self._pending)
         if entries is None:
             return None
         if entries.rebuild:  # rebuilt from a snapshot taken after these entries; nothing saved until then
@@ -361,21 +362,34 @@ class CandidateService:
             self._own.add(sequence)
 
     async def count_behaviour(self, counts: Increments, state: LiveState, next_cursor: str, epoch_s: int) -> bool:
-        """Adds live statistics to the store (stats_store.add) and to this replica's index at once;
-        the other replicas follow through the change feed (and so does a rebuilt index of this
-        one: its catch-up re-reads the counts). False: another replica counted them."""
+        """Adds live statistics to the store (stats_store.add, without holding the write lock:
+        catalogue writes never wait for it) and then to this replica's index; the other replicas
+        follow through the change feed. False: another replica counted them.
 
-        async def step() -> bool:
-            async with self._writes:
-                sequence = await stats_store.add(self.store.engine, counts, state, next_cursor, epoch_s, now_us())
-                if sequence is None:
-                    return False
-                if sequence:
-                    await self._apply(lambda _: self.index.add_statistics(counts), None)
-                    self._wrote(sequence)
-                return True
+        The entry's number is marked as this replica's own before the commit, so this replica's
+        follower skips it rather than re-reading what the increments give; if the transaction
+        fails, the mark goes before its number can be another writer's."""
+        reserved: list[int] = []
 
-        return await asyncio.shield(step())
+        def mark(sequence: int) -> None:
+            reserved.append(sequence)
+            self._pending.add(sequence)
+
+        try:
+            sequence = await stats_store.add(
+                self.store.engine, counts, state, next_cursor, epoch_s, now_us(), on_reserved=mark
+            )
+        except BaseException:
+            self._pending.difference_update(reserved)
+            raise
+        if sequence is None:
+            return False
+        async with self._writes:
+            if sequence in self._pending:  # (else a rebuild's catch-up re-read the counts, these included)
+                self._pending.discard(sequence)
+                await self._apply(lambda _: self.index.add_statistics(counts), None)
+                self._wrote(sequence)
+        return True
 
     async def _apply(self, update_index: Callable[[T], None], result: T) -> None:
         """Under the write lock: a committed change reaches the index; if the update fails, the

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from sqlalchemy import Table, delete, func, select, update
@@ -79,12 +79,18 @@ async def set_epoch(conn: AsyncConnection, epoch_s: int) -> None:
 
 
 async def add(
-    engine: AsyncEngine, counts: Increments, state: LiveState, next_cursor: str, epoch_s: int, now_us: int
+    engine: AsyncEngine,
+    counts: Increments,
+    state: LiveState,
+    next_cursor: str,
+    epoch_s: int,
+    now_us: int,
+    on_reserved: Callable[[int], None] = lambda _: None,
 ) -> int | None:
     """Adds `counts` (weighted from `epoch_s`) and moves the cursor from `state.cursor` to
     `next_cursor`, in one transaction. None, with nothing written, when another replica moved the
     cursor first or the epoch is no longer `epoch_s` (an import set another); else the number of
-    the change-feed entry naming what changed.
+    the change-feed entry naming what changed, which `on_reserved` learns before the commit.
 
     Locks, in the order every catalogue write takes them: the cursor row, the feed's counter
     (feed.reserve), then the statistics rows."""
@@ -117,6 +123,7 @@ async def add(
             if a in bundles and b in bundles
         ]
         sequence = await feed.reserve(conn)
+        on_reserved(sequence)
         touched_items = {r["item_id"] for r in popularity} | {r["item_id"] for r in item_pairs}
         touched_bundles = {r["bundle_id"] for r in bundle_pairs}
         await feed.record(conn, sequence, now_us, items=touched_items, bundles=touched_bundles, kind="statistics")
