@@ -11,7 +11,7 @@ import asyncio
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -180,6 +180,15 @@ async def read(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[
                 raise _unavailable(exc) from exc
             raise
     raise AssertionError("unreachable")
+
+
+async def existing(conn: AsyncConnection, column: Any, ids: Iterable[str]) -> set[str]:
+    """Which of `ids` are values of `column` (500 to a query: IN lists stay within every driver's limits)."""
+    wanted = list(set(ids))
+    found: set[str] = set()
+    for start in range(0, len(wanted), 500):
+        found.update((await conn.execute(select(column).where(column.in_(wanted[start : start + 500])))).scalars())
+    return found
 
 
 def bulk_insert(table: Table, columns: Sequence[str]) -> Insert:

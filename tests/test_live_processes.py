@@ -16,8 +16,9 @@ import pytest
 from sqlalchemy import select
 
 from bundlerec import db
+from bundlerec.candidate.schema import meta_t, stats_t
 from bundlerec.candidate.statistics import DAY
-from bundlerec.candidate.stats_store import EPOCH, meta_t, stats_t
+from bundlerec.candidate.stats_store import EPOCH
 from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.harness.factories import event, recent
 from tests.harness.processes import Services, four_services

@@ -77,7 +77,7 @@ async def test_recorded_behaviour_reaches_every_replica_once_and_anonymously(tmp
 
     # counted once though both replicas read the log: 4 purchases x 5 (growth ~1: the epoch is the first event)
     from bundlerec import db
-    from bundlerec.candidate.stats_store import stats_t
+    from bundlerec.candidate.schema import stats_t
 
     engine = db.create_engine(catalogue)
     async with engine.connect() as conn:

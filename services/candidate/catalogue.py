@@ -3,12 +3,12 @@ layer (SQLite embedded, PostgreSQL in production). Each public method is one tra
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Table, delete, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -17,26 +17,19 @@ from bundlerec import db
 from bundlerec.candidate import feed, stats_store
 from bundlerec.candidate.model import Bundle, Item
 from bundlerec.candidate.schema import (
-    BundleCoOccurrenceRow,
-    BundleItemRow,
-    BundleRow,
-    CatalogueMetaRow,
-    CoOccurrenceRow,
-    ItemRow,
-    ItemStatsRow,
+    bundle_cooccurrence_t,
+    bundles_t,
+    cooccurrence_t,
+    items_t,
+    members_t,
+    meta_t,
+    stats_t,
 )
 from bundlerec.candidate.statistics import BehaviourStatistics
 from bundlerec.errors import InvalidArgument
 
 MIGRATIONS = "bundlerec.candidate:migrations"
 
-items_t: Table = ItemRow.__table__  # type: ignore[assignment]
-bundles_t: Table = BundleRow.__table__  # type: ignore[assignment]
-members_t: Table = BundleItemRow.__table__  # type: ignore[assignment]
-stats_t: Table = ItemStatsRow.__table__  # type: ignore[assignment]
-cooccurrence_t: Table = CoOccurrenceRow.__table__  # type: ignore[assignment]
-bundle_cooccurrence_t: Table = BundleCoOccurrenceRow.__table__  # type: ignore[assignment]
-meta_t: Table = CatalogueMetaRow.__table__  # type: ignore[assignment]
 _GENERATION = meta_t.c.key == "generation"
 
 
@@ -101,8 +94,7 @@ def _item_from_row(row: Any) -> Item:
 class CatalogueStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self.last_generation = -1  # the generation the last write of this store produced
-        self.last_sequence = -1  # and the number of its change-feed entry (feed.py)
+        self.last_sequence = -1  # the change-feed number of this store's last write (feed.py)
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
     @classmethod
@@ -121,8 +113,7 @@ class CatalogueStore:
     async def _bump(self, conn: AsyncConnection) -> None:
         """Counts a change of items or bundles (in the writing transaction): a saved vector index
         is current only while the generation it was saved at is the catalogue's."""
-        stmt = update(meta_t).where(_GENERATION).values(value=meta_t.c.value + 1).returning(meta_t.c.value)
-        self.last_generation = (await conn.execute(stmt)).scalar_one()
+        await conn.execute(update(meta_t).where(_GENERATION).values(value=meta_t.c.value + 1))
 
     async def _reserve(self, conn: AsyncConnection) -> int:
         """This write's change-feed number: the first lock every catalogue write takes (feed.py)."""
@@ -146,13 +137,6 @@ class CatalogueStore:
             await conn.execute(meta_t.insert().values(key="encoder", value=stamp))
 
         await db.in_transaction(self.engine, work)
-
-    async def _existing(self, conn: AsyncConnection, column: Any, ids: Iterable[str]) -> set[str]:
-        wanted = list(set(ids))
-        found: set[str] = set()
-        for start in range(0, len(wanted), 500):
-            found.update((await conn.execute(select(column).where(column.in_(wanted[start : start + 500])))).scalars())
-        return found
 
     async def upsert_items(self, items: Sequence[Item], text_vectors: np.ndarray, now_us: int) -> tuple[int, int]:
         """Inserts or replaces items with their text embeddings; returns (inserted, updated)."""
@@ -191,7 +175,7 @@ class CatalogueStore:
             for it, vec in zip(items, text_vectors, strict=True)
         ]
         await self._bump(conn)
-        existing = await self._existing(conn, items_t.c.item_id, (r["item_id"] for r in rows))
+        existing = await db.existing(conn, items_t.c.item_id, (r["item_id"] for r in rows))
         stmt = self._insert(items_t)
         kept = {"item_id"} | ({"in_stock", "stock_count"} if keep_availability else set())
         stmt = stmt.on_conflict_do_update(
@@ -246,13 +230,13 @@ class CatalogueStore:
     async def _upsert_bundles(self, conn: AsyncConnection, bundles: Sequence[Bundle], now_us: int) -> tuple[int, int]:
         await self._bump(conn)
         members = {i for b in bundles for i in b.item_ids}
-        known = await self._existing(conn, items_t.c.item_id, members)
+        known = await db.existing(conn, items_t.c.item_id, members)
         for i, bundle in enumerate(bundles):
             for j, item_id in enumerate(bundle.item_ids):
                 if item_id not in known:
                     raise InvalidArgument(f"bundles[{i}].item_ids[{j}]", f"item {item_id!r} is not in the catalogue")
         ids = [b.bundle_id for b in bundles]
-        existing = await self._existing(conn, bundles_t.c.bundle_id, ids)
+        existing = await db.existing(conn, bundles_t.c.bundle_id, ids)
         stmt = self._insert(bundles_t)
         stmt = stmt.on_conflict_do_update(
             index_elements=["bundle_id"], set_={"title": stmt.excluded.title, "updated_at_us": now_us}
@@ -291,7 +275,7 @@ class CatalogueStore:
     ) -> tuple[int, list[str]]:
         async def work(conn: AsyncConnection) -> tuple[int, list[str]]:
             sequence = await self._reserve(conn)
-            known = await self._existing(conn, items_t.c.item_id, (u[0] for u in updates))
+            known = await db.existing(conn, items_t.c.item_id, (u[0] for u in updates))
             await feed.record(conn, sequence, now_us, availability=known)
             for item_id, in_stock, count in updates:
                 if item_id in known:

@@ -11,18 +11,16 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bundlerec import db
-from bundlerec.candidate.schema import CatalogueChangeRow, CatalogueMetaRow
+from bundlerec.candidate.schema import changes_t, meta_t
 
 CHANNEL = "bundlerec_catalogue"
 KEEP = 10_000  # entries kept; a follower further behind rebuilds its index from a snapshot
 TRIM_EVERY = 500
 
-changes_t: Table = CatalogueChangeRow.__table__  # type: ignore[assignment]
-meta_t: Table = CatalogueMetaRow.__table__  # type: ignore[assignment]
 _SEQUENCE = meta_t.c.key == "sequence"
 
 
@@ -79,10 +77,6 @@ async def record(
 async def position(conn: AsyncConnection) -> int:
     """The newest entry's number."""
     return (await conn.execute(select(meta_t.c.value).where(_SEQUENCE))).scalar_one()  # type: ignore[no-any-return]
-
-
-async def newest(engine: AsyncEngine) -> int:
-    return await db.read(engine, position)
 
 
 async def entries_after(engine: AsyncEngine, after: int, skip: Collection[int] = ()) -> FeedEntries | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, LargeBinary, String
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, LargeBinary, String, Table
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bundlerec.db import new_metadata
@@ -125,3 +125,15 @@ class CatalogueCursorRow(Base):
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     cursor: Mapped[str] = mapped_column(String(512))
+
+
+# The tables as SQLAlchemy Core sees them, for the store modules (catalogue.py, feed.py, stats_store.py).
+items_t: Table = ItemRow.__table__  # type: ignore[assignment]
+bundles_t: Table = BundleRow.__table__  # type: ignore[assignment]
+members_t: Table = BundleItemRow.__table__  # type: ignore[assignment]
+stats_t: Table = ItemStatsRow.__table__  # type: ignore[assignment]
+cooccurrence_t: Table = CoOccurrenceRow.__table__  # type: ignore[assignment]
+bundle_cooccurrence_t: Table = BundleCoOccurrenceRow.__table__  # type: ignore[assignment]
+meta_t: Table = CatalogueMetaRow.__table__  # type: ignore[assignment]
+changes_t: Table = CatalogueChangeRow.__table__  # type: ignore[assignment]
+cursors_t: Table = CatalogueCursorRow.__table__  # type: ignore[assignment]

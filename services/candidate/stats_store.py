@@ -22,27 +22,19 @@ from bundlerec import db
 from bundlerec.candidate import feed
 from bundlerec.candidate.live import Increments
 from bundlerec.candidate.schema import (
-    BundleCoOccurrenceRow,
-    BundleRow,
-    CatalogueCursorRow,
-    CatalogueMetaRow,
-    CoOccurrenceRow,
-    ItemRow,
-    ItemStatsRow,
+    bundle_cooccurrence_t,
+    bundles_t,
+    cooccurrence_t,
+    cursors_t,
+    items_t,
+    meta_t,
+    stats_t,
 )
 from bundlerec.candidate.statistics import KEEP_PER_ITEM
 
 PRUNE_EVERY = 10  # batches between prunings of the partner lists (housekeeping: a list may grow a while)
 CURSOR = "behaviour"
 EPOCH = "statistics_epoch_s"
-
-items_t: Table = ItemRow.__table__  # type: ignore[assignment]
-bundles_t: Table = BundleRow.__table__  # type: ignore[assignment]
-stats_t: Table = ItemStatsRow.__table__  # type: ignore[assignment]
-cooccurrence_t: Table = CoOccurrenceRow.__table__  # type: ignore[assignment]
-bundle_cooccurrence_t: Table = BundleCoOccurrenceRow.__table__  # type: ignore[assignment]
-cursors_t: Table = CatalogueCursorRow.__table__  # type: ignore[assignment]
-meta_t: Table = CatalogueMetaRow.__table__  # type: ignore[assignment]
 
 
 _batches = itertools.count(1)
@@ -109,8 +101,8 @@ async def add(
         )
         if moved.rowcount != 1:
             raise _Retry
-        items = await _known(conn, items_t.c.item_id, {*counts.popularity, *(a for a, _ in counts.item_pairs)})
-        bundles = await _known(conn, bundles_t.c.bundle_id, {a for a, _ in counts.bundle_pairs})
+        items = await db.existing(conn, items_t.c.item_id, {*counts.popularity, *(a for a, _ in counts.item_pairs)})
+        bundles = await db.existing(conn, bundles_t.c.bundle_id, {a for a, _ in counts.bundle_pairs})
         popularity = [{"item_id": i, "popularity": w} for i, w in counts.popularity.items() if i in items]
         item_pairs = [
             {"item_id": a, "other_id": b, "weight": w}
@@ -168,13 +160,6 @@ async def counts_of(engine: AsyncEngine, item_ids: Collection[str], bundle_ids: 
         )
 
     return await db.read(engine, work)
-
-
-async def _known(conn: AsyncConnection, column: object, ids: Collection[str]) -> set[str]:
-    wanted, found = list(ids), set()
-    for start in range(0, len(wanted), 500):
-        found.update((await conn.execute(select(column).where(column.in_(wanted[start : start + 500])))).scalars())  # type: ignore[attr-defined]
-    return found
 
 
 async def _add(conn: AsyncConnection, table: Table, rows: list[dict[str, object]], key: list[str], column: str) -> None:
