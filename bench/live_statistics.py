@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
 import subprocess
@@ -27,51 +26,25 @@ import uuid
 from pathlib import Path
 
 import grpc
-import psycopg
-from sqlalchemy.engine import make_url
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2, profile_pb2, profile_pb2_grpc
+from tests.harness.databases import postgres_database
+from tests.harness.processes import free_port, start_service, wait_serving
 
 BUNDLEREC = str(Path(sys.executable).with_name("bundlerec"))
-PG_ADMIN = os.environ.get("BUNDLEREC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 ITEMS = [f"i{n}" for n in range(2000)]
 KINDS = [common_pb2.EVENT_TYPE_VIEW] * 6 + [common_pb2.EVENT_TYPE_CLICK] * 2 + [common_pb2.EVENT_TYPE_PURCHASE]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(service: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+def serve(service: str, env: dict[str, str], *, wait: bool = True) -> tuple[subprocess.Popen[bytes], str]:
+    """`bundlerec serve SERVICE` on a free port (tests/harness/processes.py); waited for unless `wait` is False."""
     port = free_port()
-    prefix = f"BUNDLEREC_{service.upper()}_"
-    full = {
-        **os.environ,
-        f"{prefix}PORT": str(port),
-        f"{prefix}METRICS_PORT": "0",
-        f"{prefix}LOG_LEVEL": "warning",
-        **env,
-    }
-    return subprocess.Popen([BUNDLEREC, "serve", service], env=full, stdout=subprocess.DEVNULL), f"127.0.0.1:{port}"
-
-
-async def wait_ready(address: str) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    async with grpc.aio.insecure_channel(address) as channel:
-        for _ in range(1200):
-            try:
-                reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise SystemExit(f"{address} never served")
+    process = start_service(service, {**env, f"BUNDLEREC_{service.upper()}_PORT": str(port)})
+    if wait:
+        wait_serving(f"127.0.0.1:{port}", process, timeout=120)
+    return process, f"127.0.0.1:{port}"
 
 
 def event(user: str, item: str, kind: int, at: float) -> common_pb2.Event:
@@ -153,18 +126,12 @@ async def counting_rate(metrics_port: int, events: int) -> float:
     raise SystemExit("the learner never counted the backlog")
 
 
-async def run(args: argparse.Namespace, workdir: Path) -> None:
-    admin = psycopg.connect(PG_ADMIN, autocommit=True)
-    names = [f"bundlerec_live_{uuid.uuid4().hex[:8]}" for _ in range(2)]
-    urls = []
-    for name in names:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        urls.append(make_url(PG_ADMIN).set(drivername="postgresql+psycopg", database=name).render_as_string(False))
+async def run(args: argparse.Namespace, workdir: Path, urls: list[str]) -> None:
+    """`urls`: fresh PostgreSQL databases for the profile store and the catalogue."""
     processes: list[subprocess.Popen[bytes]] = []
     try:
         profile_process, profile_address = serve("profile", {"BUNDLEREC_PROFILE_DATABASE_URL": urls[0]})
         processes.append(profile_process)
-        await wait_ready(profile_address)
         markers = [(f"ma{n}", f"mb{n}") for n in range(200)]
         candidate_env = {
             "BUNDLEREC_CANDIDATE_DATABASE_URL": urls[1], "BUNDLEREC_CANDIDATE_ENCODER_DIR": args.encoder_dir,
@@ -172,7 +139,6 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
             "BUNDLEREC_CANDIDATE_PROFILE_ADDRESS": profile_address}  # fmt: skip
         # the catalogue first (the learner counts only items it knows), then the candidate service stops
         candidate_process, candidate_address = serve("candidate", candidate_env)
-        await wait_ready(candidate_address)
         async with grpc.aio.insecure_channel(candidate_address) as candidate_channel:
             candidate = candidate_pb2_grpc.CandidateServiceStub(candidate_channel)
             catalogue = ITEMS + [i for pair in markers for i in pair]
@@ -189,13 +155,13 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
 
             metrics_port = free_port()
             candidate_env["BUNDLEREC_CANDIDATE_METRICS_PORT"] = str(metrics_port)
-            candidate_process, candidate_address = serve("candidate", candidate_env)
+            candidate_process, candidate_address = serve("candidate", candidate_env, wait=False)
             processes.append(candidate_process)
             learner = await counting_rate(metrics_port, args.backlog)
             print(
                 f"2. the learner alone through that backlog: {learner:,.0f} events/s (from its first count to its last)"
             )
-            await wait_ready(candidate_address)
+            wait_serving(candidate_address, candidate_process, timeout=120)
             async with grpc.aio.insecure_channel(candidate_address) as candidate_channel:
                 candidate = candidate_pb2_grpc.CandidateServiceStub(candidate_channel)
                 target = min(args.rate, 0.8 * rate)
@@ -233,9 +199,6 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         for process in processes:
             process.terminate()
             process.wait(timeout=30)
-        for name in names:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def main() -> int:
@@ -252,8 +215,8 @@ def main() -> int:
     args = parser.parse_args()
     if not Path(args.encoder_dir, "manifest.json").exists():
         subprocess.run([BUNDLEREC, "encoder", "export", "--out", args.encoder_dir], check=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run(args, Path(tmp)))
+    with tempfile.TemporaryDirectory() as tmp, postgres_database() as profile, postgres_database() as catalogue:
+        asyncio.run(run(args, Path(tmp), [profile, catalogue]))
     return 0
 
 

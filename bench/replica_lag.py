@@ -5,7 +5,8 @@ baseline of the same run is the writing replica itself (its own index changes wi
 
     python bench/replica_lag.py [--writes 40] [--backends postgresql,sqlite]
 
-PostgreSQL: a fresh database on BUNDLEREC_TEST_POSTGRES_URL's server (default the local one),
+PostgreSQL: a fresh database on BUNDLEREC_TEST_POSTGRES_URL's server (default the local one, as
+the tests use it: tests/harness),
 where writes NOTIFY the followers; SQLite: one file, where the followers poll (feed_poll_seconds).
 Goal (issue 16): p99 within 1 s.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import os
 import statistics
 import subprocess
 import sys
@@ -23,53 +23,36 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import grpc
-import psycopg
-from sqlalchemy.engine import make_url
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2
+from tests.harness.databases import postgres_database
+from tests.harness.processes import free_port, start_service, wait_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLEREC = str(Path(sys.executable).with_name("bundlerec"))
-PG_ADMIN = os.environ.get("BUNDLEREC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(url: str, encoder_dir: str, workdir: Path, n: int) -> tuple[subprocess.Popen[bytes], str]:
+    """Replica `n` of the candidate service on the catalogue at `url`, waited for until serving."""
     port = free_port()
-    env = {
-        **os.environ,
-        "BUNDLEREC_CANDIDATE_DATABASE_URL": url,
-        "BUNDLEREC_CANDIDATE_PORT": str(port),
-        "BUNDLEREC_CANDIDATE_METRICS_PORT": "0",
-        "BUNDLEREC_CANDIDATE_ENCODER_DIR": encoder_dir,
-        "BUNDLEREC_CANDIDATE_INDEX_DIR": str(workdir / f"index-{n}"),
-        "BUNDLEREC_CANDIDATE_MODELS_DIR": "",
-        "BUNDLEREC_CANDIDATE_LOG_LEVEL": "warning",
-    }
-    process = subprocess.Popen([BUNDLEREC, "serve", "candidate"], env=env, stdout=subprocess.DEVNULL)
+    process = start_service(
+        "candidate",
+        {
+            "BUNDLEREC_CANDIDATE_DATABASE_URL": url,
+            "BUNDLEREC_CANDIDATE_PORT": str(port),
+            "BUNDLEREC_CANDIDATE_ENCODER_DIR": encoder_dir,
+            "BUNDLEREC_CANDIDATE_INDEX_DIR": str(workdir / f"index-{n}"),
+            "BUNDLEREC_CANDIDATE_MODELS_DIR": "",
+        },
+    )
+    wait_serving(f"127.0.0.1:{port}", process, timeout=120)
     return process, f"127.0.0.1:{port}"
-
-
-async def wait_serving(address: str) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = candidate_pb2_grpc.CandidateServiceStub(channel)
-        for _ in range(1200):
-            try:
-                await stub.SearchText(candidate_pb2.SearchTextRequest(query="warm up"), timeout=1)
-                return
-            except grpc.aio.AioRpcError:
-                await asyncio.sleep(0.1)
-    raise SystemExit(f"{address} never served")
 
 
 async def until(check: Callable[[], Awaitable[bool]], started: float, limit: float = 30.0) -> float:
@@ -133,28 +116,19 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> None:
-    admin = None
-    if backend == "postgresql":
-        name = f"bundlerec_lag_{uuid.uuid4().hex[:8]}"
-        admin = psycopg.connect(PG_ADMIN, autocommit=True)
-        admin.execute(f'CREATE DATABASE "{name}"')
-        url = make_url(PG_ADMIN).set(drivername="postgresql+psycopg", database=name).render_as_string(False)
-    else:
-        url = f"sqlite:///{workdir / 'catalogue.sqlite3'}"
-    processes = []
-    try:
-        for n in range(2):  # one after the other: the first migrates
-            process, address = start(url, args.encoder_dir, workdir / backend, n)
-            processes.append((process, address))
-            await wait_serving(address)
-        lags = await measure([a for _, a in processes], args.writes, args.pace)
-    finally:
-        for process, _ in processes:
-            process.terminate()
-            process.wait(timeout=30)
-        if admin is not None:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            admin.close()
+    database = (
+        postgres_database() if backend == "postgresql" else nullcontext(f"sqlite:///{workdir / 'catalogue.sqlite3'}")
+    )
+    processes: list[tuple[subprocess.Popen[bytes], str]] = []
+    with database as url:
+        try:
+            for n in range(2):  # one after the other: the first migrates
+                processes.append(start(url, args.encoder_dir, workdir / backend, n))
+            lags = await measure([a for _, a in processes], args.writes, args.pace)
+        finally:
+            for process, _ in processes:
+                process.terminate()
+                process.wait(timeout=30)
     print(f"\n{backend}: {args.writes} writes of each kind, ms from the write's reply to the index reflecting it")
     print(f"{'write':<14}{'replica':<9}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}")
     for kind, by_replica in lags.items():
