@@ -237,9 +237,10 @@ class CandidateService:
             self._advance(entries.sequence)
             self.rebuild_in_background("import or trimmed feed")
             return entries
-        items = await self.store.stored_items(entries.items)
-        stock = await self.store.get_items(entries.availability)
-        bundles = await self.store.get_bundles(list(entries.bundles))
+        # (a statistics entry, the most frequent kind while the shop records, names none of these)
+        items = await self.store.stored_items(entries.items) if entries.items else {}
+        stock = await self.store.get_items(entries.availability) if entries.availability else {}
+        bundles = await self.store.get_bundles(list(entries.bundles)) if entries.bundles else {}
         # the statistics of items and bundles stored anew too: their counts may predate this index
         # (an item another replica added, one deleted and stored again)
         counted_items, counted_bundles = (
@@ -263,10 +264,11 @@ class CandidateService:
                     index.upsert_bundle(bundles[bundle_id])
                 elif bundle_id in index.bundles:
                     index.remove_bundle(bundle_id)
-            known = {i: v for i, v in counted.popularity.items() if i in index.items}
-            item_partners = {i: p for i, p in counted.item_partners.items() if i in index.items}
-            bundle_partners = {b: p for b, p in counted.bundle_partners.items() if b in index.bundles}
-            index.set_statistics(known, item_partners, bundle_partners)
+            if counted_items or counted_bundles:  # (a stock change alone leaves the counts, and their caches, be)
+                known = {i: v for i, v in counted.popularity.items() if i in index.items}
+                item_partners = {i: p for i, p in counted.item_partners.items() if i in index.items}
+                bundle_partners = {b: p for b, p in counted.bundle_partners.items() if b in index.bundles}
+                index.set_statistics(known, item_partners, bundle_partners)
 
         await self._apply(update_index, None)
         self._advance(entries.sequence)

@@ -139,6 +139,9 @@ class _Retry(Exception):
 
 
 async def counts_of(engine: AsyncEngine, item_ids: Collection[str], bundle_ids: Collection[str]) -> Counts:
+    if not item_ids and not bundle_ids:
+        return Counts({}, {}, {})
+
     async def work(conn: AsyncConnection) -> Counts:
         popularity: dict[str, float] = dict.fromkeys(item_ids, 0.0)  # no row: never counted
         items: dict[str, dict[str, float]] = defaultdict(dict)
