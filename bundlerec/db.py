@@ -22,6 +22,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import JSON, MetaData, Table, Text, bindparam, cast, event, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -189,6 +190,32 @@ async def existing(conn: AsyncConnection, column: Any, ids: Iterable[str]) -> se
     for start in range(0, len(wanted), 500):
         found.update((await conn.execute(select(column).where(column.in_(wanted[start : start + 500])))).scalars())
     return found
+
+
+async def insert_rows(
+    conn: AsyncConnection,
+    table: Table,
+    rows: list[dict[str, Any]],
+    *,
+    key: list[str],
+    add_to: str | None = None,
+    returning: str | None = None,
+) -> set[Any]:
+    """INSERT rows; on a conflict on `key` do nothing, or add the new `add_to` to the old.
+    Returns the `returning` column of the rows actually inserted (or updated). PostgreSQL: one
+    statement for the whole batch (`bulk_insert`); SQLite: one per row."""
+    if conn.dialect.name == "postgresql":
+        stmt, params = bulk_insert(table, list(rows[0])), columns_of(table, rows)
+    else:
+        stmt, params = sqlite_insert(table), rows  # type: ignore[assignment]
+    if add_to:
+        stmt = stmt.on_conflict_do_update(index_elements=key, set_={add_to: table.c[add_to] + stmt.excluded[add_to]})
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=key)
+    if returning is None:
+        await conn.execute(stmt, params)
+        return set()
+    return set((await conn.execute(stmt.returning(table.c[returning]), params)).scalars())
 
 
 def bulk_insert(table: Table, columns: Sequence[str]) -> Insert:

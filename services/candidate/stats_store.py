@@ -119,9 +119,14 @@ async def add(
         touched_items = {r["item_id"] for r in popularity} | {r["item_id"] for r in item_pairs}
         touched_bundles = {r["bundle_id"] for r in bundle_pairs}
         await feed.record(conn, sequence, now_us, items=touched_items, bundles=touched_bundles, kind="statistics")
-        await _add(conn, stats_t, popularity, ["item_id"], "popularity")
-        await _add(conn, cooccurrence_t, item_pairs, ["item_id", "other_id"], "weight")
-        await _add(conn, bundle_cooccurrence_t, bundle_pairs, ["bundle_id", "other_id"], "weight")
+        if popularity:
+            await db.insert_rows(conn, stats_t, popularity, key=["item_id"], add_to="popularity")
+        if item_pairs:
+            await db.insert_rows(conn, cooccurrence_t, item_pairs, key=["item_id", "other_id"], add_to="weight")
+        if bundle_pairs:
+            await db.insert_rows(
+                conn, bundle_cooccurrence_t, bundle_pairs, key=["bundle_id", "other_id"], add_to="weight"
+            )
         if next(_batches) % PRUNE_EVERY == 0:
             await _prune(conn, cooccurrence_t, cooccurrence_t.c.item_id, {r["item_id"] for r in item_pairs})
             bundle_owner = bundle_cooccurrence_t.c.bundle_id
@@ -163,20 +168,6 @@ async def counts_of(engine: AsyncEngine, item_ids: Collection[str], bundle_ids: 
         )
 
     return await db.read(engine, work)
-
-
-async def _add(conn: AsyncConnection, table: Table, rows: list[dict[str, object]], key: list[str], column: str) -> None:
-    """Adds each row's `column` to the stored one (inserting new rows); PostgreSQL: one statement
-    for the whole batch (unnest), SQLite: one per row."""
-    if not rows:
-        return
-    if conn.dialect.name == "postgresql":
-        stmt = db.bulk_insert(table, list(rows[0]))
-        params: object = db.columns_of(table, rows)
-    else:
-        stmt, params = sqlite_insert(table), rows  # type: ignore[assignment]
-    stmt = stmt.on_conflict_do_update(index_elements=key, set_={column: table.c[column] + stmt.excluded[column]})
-    await conn.execute(stmt, params)  # type: ignore[arg-type]
 
 
 async def _prune(conn: AsyncConnection, table: Table, owner: object, touched: set[str]) -> None:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import Table, case, delete, func, insert, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -130,33 +129,6 @@ class SqlProfileStore:
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def _insert(
-        self,
-        conn: AsyncConnection,
-        table: Table,
-        rows: list[dict[str, Any]],
-        *,
-        key: list[str],
-        add_to: str | None = None,
-        returning: str | None = None,
-    ) -> set[Any]:
-        """INSERT rows; on a conflict on `key` do nothing, or add the new `add_to` to the old.
-        Returns the `returning` column of the rows actually inserted (or updated)."""
-        if self._postgres:
-            stmt, params = db.bulk_insert(table, list(rows[0])), db.columns_of(table, rows)
-        else:
-            stmt, params = sqlite_insert(table), rows  # type: ignore[assignment]
-        if add_to:
-            stmt = stmt.on_conflict_do_update(
-                index_elements=key, set_={add_to: table.c[add_to] + stmt.excluded[add_to]}
-            )
-        else:
-            stmt = stmt.on_conflict_do_nothing(index_elements=key)
-        if returning is None:
-            await conn.execute(stmt, params)
-            return set()
-        return set((await conn.execute(stmt.returning(table.c[returning]), params)).scalars())
-
     async def _personalization_of(self, conn: AsyncConnection, user_ids: list[str]) -> dict[str, bool]:
         # FOR SHARE (PostgreSQL) so a concurrent consent withdrawal waits for this batch, then
         # erases it, instead of leaving events written behind its back. SQLite serializes writers.
@@ -190,7 +162,7 @@ class SqlProfileStore:
                     }
                     for u in unknown
                 ]
-                await self._insert(conn, users_t, new_users, key=["user_id"])
+                await db.insert_rows(conn, users_t, new_users, key=["user_id"])
                 allowed = await self._personalization_of(conn, user_ids)
 
             unique: dict[str, Event] = {}
@@ -254,7 +226,7 @@ class SqlProfileStore:
         ids = list((await conn.execute(select(events_t.c.event_id).where(events_t.c.user_id == user_id))).scalars())
         if ids:
             rows = [{"event_key": self._key(i), "day": now_us // US_PER_DAY} for i in sorted(ids)]
-            await self._insert(conn, anonymous_t, rows, key=["event_key"])
+            await db.insert_rows(conn, anonymous_t, rows, key=["event_key"])
         await conn.execute(delete(events_t).where(events_t.c.user_id == user_id))
         return len(ids)
 
@@ -291,7 +263,7 @@ class SqlProfileStore:
             }
             for e in events
         ]
-        inserted = await self._insert(conn, events_t, rows, key=["event_id"], returning="event_id")
+        inserted = await db.insert_rows(conn, events_t, rows, key=["event_id"], returning="event_id")
         return [e for e in events if e.event_id in inserted]
 
     async def _insert_anonymous_keys(self, conn: AsyncConnection, events: list[Event], now_us: int) -> list[Event]:
@@ -299,7 +271,7 @@ class SqlProfileStore:
             return []
         keyed = sorted(((self._key(e.event_id), e) for e in events), key=lambda pair: pair[0])
         rows = [{"event_key": key, "day": now_us // US_PER_DAY} for key, _ in keyed]
-        inserted = await self._insert(conn, anonymous_t, rows, key=["event_key"], returning="event_key")
+        inserted = await db.insert_rows(conn, anonymous_t, rows, key=["event_key"], returning="event_key")
         return [e for key, e in keyed if key in inserted]
 
     async def _count_popularity(self, conn: AsyncConnection, events: list[Event]) -> None:
@@ -312,7 +284,7 @@ class SqlProfileStore:
             {"target_type": t, "target_id": i, "day": d, "event_type": k, "count": n}
             for (t, i, d, k), n in sorted(counts.items())
         ]
-        await self._insert(
+        await db.insert_rows(
             conn, popularity_t, rows, key=["target_type", "target_id", "day", "event_type"], add_to="count"
         )
 
@@ -328,7 +300,7 @@ class SqlProfileStore:
                 "consent_updated_at_us": None,
                 "created_at_us": now_us,
             }
-            await self._insert(conn, users_t, [new_user], key=["user_id"])
+            await db.insert_rows(conn, users_t, [new_user], key=["user_id"])
             current = (await conn.execute(select(users_t).where(users_t.c.user_id == user_id).with_for_update())).one()
             consent = Consent(
                 personalization=current.personalization if personalization is None else personalization,
