@@ -1,5 +1,5 @@
-"""The `bundlerec` command: serve, migrate, import, train, evaluate, demo, loadtest, and the gateway's
-client commands recommend, track and forget.
+"""The `bundlerec` command: serve, migrate, import, train, evaluate, retrain, models, demo, loadtest,
+and the gateway's client commands recommend, track and forget.
 
 `bundlerec serve SERVICE --help` lists that service's settings; each is also read from the
 environment as BUNDLEREC_<SERVICE>_<SETTING> (for example BUNDLEREC_PROFILE_DATABASE_URL).
@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from pydantic_settings import CliApp
 
 from bundlerec.client import add_client_commands, run_client_command
+from bundlerec.commands.retrain import add_models_commands, add_retrain_options, run_models, run_retrain
 from bundlerec.runtime.logs import configure_logging
 from bundlerec.runtime.settings import ServiceSettings
 
@@ -210,6 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         training.add_evaluation_options(
             commands.add_parser("evaluate", help="full-ranking evaluation against baselines (needs the train extra)")
         )
+        add_retrain_options(
+            commands.add_parser(
+                "retrain",
+                help="train a new version from what the services recorded; the promotion gate decides if it serves",
+            )
+        )
+    add_models_commands(commands.add_parser("models", help="list model versions, promote one, roll back"))
     add_client_commands(commands)
     demo = commands.add_parser("demo", help="run the product on embedded defaults and show what it does")
     demo.add_argument("--workdir", default="var/demo", help="where the demo keeps its database (default: var/demo)")
@@ -237,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return training.run_train(args)
     if args.command == "evaluate":
         return training.run_evaluate(args)
+    if args.command == "retrain":
+        return run_retrain(args)
+    if args.command == "models":
+        return run_models(args)
     if args.command in ("recommend", "track", "forget"):
         return run_client_command(args)
     if args.command == "loadtest":

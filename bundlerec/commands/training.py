@@ -112,7 +112,11 @@ def train_and_write(args: argparse.Namespace, dataset: Dataset) -> tuple[Trained
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from bundlerec.ranking.promotion import SERVING_FILE, promote
+
     trained, path, _ = train_and_write(args, _read(args.data))
+    if (Path(args.out) / SERVING_FILE).exists():  # versions are promoted there: a version trained by hand serves
+        promote(Path(args.out), path.name, "bundlerec train")
     shown = {k: round(v, 4) for k, v in trained.validation.items() if "@" in k and "cold" not in k}
     print(f"{path}\nvalidation: {shown}")
     return 0

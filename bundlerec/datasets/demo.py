@@ -18,7 +18,7 @@ import math
 import random
 import re
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,15 @@ PROTOCOL = (
 )
 
 
+DRIFT_PROTOCOL = (
+    "by time: nothing is held out; train on the events before a day and evaluate on what each shopper "
+    "bought that day (bundlerec retrain's split), ranking every item and excluding those already bought."
+)
+LAUNCHED_PRODUCTS, LAUNCHED_BUNDLES = 0.1, 0.2  # shares launched during a drifting shop's second half
+LAUNCH_PULL = 0.25  # chance a pick goes to a live launched product (bundle) of the category (department)
+SHIFTING_SHOPPERS = 0.5
+
+
 @dataclass(slots=True)
 class _Product:
     item: Item
@@ -62,21 +71,42 @@ class _Shop:
     bundles: list[Bundle]
     bundles_by_dept: dict[int, list[int]]
     bundle_weights: dict[int, list[float]]
+    # a drifting shop's launch times (0: on sale from the start), and what launches, by category / department
+    launch: list[int] = field(default_factory=list)
+    bundle_launch: list[int] = field(default_factory=list)
+    launched_by_cat: dict[tuple[int, int], list[int]] = field(default_factory=dict)
+    launched_by_dept: dict[int, list[int]] = field(default_factory=dict)
+    drift_days: int = 0
 
 
 def generate_demo_shop(
-    out_dir: str | Path, *, seed: int, users: int = 500, items: int = 2000, bundles: int = 300, days: int = 90
+    out_dir: str | Path,
+    *,
+    seed: int,
+    users: int = 500,
+    items: int = 2000,
+    bundles: int = 300,
+    days: int = 90,
+    drift: bool = False,
 ) -> dict[str, Any]:
-    """Writes the demo shop to `out_dir` and returns a summary (counts as in dataset.json)."""
+    """Writes the demo shop to `out_dir` and returns a summary (counts as in dataset.json).
+
+    `drift`: a shop that changes while it is recorded (for retraining, bench/freshness.py): a
+    tenth of the products and a fifth of the bundles launch during the second half and sell well
+    from their launch (new things draw shoppers), and half the shoppers move to other favourite
+    departments somewhere between 40 % and 80 % of the period. Nothing is held out: events.csv keeps
+    everything, for splits by time (valid.csv and test.csv are empty)."""
     rng = random.Random(seed)
     shop = _catalogue(rng, items)
     _curate_bundles(rng, shop, bundles)
+    if drift:
+        _schedule_launches(rng, shop, days)
     history = [_shopper(rng, shop, f"u{n:04d}", days) for n in range(1, users + 1)]
     events: list[Event] = []
     valid: list[HeldOut] = []
     test: list[HeldOut] = []
     for user_events in history:
-        kept, held = _leave_one_out(user_events)
+        kept, held = _leave_one_out(user_events) if not drift else (user_events, [])
         events.extend(kept)
         if held:
             valid.append(held[0])
@@ -94,10 +124,10 @@ def generate_demo_shop(
         "name": "demo-shop",
         "task": "next_item",
         "source": f"bundlerec.datasets.demo.generate_demo_shop(seed={seed}, users={users}, items={items}, "
-        f"bundles={bundles}, days={days})",
+        f"bundles={bundles}, days={days}{', drift=True' if drift else ''})",
         "licence": "generated",
         "timestamps": "unix",
-        "protocol": PROTOCOL,
+        "protocol": DRIFT_PROTOCOL if drift else PROTOCOL,
         "counts": counts,
         "reference_results": [],
         "notes": [
@@ -153,7 +183,7 @@ def _catalogue(rng: random.Random, n_items: int) -> _Shop:
         for (d, c), members in by_cat.items()
         for tier in range(len(TIERS))
     }
-    return _Shop(products, by_cat, weights, [], {}, {})
+    return _Shop(products, by_cat, weights, [], {}, {}, launch=[0] * len(products))
 
 
 def _title(rng: random.Random, spec: CategorySpec, brand: str, taken: set[str]) -> tuple[str, str, tuple[str, ...]]:
@@ -244,6 +274,25 @@ def _curate_bundles(rng: random.Random, shop: _Shop, n_bundles: int) -> None:
         shop.bundle_weights.setdefault(dept, []).append(appeal)
     for dept, appeal in shop.bundle_weights.items():
         shop.bundle_weights[dept] = list(accumulate(appeal))
+    shop.bundle_launch = [0] * len(shop.bundles)
+
+
+def _schedule_launches(rng: random.Random, shop: _Shop, days: int) -> None:
+    half = START + days * 86_400 // 2
+    span = days * 86_400 - days * 86_400 // 2
+    for n, product in enumerate(shop.products):
+        if product.cat and rng.random() < LAUNCHED_PRODUCTS:  # anchors stay: bundles are built on them
+            shop.launch[n] = half + rng.randrange(span)
+            shop.launched_by_cat.setdefault((product.dept, product.cat), []).append(n)
+    by_id = {p.item.item_id: n for n, p in enumerate(shop.products)}
+    for dept, indexes in shop.bundles_by_dept.items():
+        for index in indexes:
+            own = half + rng.randrange(span) if rng.random() < LAUNCHED_BUNDLES else 0
+            # a bundle goes on sale no earlier than its newest member
+            shop.bundle_launch[index] = max([own] + [shop.launch[by_id[i]] for i in shop.bundles[index].item_ids])
+            if shop.bundle_launch[index]:
+                shop.launched_by_dept.setdefault(dept, []).append(index)
+    shop.drift_days = days
 
 
 # -- behaviour ------------------------------------------------------------------------------------
@@ -255,6 +304,10 @@ def _shopper(rng: random.Random, shop: _Shop, user: str, days: int) -> list[Even
     favourites = rng.sample(range(n_depts), rng.choices((1, 2, 3), weights=(0.45, 0.4, 0.15))[0])
     favourite_weights = (0.6, 0.28, 0.12)[: len(favourites)]
     tier = rng.choices(range(len(TIERS)), weights=(0.35, 0.45, 0.2))[0]
+    shift_at, moved_to = 0, favourites  # a drifting shop's shopper may move to other departments
+    if shop.drift_days and rng.random() < SHIFTING_SHOPPERS:
+        shift_at = START + round(rng.uniform(0.4, 0.8) * days * 86_400)
+        moved_to = rng.sample(range(n_depts), len(favourites))
     n_sessions = min(40, max(3, round(rng.lognormvariate(math.log(11), 0.6))))
     end = START + days * 86_400
     # (start time, tie-breaker, follow-up anchor product or -1)
@@ -279,7 +332,7 @@ def _shopper(rng: random.Random, shop: _Shop, user: str, days: int) -> list[Even
         if follow_up >= 0:
             dept = shop.products[follow_up].dept
         elif rng.random() < 0.85:
-            dept = rng.choices(favourites, weights=favourite_weights)[0]
+            dept = rng.choices(moved_to if shift_at and clock >= shift_at else favourites, weights=favourite_weights)[0]
         else:
             dept = rng.randrange(n_depts)
         n_complements = len(DEPARTMENTS[dept].complements)
@@ -287,7 +340,7 @@ def _shopper(rng: random.Random, shop: _Shop, user: str, days: int) -> list[Even
         viewed: set[int] = set()
         for _ in range(rng.randint(2, 9)):
             cat = rng.randint(1, n_complements) if follow_up >= 0 or rng.random() < 0.55 else 0
-            product = _pick(rng, shop, dept, cat, tier)
+            product = _pick_live(rng, shop, dept, cat, tier, clock)
             if product in viewed:
                 continue
             viewed.add(product)
@@ -299,7 +352,7 @@ def _shopper(rng: random.Random, shop: _Shop, user: str, days: int) -> list[Even
                     emit("add_to_cart", "item", item_id, (10, 180))
                     carted.append(product)
         if dept in shop.bundles_by_dept and rng.random() < (0.3 if follow_up >= 0 else 0.15):
-            index = _choose(rng, shop.bundles_by_dept[dept], shop.bundle_weights[dept])
+            index = _bundle_live(rng, shop, dept, clock)
             bundle_id = shop.bundles[index].bundle_id
             emit("view", "bundle", bundle_id, (20, 300))
             if rng.random() < 0.5:
@@ -322,6 +375,33 @@ def _shopper(rng: random.Random, shop: _Shop, user: str, days: int) -> list[Even
                 seq += 1
                 heapq.heappush(agenda, (clock + rng.randint(2 * 3_600, 10 * 86_400), seq, product))
     return sorted(events + later, key=lambda e: e.timestamp)  # stable: ties keep session order
+
+
+def _pick_live(rng: random.Random, shop: _Shop, dept: int, cat: int, tier: int, clock: int) -> int:
+    """_pick among what is on sale at `clock`; in a drifting shop, launched products draw shoppers."""
+    if not shop.drift_days:
+        return _pick(rng, shop, dept, cat, tier)  # the same draws as always: the same seed, the same shop
+    live = [n for n in shop.launched_by_cat.get((dept, cat), ()) if shop.launch[n] <= clock]
+    if live and rng.random() < LAUNCH_PULL:
+        return rng.choice(live)
+    for _ in range(100):  # a tenth launches late: nearly always a draw or two
+        product = _pick(rng, shop, dept, cat, tier)
+        if shop.launch[product] <= clock:
+            break
+    return product
+
+
+def _bundle_live(rng: random.Random, shop: _Shop, dept: int, clock: int) -> int:
+    if not shop.drift_days:
+        return _choose(rng, shop.bundles_by_dept[dept], shop.bundle_weights[dept])
+    live = [n for n in shop.launched_by_dept.get(dept, ()) if shop.bundle_launch[n] <= clock]
+    if live and rng.random() < LAUNCH_PULL * 2:
+        return rng.choice(live)
+    for _ in range(50):
+        index = _choose(rng, shop.bundles_by_dept[dept], shop.bundle_weights[dept])
+        if shop.bundle_launch[index] <= clock:
+            return index
+    return index  # a department whose bundles nearly all launch later: rare, and only early on
 
 
 def _leave_one_out(events: list[Event]) -> tuple[list[Event], list[HeldOut]]:

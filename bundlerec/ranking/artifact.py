@@ -55,6 +55,9 @@ class ModelManifest:
     int8_sha256: str = ""
     collaborative_sha256: str = ""  # empty: a version written before the collaborative vectors were exported
     epochs: list[dict[str, float]] = field(default_factory=list)
+    # the start of the events it never trained on (unix seconds; 0: unknown): a warm start from it
+    # trains on the shoppers active since (bundlerec retrain)
+    data_until: int = 0
 
     @property
     def max_sequence(self) -> int:

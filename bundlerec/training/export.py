@@ -121,6 +121,7 @@ def write_model_dir(
     text_encoder: dict | None,
     int8: bool = False,
     curves: bool = True,
+    data_until: int = 0,
 ) -> Path:
     """Writes a new version under `models_dir` and returns its directory. Everything goes into a
     hidden temporary directory that is renamed into place, so a watcher never sees half a model."""
@@ -159,6 +160,7 @@ def write_model_dir(
             int8_sha256=sha256_of(staging / INT8_FILE) if int8 else "",
             collaborative_sha256=sha256_of(staging / COLLABORATIVE_FILE),
             epochs=[json.loads(json.dumps(vars(r))) for r in trained.history],
+            data_until=data_until,
         ).write(staging)
         staging.rename(models_dir / version)
     except BaseException:

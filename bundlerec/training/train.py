@@ -41,6 +41,8 @@ from bundlerec.training.data import (
 from bundlerec.training.model import BundleRanker, ModelConfig
 from bundlerec.training.objective import TrainingLoss, batch_tensors, sample_negatives, sampling_distribution
 from bundlerec.training.scorer import ModelScorer
+from bundlerec.training.warm import WarmStart
+from bundlerec.training.warm import apply as warm_start
 
 Progress = Callable[[str], None]
 
@@ -121,8 +123,15 @@ def selection_metric(task: str) -> str:
 
 
 def train(
-    dataset: Dataset, settings: TrainSettings, text_vectors: np.ndarray | None, progress: Progress = print
+    dataset: Dataset,
+    settings: TrainSettings,
+    text_vectors: np.ndarray | None,
+    progress: Progress = print,
+    *,
+    warm: WarmStart | None = None,
 ) -> TrainedModel:
+    """Trains a model on `dataset`; `warm` starts it from a serving model's weights (warm.py) and
+    trains only on the histories of users active since `warm.since` (the tables still count all)."""
     workers = distributed.start()
     torch.manual_seed(settings.seed + workers.rank)  # dropout differs between workers; DDP shares the start
     # Embedding gradients are otherwise summed in whatever order the threads finish, which makes
@@ -152,7 +161,14 @@ def train(
     # the co-occurrence tables stay empty while the network trains (its loss never reads them) and
     # are filled after it, with the weighing chosen on validation (choose_wide_tables)
     members = torch.from_numpy(data.vocabulary.bundle_members)
-    model = BundleRanker(config, torch.from_numpy(data.item_text), members).to(workers.device)
+    model = BundleRanker(config, torch.from_numpy(data.item_text), members)
+    trained_on = data
+    if warm is not None:
+        kept = warm_start(model, data.vocabulary, warm)
+        active = {e.user_id for e in dataset.events if e.timestamp >= warm.since}
+        trained_on = dataclasses.replace(data, histories={u: h for u, h in data.histories.items() if u in active})
+        progress(f"warm start: {kept}; training on the {len(trained_on.histories):,} users active since {warm.since}")
+    model = model.to(workers.device)
     sampling = {kind: sampling_distribution(torch.from_numpy(c)) for kind, c in data.target_counts().items()}
     limit = settings.two_tower_negatives
     sampled = {kind: p for kind, p in sampling.items() if limit and len(p) > limit}
@@ -181,7 +197,7 @@ def train(
     for epoch in range(1, settings.max_epochs + 1):
         started, cpu_started = time.monotonic(), time.process_time()
         model.train()
-        pairs = examples(data, settings.max_sequence, rng, settings.mask_share)
+        pairs = examples(trained_on, settings.max_sequence, rng, settings.mask_share)
         totals = np.zeros(3)
         count = 0
         epoch_batches = batches(pairs, settings.batch_size or (256 if data.causal else 64), rng)

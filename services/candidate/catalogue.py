@@ -350,6 +350,13 @@ class CatalogueStore:
 
         return await db.read(self.engine, work)
 
+    async def list_bundle_ids(self, after_id: str, limit: int) -> list[str]:
+        async def work(conn: AsyncConnection) -> list[str]:
+            query = select(bundles_t.c.bundle_id).where(bundles_t.c.bundle_id > after_id)
+            return list((await conn.execute(query.order_by(bundles_t.c.bundle_id).limit(limit))).scalars())
+
+        return await db.read(self.engine, work)
+
     async def snapshot(self) -> CatalogueSnapshot:
         """The whole catalogue, to (re)build the in-memory indexes."""
 

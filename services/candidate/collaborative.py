@@ -1,8 +1,9 @@
 """The ranker's collaborative vectors, which the candidate service fuses into its item vectors.
 
 They come from the models directory the ranker serves from (bundlerec.ranking.artifact): at start
-the newest version that loads (an older one rather than none, as the ranker does), then each newer
-version as it appears. A version that does not load (checksum, unreadable file) is logged and
+the serving version (bundlerec.ranking.promotion: the pointer's, or the newest), else the newest
+that loads (an older one rather than none, as the ranker does), then each version promoted or
+rolled back to. A version that does not load (checksum, unreadable file) is logged and
 skipped until its files change, and whatever was in use stays. A version written before the
 vectors were exported has none: then nothing is fused, since another version's vectors would not
 match the user vectors the ranker now returns.
@@ -27,6 +28,7 @@ from bundlerec.ranking.artifact import (
     fingerprint,
     model_versions,
 )
+from bundlerec.ranking.promotion import serving_version
 
 log = logging.getLogger("bundlerec.candidate")
 
@@ -69,22 +71,29 @@ class ModelWatcher:
         self.models_dir = models_dir
         self.version = ""  # the version in use ("" before any)
         self._tried: dict[str, tuple[tuple[str, int, int], ...]] = {}
+        self._followed = ""  # the version the last poll was told to follow
 
     def initial(self) -> Collaborative | None:
-        """At start: the vectors of the newest version that loads, None without one."""
-        for version in reversed(model_versions(self.models_dir)):
+        """At start: the vectors of the serving version (promotion.py), else of the newest that loads;
+        None without one."""
+        serving = serving_version(self.models_dir)
+        versions = [v for v in reversed(model_versions(self.models_dir)) if v != serving]
+        for version in ([serving] if serving else []) + versions:
             loaded, vectors = self._try(version)
             if loaded:
                 return vectors
         return None
 
     def poll(self) -> tuple[bool, Collaborative | None]:
-        """(True, the new version's vectors) when a newer version loads; (False, None) otherwise."""
-        versions = model_versions(self.models_dir)
-        newest = versions[-1] if versions else ""
-        if not newest or newest == self.version or self._tried.get(newest) == fingerprint(self.models_dir / newest):
+        """(True, the new version's vectors) when the serving version changed and loads; (False, None)
+        otherwise."""
+        serving = serving_version(self.models_dir)
+        moved, self._followed = serving != self._followed, serving
+        if not serving or serving == self.version:
             return False, None
-        return self._try(newest)
+        if not moved and self._tried.get(serving) == fingerprint(self.models_dir / serving):
+            return False, None  # tried, and neither its files nor the pointer changed since
+        return self._try(serving)
 
     def _try(self, version: str) -> tuple[bool, Collaborative | None]:
         directory = self.models_dir / version

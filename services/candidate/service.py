@@ -428,6 +428,14 @@ class CandidateService:
         items = items[:size]
         return items, (validation.encode_page_token("items", items[-1].item_id) if more else "")
 
+    async def list_bundles(self, page_size: int, page_token: str) -> tuple[list[Bundle], str]:
+        """A page of the bundles in id order, and the token of the next one ("" after the last)."""
+        size = validation.page_size("page_size", page_size, default=100, maximum=1000)
+        ids = await self.store.list_bundle_ids(validation.page_token("page_token", page_token, "bundles"), size + 1)
+        found = await self.store.get_bundles(ids[:size])
+        token = validation.encode_page_token("bundles", ids[size - 1]) if len(ids) > size else ""
+        return [found[b] for b in ids[:size] if b in found], token
+
     # -- retrieval ------------------------------------------------------------------------
 
     def retrieve(self, request: RetrievalRequest) -> Retrieved:

@@ -56,6 +56,10 @@ def item_pb(item: Item) -> common_pb2.Item:
     return pb
 
 
+def bundle_pb(bundle: Bundle) -> common_pb2.Bundle:
+    return common_pb2.Bundle(bundle_id=bundle.bundle_id, title=bundle.title, item_ids=bundle.item_ids)
+
+
 def filter_from_pb(field: str, pb: candidate_pb2.CandidateFilter) -> Filter:
     for name in ("include_categories", "exclude_categories", "include_brands", "exclude_brands"):
         values = getattr(pb, name)
@@ -273,13 +277,17 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
     async def GetBundles(self, request, context):  # type: ignore[no-untyped-def]
         bundles, missing = await self.service.get_bundles(list(request.bundle_ids))
         return candidate_pb2.GetBundlesResponse(
-            bundles=[common_pb2.Bundle(bundle_id=b.bundle_id, title=b.title, item_ids=b.item_ids) for b in bundles],
+            bundles=[bundle_pb(b) for b in bundles],
             missing_bundle_ids=missing,
         )
 
     async def ListItems(self, request, context):  # type: ignore[no-untyped-def]
         items, token = await self.service.list_items(request.page_size, request.page_token)
         return candidate_pb2.ListItemsResponse(items=[item_pb(i) for i in items], next_page_token=token)
+
+    async def ListBundles(self, request, context):  # type: ignore[no-untyped-def]
+        bundles, token = await self.service.list_bundles(request.page_size, request.page_token)
+        return candidate_pb2.ListBundlesResponse(bundles=[bundle_pb(b) for b in bundles], next_page_token=token)
 
     async def Retrieve(self, request, context):  # type: ignore[no-untyped-def]
         return self.responses.response(self.service.retrieve(retrieval_from_pb(request)))

@@ -44,8 +44,9 @@ class CandidateSettings(ServiceSettings, CallerSettings):
     models_dir: str = Field(
         "var/bundlerec/models",
         description="The ranker's models directory (as `bundlerec train` writes it): the collaborative vectors of "
-        "its newest version are fused into item and bundle vectors, and a Retrieve user_vector of the model's "
-        "dimension searches them (two-tower retrieval); empty: text and external vectors only.",
+        "its serving version (the promotion pointer's, else the newest) are fused into item and bundle vectors, "
+        "and a Retrieve user_vector of the model's dimension searches them (two-tower retrieval); empty: text and "
+        "external vectors only.",
     )
     model_poll_seconds: float = Field(
         30.0,

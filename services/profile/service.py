@@ -39,6 +39,7 @@ from bundlerec.profile.model import (
 from bundlerec.profile.settings import ProfileSettings
 from bundlerec.profile.snapshot import SnapshotSettings
 from bundlerec.profile.store import US_PER_DAY, ProfileStore
+from bundlerec.profile.training_export import TrainingEvent
 from bundlerec.profile.wire import profile_pb
 
 US_PER_SECOND = 1_000_000
@@ -176,6 +177,28 @@ class ProfileService:
         page = ranked[offset : offset + size]
         token = _encode_token("popular", offset + size) if offset + size < len(ranked) else ""
         return [PopularTarget(target_type, t, s) for t, s in page], token
+
+    async def export_training_events(
+        self, since_us: int | None, until_us: int | None, key: str, page_size: int, page_token: str
+    ) -> tuple[list[TrainingEvent], str]:
+        """Stored histories of [since, until) for retraining, pseudonymous (training_export.py)."""
+        validation.text("pseudonym_key", key, max_length=256, required=True)
+        if len(key) < 16:
+            raise InvalidArgument("pseudonym_key", "must be at least 16 characters (a fresh random key per export)")
+        size = validation.page_size("page_size", page_size, default=1000, maximum=10_000)
+        after_id = _decode_token("training", page_token)
+        since, until = since_us or 0, now_us() if until_us is None else until_us
+        if until <= since:
+            raise InvalidArgument("until", "must be after since")
+        events, last = await self.store.training_events(
+            since_us=since,
+            until_us=until,
+            after_id=after_id,
+            limit=size,
+            key=key.encode(),
+            sensitive=self.snapshot.sensitive,
+        )
+        return events, ("" if last is None else _encode_token("training", last))
 
     async def read_behaviour(self, cursor: str, max_entries: int) -> tuple[list[BehaviourEntry], str]:
         """Anonymous behaviour after `cursor` (behaviour.py), and the cursor after it."""

@@ -9,7 +9,14 @@ from bundlerec.errors import InvalidArgument
 from bundlerec.profile import metrics
 from bundlerec.profile.model import Event, EventType
 from bundlerec.profile.service import ProfileService, now_us
-from bundlerec.profile.wire import TARGET_TYPES, TARGET_TYPES_PB, behaviour_entry_pb, consent_pb, event_pb
+from bundlerec.profile.wire import (
+    TARGET_TYPES,
+    TARGET_TYPES_PB,
+    behaviour_entry_pb,
+    consent_pb,
+    event_pb,
+    training_event_pb,
+)
 from bundlerec.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 from bundlerec.v1_events import EVENT_TYPES
 
@@ -128,6 +135,18 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
                 for t in targets
             ],
             next_page_token=token,
+        )
+
+    async def ExportTrainingEvents(
+        self, request: profile_pb2.ExportTrainingEventsRequest, context: object
+    ) -> profile_pb2.ExportTrainingEventsResponse:
+        since = timestamp_us("since", request.since) if request.HasField("since") else None
+        until = timestamp_us("until", request.until) if request.HasField("until") else None
+        events, token = await self.service.export_training_events(
+            since, until, request.pseudonym_key, request.page_size, request.page_token
+        )
+        return profile_pb2.ExportTrainingEventsResponse(
+            events=[training_event_pb(e) for e in events], next_page_token=token
         )
 
     async def ReadBehaviour(

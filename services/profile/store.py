@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bundlerec import db
-from bundlerec.profile import behaviour, metrics, snapshot, snapshots
+from bundlerec.profile import behaviour, metrics, snapshot, snapshots, training_export
 from bundlerec.profile.hot_read import MISSING, hot_reader
 from bundlerec.profile.model import EVENT_WEIGHTS, Consent, Event, RecordResult, TargetType
 from bundlerec.profile.schema import AnonymousEventIdRow, EventRow, PopularityRow, UserRow
@@ -66,6 +66,9 @@ class ProfileStore(Protocol):
     async def read_behaviour(
         self, after: behaviour.Position, limit: int
     ) -> tuple[list[behaviour.BehaviourEntry], behaviour.Position]: ...
+    async def training_events(
+        self, *, since_us: int, until_us: int, after_id: int, limit: int, key: bytes, sensitive: Callable[[str], bool]
+    ) -> tuple[list[training_export.TrainingEvent], int | None]: ...
     async def readiness(self) -> str | None: ...
     async def close(self) -> None: ...
 
@@ -205,6 +208,22 @@ class SqlProfileStore:
         self, after: behaviour.Position, limit: int
     ) -> tuple[list[behaviour.BehaviourEntry], behaviour.Position]:
         return await db.read(self.engine, lambda conn: behaviour.read(conn, after, limit))
+
+    async def training_events(
+        self, *, since_us: int, until_us: int, after_id: int, limit: int, key: bytes, sensitive: Callable[[str], bool]
+    ) -> tuple[list[training_export.TrainingEvent], int | None]:
+        return await db.read(
+            self.engine,
+            lambda conn: training_export.read_page(
+                conn,
+                since_us=since_us,
+                until_us=until_us,
+                after_id=after_id,
+                limit=limit,
+                key=key,
+                sensitive=sensitive,
+            ),
+        )
 
     async def _changed(self, conn: AsyncConnection, user_ids: list[str]) -> None:
         """These users' profiles changed: their snapshots are stale from this commit on."""

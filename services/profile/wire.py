@@ -7,6 +7,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from bundlerec.profile.behaviour import BehaviourEntry
 from bundlerec.profile.model import Consent, Event, Profile, TargetType
+from bundlerec.profile.training_export import TrainingEvent
 from bundlerec.v1 import common_pb2, profile_pb2
 from bundlerec.v1_events import EVENT_TYPES_PB
 
@@ -76,3 +77,15 @@ def behaviour_entry_pb(entry: BehaviourEntry) -> profile_pb2.BehaviourEntry:
             for p in entry.partners
         ],
     )
+
+
+def training_event_pb(e: TrainingEvent) -> profile_pb2.TrainingEvent:
+    pb = profile_pb2.TrainingEvent(
+        user=e.user,
+        type=EVENT_TYPES_PB[e.type],
+        target=common_pb2.TargetRef(type=TARGET_TYPES_PB[e.target_type], id=e.target_id),
+        occurred_at=timestamp_pb(e.occurred_at_us),
+    )
+    if e.value is not None:
+        pb.value = e.value
+    return pb

@@ -6,7 +6,8 @@ entirely on the version it started with; the previous version stays loaded (up t
 versions, least recently used evicted) and unloads only when nothing refers to it any more. So no
 request fails or mixes versions during a swap.
 
-The watcher follows the newest version of the models directory (or waits for the pinned one). It
+The watcher follows the version the models directory's pointer names (ranking/promotion.py: the
+newest version where there is no pointer), or waits for the pinned one. It
 tries each version's content once: a broken version is not retried until its files change, and a
 version an operator rolled back from is not swapped back in until a newer one appears.
 """
@@ -24,6 +25,7 @@ from bundlerec.errors import FailedPrecondition, NotFound, Unavailable
 from bundlerec.ranker import metrics
 from bundlerec.ranker.model import LoadedModel
 from bundlerec.ranking.artifact import fingerprint, model_versions
+from bundlerec.ranking.promotion import serving_version
 
 log = logging.getLogger("bundlerec.ranker")
 
@@ -45,6 +47,7 @@ class ModelRegistry:
         self._swap = asyncio.Lock()
         self._problem = "no model loaded yet"
         self._watcher: asyncio.Task[None] | None = None
+        self._followed = ""  # the version the last poll was told to follow
 
     async def versions(self) -> list[str]:
         return await asyncio.to_thread(model_versions, self.models_dir)
@@ -121,9 +124,14 @@ class ModelRegistry:
     # -- following the models directory ---------------------------------------------------
 
     async def load_initial(self) -> None:
-        """At start: the pinned version, or the newest that loads (an older one rather than none)."""
+        """At start: the pinned version, or the serving one, else the newest that loads (an older one
+        rather than none)."""
         versions = await self.versions()
-        wanted = ([self.pinned] if self.pinned in versions else []) if self.pinned else versions[::-1]
+        if self.pinned:
+            wanted = [self.pinned] if self.pinned in versions else []
+        else:
+            serving = await asyncio.to_thread(serving_version, self.models_dir)
+            wanted = ([serving] if serving else []) + [v for v in versions[::-1] if v != serving]
         for version in wanted:
             try:
                 await self.reload(version)
@@ -156,15 +164,20 @@ class ModelRegistry:
 
     async def check(self) -> None:
         """One poll: swap in the version to follow when it is new (or its files changed since it failed)."""
-        versions = await self.versions()
-        target = self.pinned if self.pinned in versions else ("" if self.pinned else (versions or [""])[-1])
+        if self.pinned:
+            target = self.pinned if self.pinned in await self.versions() else ""
+        else:
+            target = await asyncio.to_thread(serving_version, self.models_dir)
         if not target:
             if self.current is None:
                 self._problem = self._missing()
             return
+        moved, self._followed = target != self._followed, target
         if self.current is not None and self.current.version == target:
             return
-        if self._attempted.get(target) == await asyncio.to_thread(fingerprint, self.models_dir / target):
+        # a version tried before is not tried again until its files change, or until the pointer
+        # moves to it again (an operator's ReloadModel rollback stands until then)
+        if not moved and self._attempted.get(target) == await asyncio.to_thread(fingerprint, self.models_dir / target):
             return
         try:
             await self.reload(target)

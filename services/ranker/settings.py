@@ -19,7 +19,10 @@ class RankerSettings(ServiceSettings, CallerSettings):
         "var/bundlerec/models", description="Directory of versioned model directories (as training writes them)."
     )
     model_version: str = Field(
-        "", max_length=256, description="Serve this version; empty serves the newest and follows new ones."
+        "",
+        max_length=256,
+        description="Serve this version; empty follows the models directory's promotion pointer (serving.json), "
+        "or the newest version where there is none.",
     )
     use_int8: bool = Field(False, description="Serve model.int8.onnx when the version has one (CPU).")
     providers: Literal["auto", "cpu"] = Field(

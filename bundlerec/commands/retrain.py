@@ -1,0 +1,208 @@
+"""`bundlerec retrain` and `bundlerec models`: continuous training behind the promotion gate, and
+the operator's view and hands on which version serves (bundlerec.training.retrain,
+bundlerec.ranking.promotion)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from bundlerec.ranking.promotion import (
+    PromotionError,
+    decisions,
+    pin_serving,
+    promote,
+    record,
+    rollback,
+    serving_version,
+)
+from bundlerec.runtime.settings import CallerSettings
+
+EXPIRED_EXIT = 3  # the serving version is past its maximum age and no new version qualified
+
+
+class RetrainSettings(CallerSettings):
+    """`bundlerec retrain`'s settings (env prefix BUNDLEREC_RETRAIN_; the flags override them)."""
+
+    model_config = SettingsConfigDict(env_prefix="BUNDLEREC_RETRAIN_", extra="ignore")
+
+    profile_address: str = Field("127.0.0.1:50051", description="The profile service (ExportTrainingEvents).")
+    candidate_address: str = Field("127.0.0.1:50052", description="The candidate service (ListItems, ListBundles).")
+    models_dir: str = Field("var/bundlerec/models", description="The models directory the services follow.")
+    encoder_dir: str = Field("var/bundlerec/encoder", description="The exported text encoder.")
+    work_dir: str = Field("var/bundlerec/retrain", description="Where the exported training set is written.")
+    window_days: float = Field(1.0, gt=0, le=30, description="The newest window: evaluated on, never trained on.")
+    history_days: float = Field(90.0, gt=0, le=3650, description="How far back the training set reaches.")
+    tolerance: float = Field(
+        0.02, ge=0, le=1, description="How much worse (relative) than the serving version a new one may be and serve."
+    )
+    max_model_age_days: float = Field(
+        30.0,
+        gt=0,
+        description="A serving version older than this no longer blocks a new one that beats popularity: the "
+        "longest a model trained before an erasure keeps serving while retrain runs (docs/learning.md).",
+    )
+
+
+def add_retrain_options(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data", help="a dataset directory in the import format instead of the services")
+    source.add_argument("--profile", help="profile service address (default: the setting)")
+    parser.add_argument("--candidate", help="candidate service address (default: the setting)")
+    parser.add_argument("--models", help="models directory (default: the setting)")
+    parser.add_argument("--full", action="store_true", help="train from scratch instead of from the serving version")
+    parser.add_argument("--window-days", type=float, help="the evaluation window (default: the setting, 1)")
+    parser.add_argument("--history-days", type=float, help="how far back to read (default: the setting, 90)")
+    parser.add_argument("--tolerance", type=float, help="relative (default: the setting, 0.02)")
+    parser.add_argument("--max-model-age-days", type=float, help="(default: the setting, 30)")
+    parser.add_argument("--no-text", action="store_true", help="train without the items' text")
+    parser.add_argument("--epochs", type=int, help="at most this many epochs (default: training's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    parser.add_argument("--keep-data", action="store_true", help="keep the exported training set in the work dir")
+
+
+def add_models_commands(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models", help="models directory (default: BUNDLEREC_RETRAIN_MODELS_DIR or var/bundlerec/models)"
+    )
+    sub = parser.add_subparsers(dest="models_command", required=True)
+    sub.add_parser("list", help="every version: created, figures, decision, which one serves")
+    chosen = sub.add_parser("promote", help="serve this version (the services follow within seconds)")
+    chosen.add_argument("version")
+    sub.add_parser("rollback", help="serve again the version that served before the current one")
+
+
+def run_models(args: argparse.Namespace) -> int:
+    models_dir = Path(args.models or RetrainSettings().models_dir)
+    try:
+        if args.models_command == "promote":
+            decision = promote(models_dir, args.version, "bundlerec models promote")
+        elif args.models_command == "rollback":
+            decision = rollback(models_dir)
+        else:
+            print(list_versions(models_dir))
+            return 0
+    except PromotionError as error:
+        print(f"bundlerec models {args.models_command}: {error}", file=sys.stderr)
+        return 2
+    print(f"{decision.decision}: {decision.version} (was {decision.previous or 'none'})")
+    return 0
+
+
+def list_versions(models_dir: Path) -> str:
+    from bundlerec.ranking.artifact import ModelArtifactError, ModelManifest, model_versions
+
+    serving = serving_version(models_dir)
+    history: dict[str, list[str]] = {}  # per version: the gate's verdict with its figures, then what followed
+    for decision in decisions(models_dir):
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in decision.figures.items())
+        history.setdefault(decision.version, []).append(
+            f"{decision.decision} {decision.at}" + (f" ({figures})" if figures else "")
+        )
+    lines = [f"{'':2s}{'version':22s} {'created (UTC)':20s} {'valid':>7s}  decisions"]
+    for version in model_versions(models_dir):
+        try:
+            manifest = ModelManifest.read(models_dir / version)
+            created = manifest.created_at[:19].replace("T", " ")
+            metric = next((v for k, v in manifest.metrics.items() if k.startswith("NDCG@")), float("nan"))
+        except ModelArtifactError as error:
+            created, metric = f"broken: {error}"[:20], float("nan")
+        mark = "* " if version == serving else "  "
+        lines.append(f"{mark}{version:22s} {created:20s} {metric:7.4f}  {'; '.join(history.get(version, ['-']))}")
+    lines.append("* serves" if serving else "no version serves yet")
+    return "\n".join(lines)
+
+
+def run_retrain(args: argparse.Namespace) -> int:
+    import torch
+
+    from bundlerec.datasets import read_dataset
+    from bundlerec.training.export import write_model_dir
+    from bundlerec.training.retrain import decide, gate, load_serving, retrain, time_split
+    from bundlerec.training.text import item_text_vectors
+    from bundlerec.training.train import TrainSettings, selection_metric
+
+    settings = RetrainSettings()
+    models_dir = Path(args.models or settings.models_dir)
+    window = args.window_days or settings.window_days
+    tolerance = settings.tolerance if args.tolerance is None else args.tolerance
+    max_age = args.max_model_age_days or settings.max_model_age_days
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    now = dt.datetime.now(dt.UTC)
+    exported = None
+    if args.data:
+        path = Path(args.data)
+    else:
+        from bundlerec.commands.recorded import export_recorded
+
+        exported = path = Path(settings.work_dir) / f"recorded-{now:%Y%m%d-%H%M%S}"
+        since = now - dt.timedelta(days=args.history_days or settings.history_days)
+        export_recorded(
+            path,
+            profile=args.profile or settings.profile_address,
+            candidate=args.candidate or settings.candidate_address,
+            security=settings.client_security(),
+            since=since,
+            until=now,
+            progress=_say,
+        )
+    try:
+        dataset, window_start = time_split(read_dataset(path), window)
+    except ValueError as error:
+        print(f"bundlerec retrain: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if exported is not None and not args.keep_data:
+            shutil.rmtree(exported, ignore_errors=True)  # pseudonymous, but an erasure must not outlive it
+    current = pin_serving(models_dir)  # the new version must not serve as the newest before the gate decides
+    serving = load_serving(models_dir, current)
+    base = dataclasses.replace(TrainSettings(), seed=args.seed, use_text=not args.no_text)
+    if args.epochs:
+        base.max_epochs = args.epochs
+    full = args.full or serving is None
+    use_text = base.use_text if full else serving is not None and serving.manifest.text_encoder is not None
+    vectors, identity = item_text_vectors(dataset, Path(settings.encoder_dir)) if use_text else (None, None)
+    since = serving.manifest.data_until if serving is not None else 0
+    _say(f"retraining {'from scratch' if full else f'from {current}'} on events before {_day(window_start)}")
+    trained, seconds = retrain(dataset, serving, base, vectors, full=full, since=since, progress=_say)
+    version = write_model_dir(
+        trained,
+        models_dir,
+        dataset_name=dataset.info.name,
+        text_encoder=identity if use_text else None,
+        data_until=window_start,
+    )
+    started = time.monotonic()
+    ok, why, figures = gate(dataset, trained, serving, vectors, tolerance=tolerance, max_age_days=max_age, now=now)
+    details = {
+        "window_start": _day(window_start),
+        "window_days": window,
+        "tolerance": tolerance,
+        "max_model_age_days": max_age,
+        "warm_start": not full,
+        "train_seconds": round(seconds, 1),
+        "gate_seconds": round(time.monotonic() - started, 1),
+    }
+    metric = selection_metric(dataset.info.task)
+    decision = record(models_dir, decide(version.name, ok, why, figures, metric, details))
+    print(f"{decision.decision}: {version.name} ({why})")
+    expired = serving is not None and serving.age_days(now) > max_age
+    return EXPIRED_EXIT if expired and not ok else 0
+
+
+def _day(timestamp: int) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
