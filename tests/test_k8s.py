@@ -57,14 +57,16 @@ OPERATOR_SECRETS = {
     "gateway-client-tls",
     "ranker-client-tls",
     "candidate-client-tls",
+    "retrain-client-tls",
     "gateway-token",
     "bundlerec-redis",
 }
 OPERATOR_CONFIGMAPS = {"bundlerec-auth"}
 # who may call each backend in prod: the gateway; the ranker also calls the candidate service
 # (GetTextVectors), and the candidate service the profile service (ReadBehaviour)
-CALLERS = {"candidate": {"gateway", "ranker"}, "profile": {"gateway", "candidate"}}
-WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
+# (ReadBehaviour); the nightly retrain calls both (ListItems, ListBundles; ExportTrainingEvents)
+CALLERS = {"candidate": {"gateway", "ranker", "retrain"}, "profile": {"gateway", "candidate", "retrain"}}
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
 # kustomize's generated-name suffix (a hash spelt in these characters)
 HASH_SUFFIX = re.compile(r"-[245679bcdfghkmt8]{10}$")
 
@@ -118,6 +120,8 @@ def _generated(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, An
 
 
 def _pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    if workload["kind"] == "CronJob":
+        return workload["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     return workload["spec"]["template"]["spec"]
 
 
@@ -125,6 +129,11 @@ def _containers(workload: dict[str, Any]) -> Iterator[dict[str, Any]]:
     spec = _pod_spec(workload)
     yield from spec.get("initContainers", [])
     yield from spec["containers"]
+
+
+def _pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    template = workload["spec"]["jobTemplate"]["spec"] if workload["kind"] == "CronJob" else workload["spec"]
+    return template["template"]["metadata"]["labels"]
 
 
 def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -294,8 +303,45 @@ def test_the_ranker_runs_on_gpu_nodes_in_prod_and_on_cpu_in_dev(rendered: dict[s
     spec = _pod_spec(prod)
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
-    others = [d for d in _of(rendered["prod"], *WORKLOAD_KINDS) if d["metadata"]["name"] != "ranker"]
-    assert not any("nvidia.com/gpu" in json.dumps(d) for d in others), "only the ranker uses GPUs"
+    others = [d for d in _of(rendered["prod"], *WORKLOAD_KINDS) if d["metadata"]["name"] not in ("ranker", "retrain")]
+    assert not any("nvidia.com/gpu" in json.dumps(d) for d in others), "only the ranker and the retrain use GPUs"
+
+
+def test_the_retrain_runs_nightly_alone_writing_the_models_the_services_read(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    settings = pytest.importorskip("bundlerec.commands.retrain").RetrainSettings
+    for overlay in OVERLAYS:
+        docs = rendered[overlay]
+        cronjob = _named(docs, "CronJob", "retrain")
+        assert cronjob["spec"]["concurrencyPolicy"] == "Forbid", "one writer of the models directory"
+        pod = _pod_spec(cronjob)
+        (container,) = pod["containers"]
+        assert container["args"] == ["retrain"] and pod["restartPolicy"] == "Never"
+        env = _container_env(docs, container)
+        for var in env:
+            assert var.startswith("BUNDLEREC_RETRAIN_") and var.removeprefix("BUNDLEREC_RETRAIN_").lower() in (
+                settings.model_fields
+            ), f"{overlay}: {var} sets no setting of bundlerec retrain"
+        artifacts = next(m for m in container["volumeMounts"] if m["name"] == "artifacts")
+        assert not artifacts.get("readOnly") and env["BUNDLEREC_RETRAIN_MODELS_DIR"].startswith(artifacts["mountPath"])
+        for service in ("ranker", "candidate"):
+            deployment = _named(docs, "Deployment", service)
+            (served,) = _pod_spec(deployment)["containers"]
+            models = _container_env(docs, served)[f"BUNDLEREC_{service.upper()}_MODELS_DIR"]
+            assert models == env["BUNDLEREC_RETRAIN_MODELS_DIR"], f"{overlay}: {service} follows another directory"
+        for address, port in (("PROFILE_ADDRESS", 50051), ("CANDIDATE_ADDRESS", 50052)):
+            assert env[f"BUNDLEREC_RETRAIN_{address}"].endswith(f":{port}")
+        image = container["image"].rpartition(":")[0]
+        if overlay == "prod":
+            assert (
+                image.endswith("/bundlerec-trainer-gpu")
+                and str(container["resources"]["limits"]["nvidia.com/gpu"]) == "1"
+            )
+            assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+            assert env["BUNDLEREC_RETRAIN_CLIENT_TLS_CERT_FILE"].startswith("/etc/bundlerec/tls/")
+        else:
+            assert image == "bundlerec-trainer" and "nvidia.com/gpu" not in json.dumps(cronjob)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -366,11 +412,7 @@ def test_services_select_existing_pods_on_their_ports(rendered: dict[str, list[d
     workloads = _of(docs, *WORKLOAD_KINDS)
     for service in _of(docs, "Service"):
         name = service["metadata"]["name"]
-        selected = [
-            w
-            for w in workloads
-            if _matches({"matchLabels": service["spec"]["selector"]}, w["spec"]["template"]["metadata"]["labels"])
-        ]
+        selected = [w for w in workloads if _matches({"matchLabels": service["spec"]["selector"]}, _pod_labels(w))]
         assert len(selected) == 1, f"Service {name} selects {len(selected)} workloads"
         ports = [p for c in _pod_spec(selected[0])["containers"] for p in c.get("ports", [])]
         for port in service["spec"]["ports"]:
@@ -509,9 +551,9 @@ def test_only_their_callers_reach_the_services_in_prod(rendered: dict[str, list[
     policies = _of(docs, "NetworkPolicy")
     deny = [p for p in policies if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")]
     assert deny and "Ingress" in deny[0]["spec"]["policyTypes"], "no default-deny ingress policy"
-    deployments = _deployments(docs)
+    deployments = {d["metadata"]["name"]: d for d in _of(docs, "Deployment", "CronJob")}
     for backend in BACKENDS:
-        labels = deployments[backend]["spec"]["template"]["metadata"]["labels"]
+        labels = _pod_labels(deployments[backend])
         port = SERVICES[backend][0]
         allowed_from: list[dict[str, Any]] = []
         for policy in policies:
@@ -527,10 +569,10 @@ def test_only_their_callers_reach_the_services_in_prod(rendered: dict[str, list[
         callers = CALLERS.get(backend, {"gateway"})
         for peer in allowed_from:
             assert set(peer) == {"podSelector"}, f"{backend}: a peer other than pods of this namespace: {peer}"
-            matched = {n for n, d in deployments.items() if _matches(peer["podSelector"], _labels(d))}
+            matched = {n for n, d in deployments.items() if _matches(peer["podSelector"], _pod_labels(d))}
             assert matched and matched <= callers, f"{backend}: {sorted(matched - callers) or 'no pod'} may call it"
         for caller in callers:
-            labels = _labels(deployments[caller])
+            labels = _pod_labels(deployments[caller])
             assert any(_matches(p["podSelector"], labels) for p in allowed_from), f"{caller} may not call {backend}"
 
 
@@ -598,7 +640,11 @@ def test_the_gateway_rules_configmap_is_valid(rendered: dict[str, list[dict[str,
 
 # ---- container build files ---------------------------------------------------------------------
 
-DOCKERFILES = {"Dockerfile": tuple(SERVICES), "Dockerfile.ranker-gpu": ("ranker-gpu",)}  # file -> its targets
+DOCKERFILES = {  # file -> its targets
+    "Dockerfile": tuple(SERVICES),
+    "Dockerfile.ranker-gpu": ("ranker-gpu",),
+    "Dockerfile.trainer": ("trainer",),
+}
 DEV_TOOLS = re.compile(r"grpcio-tools|pytest|ruff|\[dev|build-essential|\bgcc\b|\bgit\b")
 
 
@@ -670,6 +716,9 @@ def test_each_service_target_serves_that_service() -> None:
         for target in targets:
             service = target.removesuffix("-gpu")
             chain = _chain(stages, target)
+            if target == "trainer":
+                assert [i for i in chain if i.startswith("CMD")][-1] == 'CMD ["retrain"]'
+                continue
             assert [i for i in chain if i.startswith("CMD")][-1] == f'CMD ["serve", "{service}"]', target
             assert f"EXPOSE {SERVICES[service][0]} {SERVICES[service][1]}" in chain, target
 
