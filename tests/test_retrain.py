@@ -23,7 +23,7 @@ from bundlerec.ranking.vocabulary import Vocabulary
 from bundlerec.training.model import BundleRanker, ModelConfig
 from bundlerec.training.retrain import DAY, time_split
 from bundlerec.training.warm import WarmStart, apply
-from tests.harness.models import Artifacts, models_with
+from tests.harness.models import Artifacts, models_with, publish
 from tests.harness.servers import eventually, running_ranker
 
 DAYS = 14
@@ -51,19 +51,19 @@ def test_a_drifting_shop_launches_products_and_bundles_in_its_second_half(shop: 
     assert (tmp_path / "again" / "events.csv").read_bytes() == (shop / "events.csv").read_bytes()
 
 
-def test_the_window_is_never_trained_on_and_holds_only_new_purchases(shop: Path) -> None:
+def test_the_window_is_never_trained_on_and_holds_purchases_of_what_was_new_to_the_shopper(shop: Path) -> None:
     dataset = read_dataset(shop)
     train, start = time_split(dataset, 1)
     newest = max(e.timestamp for e in dataset.events)
     assert start == newest - DAY + 1
     assert max(e.timestamp for e in train.events) < start and train.test
-    bought_before = {(e.user_id, e.target_id) for e in train.events if e.event_type == "purchase"}
+    seen_before = {(e.user_id, e.target_id) for e in train.events if e.target_type == "item"}
     in_window = {
         (e.user_id, e.target_id)
         for e in dataset.events
         if e.timestamp >= start and e.event_type == "purchase" and e.target_type == "item"
     }
-    assert {(r.user_id, r.target_id) for r in train.test} == in_window - bought_before
+    assert {(r.user_id, r.target_id) for r in train.test} == in_window - seen_before, "what the ranking can hit"
     with pytest.raises(ValueError, match="nothing to train on"):
         time_split(dataset, DAYS + 1)
 
@@ -147,7 +147,11 @@ def test_the_gate_refuses_a_model_trained_on_shuffled_labels_and_promotes_a_bett
     assert bundlerec(["models", "--models", str(models), "promote", "nonexistent"]) == 2
 
 
-def test_a_warm_retrain_trains_on_recent_shoppers_from_the_serving_weights(shop: Path, tmp_path: Path) -> None:
+def test_a_warm_retrain_carries_the_lineage_until_it_is_too_old(
+    shop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bundlerec.ranking.artifact import ModelManifest
+
     models = tmp_path / "models"
     dataset = read_dataset(shop)
     _, start = time_split(dataset, 1)
@@ -159,32 +163,46 @@ def test_a_warm_retrain_trains_on_recent_shoppers_from_the_serving_weights(shop:
         info=json.loads((shop / "dataset.json").read_text()),
     )
     assert retrain(earlier, models) == 0
-    assert retrain(shop, models, "--max-model-age-days", "0.000001") == 0
+    first = ModelManifest.read(models / last_decision(models).version)
+    assert retrain(shop, models) == 0
     warm = last_decision(models)
-    assert warm.details["warm_start"] is True
-    assert warm.decision == promotion.PROMOTED and "past the maximum age" in warm.reason, warm.reason
-    from bundlerec.ranking.artifact import ModelManifest
-
     manifest = ModelManifest.read(models / warm.version)
+    assert warm.details["warm_start"] is True
     assert manifest.training["max_epochs"] <= 3 and manifest.data_until == start
     assert len(manifest.training["wide_l2_grid"]) == 1, "the serving version's weighing, not a new search"
+    assert manifest.lineage_started == first.lineage_started, "a warm start is as old as what it started from"
+
+    # past the maximum age: from scratch, the old version no longer blocks it, old versions go
+    serving = promotion.serving_version(models)
+    assert retrain(shop, models, "--max-model-age-days", "0.000001") == 0
+    fresh = last_decision(models)
+    assert fresh.details["warm_start"] is False
+    assert fresh.decision == promotion.PROMOTED and "past the maximum age" in fresh.reason, fresh.reason
+    assert ModelManifest.read(models / fresh.version).lineage_started > first.lineage_started
+    assert not (models / serving).exists() and not (models / first.version).exists(), "pruned: too old"
+    monkeypatch.setenv("BUNDLEREC_RETRAIN_MAX_MODEL_AGE_DAYS", "0.000001")
+    assert bundlerec(["models", "--models", str(models), "promote", fresh.version]) == 2, "too old to serve"
+    assert bundlerec(["models", "--models", str(models), "promote", fresh.version, "--force"]) == 0
 
 
 def test_the_pointer_decides_what_serves_and_survives_bad_input(tmp_path: Path, artifacts: Artifacts) -> None:
-    models = models_with(tmp_path / "models", artifacts.plain, artifacts.text)
-    newest = max(artifacts.plain.name, artifacts.text.name)
-    older = min(artifacts.plain.name, artifacts.text.name)
-    assert promotion.serving_version(models) == newest, "no pointer: the newest, as before the gate"
-    assert promotion.pin_serving(models) == newest and promotion.serving_version(models) == newest
-    promotion.promote(models, older, "test")
-    assert promotion.serving_version(models) == older
-    assert promotion.rollback(models).version == newest
+    models = models_with(tmp_path / "models", artifacts.plain)
+    v1, v2, v3 = (publish(artifacts.plain, models, f"2999010{n}-000000").name for n in (1, 2, 3))
+    first = artifacts.plain.name
+    assert promotion.serving_version(models) == v3, "no pointer: the newest, as before the gate"
+    assert promotion.pin_serving(models) == v3 and promotion.serving_version(models) == v3
+    for version in (v1, v2, v3):
+        promotion.promote(models, version, "test")
+    assert promotion.rollback(models).version == v2
+    assert promotion.rollback(models).version == v1, "two rollbacks go two versions back"
+    promotion.record(models, promotion.Decision(first, promotion.REJECTED, "test"))
+    assert promotion.servable_versions(models) == [v1, v2, v3], "a rejected version is no fallback"
     with pytest.raises(promotion.PromotionError):
         promotion.promote(models, "missing", "test")
     (models / promotion.SERVING_FILE).write_text("{not json")
     assert promotion.serving_version(models) == "", "an unreadable pointer serves nothing new"
     (models / promotion.DECISIONS_FILE).write_text("garbage\n" + (models / promotion.DECISIONS_FILE).read_text())
-    assert [d.decision for d in promotion.decisions(models)] == [promotion.PROMOTED_BY_HAND, promotion.ROLLED_BACK]
+    assert len(promotion.decisions(models)) == 6, "a line that does not parse is skipped"
 
 
 async def test_the_ranker_and_the_candidate_service_follow_promotions(tmp_path: Path, artifacts: Artifacts) -> None:

@@ -140,3 +140,26 @@ async def test_list_bundles_pages_in_id_order(encoder_dir: str, tmp_path: Path) 
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await candidate.stub.ListBundles(candidate_pb2.ListBundlesRequest(page_token="nope"))
         assert field_of(caught.value) == "page_token"
+
+
+async def test_bundlerec_retrain_reads_the_services_and_deletes_its_training_set(
+    encoder_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("torch", reason="retraining needs the train extra (torch)")
+    from bundlerec.commands.cli import main as bundlerec
+    from bundlerec.commands.importer import ImportTargets, import_dataset
+    from bundlerec.datasets.demo import generate_demo_shop
+    from bundlerec.ranking import promotion
+
+    generate_demo_shop(tmp_path / "shop", seed=3, users=150, items=150, bundles=30, days=8, drift=True)
+    catalogue, profiles = f"sqlite:///{tmp_path / 'catalogue.sqlite3'}", f"sqlite:///{tmp_path / 'profile.sqlite3'}"
+    await import_dataset(str(tmp_path / "shop"), ImportTargets(catalogue, profiles, encoder_dir), say=lambda _: None)
+    monkeypatch.setenv("BUNDLEREC_RETRAIN_WORK_DIR", str(tmp_path / "work"))
+    models = tmp_path / "models"
+    async with running_profile(profiles) as profile, running_candidate(catalogue, encoder_dir) as candidate:
+        args = ["retrain", "--profile", profile.address, "--candidate", candidate.address, "--models", str(models)]
+        code = await asyncio.to_thread(bundlerec, [*args, "--no-text", "--epochs", "1", "--history-days", "3650"])
+    assert code == 0
+    (decision,) = promotion.decisions(models)
+    assert decision.decision == promotion.PROMOTED and promotion.serving_version(models) == decision.version
+    assert not any((tmp_path / "work").iterdir()), "the exported training set is deleted after the run"

@@ -4,7 +4,7 @@ retrain`, read through the services' public APIs only (never their tables).
 - the catalogue from the candidate service (ListItems, ListBundles);
 - the events from the profile service (ExportTrainingEvents): the stored personal histories, so
   only users with personalization consent and nobody erased, named by a pseudonym keyed by a fresh
-  random key of this export (the training set holds no user id, and two exports cannot be joined).
+  random key of this export (the training set holds no user id, and two exports share no pseudonym).
 Events on items or bundles no longer in the catalogue are left out (counted in dataset.json).
 """
 

@@ -12,13 +12,14 @@ import sys
 import time
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import SettingsConfigDict
 
 from bundlerec.ranking.promotion import (
     PromotionError,
     decisions,
     pin_serving,
+    previous_version,
     promote,
     record,
     rollback,
@@ -78,24 +79,47 @@ def add_models_commands(parser: argparse.ArgumentParser) -> None:
     sub.add_parser("list", help="every version: created, figures, decision, which one serves")
     chosen = sub.add_parser("promote", help="serve this version (the services follow within seconds)")
     chosen.add_argument("version")
-    sub.add_parser("rollback", help="serve again the version that served before the current one")
+    back = sub.add_parser("rollback", help="serve again the version that served before the current one")
+    for command in (chosen, back):
+        command.add_argument("--force", action="store_true", help="even past the maximum model age")
 
 
 def run_models(args: argparse.Namespace) -> int:
-    models_dir = Path(args.models or RetrainSettings().models_dir)
+    settings = RetrainSettings()
+    models_dir = Path(args.models or settings.models_dir)
+    if args.models_command == "list":
+        print(list_versions(models_dir))
+        return 0
     try:
         if args.models_command == "promote":
-            decision = promote(models_dir, args.version, "bundlerec models promote")
-        elif args.models_command == "rollback":
-            decision = rollback(models_dir)
+            target = args.version
         else:
-            print(list_versions(models_dir))
-            return 0
+            target = previous_version(models_dir, serving_version(models_dir))
+        age = _lineage_days(models_dir, target)
+        if age is not None and age > settings.max_model_age_days and not args.force:
+            raise PromotionError(
+                f"{target}'s lineage is {age:.0f} days old, past the maximum model age "
+                f"({settings.max_model_age_days:g} days: it may remember erased users); --force to serve it anyway"
+            )
+        if args.models_command == "promote":
+            decision = promote(models_dir, target, "bundlerec models promote")
+        else:
+            decision = rollback(models_dir)
     except PromotionError as error:
         print(f"bundlerec models {args.models_command}: {error}", file=sys.stderr)
         return 2
     print(f"{decision.decision}: {decision.version} (was {decision.previous or 'none'})")
     return 0
+
+
+def _lineage_days(models_dir: Path, version: str) -> float | None:
+    from bundlerec.ranking.artifact import ModelArtifactError, ModelManifest
+
+    try:
+        started = dt.datetime.fromisoformat(ModelManifest.read(models_dir / version).lineage_started)
+    except (ModelArtifactError, ValueError, OSError):
+        return None  # promote and rollback say what is wrong with it
+    return (dt.datetime.now(dt.UTC) - started).total_seconds() / 86_400
 
 
 def list_versions(models_dir: Path) -> str:
@@ -131,11 +155,10 @@ def run_retrain(args: argparse.Namespace) -> int:
     from bundlerec.training.text import item_text_vectors
     from bundlerec.training.train import TrainSettings, selection_metric
 
-    settings = RetrainSettings()
-    models_dir = Path(args.models or settings.models_dir)
-    window = args.window_days or settings.window_days
-    tolerance = settings.tolerance if args.tolerance is None else args.tolerance
-    max_age = args.max_model_age_days or settings.max_model_age_days
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    models_dir = Path(settings.models_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
     now = dt.datetime.now(dt.UTC)
@@ -146,18 +169,17 @@ def run_retrain(args: argparse.Namespace) -> int:
         from bundlerec.commands.recorded import export_recorded
 
         exported = path = Path(settings.work_dir) / f"recorded-{now:%Y%m%d-%H%M%S}"
-        since = now - dt.timedelta(days=args.history_days or settings.history_days)
         export_recorded(
             path,
-            profile=args.profile or settings.profile_address,
-            candidate=args.candidate or settings.candidate_address,
+            profile=settings.profile_address,
+            candidate=settings.candidate_address,
             security=settings.client_security(),
-            since=since,
+            since=now - dt.timedelta(days=settings.history_days),
             until=now,
             progress=_say,
         )
     try:
-        dataset, window_start = time_split(read_dataset(path), window)
+        dataset, window_start = time_split(read_dataset(path), settings.window_days)
     except ValueError as error:
         print(f"bundlerec retrain: {error}", file=sys.stderr)
         return 1
@@ -166,29 +188,51 @@ def run_retrain(args: argparse.Namespace) -> int:
             shutil.rmtree(exported, ignore_errors=True)  # pseudonymous, but an erasure must not outlive it
     current = pin_serving(models_dir)  # the new version must not serve as the newest before the gate decides
     serving = load_serving(models_dir, current)
-    base = dataclasses.replace(TrainSettings(), seed=args.seed, use_text=not args.no_text)
+    vectors, identity = (None, None) if args.no_text else item_text_vectors(dataset, Path(settings.encoder_dir))
+    expired = serving is not None and serving.age_days(now) > settings.max_model_age_days
+    same_text = serving is not None and serving.manifest.text_encoder == identity
+    full = args.full or serving is None or expired or not same_text
+    why_full = (
+        "--full"
+        if args.full
+        else "nothing serves"
+        if serving is None
+        else "the serving lineage is past the maximum model age"
+        if expired
+        else "the text encoder differs from the serving version's"
+    )
+    base = dataclasses.replace(TrainSettings(), seed=args.seed, use_text=identity is not None)
     if args.epochs:
         base.max_epochs = args.epochs
-    full = args.full or serving is None
-    use_text = base.use_text if full else serving is not None and serving.manifest.text_encoder is not None
-    vectors, identity = item_text_vectors(dataset, Path(settings.encoder_dir)) if use_text else (None, None)
+    _say(f"retraining {f'from scratch ({why_full})' if full else f'from {current}'} before {_day(window_start)}")
     since = serving.manifest.data_until if serving is not None else 0
-    _say(f"retraining {'from scratch' if full else f'from {current}'} on events before {_day(window_start)}")
     trained, seconds = retrain(dataset, serving, base, vectors, full=full, since=since, progress=_say)
     version = write_model_dir(
         trained,
         models_dir,
         dataset_name=dataset.info.name,
-        text_encoder=identity if use_text else None,
+        text_encoder=identity,
         data_until=window_start,
+        lineage_since="" if full or serving is None else serving.manifest.lineage_started,
     )
     started = time.monotonic()
-    ok, why, figures = gate(dataset, trained, serving, vectors, tolerance=tolerance, max_age_days=max_age, now=now)
+    reference = serving if same_text else None  # a model of another encoder cannot rank these texts
+    ok, why, figures = gate(
+        dataset,
+        trained,
+        reference,
+        vectors,
+        tolerance=settings.tolerance,
+        max_age_days=settings.max_model_age_days,
+        now=now,
+    )
+    if ok and serving_version(models_dir) != current:  # an operator promoted or rolled back meanwhile
+        ok, why = False, f"{why}; but the serving version changed during the run (was {current or 'none'})"
     details = {
         "window_start": _day(window_start),
-        "window_days": window,
-        "tolerance": tolerance,
-        "max_model_age_days": max_age,
+        "window_days": settings.window_days,
+        "tolerance": settings.tolerance,
+        "max_model_age_days": settings.max_model_age_days,
         "warm_start": not full,
         "train_seconds": round(seconds, 1),
         "gate_seconds": round(time.monotonic() - started, 1),
@@ -196,8 +240,46 @@ def run_retrain(args: argparse.Namespace) -> int:
     metric = selection_metric(dataset.info.task)
     decision = record(models_dir, decide(version.name, ok, why, figures, metric, details))
     print(f"{decision.decision}: {version.name} ({why})")
-    expired = serving is not None and serving.age_days(now) > max_age
+    for old in prune(models_dir, settings.max_model_age_days, now):
+        _say(f"removed {old}: past the maximum model age and not serving")
     return EXPIRED_EXIT if expired and not ok else 0
+
+
+def prune(models_dir: Path, max_age_days: float, now: dt.datetime) -> list[str]:
+    """Removes the versions whose lineage is past the maximum age, except the serving one: no
+    promote or rollback can bring back a model trained before an erasure it must forget."""
+    from bundlerec.ranking.artifact import ModelArtifactError, ModelManifest, model_versions
+
+    removed = []
+    serving = serving_version(models_dir)
+    for version in model_versions(models_dir):
+        try:
+            started = dt.datetime.fromisoformat(ModelManifest.read(models_dir / version).lineage_started)
+        except (ModelArtifactError, ValueError):
+            continue
+        if version != serving and (now - started).total_seconds() > max_age_days * 86_400:
+            shutil.rmtree(models_dir / version, ignore_errors=True)
+            removed.append(version)
+    return removed
+
+
+def _settings(args: argparse.Namespace) -> RetrainSettings | None:
+    """The settings, the flags given overriding the environment's, checked against their bounds."""
+    flags = {
+        "profile_address": args.profile,
+        "candidate_address": args.candidate,
+        "models_dir": args.models,
+        "window_days": args.window_days,
+        "history_days": args.history_days,
+        "tolerance": args.tolerance,
+        "max_model_age_days": args.max_model_age_days,
+    }
+    try:
+        return RetrainSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as error:
+        problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in error.errors())
+        print(f"bundlerec retrain: {problems}", file=sys.stderr)
+        return None
 
 
 def _day(timestamp: int) -> str:

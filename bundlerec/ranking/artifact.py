@@ -58,6 +58,13 @@ class ModelManifest:
     # the start of the events it never trained on (unix seconds; 0: unknown): a warm start from it
     # trains on the shoppers active since (bundlerec retrain)
     data_until: int = 0
+    # when the full training this version descends from ran (ISO 8601; "" = created_at): a warm
+    # start carries weights forward, so a version is as old as its lineage (the maximum model age)
+    lineage_since: str = ""
+
+    @property
+    def lineage_started(self) -> str:
+        return self.lineage_since or self.created_at
 
     @property
     def max_sequence(self) -> int:

@@ -115,14 +115,23 @@ def rollback(models_dir: Path, reason: str = "bundlerec models rollback") -> Dec
 
 
 def previous_version(models_dir: Path, current: str) -> str:
-    """The version that served before `current` last took over (if still complete); where `current`
-    never went through a decision (it served as the newest), the one before it by name."""
+    """The version that served before `current` was promoted (if still complete): a rollback
+    follows the chain of promotions back, so two rollbacks go two versions back. Where `current`
+    never went through a promotion (it served as the newest), the one before it by name."""
     available = model_versions(models_dir)
     for decision in reversed(decisions(models_dir)):
-        if decision.decision in SERVES and decision.version == current:
+        if decision.decision in SERVES and decision.decision != ROLLED_BACK and decision.version == current:
             return decision.previous if decision.previous in available else ""
-    older = [v for v in available if v < current]
+    older = [v for v in servable_versions(models_dir) if v < current]
     return older[-1] if older else ""
+
+
+def servable_versions(models_dir: Path) -> list[str]:
+    """Complete versions the gate did not reject, oldest first: what a service may fall back to
+    when the serving version does not load."""
+    rejected = {d.version for d in decisions(models_dir) if d.decision == REJECTED}
+    served = {d.version for d in decisions(models_dir) if d.decision in SERVES}
+    return [v for v in model_versions(models_dir) if v not in rejected or v in served]
 
 
 def _write_pointer(models_dir: Path, version: str, since: str) -> None:

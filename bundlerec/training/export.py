@@ -122,6 +122,7 @@ def write_model_dir(
     int8: bool = False,
     curves: bool = True,
     data_until: int = 0,
+    lineage_since: str = "",
 ) -> Path:
     """Writes a new version under `models_dir` and returns its directory. Everything goes into a
     hidden temporary directory that is renamed into place, so a watcher never sees half a model."""
@@ -161,6 +162,7 @@ def write_model_dir(
             collaborative_sha256=sha256_of(staging / COLLABORATIVE_FILE),
             epochs=[json.loads(json.dumps(vars(r))) for r in trained.history],
             data_until=data_until,
+            lineage_since=lineage_since or now.isoformat(),
         ).write(staging)
         staging.rename(models_dir / version)
     except BaseException:

@@ -4,7 +4,7 @@ let the gate decide whether it serves.
 - The newest window (default one day) is the evaluation window and is never trained on: the
   training set is every event before it, the positives are what each shopper went on to buy in
   it (the task's target kind; every interaction of that kind where the window has no purchase),
-  less what they had already bought before (a repeat is masked from the ranking anyway).
+  less what they had interacted with before (the protocol masks those from their ranking).
 - Warm (the default when a version serves): the new version starts from the serving one's weights
   (warm.py), trains only on shoppers active since the serving version's data ended, for a few
   epochs, with the co-occurrence weighing the serving version chose; its co-occurrence tables are
@@ -14,7 +14,9 @@ let the gate decide whether it serves.
   (relative) and not worse than popularity's on the same window (a floor that catches a broken
   model even without a serving one). A serving version older than `max_age_days` no longer counts
   as a reference: it may have learnt from events erased since, so any new version that clears the
-  floor replaces it, and if none does the decision says the serving version has expired.
+  floor replaces it, and if none does the decision says the serving version has expired. A
+  version's age counts from the full training its weights descend from (warm starts carry them
+  on); `bundlerec retrain` trains from scratch once the serving version is past that age.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import datetime as dt
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,15 +59,8 @@ class Serving:
     manifest: ModelManifest
 
     def age_days(self, now: dt.datetime) -> float:
-        return (now - dt.datetime.fromisoformat(self.manifest.created_at)).total_seconds() / DAY
-
-
-@dataclass
-class Outcome:
-    trained: TrainedModel
-    decision: Decision
-    seconds: float  # training, the gate excluded
-    figures: dict[str, dict[str, float]] = field(default_factory=dict)  # per scorer: the window's metrics
+        """Days since the full training its weights descend from (a warm start carries them on)."""
+        return (now - dt.datetime.fromisoformat(self.manifest.lineage_started)).total_seconds() / DAY
 
 
 def time_split(dataset: Dataset, window_days: float) -> tuple[Dataset, int]:
@@ -80,9 +75,9 @@ def time_split(dataset: Dataset, window_days: float) -> tuple[Dataset, int]:
     kind = "bundle" if dataset.info.task == "bundle" else "item"
     window = [e for e in dataset.events if e.timestamp >= start and e.target_type == kind]
     bought = [e for e in window if e.event_type == "purchase"]
-    known: dict[str, set[str]] = defaultdict(set)
+    known: dict[str, set[str]] = defaultdict(set)  # masked from the shopper's ranking by the protocol
     for e in before:
-        if e.target_type == kind and e.event_type == "purchase":
+        if e.target_type == kind:
             known[e.user_id].add(e.target_id)
     rows: list[HeldOut] = []
     taken: set[tuple[str, str]] = set()

@@ -26,9 +26,8 @@ from bundlerec.ranking.artifact import (
     CollaborativeVectors,
     ModelManifest,
     fingerprint,
-    model_versions,
 )
-from bundlerec.ranking.promotion import serving_version
+from bundlerec.ranking.promotion import servable_versions, serving_version
 
 log = logging.getLogger("bundlerec.candidate")
 
@@ -74,10 +73,11 @@ class ModelWatcher:
         self._followed = ""  # the version the last poll was told to follow
 
     def initial(self) -> Collaborative | None:
-        """At start: the vectors of the serving version (promotion.py), else of the newest that loads;
-        None without one."""
+        """At start: the vectors of the serving version (promotion.py), else of the newest that loads
+        and the gate did not reject; None without one."""
         serving = serving_version(self.models_dir)
-        versions = [v for v in reversed(model_versions(self.models_dir)) if v != serving]
+        self._followed = serving
+        versions = [v for v in reversed(servable_versions(self.models_dir)) if v != serving]
         for version in ([serving] if serving else []) + versions:
             loaded, vectors = self._try(version)
             if loaded:

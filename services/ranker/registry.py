@@ -9,7 +9,7 @@ request fails or mixes versions during a swap.
 The watcher follows the version the models directory's pointer names (ranking/promotion.py: the
 newest version where there is no pointer), or waits for the pinned one. It
 tries each version's content once: a broken version is not retried until its files change, and a
-version an operator rolled back from is not swapped back in until a newer one appears.
+version an operator rolled back from (ReloadModel) is not swapped back in until the pointer moves.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from bundlerec.errors import FailedPrecondition, NotFound, Unavailable
 from bundlerec.ranker import metrics
 from bundlerec.ranker.model import LoadedModel
 from bundlerec.ranking.artifact import fingerprint, model_versions
-from bundlerec.ranking.promotion import serving_version
+from bundlerec.ranking.promotion import servable_versions, serving_version
 
 log = logging.getLogger("bundlerec.ranker")
 
@@ -64,13 +64,12 @@ class ModelRegistry:
         return await self._obtain(version)
 
     async def reload(self, version: str = "") -> LoadedModel:
-        """Loads `version` (empty: the newest), warms it up and makes it current."""
+        """Loads `version` (empty: the serving one, promotion.py), warms it up and makes it current."""
         async with self._swap:
             if not version:
-                versions = await self.versions()
-                if not versions:
-                    raise FailedPrecondition("the models directory holds no complete model version")
-                version = versions[-1]
+                version = await asyncio.to_thread(serving_version, self.models_dir)
+                if not version:
+                    raise FailedPrecondition("the models directory names no complete model version to serve")
             self._attempted[version] = await asyncio.to_thread(fingerprint, self.models_dir / version)
             model = await self._obtain(version)
             if self.current is not model:
@@ -124,14 +123,15 @@ class ModelRegistry:
     # -- following the models directory ---------------------------------------------------
 
     async def load_initial(self) -> None:
-        """At start: the pinned version, or the serving one, else the newest that loads (an older one
-        rather than none)."""
-        versions = await self.versions()
+        """At start: the pinned version, or the serving one, else the newest that loads and the gate
+        did not reject (an older one rather than none)."""
         if self.pinned:
-            wanted = [self.pinned] if self.pinned in versions else []
+            wanted = [self.pinned] if self.pinned in await self.versions() else []
         else:
             serving = await asyncio.to_thread(serving_version, self.models_dir)
-            wanted = ([serving] if serving else []) + [v for v in versions[::-1] if v != serving]
+            servable = await asyncio.to_thread(servable_versions, self.models_dir)
+            wanted = ([serving] if serving else []) + [v for v in servable[::-1] if v != serving]
+            self._followed = serving  # what the watcher follows from here: it must not undo a later rollback
         for version in wanted:
             try:
                 await self.reload(version)
