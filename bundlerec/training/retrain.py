@@ -45,7 +45,7 @@ from bundlerec.training.train import TrainedModel, TrainSettings, selection_metr
 from bundlerec.training.warm import WarmStart
 
 DAY = 86_400
-WARM_EPOCHS = 3  # a warm start fine-tunes; it does not search again
+WARM_EPOCHS = 1  # a warm start fine-tunes; it does not search again (bench/freshness.py)
 Progress = Callable[[str], None]
 
 
