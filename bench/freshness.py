@@ -84,19 +84,26 @@ def main() -> int:
     frozen_data, frozen_since = day(first)
     frozen, frozen_s = retrain(frozen_data, None, settings, vectors, full=True, since=0, progress=quiet)
     print(f"frozen: trained on days 1-{first - 1} in {frozen_s:.0f} s", file=sys.stderr)
-    serving, since = served("frozen", frozen, settings), frozen_since
+    serving, since = served("frozen", frozen, settings, frozen_since), frozen_since
     incremental: list[dict[str, object]] = []
     candidate = frozen
     for d in range(first + 1, last + 1):
         data, start = day(d)
         candidate, seconds = retrain(data, serving, settings, vectors, full=False, since=since, progress=quiet)
         promote, why, _ = gate(
-            data, candidate, serving, vectors, tolerance=0.02, max_age_days=365, now=dt.datetime.now(dt.UTC)
+            data,
+            candidate,
+            serving,
+            vectors,
+            tolerance=0.02,
+            max_age_days=365,
+            now=dt.datetime.now(dt.UTC),
+            window_start=start,
         )
         incremental.append({"day": d, "seconds": round(seconds, 1), "promoted": promote, "why": why})
         print(f"day {d}: incremental retrain in {seconds:.0f} s, {'promoted' if promote else 'rejected'}: {why}")
         if promote:
-            serving, since = served(f"day {d}", candidate, settings), start
+            serving, since = served(f"day {d}", candidate, settings, start), start
     final, final_start = day(last)
     full, full_s = retrain(final, None, settings, vectors, full=True, since=0, progress=quiet)
     print(f"full retrain on days 1-{last - 1} in {full_s:.0f} s", file=sys.stderr)
@@ -157,7 +164,7 @@ def main() -> int:
     return 0
 
 
-def served(version: str, trained: TrainedModel, settings: TrainSettings) -> Serving:
+def served(version: str, trained: TrainedModel, settings: TrainSettings, data_until: int) -> Serving:
     """A trained model as the serving version a warm start reads (as write_model_dir would record it)."""
     manifest = ModelManifest(
         version=version,
@@ -170,6 +177,7 @@ def served(version: str, trained: TrainedModel, settings: TrainSettings) -> Serv
         metrics=trained.validation,
         text_encoder={"model_name": "bench"} if settings.use_text else None,
         onnx_sha256="",
+        data_until=data_until,
     )
     return Serving(version, trained.model, trained.data.vocabulary, manifest)
 

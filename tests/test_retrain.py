@@ -234,3 +234,19 @@ async def test_the_ranker_and_the_candidate_service_follow_promotions(tmp_path: 
     assert watcher.poll()[0] is True and watcher.version == newest
     promotion.rollback(models)
     assert watcher.poll()[0] is True and watcher.version == older, "a rollback is followed too"
+
+
+def test_a_version_trained_on_the_window_is_no_reference_and_too_few_shoppers_decide_nothing(
+    shop: Path, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    args = ["train", "--data", str(shop), "--out", str(models), "--no-text", "--epochs", "1"]
+    assert bundlerec([*args, "--two-tower-negatives", "0"]) == 0  # by hand, on everything: the window too
+    assert retrain(shop, models) == 0
+    decision = last_decision(models)
+    assert decision.details["warm_start"] is False, "a warm start would carry the window into the new version"
+    assert decision.decision == promotion.PROMOTED and "was trained on the window" in decision.reason
+    assert "serving NDCG@10" in decision.figures, "its figure is still logged"
+    with pytest.raises(ValueError, match="fewer than the 10000"):
+        time_split(read_dataset(shop), 1, min_shoppers=10_000)
+    assert retrain(shop, models, "--min-window-shoppers", "10000") == 1

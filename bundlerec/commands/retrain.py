@@ -42,6 +42,9 @@ class RetrainSettings(CallerSettings):
     work_dir: str = Field("var/bundlerec/retrain", description="Where the exported training set is written.")
     window_days: float = Field(1.0, gt=0, le=30, description="The newest window: evaluated on, never trained on.")
     history_days: float = Field(90.0, gt=0, le=3650, description="How far back the training set reaches.")
+    min_window_shoppers: int = Field(
+        20, ge=1, description="Fewest shoppers with a purchase in the window for the gate to decide on."
+    )
     tolerance: float = Field(
         0.02, ge=0, le=1, description="How much worse (relative) than the serving version a new one may be and serve."
     )
@@ -62,6 +65,7 @@ def add_retrain_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full", action="store_true", help="train from scratch instead of from the serving version")
     parser.add_argument("--window-days", type=float, help="the evaluation window (default: the setting, 1)")
     parser.add_argument("--history-days", type=float, help="how far back to read (default: the setting, 90)")
+    parser.add_argument("--min-window-shoppers", type=int, help="(default: the setting, 20)")
     parser.add_argument("--tolerance", type=float, help="relative (default: the setting, 0.02)")
     parser.add_argument("--max-model-age-days", type=float, help="(default: the setting, 30)")
     parser.add_argument("--no-text", action="store_true", help="train without the items' text")
@@ -179,7 +183,7 @@ def run_retrain(args: argparse.Namespace) -> int:
             progress=_say,
         )
     try:
-        dataset, window_start = time_split(read_dataset(path), settings.window_days)
+        dataset, window_start = time_split(read_dataset(path), settings.window_days, settings.min_window_shoppers)
     except ValueError as error:
         print(f"bundlerec retrain: {error}", file=sys.stderr)
         return 1
@@ -191,7 +195,9 @@ def run_retrain(args: argparse.Namespace) -> int:
     vectors, identity = (None, None) if args.no_text else item_text_vectors(dataset, Path(settings.encoder_dir))
     expired = serving is not None and serving.age_days(now) > settings.max_model_age_days
     same_text = serving is not None and serving.manifest.text_encoder == identity
-    full = args.full or serving is None or expired or not same_text
+    # a serving version that saw the window would leak it into a warm start, and the gate's figures
+    seen_window = serving is not None and not 0 < serving.manifest.data_until <= window_start
+    full = args.full or serving is None or expired or not same_text or seen_window
     why_full = (
         "--full"
         if args.full
@@ -199,6 +205,8 @@ def run_retrain(args: argparse.Namespace) -> int:
         if serving is None
         else "the serving lineage is past the maximum model age"
         if expired
+        else "the serving version was trained on the window"
+        if seen_window
         else "the text encoder differs from the serving version's"
     )
     base = dataclasses.replace(TrainSettings(), seed=args.seed, use_text=identity is not None)
@@ -225,6 +233,7 @@ def run_retrain(args: argparse.Namespace) -> int:
         tolerance=settings.tolerance,
         max_age_days=settings.max_model_age_days,
         now=now,
+        window_start=window_start,
     )
     if ok and serving_version(models_dir) != current:  # an operator promoted or rolled back meanwhile
         ok, why = False, f"{why}; but the serving version changed during the run (was {current or 'none'})"
@@ -271,6 +280,7 @@ def _settings(args: argparse.Namespace) -> RetrainSettings | None:
         "models_dir": args.models,
         "window_days": args.window_days,
         "history_days": args.history_days,
+        "min_window_shoppers": args.min_window_shoppers,
         "tolerance": args.tolerance,
         "max_model_age_days": args.max_model_age_days,
     }

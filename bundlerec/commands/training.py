@@ -104,8 +104,10 @@ def train_and_write(args: argparse.Namespace, dataset: Dataset) -> tuple[Trained
     trained = train(dataset, settings, vectors, progress=lambda line: print(line, file=sys.stderr) if main else None)
     if not main:
         sys.exit(0)
+    # where its data ended (bundlerec retrain's gate: a version that saw a window is no reference there)
+    until = max((e.timestamp for e in dataset.events), default=-1) + 1 if dataset.info.timestamps == "unix" else 0
     path = write_model_dir(
-        trained, Path(args.out), dataset_name=dataset.info.name, text_encoder=identity, int8=args.int8
+        trained, Path(args.out), dataset_name=dataset.info.name, text_encoder=identity, int8=args.int8, data_until=until
     )
     print(f"model written to {path}", file=sys.stderr)
     return trained, path, vectors

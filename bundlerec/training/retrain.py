@@ -12,7 +12,9 @@ let the gate decide whether it serves.
 - The gate scores both versions with the harness's full ranking on the same window. The new one
   serves when its headline metric is not worse than the serving one's by more than `tolerance`
   (relative) and not worse than popularity's on the same window (a floor that catches a broken
-  model even without a serving one). A serving version older than `max_age_days` no longer counts
+  model even without a serving one). A serving version trained on the window itself (`bundlerec
+  train` on everything; or one that does not record where its data ended) is no reference either:
+  its figure there is a memory. A serving version older than `max_age_days` no longer counts
   as a reference: it may have learnt from events erased since, so any new version that clears the
   floor replaces it, and if none does the decision says the serving version has expired. A
   version's age counts from the full training its weights descend from (warm starts carry them
@@ -63,8 +65,9 @@ class Serving:
         return (now - dt.datetime.fromisoformat(self.manifest.lineage_started)).total_seconds() / DAY
 
 
-def time_split(dataset: Dataset, window_days: float) -> tuple[Dataset, int]:
-    """(the dataset to train on, whose test rows are the window's positives; the window's start)."""
+def time_split(dataset: Dataset, window_days: float, min_shoppers: int = 1) -> tuple[Dataset, int]:
+    """(the dataset to train on, whose test rows are the window's positives; the window's start).
+    Fewer than `min_shoppers` shoppers to evaluate on is an error: no gate can judge on so few."""
     if dataset.info.timestamps != "unix":
         raise ValueError("a split by time needs real timestamps (dataset.json timestamps: unix)")
     if not dataset.events:
@@ -88,6 +91,12 @@ def time_split(dataset: Dataset, window_days: float) -> tuple[Dataset, int]:
             rows.append(HeldOut(e.user_id, e.target_id))
     if not before or not rows:
         raise ValueError(f"the newest {window_days:g} day(s) leave nothing to train on or nothing to evaluate")
+    shoppers = len({row.user_id for row in rows})
+    if shoppers < min_shoppers:
+        raise ValueError(
+            f"the newest {window_days:g} day(s) hold {shoppers} shopper(s) to evaluate on, fewer than the "
+            f"{min_shoppers} a decision needs: widen the window (--window-days) or lower --min-window-shoppers"
+        )
     return dataclasses.replace(dataset, events=before, valid=[], test=rows), start
 
 
@@ -144,9 +153,11 @@ def gate(
     tolerance: float,
     max_age_days: float,
     now: dt.datetime,
+    window_start: int,
 ) -> tuple[bool, str, dict[str, dict[str, float]]]:
     """(promote?, why, each scorer's metrics on the window) for the new version against the serving
-    one, both ranked over the whole catalogue on `dataset`'s test rows (time_split's window)."""
+    one, both ranked over the whole catalogue on `dataset`'s test rows (time_split's window, from
+    `window_start`)."""
     split = build_split(dataset, "test")
     metric = selection_metric(dataset.info.task)
     scorers: dict[str, Scorer] = {
@@ -167,6 +178,10 @@ def gate(
     age = serving.age_days(now)
     if age > max_age_days:
         return True, f"{on}: {new:.4f}; serving {serving.version} ({old:.4f}) is past the maximum age", figures
+    if not serving.manifest.data_until or serving.manifest.data_until > window_start:
+        # trained on the window itself (bundlerec train on everything), or on data it does not
+        # record: its figure there is a memory, not a prediction, and no reference
+        return True, f"{on}: {new:.4f}; serving {serving.version} ({old:.4f}) was trained on the window", figures
     bar = old * (1 - tolerance)
     if new >= bar:
         return True, f"{on}: {new:.4f} against serving {old:.4f} (at least {bar:.4f} needed)", figures
