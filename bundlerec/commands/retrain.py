@@ -51,8 +51,9 @@ class RetrainSettings(CallerSettings):
     max_model_age_days: float = Field(
         30.0,
         gt=0,
-        description="A serving version older than this no longer blocks a new one that beats popularity: the "
-        "longest a model trained before an erasure keeps serving while retrain runs (docs/learning.md).",
+        description="Past this age of its lineage (the full training its weights descend from) the serving "
+        "version no longer blocks a new one that beats popularity, retrain trains from scratch, and older versions "
+        "are removed: how long a model may remember an erased user while retrain runs nightly (docs/learning.md).",
     )
 
 

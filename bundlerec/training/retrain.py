@@ -6,8 +6,8 @@ let the gate decide whether it serves.
   it (the task's target kind; every interaction of that kind where the window has no purchase),
   less what they had interacted with before (the protocol masks those from their ranking).
 - Warm (the default when a version serves): the new version starts from the serving one's weights
-  (warm.py), trains only on shoppers active since the serving version's data ended, for a few
-  epochs, with the co-occurrence weighing the serving version chose; its co-occurrence tables are
+  (warm.py), trains only on shoppers active since the serving version's data ended, for one
+  epoch, with the co-occurrence weighing the serving version chose; its co-occurrence tables are
   rebuilt from all the data. Full: from scratch, with the whole search, as `bundlerec train`.
 - The gate scores both versions with the harness's full ranking on the same window. The new one
   serves when its headline metric is not worse than the serving one's by more than `tolerance`
