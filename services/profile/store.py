@@ -14,14 +14,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Table, case, delete, func, insert, select, update
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bundlerec import db
 from bundlerec.profile import behaviour, metrics, snapshot, snapshots, training_export
+from bundlerec.profile.bulk_reads import BulkReads
 from bundlerec.profile.hot_read import MISSING, hot_reader
-from bundlerec.profile.model import EVENT_WEIGHTS, Consent, Event, RecordResult, TargetType
+from bundlerec.profile.model import Consent, Event, RecordResult, TargetType
 from bundlerec.profile.schema import AnonymousEventIdRow, EventRow, PopularityRow, UserRow
 from bundlerec.profile.snapshot import US_PER_DAY, SnapshotSettings
 
@@ -78,7 +79,7 @@ def event_key(secret: bytes, event_id: str) -> str:
     return hmac.new(secret, event_id.encode(), hashlib.sha256).hexdigest()
 
 
-class SqlProfileStore:
+class SqlProfileStore(BulkReads):
     """The profile store on SQLAlchemy: one adapter for SQLite and PostgreSQL."""
 
     def __init__(
@@ -203,27 +204,6 @@ class SqlProfileStore:
             await conn.execute(db.bulk_insert(table, list(rows[0])), db.columns_of(table, rows))
         else:
             await conn.execute(insert(table), rows)
-
-    async def read_behaviour(
-        self, after: behaviour.Position, limit: int
-    ) -> tuple[list[behaviour.BehaviourEntry], behaviour.Position]:
-        return await db.read(self.engine, lambda conn: behaviour.read(conn, after, limit))
-
-    async def training_events(
-        self, *, since_us: int, until_us: int, after_id: int, limit: int, key: bytes, sensitive: Callable[[str], bool]
-    ) -> tuple[list[training_export.TrainingEvent], int | None]:
-        return await db.read(
-            self.engine,
-            lambda conn: training_export.read_page(
-                conn,
-                since_us=since_us,
-                until_us=until_us,
-                after_id=after_id,
-                limit=limit,
-                key=key,
-                sensitive=sensitive,
-            ),
-        )
 
     async def _changed(self, conn: AsyncConnection, user_ids: list[str]) -> None:
         """These users' profiles changed: their snapshots are stale from this commit on."""
@@ -387,35 +367,3 @@ class SqlProfileStore:
             return None
         except db.Conflict:  # another reader stored it meanwhile: answer without storing
             return await db.read(self.engine, build)
-
-    @metrics.timed("export_events")
-    async def export_events(
-        self, user_id: str, *, after_id: int, limit: int
-    ) -> tuple[Consent | None, list[tuple[int, Event]]]:
-        async def work(conn: AsyncConnection) -> tuple[Consent | None, list[tuple[int, Event]]]:
-            user = (await conn.execute(select(users_t).where(users_t.c.user_id == user_id))).one_or_none()
-            rows = (
-                await conn.execute(
-                    select(events_t)
-                    .where(events_t.c.user_id == user_id, events_t.c.id > after_id)
-                    .order_by(events_t.c.id)
-                    .limit(limit)
-                )
-            ).all()
-            return (snapshots.consent_of(user) if user else None), [(r.id, snapshots.event_of(r)) for r in rows]
-
-        return await db.read(self.engine, work)
-
-    @metrics.timed("popularity_by_day")
-    async def popularity_by_day(self, target_type: TargetType, *, since_day: int) -> list[tuple[str, int, float]]:
-        weight = case({kind.value: w for kind, w in EVENT_WEIGHTS.items()}, value=popularity_t.c.event_type, else_=1.0)
-
-        async def work(conn: AsyncConnection) -> list[tuple[str, int, float]]:
-            rows = await conn.execute(
-                select(popularity_t.c.target_id, popularity_t.c.day, func.sum(popularity_t.c.count * weight))
-                .where(popularity_t.c.target_type == target_type.value, popularity_t.c.day >= since_day)
-                .group_by(popularity_t.c.target_id, popularity_t.c.day)
-            )
-            return [(r[0], r[1], float(r[2])) for r in rows]
-
-        return await db.read(self.engine, work)
