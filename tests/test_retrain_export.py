@@ -110,6 +110,7 @@ async def test_pseudonyms_depend_on_the_key_and_pages_cover_everything(profile: 
         ({"pseudonym_key": "k" * 16, "page_token": "garbage"}, "page_token"),
         ({"pseudonym_key": "k" * 16, "since": {"seconds": 10}, "until": {"seconds": 10}}, "until"),
         ({"pseudonym_key": "k" * 16, "since": {"seconds": -1}}, "since"),
+        ({"pseudonym_key": "k" * 16, "since": {"seconds": 4_102_444_800}}, "since"),  # 2100: no until before it
     ],
 )
 async def test_a_bad_export_request_names_the_field(profile: ProfileServer, fields: dict, field: str) -> None:

@@ -55,10 +55,12 @@ def export_recorded(
     dropped = 0
     with open_sync_channel(profile, security) as channel:
         stub = profile_pb2_grpc.ProfileServiceStub(channel)
-        request = profile_pb2.ExportTrainingEventsRequest(
-            since=_timestamp(since), until=_timestamp(until), pseudonym_key=secrets.token_urlsafe(32), page_size=PAGE
-        )
-        for pb in _pages(stub.ExportTrainingEvents, lambda **kw: _with(request, **kw), "events", metadata):
+        window = {"since": _timestamp(since), "until": _timestamp(until), "pseudonym_key": secrets.token_urlsafe(32)}
+
+        def request(**page: Any) -> profile_pb2.ExportTrainingEventsRequest:
+            return profile_pb2.ExportTrainingEventsRequest(**window, **page)
+
+        for pb in _pages(stub.ExportTrainingEvents, request, "events", metadata):
             bundle = pb.target.type == common_pb2.TARGET_TYPE_BUNDLE
             if pb.target.id not in (bundle_ids if bundle else known):
                 dropped += 1
@@ -98,14 +100,6 @@ def _pages(call: Callable[..., Any], request: Callable[..., Any], field: str, me
         token = reply.next_page_token
         if not token:
             return
-
-
-def _with(request: profile_pb2.ExportTrainingEventsRequest, **fields: Any) -> profile_pb2.ExportTrainingEventsRequest:
-    copy = profile_pb2.ExportTrainingEventsRequest()
-    copy.CopyFrom(request)
-    for name, value in fields.items():
-        setattr(copy, name, value)
-    return copy
 
 
 def _item(pb: common_pb2.Item) -> Item:

@@ -189,7 +189,9 @@ class ProfileService:
         after_id = _decode_token("training", page_token)
         since, until = since_us or 0, now_us() if until_us is None else until_us
         if until <= since:
-            raise InvalidArgument("until", "must be after since")
+            raise InvalidArgument(
+                *(("until", "must be after since") if until_us is not None else ("since", "is not in the past"))
+            )
         events, last = await self.store.training_events(
             since_us=since,
             until_us=until,
