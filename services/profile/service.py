@@ -188,10 +188,10 @@ class ProfileService:
         size = validation.page_size("page_size", page_size, default=1000, maximum=10_000)
         after_id = _decode_token("training", page_token)
         since, until = since_us or 0, now_us() if until_us is None else until_us
+        if until <= since and until_us is None:
+            raise InvalidArgument("since", "is not in the past")
         if until <= since:
-            raise InvalidArgument(
-                *(("until", "must be after since") if until_us is not None else ("since", "is not in the past"))
-            )
+            raise InvalidArgument("until", "must be after since")
         events, last = await self.store.training_events(
             since_us=since,
             until_us=until,
