@@ -16,19 +16,18 @@ from __future__ import annotations
 import heapq
 import math
 import random
-import re
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from bundlerec.datasets.demo_catalogue import DEPARTMENTS, MULTIPACK_INTENT, VARIANT_VALUES, CategorySpec
+from bundlerec.datasets.demo_catalogue import DEPARTMENTS, MULTIPACK_INTENT
+from bundlerec.datasets.demo_items import TIERS, price_of, title_of
 from bundlerec.datasets.format import Bundle, Event, EventType, HeldOut, Item, TargetType, dataset_counts
 from bundlerec.datasets.writer import write_dataset
 
 START = 1_709_251_200  # 2024-03-01 00:00:00 UTC; fixed so the output never depends on today's date
-TIERS = ("budget", "mid-range", "premium")  # a brand's tier sets where its prices sit in a category's range
 TIER_AFFINITY = (1.0, 0.35, 0.1)  # how much a shopper likes items 0, 1 or 2 price tiers from their own
 MIN_PURCHASES_TO_HOLD_OUT = 3  # valid and test take two; at least one stays as history
 
@@ -171,8 +170,8 @@ def _catalogue(rng: random.Random, n_items: int) -> _Shop:
         for _ in range(size):
             b = rng.randrange(len(brands))
             tier = b * len(TIERS) // len(brands)
-            title, noun, attributes = _title(rng, spec, brands[b], titles)
-            price = _price(rng, spec, tier)
+            title, noun, attributes = title_of(rng, spec, brands[b], titles)
+            price = price_of(rng, spec, tier)
             item = Item(f"sku-{len(products) + 1:05d}", title, spec.path, brands[b], price, attributes)
             by_cat.setdefault((d, c), []).append(len(products))
             products.append(_Product(item, d, c, tier, noun, rng.paretovariate(1.3)))
@@ -184,44 +183,6 @@ def _catalogue(rng: random.Random, n_items: int) -> _Shop:
         for tier in range(len(TIERS))
     }
     return _Shop(products, by_cat, weights, [], {}, {}, launch=[0] * len(products))
-
-
-def _title(rng: random.Random, spec: CategorySpec, brand: str, taken: set[str]) -> tuple[str, str, tuple[str, ...]]:
-    """'Northpeak Waterproof Trail Boots, Men's, Size 42', its noun, and attribute tokens."""
-    for attempt in range(20):
-        noun = rng.choice(spec.nouns)
-        adjectives = rng.sample(spec.adjectives, 2 if rng.random() < 0.3 and len(spec.adjectives) > 1 else 1)
-        chosen: list[tuple[str, str]] = []
-
-        def fill(match: re.Match[str], chosen: list[tuple[str, str]] = chosen) -> str:
-            value = rng.choice(VARIANT_VALUES[match.group(1)])
-            chosen.append((match.group(1), value))
-            return value
-
-        variant = re.sub(r"\{(\w+)\}", fill, rng.choice(spec.variants))
-        title = f"{brand} {' '.join(adjectives)} {noun}, {variant}"
-        if attempt >= 10:
-            title += f" ({rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}{rng.randrange(10, 100)})"  # a model code
-        if title not in taken:
-            break
-    taken.add(title)
-    attributes = tuple(f"feature:{_slug(a)}" for a in adjectives) + tuple(f"{k}:{_slug(v)}" for k, v in chosen)
-    return title, noun, attributes
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def _price(rng: random.Random, spec: CategorySpec, tier: int) -> float:
-    """Log-uniform within the brand tier's third of the category's range (tiers overlap a little),
-    ending in .49/.99 like shop prices."""
-    low, high = spec.price
-    position = min(1.0, max(0.0, (tier + rng.uniform(-0.25, 1.25)) / len(TIERS)))
-    price = math.exp(math.log(low) + position * (math.log(high) - math.log(low)))
-    if price < 20:
-        return max(0.99, math.floor(price) + (0.49 if price % 1 < 0.5 else 0.99))
-    return float(round(price)) - 0.01
 
 
 # -- bundles --------------------------------------------------------------------------------------
