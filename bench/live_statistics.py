@@ -31,20 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2, profile_pb2, profile_pb2_grpc
 from tests.harness.databases import postgres_database
-from tests.harness.processes import free_port, start_service, wait_serving
+from tests.harness.processes import candidate_settings, free_port, serve, wait_serving
 
 BUNDLEREC = str(Path(sys.executable).with_name("bundlerec"))
 ITEMS = [f"i{n}" for n in range(2000)]
 KINDS = [common_pb2.EVENT_TYPE_VIEW] * 6 + [common_pb2.EVENT_TYPE_CLICK] * 2 + [common_pb2.EVENT_TYPE_PURCHASE]
-
-
-def serve(service: str, env: dict[str, str], *, wait: bool = True) -> tuple[subprocess.Popen[bytes], str]:
-    """`bundlerec serve SERVICE` on a free port (tests/harness/processes.py); waited for unless `wait` is False."""
-    port = free_port()
-    process = start_service(service, {**env, f"BUNDLEREC_{service.upper()}_PORT": str(port)})
-    if wait:
-        wait_serving(f"127.0.0.1:{port}", process, timeout=120)
-    return process, f"127.0.0.1:{port}"
 
 
 def event(user: str, item: str, kind: int, at: float) -> common_pb2.Event:
@@ -130,15 +121,15 @@ async def run(args: argparse.Namespace, workdir: Path, urls: list[str]) -> None:
     """`urls`: fresh PostgreSQL databases for the profile store and the catalogue."""
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        profile_process, profile_address = serve("profile", {"BUNDLEREC_PROFILE_DATABASE_URL": urls[0]})
+        profile_process, profile_address = serve("profile", {"BUNDLEREC_PROFILE_DATABASE_URL": urls[0]}, timeout=120)
         processes.append(profile_process)
         markers = [(f"ma{n}", f"mb{n}") for n in range(200)]
         candidate_env = {
-            "BUNDLEREC_CANDIDATE_DATABASE_URL": urls[1], "BUNDLEREC_CANDIDATE_ENCODER_DIR": args.encoder_dir,
-            "BUNDLEREC_CANDIDATE_INDEX_DIR": str(workdir / "index"), "BUNDLEREC_CANDIDATE_MODELS_DIR": "",
-            "BUNDLEREC_CANDIDATE_PROFILE_ADDRESS": profile_address}  # fmt: skip
+            **candidate_settings(urls[1], args.encoder_dir, workdir / "index"),
+            "BUNDLEREC_CANDIDATE_PROFILE_ADDRESS": profile_address,
+        }
         # the catalogue first (the learner counts only items it knows), then the candidate service stops
-        candidate_process, candidate_address = serve("candidate", candidate_env)
+        candidate_process, candidate_address = serve("candidate", candidate_env, timeout=120)
         async with grpc.aio.insecure_channel(candidate_address) as candidate_channel:
             candidate = candidate_pb2_grpc.CandidateServiceStub(candidate_channel)
             catalogue = ITEMS + [i for pair in markers for i in pair]

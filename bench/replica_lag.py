@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2
 from tests.harness.databases import postgres_database
-from tests.harness.processes import free_port, start_service, wait_serving
+from tests.harness.processes import candidate_settings, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLEREC = str(Path(sys.executable).with_name("bundlerec"))
@@ -40,19 +40,7 @@ BUNDLEREC = str(Path(sys.executable).with_name("bundlerec"))
 
 def start(url: str, encoder_dir: str, workdir: Path, n: int) -> tuple[subprocess.Popen[bytes], str]:
     """Replica `n` of the candidate service on the catalogue at `url`, waited for until serving."""
-    port = free_port()
-    process = start_service(
-        "candidate",
-        {
-            "BUNDLEREC_CANDIDATE_DATABASE_URL": url,
-            "BUNDLEREC_CANDIDATE_PORT": str(port),
-            "BUNDLEREC_CANDIDATE_ENCODER_DIR": encoder_dir,
-            "BUNDLEREC_CANDIDATE_INDEX_DIR": str(workdir / f"index-{n}"),
-            "BUNDLEREC_CANDIDATE_MODELS_DIR": "",
-        },
-    )
-    wait_serving(f"127.0.0.1:{port}", process, timeout=120)
-    return process, f"127.0.0.1:{port}"
+    return serve("candidate", candidate_settings(url, encoder_dir, workdir / f"index-{n}"), timeout=120)
 
 
 async def until(check: Callable[[], Awaitable[bool]], started: float, limit: float = 30.0) -> float:

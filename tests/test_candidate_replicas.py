@@ -15,7 +15,7 @@ from bundlerec.datasets import read_dataset
 from bundlerec.datasets.demo import generate_demo_shop
 from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2
 from tests.harness.databases import postgres_database
-from tests.harness.processes import free_port, start_service, wait_serving
+from tests.harness.processes import candidate_settings, serve
 from tests.harness.servers import eventually
 
 pytestmark = pytest.mark.slow
@@ -29,20 +29,9 @@ def replicas(encoder_dir: str, tmp_path: Path) -> Iterator[tuple[str, list[str]]
         addresses: list[str] = []
         try:
             for n in range(2):  # one after the other: the first migrates the database
-                port = free_port()
-                process = start_service(
-                    "candidate",
-                    {
-                        "BUNDLEREC_CANDIDATE_DATABASE_URL": url,
-                        "BUNDLEREC_CANDIDATE_PORT": str(port),
-                        "BUNDLEREC_CANDIDATE_ENCODER_DIR": encoder_dir,
-                        "BUNDLEREC_CANDIDATE_INDEX_DIR": str(tmp_path / f"index-{n}"),
-                        "BUNDLEREC_CANDIDATE_MODELS_DIR": "",
-                    },
-                )
+                process, address = serve("candidate", candidate_settings(url, encoder_dir, tmp_path / f"index-{n}"))
                 processes.append(process)
-                addresses.append(f"127.0.0.1:{port}")
-                wait_serving(addresses[-1], process)
+                addresses.append(address)
             yield url, addresses
         finally:
             for process in processes:

@@ -55,15 +55,36 @@ def wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float 
     raise AssertionError(f"{address} not serving after {timeout} s")
 
 
-def start_profile(database_url: str, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    port = port or free_port()
-    process = start_service(
-        "profile",
-        {"BUNDLEREC_PROFILE_DATABASE_URL": database_url, "BUNDLEREC_PROFILE_PORT": str(port)},
-    )
+def serve(
+    service: str, env: dict[str, str], *, wait: bool = True, timeout: float = 60
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`bundlerec serve SERVICE` with these settings on a free port, and its address; waited for
+    until SERVING unless `wait` is False (killed when it never gets there)."""
+    port = free_port()
+    process = start_service(service, {**env, f"BUNDLEREC_{service.upper()}_PORT": str(port)})
     address = f"127.0.0.1:{port}"
-    wait_serving(address, process)
+    if wait:
+        try:
+            wait_serving(address, process, timeout)
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
     return process, address
+
+
+def candidate_settings(database_url: str, encoder_dir: str, index_dir: Path) -> dict[str, str]:
+    """A candidate service on this catalogue, saving its index under `index_dir`, without a ranker model."""
+    return {
+        "BUNDLEREC_CANDIDATE_DATABASE_URL": database_url,
+        "BUNDLEREC_CANDIDATE_ENCODER_DIR": encoder_dir,
+        "BUNDLEREC_CANDIDATE_INDEX_DIR": str(index_dir),
+        "BUNDLEREC_CANDIDATE_MODELS_DIR": "",
+    }
+
+
+def start_profile(database_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    return serve("profile", {"BUNDLEREC_PROFILE_DATABASE_URL": database_url})
 
 
 class Services(dict[str, tuple[subprocess.Popen[bytes], str]]):
