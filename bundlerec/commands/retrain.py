@@ -121,10 +121,9 @@ def _lineage_days(models_dir: Path, version: str) -> float | None:
     from bundlerec.ranking.artifact import ModelArtifactError, ModelManifest
 
     try:
-        started = dt.datetime.fromisoformat(ModelManifest.read(models_dir / version).lineage_started)
+        return ModelManifest.read(models_dir / version).lineage_age_days(dt.datetime.now(dt.UTC))
     except (ModelArtifactError, ValueError, OSError):
         return None  # promote and rollback say what is wrong with it
-    return (dt.datetime.now(dt.UTC) - started).total_seconds() / 86_400
 
 
 def list_versions(models_dir: Path) -> str:
@@ -264,10 +263,10 @@ def prune(models_dir: Path, max_age_days: float, now: dt.datetime) -> list[str]:
     serving = serving_version(models_dir)
     for version in model_versions(models_dir):
         try:
-            started = dt.datetime.fromisoformat(ModelManifest.read(models_dir / version).lineage_started)
+            age = ModelManifest.read(models_dir / version).lineage_age_days(now)
         except (ModelArtifactError, ValueError):
             continue
-        if version != serving and (now - started).total_seconds() > max_age_days * 86_400:
+        if version != serving and age > max_age_days:
             shutil.rmtree(models_dir / version, ignore_errors=True)
             removed.append(version)
     return removed

@@ -17,6 +17,7 @@ Versions are named so that sorting them by name sorts them by creation time.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -65,6 +66,10 @@ class ModelManifest:
     @property
     def lineage_started(self) -> str:
         return self.lineage_since or self.created_at
+
+    def lineage_age_days(self, now: dt.datetime) -> float:
+        """Days since the full training its weights descend from (a warm start carries them on)."""
+        return (now - dt.datetime.fromisoformat(self.lineage_started)).total_seconds() / 86_400
 
     @property
     def max_sequence(self) -> int:

@@ -129,8 +129,9 @@ def previous_version(models_dir: Path, current: str) -> str:
 def servable_versions(models_dir: Path) -> list[str]:
     """Complete versions the gate did not reject, oldest first: what a service may fall back to
     when the serving version does not load."""
-    rejected = {d.version for d in decisions(models_dir) if d.decision == REJECTED}
-    served = {d.version for d in decisions(models_dir) if d.decision in SERVES}
+    logged = decisions(models_dir)
+    rejected = {d.version for d in logged if d.decision == REJECTED}
+    served = {d.version for d in logged if d.decision in SERVES}
     return [v for v in model_versions(models_dir) if v not in rejected or v in served]
 
 

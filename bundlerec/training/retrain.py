@@ -61,8 +61,11 @@ class Serving:
     manifest: ModelManifest
 
     def age_days(self, now: dt.datetime) -> float:
-        """Days since the full training its weights descend from (a warm start carries them on)."""
-        return (now - dt.datetime.fromisoformat(self.manifest.lineage_started)).total_seconds() / DAY
+        return self.manifest.lineage_age_days(now)
+
+    def text(self, text_vectors: np.ndarray | None) -> np.ndarray | None:
+        """The item text vectors this version reads: none for a version trained without text."""
+        return text_vectors if self.manifest.text_encoder is not None else None
 
 
 def time_split(dataset: Dataset, window_days: float, min_shoppers: int = 1) -> tuple[Dataset, int]:
@@ -134,8 +137,7 @@ def retrain(
     else:
         state = {k: v.detach().clone() for k, v in serving.model.state_dict().items()}
         warm = WarmStart(state, serving.vocabulary, since)
-        vectors = text_vectors if serving.manifest.text_encoder is not None else None
-        trained = train(dataset, warm_settings(serving, settings), vectors, progress, warm=warm)
+        trained = train(dataset, warm_settings(serving, settings), serving.text(text_vectors), progress, warm=warm)
     return trained, time.monotonic() - started
 
 
@@ -165,7 +167,7 @@ def gate(
         "popularity": fit_popularity(split),
     }
     if serving is not None:
-        vectors = text_vectors if serving.manifest.text_encoder is not None else None
+        vectors = serving.text(text_vectors)
         scorers["serving"] = ModelScorer("serving", serving.model, dataset, serving.vocabulary, vectors)
     figures = window_figures(split, scorers)
     new, floor = figures["candidate"][metric], figures["popularity"][metric]
