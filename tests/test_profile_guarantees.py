@@ -14,9 +14,10 @@ import pytest
 from sqlalchemy import select
 
 from bundlerec import db
-from bundlerec.v1 import profile_pb2, profile_pb2_grpc
+from bundlerec.profile.exposures import pseudonym
+from bundlerec.v1 import common_pb2, exposures_pb2, exposures_pb2_grpc, profile_pb2, profile_pb2_grpc
 from tests.harness.databases import rows_mentioning
-from tests.harness.factories import event
+from tests.harness.factories import event, exposure_page
 from tests.harness.processes import start_profile
 from tests.harness.servers import ProfileServer
 
@@ -119,19 +120,34 @@ async def test_read_your_writes_with_concurrent_writers_and_readers(profile: Pro
 async def test_erasure_leaves_no_row_about_the_user_in_any_table(profile: ProfileServer, database_url: str) -> None:
     user = f"erase-me-{uuid.uuid4().hex[:8]}"
     await profile.stub.SetConsent(profile_pb2.SetConsentRequest(user_id=user, sensitive_categories=True))
+    shown = exposure_page(
+        user, rec=f"rec-for-{user}", bundles=[("b-1", ["item-2"], [1.0])]
+    )  # the page the event below follows from
+    await exposures_pb2_grpc.ExposureServiceStub(profile.channel).RecordExposures(
+        exposures_pb2.RecordExposuresRequest(exposures=[shown])
+    )
     await profile.stub.RecordEvents(
         profile_pb2.RecordEventsRequest(
             events=[
                 event(user, "item-1", event_id=f"{user}-e1", category="Health", context={"who": user}),
-                event(user, "item-2", event_id=f"{user}-e2", recommendation_id=f"rec-for-{user}"),
+                event(
+                    user,
+                    "item-2",
+                    event_id=f"{user}-e2",
+                    kind=common_pb2.EVENT_TYPE_CLICK,
+                    recommendation_id=f"rec-for-{user}",
+                ),
             ]
         )
     )
-    assert await rows_mentioning(database_url, user), "the scan must find the user before erasure"
+    before = await rows_mentioning(database_url, user)
+    assert {"profile_events", "profile_exposures", "profile_outcomes"} <= set(before), before
+    assert await rows_mentioning(database_url, pseudonym(b"bundlerec", user))  # the page names its pseudonym
 
     await profile.stub.DeleteUser(profile_pb2.DeleteUserRequest(user_id=user))
 
     assert await rows_mentioning(database_url, user) == {}
+    assert await rows_mentioning(database_url, pseudonym(b"bundlerec", user)) == {}
     got = (await profile.stub.GetProfile(profile_pb2.GetProfileRequest(user_id=user))).profile
     assert not got.known
 

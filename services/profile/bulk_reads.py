@@ -4,13 +4,15 @@ popularity by day, the anonymous behaviour log (behaviour.py) and the training h
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from sqlalchemy import Table, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bundlerec import db
-from bundlerec.profile import behaviour, metrics, snapshots, training_export
+from bundlerec.profile import behaviour, exposure_store, metrics, snapshots, training_export
+from bundlerec.profile.exposures import BundleOutcome, ExposedPage
 from bundlerec.profile.model import EVENT_WEIGHTS, Consent, Event, TargetType
 from bundlerec.profile.schema import EventRow, PopularityRow, UserRow
 
@@ -21,6 +23,21 @@ popularity_t: Table = PopularityRow.__table__  # type: ignore[assignment]
 
 class BulkReads:
     engine: AsyncEngine
+    exposures: exposure_store.ExposureRules
+
+    async def exposed_pages(
+        self, *, since_us: int, until_us: int, after_seq: int, limit: int, window_us: int
+    ) -> tuple[list[ExposedPage], int | None]:
+        rules = dataclasses.replace(self.exposures, window_us=window_us)
+        return await db.read(
+            self.engine,
+            lambda conn: exposure_store.pages(
+                conn, since_us=since_us, until_us=until_us, after_seq=after_seq, limit=limit, rules=rules
+            ),
+        )
+
+    async def bundle_outcomes(self, *, after: str, limit: int) -> tuple[list[BundleOutcome], str | None]:
+        return await db.read(self.engine, lambda conn: exposure_store.bundle_outcomes(conn, after=after, limit=limit))
 
     async def read_behaviour(
         self, after: behaviour.Position, limit: int

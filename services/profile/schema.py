@@ -114,3 +114,49 @@ class BehaviourRow(Base):
     # the same user's previous targets: [[target_type, target_id, event_type, distance], ...]
     partners: Mapped[list[list[str | int]]] = mapped_column(JSON)
     logged_at_us: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class ExposureRow(Base):
+    """A page the gateway served (exposures.py): its bundles as JSON, its requester as a keyed
+    hash only when they may be linked ("" otherwise)."""
+
+    __tablename__ = "profile_exposures"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    seq: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    recommendation_id: Mapped[str] = mapped_column(String(256), unique=True)
+    requester: Mapped[str] = mapped_column(String(64), index=True)
+    variant: Mapped[str] = mapped_column(String(64))
+    variant_share: Mapped[float] = mapped_column(Float)
+    model_version: Mapped[str] = mapped_column(String(256))
+    placement: Mapped[str] = mapped_column(String(32))
+    personalized: Mapped[bool] = mapped_column(Boolean)
+    degraded: Mapped[bool] = mapped_column(Boolean)
+    served_at_us: Mapped[int] = mapped_column(BigInteger, index=True)
+    # [[position, bundle_id, [item ids], [item prices], kind], ...]
+    bundles: Mapped[list[list[object]]] = mapped_column(JSON)
+
+
+class OutcomeRow(Base):
+    """An accepted event that came back with a recommendation id (no user column): attributed to
+    its page when read, so it may arrive before the page is recorded."""
+
+    __tablename__ = "profile_outcomes"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    recommendation_id: Mapped[str] = mapped_column(String(256), index=True)
+    target_type: Mapped[str] = mapped_column(String(8))
+    target_id: Mapped[str] = mapped_column(String(256))
+    event_type: Mapped[str] = mapped_column(String(16))
+    occurred_at_us: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class BundleOutcomeRow(Base):
+    """Anonymous counts per catalogue bundle: pages that showed it ("shown") and pages where it
+    was engaged with or bought, what exploration samples from (no user or page column)."""
+
+    __tablename__ = "profile_bundle_outcomes"
+
+    bundle_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    measure: Mapped[str] = mapped_column(String(16), primary_key=True)  # shown, engaged, purchased
+    count: Mapped[int] = mapped_column(BigInteger)

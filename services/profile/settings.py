@@ -61,3 +61,13 @@ class ProfileSettings(ServiceSettings):
     affinity_window: int = Field(500, ge=1, description="Most recent events that category affinity looks at.")
     affinity_half_life_days: float = Field(30.0, gt=0, description="Age at which an event counts half.")
     popularity_half_life_days: float = Field(7.0, gt=0, description="Age at which a popularity count counts half.")
+    attribution_window_seconds: int = Field(
+        86_400,
+        ge=60,
+        le=90 * 86_400,
+        description="Events later than this after a page are not its outcomes (experiment reports, exploration).",
+    )
+    exposure_retention_days: int = Field(
+        180, ge=1, le=3650, description="How long pages served (the exposure log) and their outcomes are kept."
+    )
+    max_batch_exposures: int = Field(1000, ge=1, le=10_000, description="Most pages in one RecordExposures call.")

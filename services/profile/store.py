@@ -19,14 +19,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bundlerec import db
-from bundlerec.profile import behaviour, metrics, snapshot, snapshots, training_export
+from bundlerec.profile import behaviour, exposure_store, metrics, snapshot, snapshots, training_export
 from bundlerec.profile.bulk_reads import BulkReads
+from bundlerec.profile.exposure_store import ExposureRules
+from bundlerec.profile.exposures import BundleOutcome, ExposedPage, Exposure
 from bundlerec.profile.hot_read import MISSING, hot_reader
 from bundlerec.profile.model import Consent, Event, RecordResult, TargetType
 from bundlerec.profile.schema import AnonymousEventIdRow, EventRow, PopularityRow, UserRow
 from bundlerec.profile.snapshot import US_PER_DAY, SnapshotSettings
 
 MIGRATIONS = "bundlerec.profile:migrations"
+DEFAULT_RULES = ExposureRules()
 
 users_t: Table = UserRow.__table__  # type: ignore[assignment]
 events_t: Table = EventRow.__table__  # type: ignore[assignment]
@@ -70,6 +73,11 @@ class ProfileStore(Protocol):
     async def training_events(
         self, *, since_us: int, until_us: int, after_id: int, limit: int, key: bytes, sensitive: Callable[[str], bool]
     ) -> tuple[list[training_export.TrainingEvent], int | None]: ...
+    async def record_exposures(self, exposures: Sequence[Exposure]) -> exposure_store.Recorded: ...
+    async def exposed_pages(
+        self, *, since_us: int, until_us: int, after_seq: int, limit: int, window_us: int
+    ) -> tuple[list[ExposedPage], int | None]: ...
+    async def bundle_outcomes(self, *, after: str, limit: int) -> tuple[list[BundleOutcome], str | None]: ...
     async def readiness(self) -> str | None: ...
     async def close(self) -> None: ...
 
@@ -90,6 +98,7 @@ class SqlProfileStore(BulkReads):
         key_secret: bytes = b"",
         retry_window_days: int = 90,
         behaviour_retention_days: int = 7,
+        exposures: ExposureRules = DEFAULT_RULES,
     ) -> None:
         self.engine = engine
         self.snapshot = snapshot
@@ -98,6 +107,7 @@ class SqlProfileStore(BulkReads):
         self._secret = key_secret or b"bundlerec"
         self._retry_window_days = retry_window_days
         self._behaviour_retention_days = behaviour_retention_days
+        self.exposures = exposures
         self._purged_day = -1  # the day the event-id keys were last purged by this process
 
     @classmethod
@@ -111,6 +121,7 @@ class SqlProfileStore(BulkReads):
         key_secret: bytes = b"",
         retry_window_days: int = 90,
         behaviour_retention_days: int = 7,
+        exposures: ExposureRules = DEFAULT_RULES,
     ) -> SqlProfileStore:
         engine = db.create_engine(url, pool_size=pool_size)
         if migrate:
@@ -121,6 +132,7 @@ class SqlProfileStore(BulkReads):
             key_secret=key_secret,
             retry_window_days=retry_window_days,
             behaviour_retention_days=behaviour_retention_days,
+            exposures=exposures,
         )
 
     @metrics.timed("readiness")
@@ -188,6 +200,7 @@ class SqlProfileStore(BulkReads):
             anonymized = await self._insert_anonymous_keys(conn, anonymous, now_us)
             await self._purge_old_keys(conn, now_us)
             await self._count_popularity(conn, recorded + anonymized)
+            await exposure_store.keep_outcomes(conn, recorded + anonymized, self.exposures)
             if log_behaviour and (recorded or anonymized):
                 logged = behaviour.log_rows(recorded, anonymized, before, self.snapshot.sensitive, now_us)
                 await self._insert_rows(conn, behaviour.behaviour_t, logged)
@@ -237,6 +250,7 @@ class SqlProfileStore(BulkReads):
             await conn.execute(delete(anonymous_t).where(anonymous_t.c.day < today - self._retry_window_days))
             await snapshots.compact(conn)
             await behaviour.trim(conn, now_us - self._behaviour_retention_days * US_PER_DAY)
+            await exposure_store.trim(conn, now_us - self.exposures.retention_days * US_PER_DAY)
             self._purged_day = today
 
     def _key(self, event_id: str) -> str:
@@ -318,6 +332,7 @@ class SqlProfileStore(BulkReads):
             erased = 0
             if not consent.personalization:
                 erased = await self._forget_history(conn, user_id, now_us)
+                await exposure_store.forget(conn, self._secret, user_id)
             await self._changed(conn, [user_id])  # consent decides what the profile shows
             return consent, erased
 
@@ -327,8 +342,16 @@ class SqlProfileStore(BulkReads):
     async def delete_user(self, user_id: str, *, now_us: int) -> tuple[bool, int]:
         async def work(conn: AsyncConnection) -> tuple[bool, int]:
             events = await self._forget_history(conn, user_id, now_us)
+            pages = await exposure_store.forget(conn, self._secret, user_id)
             users = (await conn.execute(delete(users_t).where(users_t.c.user_id == user_id))).rowcount
-            return bool(users or events), events
+            return bool(users or events or pages), events
+
+        return await db.in_transaction(self.engine, work)
+
+    @metrics.timed("record_exposures")
+    async def record_exposures(self, exposures: Sequence[Exposure]) -> exposure_store.Recorded:
+        async def work(conn: AsyncConnection) -> exposure_store.Recorded:
+            return await exposure_store.record(conn, exposures, self._secret, self.exposures)
 
         return await db.in_transaction(self.engine, work)
 

@@ -6,7 +6,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bundlerec.v1 import candidate_pb2, common_pb2
+from bundlerec.v1 import candidate_pb2, common_pb2, exposures_pb2
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data beside the checkout
 SCIENTIFIC = SHARED_DATA / "amazon-scientific"
@@ -39,3 +39,37 @@ def recent(*item_ids: str, kind: int = common_pb2.EVENT_TYPE_VIEW) -> list[candi
     """A Retrieve request's recent interactions: these items, oldest first."""
     item = common_pb2.TARGET_TYPE_ITEM
     return [candidate_pb2.RecentInteraction(target=common_pb2.TargetRef(type=item, id=i), type=kind) for i in item_ids]
+
+
+def exposure_page(
+    requester: str,
+    *,
+    rec: str | None = None,
+    at: float | None = None,
+    anonymous: bool = False,
+    variant: str = "a",
+    bundles: list[tuple[str, list[str], list[float]]] | None = None,
+) -> exposures_pb2.Exposure:
+    shown = bundles or [("b-1", ["i-1", "i-2"], [10.0, 5.0]), ("", ["i-3", "i-4"], [3.0, 4.0])]
+    seconds = time.time() if at is None else at
+    return exposures_pb2.Exposure(
+        recommendation_id=rec or uuid.uuid4().hex,
+        requester_id=requester,
+        anonymous=anonymous,
+        variant=variant,
+        variant_share=0.5,
+        model_version="v1",
+        placement="home",
+        served_at={"seconds": int(seconds)},
+        bundles=[
+            exposures_pb2.ExposedBundle(
+                position=n,
+                bundle_id=bundle_id,
+                item_ids=items,
+                item_prices=prices,
+                kind=common_pb2.BUNDLE_KIND_CURATED if bundle_id else common_pb2.BUNDLE_KIND_BUILT,
+            )
+            for n, (bundle_id, items, prices) in enumerate(shown)
+        ],
+        personalized=True,
+    )
