@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bundlerec.errors import Unavailable
+from bundlerec.gateway.exposures import ExposureLog, NoExposures
 from bundlerec.gateway.impressions import ImpressionStore, ImpressionsUnavailable
 
 log = logging.getLogger("bundlerec.gateway")
@@ -68,9 +69,12 @@ class AccountsPort(Protocol):
 
 
 class Accounts:
-    def __init__(self, profile: AccountsPort, impressions: ImpressionStore) -> None:
+    def __init__(
+        self, profile: AccountsPort, impressions: ImpressionStore, exposures: ExposureLog | None = None
+    ) -> None:
         self.profile = profile
         self.impressions = impressions
+        self.exposures = exposures or NoExposures()
 
     async def track(
         self,
@@ -106,13 +110,17 @@ class Accounts:
     async def set_consent(
         self, user_id: str, personalization: bool | None, sensitive: bool | None, seconds: float | None = None
     ) -> ConsentState:
-        """Withdrawing personalization erases the gateway's impressions of the user first."""
+        """Withdrawing personalization erases the gateway's impressions of the user first, and
+        sends the pages queued for the exposure log, so the profile service erases them too."""
         if personalization is False:
             await self._forget_impressions(user_id)
+            await self.exposures.flush()
         return await self.profile.set_consent(user_id, personalization, sensitive, seconds)
 
     async def forget(self, user_id: str, seconds: float | None = None) -> bool:
-        """Erases the user everywhere the gateway reaches; whether anything was kept."""
+        """Erases the user everywhere the gateway reaches; whether anything was kept. Pages queued
+        for the exposure log go first, so the erasure covers them."""
+        await self.exposures.flush()
         existed = await self.profile.delete_user(user_id, seconds)
         shown = await self._forget_impressions(user_id)
         return existed or shown

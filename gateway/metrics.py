@@ -41,3 +41,18 @@ PAGE_SIZE = Histogram(
 # children asked for on every page, looked up once
 PAGE_BUNDLES_CURATED = PAGE_BUNDLES.labels("curated")
 PAGE_BUNDLES_GENERATED = PAGE_BUNDLES.labels("generated")
+EXPOSURES = Counter(
+    "bundlerec_gateway_exposures_total",
+    "Pages handed to the exposure log (recorded in the background), by experiment variant and placement.",
+    ["variant", "placement"],
+)
+EXPOSED_BUNDLES = Counter(
+    "bundlerec_gateway_exposed_bundles_total",
+    "Bundles on the pages handed to the exposure log, by variant and kind (curated, built, featured, explored).",
+    ["variant", "kind"],
+)
+EXPOSURES_DROPPED = Counter(
+    "bundlerec_gateway_exposures_dropped_total",
+    "Pages the exposure log never got: queue_full (it is down or slower than traffic), refused, failed.",
+    ["reason"],
+)

@@ -109,6 +109,9 @@ class Degradation:
     fallback: str  # "candidate_order", "cached_popular", "anonymous", "text_order" (Search), "none"
 
 
+BundleKind = Literal["curated", "built", "featured", "explored"]
+
+
 @dataclass(frozen=True, slots=True)
 class Shown:
     """One bundle of the page, as the caller receives it."""
@@ -119,6 +122,7 @@ class Shown:
     explanation: str
     generated: bool
     sources: frozenset[Source]
+    kind: BundleKind = "curated"
 
     @property
     def total_price(self) -> float:

@@ -24,8 +24,10 @@ from bundlerec.gateway.builder import BuildLimits, build_bundles, complements_fi
 from bundlerec.gateway.consent import Allowed, ConsentPolicy
 from bundlerec.gateway.experiments import Experiments, Variant
 from bundlerec.gateway.explain import explain
+from bundlerec.gateway.exposures import ExposureLog, NoExposures, page_record
 from bundlerec.gateway.impressions import ImpressionStore, ImpressionsUnavailable, UserVector, bundle_key
 from bundlerec.gateway.model import (
+    BundleKind,
     Context,
     PageItem,
     Placement,
@@ -93,10 +95,12 @@ class Recommender:
         impressions: ImpressionStore,
         experiments: Experiments,
         settings: PipelineSettings,
+        exposures: ExposureLog | None = None,
     ) -> None:
         self.profile, self.candidates, self.ranker = profile, candidates, ranker
         self.rules, self.popular, self.impressions, self.experiments = rules, popular, impressions, experiments
         self.settings = settings
+        self.exposures = exposures or NoExposures()  # the exposure log (recorded in the background)
         self.stages = StageRunner(settings.stages)
         self.consent = ConsentPolicy(settings.sensitive, settings.history_length)
 
@@ -219,7 +223,10 @@ class Recommender:
         for bundle in page.bundles:
             origin = origins[id(bundle)]
             reason = explain(origin, allowed, anchor, query.context, catalogue)
-            shown.append(Shown(bundle.bundle_id, bundle.items, bundle.score, reason, bundle.generated, origin.sources))
+            kind = _kind(origin, rules)
+            shown.append(
+                Shown(bundle.bundle_id, bundle.items, bundle.score, reason, bundle.generated, origin.sources, kind)
+            )
         metrics.STAGE_LATENCY.labels(Stage.RULES.value).observe(time.monotonic() - started)
         metrics.PAGES.labels(variant.name, str(allowed.personalized).lower()).inc()
         metrics.PAGE_SIZE.observe(len(shown))
@@ -233,7 +240,7 @@ class Recommender:
         if run.trace is not None:
             run.trace.stages.append(TraceStage(Stage.RULES, (time.monotonic() - started) * 1000, {"page": len(shown)}))
             run.trace.actions.extend(page.actions)
-        return Recommendation(
+        recommendation = Recommendation(
             recommendation_id=query.recommendation_id or uuid.uuid4().hex,
             bundles=shown,
             model_version=version,
@@ -242,6 +249,8 @@ class Recommender:
             degraded=run.degraded,
             trace=run.trace,
         )
+        self.exposures.record(page_record(recommendation, query.key, not query.user_id, variant.share, query.context))
+        return recommendation
 
     def _bundles(
         self,
@@ -334,6 +343,18 @@ def _ordered(scored: list[Scored], context: Context, anchor: str) -> list[Scored
         lift = max(b.score for b in scored) - min(b.score for b in scored) + 1.0
         scored = [_with_score(b, b.score + lift) if _holds(b, anchor) else b for b in scored]
     return scored
+
+
+def _kind(bundle: Scored, rules: EffectiveRules) -> BundleKind:
+    """Featured when a promotion names it (the bundle, or the item a bundle of one is), built when
+    made for the request, curated otherwise."""
+    single = bundle.items[0].item_id if len(bundle.items) == 1 else None
+    for promotion in rules.promotions:
+        if (bundle.bundle_id and promotion.bundle_id == bundle.bundle_id) or (
+            single and not bundle.bundle_id and promotion.item_id == single
+        ):
+            return "featured"
+    return "built" if bundle.generated else "curated"
 
 
 def _key(bundle_id: str, items: Sequence[PageItem]) -> str:

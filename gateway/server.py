@@ -14,6 +14,8 @@ from bundlerec.gateway.accounts import Accounts
 from bundlerec.gateway.builder import BuildLimits
 from bundlerec.gateway.clients import AccountsClient, CandidateClient, ProfileClient, RankerClient
 from bundlerec.gateway.experiments import Experiments
+from bundlerec.gateway.exposure_client import ExposureClient
+from bundlerec.gateway.exposures import ExposureLog, ExposureRecorder, NoExposures
 from bundlerec.gateway.impressions import ImpressionStore, MemoryImpressions
 from bundlerec.gateway.pipeline import PipelineSettings, Recommender
 from bundlerec.gateway.popular import PopularCache
@@ -105,6 +107,14 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     candidates = CandidateClient(candidate_channel, settings.catalogue_ttl_seconds)
     popular = PopularCache(candidates, limit=settings.candidate_limit)
     impressions = open_impressions(settings)
+    exposures: ExposureLog = NoExposures()
+    if settings.record_exposures:
+        exposures = ExposureRecorder(
+            ExposureClient(profile_channel),
+            max_queued=settings.exposure_queue,
+            batch=settings.exposure_batch,
+            flush_seconds=settings.exposure_flush_ms / 1000,
+        )
     recommender = Recommender(
         profile=ProfileClient(profile_channel, settings.history_length),
         candidates=candidates,
@@ -128,10 +138,12 @@ async def assemble(settings: GatewaySettings) -> Gateway:
             sensitive=SensitiveCategories(settings.sensitive_categories),
             two_tower_retrieval=settings.two_tower_retrieval,
         ),
+        exposures=exposures,
     )
-    servicer = GatewayServicer(recommender, Accounts(AccountsClient(profile_channel), impressions))
+    servicer = GatewayServicer(recommender, Accounts(AccountsClient(profile_channel), impressions, exposures))
     await _connect(channels)
     stop = asyncio.Event()
+    exposures.start()
     tasks = [
         asyncio.create_task(popular.run(settings.popular_refresh_seconds, stop)),
         asyncio.create_task(rules.watch(settings.rules_poll_seconds, stop)),
@@ -142,6 +154,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await exposures.close()  # what is queued goes to the log before the channels close
         for channel in channels:
             await channel.close()
         await impressions.close()

@@ -77,6 +77,17 @@ class GatewaySettings(ServiceSettings, CallerSettings):
         "required with impressions_url (set it from the environment, not the command line).",
     )
 
+    record_exposures: bool = Field(
+        True,
+        description="Every page served goes to the exposure log (the profile service's ExposureService), in the "
+        "background; the experiment reports and exploration read it.",
+    )
+    exposure_queue: int = Field(
+        10_000, ge=100, le=1_000_000, description="Most pages waiting for the exposure log; more are dropped, counted."
+    )
+    exposure_batch: int = Field(500, ge=1, le=1000, description="Pages per RecordExposures call.")
+    exposure_flush_ms: float = Field(200.0, gt=0, le=60_000, description="How long a batch may gather.")
+
     @model_validator(mode="after")
     def _shares_leave_room(self) -> GatewaySettings:
         if self.profile_share + self.candidates_share + self.ranker_share > 1:
