@@ -9,6 +9,7 @@ import uuid
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from bundlerec.profile.exposures import pseudonym
 from bundlerec.v1 import common_pb2, exposures_pb2, exposures_pb2_grpc, profile_pb2
@@ -22,6 +23,16 @@ CLICK, CART, BUY, VIEW = (
     common_pb2.EVENT_TYPE_VIEW,
 )
 BUNDLE = common_pb2.TARGET_TYPE_BUNDLE
+
+
+def attributed(kind: str) -> float:
+    labels = {"variant": "a", "placement": "home", "type": kind}
+    return REGISTRY.get_sample_value("bundlerec_profile_attributed_outcomes_total", labels) or 0.0
+
+
+def revenue() -> float:
+    labels = {"variant": "a", "placement": "home"}
+    return REGISTRY.get_sample_value("bundlerec_profile_attributed_revenue_total", labels) or 0.0
 
 
 def stub(profile: ProfileServer) -> exposures_pb2_grpc.ExposureServiceStub:
@@ -50,6 +61,7 @@ async def test_outcomes_are_attributed_to_the_bundle_shown_within_the_window(pro
     rec, old = shown.recommendation_id, late.recommendation_id
     reply = await stub(profile).RecordExposures(exposures_pb2.RecordExposuresRequest(exposures=[shown, late]))
     assert (reply.recorded, reply.duplicates, reply.linked) == (2, 0, 2)
+    before = attributed("purchase"), revenue()
 
     await profile.stub.RecordEvents(
         profile_pb2.RecordEventsRequest(
@@ -64,6 +76,7 @@ async def test_outcomes_are_attributed_to_the_bundle_shown_within_the_window(pro
         )
     )
 
+    assert (attributed("purchase") - before[0], revenue() - before[1]) == (2, 20.0)  # per variant, in Prometheus
     found = await pages_of(profile, {rec, old})
     got = sorted((o.type, o.position, o.revenue) for o in found[rec].outcomes)
     assert got == [(CLICK, 1, 0.0), (BUY, 0, 5.0), (BUY, 0, 15.0)]

@@ -1,5 +1,5 @@
-"""The `bundlerec` command: serve, migrate, import, train, evaluate, retrain, models, demo, loadtest,
-and the gateway's client commands recommend, track and forget.
+"""The `bundlerec` command: serve, migrate, import, train, evaluate, retrain, models, experiments,
+demo, loadtest, and the gateway's client commands recommend, track and forget.
 
 `bundlerec serve SERVICE --help` lists that service's settings; each is also read from the
 environment as BUNDLEREC_<SERVICE>_<SETTING> (for example BUNDLEREC_PROFILE_DATABASE_URL).
@@ -218,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     add_models_commands(commands.add_parser("models", help="list model versions, promote one, roll back"))
+    from bundlerec.commands.experiments import add_experiments_commands
+
+    add_experiments_commands(commands.add_parser("experiments", help="what each experiment variant's pages drew"))
     add_client_commands(commands)
     demo = commands.add_parser("demo", help="run the product on embedded defaults and show what it does")
     demo.add_argument("--workdir", default="var/demo", help="where the demo keeps its database (default: var/demo)")
@@ -249,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_retrain(args)
     if args.command == "models":
         return run_models(args)
+    if args.command == "experiments":
+        from bundlerec.commands.experiments import run_experiments
+
+        return run_experiments(args)
     if args.command in ("recommend", "track", "forget"):
         return run_client_command(args)
     if args.command == "loadtest":

@@ -48,11 +48,15 @@ class ExposureRules:
     retention_days: int = 180  # pages and outcomes older than this are deleted
 
 
+Attributed = tuple[str, str, Outcome]  # a page's variant and placement, and the outcome it drew
+
+
 @dataclass(frozen=True, slots=True)
 class Recorded:
     recorded: int
     duplicates: int
     linked: int
+    attributed: list[Attributed]  # outcomes stored earlier that the new pages drew
 
 
 async def record(conn: AsyncConnection, exposures: Sequence[Exposure], secret: bytes, rules: ExposureRules) -> Recorded:
@@ -79,21 +83,23 @@ async def record(conn: AsyncConnection, exposures: Sequence[Exposure], secret: b
     new = [unique[r] for r in sorted(inserted)]
     counts: Counter[tuple[str, str]] = Counter()
     stored = await _raw_outcomes(conn, [e.recommendation_id for e in new])
+    attributed: list[Attributed] = []
     for e in new:
         counts.update((bundle_id, SHOWN) for bundle_id in shown_bundles(e.bundles))
-        earlier = stored.get(e.recommendation_id, [])
-        counts.update(credited(e.bundles, _attributed(e.bundles, e.served_at_us, earlier, rules)))
+        drawn = _attributed(e.bundles, e.served_at_us, stored.get(e.recommendation_id, []), rules)
+        counts.update(credited(e.bundles, drawn))
+        attributed += [(e.variant, e.placement, o) for o in drawn]
     await _add(conn, counts)
     linked_rows = sum(1 for row in rows if row["recommendation_id"] in inserted and row["requester"])
-    return Recorded(len(new), len(exposures) - len(new), linked_rows)
+    return Recorded(len(new), len(exposures) - len(new), linked_rows, attributed)
 
 
-async def keep_outcomes(conn: AsyncConnection, events: Sequence[Event], rules: ExposureRules) -> None:
+async def keep_outcomes(conn: AsyncConnection, events: Sequence[Event], rules: ExposureRules) -> list[Attributed]:
     """Stores the accepted events that name a recommendation (no user column), and credits the
-    bundles of the pages already recorded."""
+    bundles of the pages already recorded; the outcomes those pages drew."""
     events = [e for e in events if e.recommendation_id and e.type in OUTCOME_TYPES]
     if not events:
-        return
+        return []
     ids = sorted({e.recommendation_id for e in events})
     before = await _raw_outcomes(conn, ids)
     rows = [
@@ -108,6 +114,7 @@ async def keep_outcomes(conn: AsyncConnection, events: Sequence[Event], rules: E
     ]
     await conn.execute(insert(outcomes_t), rows)
     counts: Counter[tuple[str, str]] = Counter()
+    attributed: list[Attributed] = []
     for page in await conn.execute(select(exposures_t).where(exposures_t.c.recommendation_id.in_(ids))):
         bundles = [ExposedBundle.of_row(b) for b in page.bundles]
         old = _attributed(bundles, page.served_at_us, before.get(page.recommendation_id, []), rules)
@@ -116,9 +123,11 @@ async def keep_outcomes(conn: AsyncConnection, events: Sequence[Event], rules: E
             for e in events
             if e.recommendation_id == page.recommendation_id
         ]
-        now = old + _attributed(bundles, page.served_at_us, new, rules)
-        counts.update(credited(bundles, now) - credited(bundles, old))
+        drawn = _attributed(bundles, page.served_at_us, new, rules)
+        counts.update(credited(bundles, old + drawn) - credited(bundles, old))
+        attributed += [(page.variant, page.placement, o) for o in drawn]
     await _add(conn, counts)
+    return attributed
 
 
 async def pages(

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import ParamSpec, TypeVar
 
 from prometheus_client import Counter, Histogram
 
+from bundlerec.profile.exposures import Outcome
 from bundlerec.runtime.metrics import LATENCY_BUCKETS
 
 P = ParamSpec("P")
@@ -28,6 +29,25 @@ DB_LATENCY = Histogram(
     ["operation", "outcome"],
     buckets=LATENCY_BUCKETS,
 )
+
+ATTRIBUTED = Counter(
+    "bundlerec_profile_attributed_outcomes_total",
+    "Clicks, adds to cart and purchases attributed to the page they followed, by the page's experiment variant, "
+    "placement and the event type; counted when both the page and the event are in (the report reads the log).",
+    ["variant", "placement", "type"],
+)
+ATTRIBUTED_REVENUE = Counter(
+    "bundlerec_profile_attributed_revenue_total",
+    "Revenue of attributed purchases (the prices the pages showed), by the page's experiment variant and placement.",
+    ["variant", "placement"],
+)
+
+
+def count_attributed(attributed: Iterable[tuple[str, str, Outcome]]) -> None:
+    for variant, placement, outcome in attributed:
+        ATTRIBUTED.labels(variant, placement, outcome.type.value).inc()
+        if outcome.revenue:
+            ATTRIBUTED_REVENUE.labels(variant, placement).inc(outcome.revenue)
 
 
 def timed(operation: str) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:

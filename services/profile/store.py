@@ -163,7 +163,10 @@ class SqlProfileStore(BulkReads):
         """Stores a batch; `log_behaviour` False (a bulk import of history, whose statistics the
         catalogue import computes itself) keeps it out of the behaviour log (behaviour.py)."""
 
+        attributed: list[exposure_store.Attributed] = []
+
         async def work(conn: AsyncConnection) -> RecordResult:
+            attributed.clear()  # a transaction retried from the start
             user_ids = sorted({e.user_id for e in events})
             allowed = await self._personalization_of(conn, user_ids)
             unknown = [u for u in user_ids if u not in allowed]
@@ -200,7 +203,7 @@ class SqlProfileStore(BulkReads):
             anonymized = await self._insert_anonymous_keys(conn, anonymous, now_us)
             await self._purge_old_keys(conn, now_us)
             await self._count_popularity(conn, recorded + anonymized)
-            await exposure_store.keep_outcomes(conn, recorded + anonymized, self.exposures)
+            attributed.extend(await exposure_store.keep_outcomes(conn, recorded + anonymized, self.exposures))
             if log_behaviour and (recorded or anonymized):
                 logged = behaviour.log_rows(recorded, anonymized, before, self.snapshot.sensitive, now_us)
                 await self._insert_rows(conn, behaviour.behaviour_t, logged)
@@ -210,7 +213,9 @@ class SqlProfileStore(BulkReads):
                 anonymized=len(anonymized),
             )
 
-        return await db.in_transaction(self.engine, work)
+        result = await db.in_transaction(self.engine, work)
+        metrics.count_attributed(attributed)
+        return result
 
     async def _insert_rows(self, conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
         if self._postgres:
@@ -353,7 +358,9 @@ class SqlProfileStore(BulkReads):
         async def work(conn: AsyncConnection) -> exposure_store.Recorded:
             return await exposure_store.record(conn, exposures, self._secret, self.exposures)
 
-        return await db.in_transaction(self.engine, work)
+        recorded = await db.in_transaction(self.engine, work)
+        metrics.count_attributed(recorded.attributed)
+        return recorded
 
     # -- reads ----------------------------------------------------------------------------
 
