@@ -1,8 +1,9 @@
 """Experiments: each requester falls into one variant by a stable hash of their id, so a user sees
 the same variant on every request and every gateway replica, and the shares hold over many users.
 
-A variant may serve another ranker model version (an A/B test of two models); its name is in the
-response and in the metrics. With no experiment configured everyone is in "default".
+A variant may serve another ranker model version (an A/B test of two models), another rules file
+and another exploration share; its name is in the response, the exposure log and the metrics.
+With no experiment configured everyone is in "default".
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ class Variant(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     share: float = Field(gt=0, le=1, description="Share of requesters, 0 to 1; the shares of all variants sum to 1.")
     model_version: str = Field("", max_length=256, description="Ranker model version; empty: the current one.")
+    rules_file: str = Field("", max_length=4096, description="Business rules of this variant; empty: the gateway's.")
+    exploration_share: float | None = Field(
+        None, ge=0, le=0.5, description="Share of page positions explored; unset: the gateway's setting."
+    )
 
 
 DEFAULT = Variant(name="default", share=1.0, model_version="")

@@ -30,6 +30,8 @@ def explain(
 ) -> str:
     """`anchor_id` is the item the request's bundles were built around: the page's, the cart's
     newest, or the history's newest (pipeline.Recommender._anchor)."""
+    if bundle.explored:  # shown little: on the page to learn whether shoppers like it
+        return "new: we think it may suit you"
     members = {item.item_id for item in bundle.items}
     anchor = catalogue.get(anchor_id)
     where = _where(anchor_id, context)

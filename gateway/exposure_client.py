@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import grpc
 
+from bundlerec.gateway.exploration import BundleCounts
 from bundlerec.gateway.exposures import PageRecord, RecordRefused
 from bundlerec.gateway.servicer import KINDS_PB
 from bundlerec.v1 import exposures_pb2, exposures_pb2_grpc
@@ -38,8 +39,20 @@ def exposure_pb(page: PageRecord) -> exposures_pb2.Exposure:
 
 
 class ExposureClient:
+    """Also exploration's source of per-bundle counts (exploration.OutcomesPort)."""
+
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.stub = exposures_pb2_grpc.ExposureServiceStub(channel)
+
+    async def bundle_outcomes(self, seconds: float) -> Mapping[str, BundleCounts]:
+        counts: dict[str, BundleCounts] = {}
+        request = exposures_pb2.ListBundleOutcomesRequest(page_size=10_000)
+        while True:
+            reply = await self.stub.ListBundleOutcomes(request, timeout=seconds)
+            counts.update((b.bundle_id, BundleCounts(b.shown, b.engaged)) for b in reply.bundles)
+            if not reply.next_page_token:
+                return counts
+            request.page_token = reply.next_page_token
 
     async def record(self, pages: Sequence[PageRecord], seconds: float) -> None:
         request = exposures_pb2.RecordExposuresRequest(exposures=[exposure_pb(p) for p in pages])

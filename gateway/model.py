@@ -99,6 +99,7 @@ class Scored:
     sources: frozenset[Source]
     generated: bool
     evidence: str = ""  # for explanations: the item of the requester's it was found through, if any
+    explored: bool = False  # given an exploration slot (exploration.py)
 
 
 @dataclass(frozen=True, slots=True)

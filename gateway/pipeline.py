@@ -14,6 +14,7 @@ Only a bad request is an error. No grpc here: the stages are ports (ports.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from bundlerec.gateway.builder import BuildLimits, build_bundles, complements_fi
 from bundlerec.gateway.consent import Allowed, ConsentPolicy
 from bundlerec.gateway.experiments import Experiments, Variant
 from bundlerec.gateway.explain import explain
+from bundlerec.gateway.exploration import BanditState, ExplorationSettings, Explorer
 from bundlerec.gateway.exposures import ExposureLog, NoExposures, page_record
 from bundlerec.gateway.impressions import ImpressionStore, ImpressionsUnavailable, UserVector, bundle_key
 from bundlerec.gateway.model import (
@@ -96,18 +98,23 @@ class Recommender:
         experiments: Experiments,
         settings: PipelineSettings,
         exposures: ExposureLog | None = None,
+        explorer: Explorer | None = None,
+        variant_rules: Mapping[str, RulesSource] | None = None,
     ) -> None:
         self.profile, self.candidates, self.ranker = profile, candidates, ranker
         self.rules, self.popular, self.impressions, self.experiments = rules, popular, impressions, experiments
         self.settings = settings
         self.exposures = exposures or NoExposures()  # the exposure log (recorded in the background)
+        self.explorer = explorer or Explorer(BanditState(), ExplorationSettings(share=0.0))
+        self.variant_rules = variant_rules or {}  # the experiment variants that have their own rules file
         self.stages = StageRunner(settings.stages)
         self.consent = ConsentPolicy(settings.sensitive, settings.history_length)
 
     async def recommend(self, query: RecommendQuery) -> Recommendation:
         run = self.stages.start(query.caller_seconds, query.debug)
-        rules = effective_rules(self.rules.current, query.overrides, query.context.budget)  # bad overrides: raise
         variant = self.experiments.assign(query.key)
+        source = self.variant_rules.get(variant.name, self.rules)
+        rules = effective_rules(source.current, query.overrides, query.context.budget)  # bad overrides: raise
         allowed = await self.who_asks(run, query.user_id, query.key)
         anchor = _anchor(query.context, allowed)
         vector = await self._user_vector(query.key, allowed)
@@ -116,6 +123,7 @@ class Recommender:
         scored, version = await self._rank(run, unscored, allowed, variant, query.key)
         scored = _ordered(scored, query.context, anchor)
         scored = await self._rotated(query.key, scored, allowed, run)
+        scored = self._explored(scored, query, variant, anchor, run)
         return self._page(query, run, rules, variant, allowed, anchor, catalogue, scored, version)
 
     # ---- stages --------------------------------------------------------------------------
@@ -219,14 +227,15 @@ class Recommender:
             purchased_item_ids=allowed.purchased,
             actions=run.trace is not None,  # what the rules removed, and why, only for a trace
         )
-        shown = []
-        for bundle in page.bundles:
+        shown: list[Shown] = []
+        ordered, lead_score = _lead_not_explored(page.bundles, origins)
+        for bundle in ordered:
             origin = origins[id(bundle)]
             reason = explain(origin, allowed, anchor, query.context, catalogue)
             kind = _kind(origin, rules)
-            shown.append(
-                Shown(bundle.bundle_id, bundle.items, bundle.score, reason, bundle.generated, origin.sources, kind)
-            )
+            score = lead_score if not shown else bundle.score
+            shown.append(Shown(bundle.bundle_id, bundle.items, score, reason, bundle.generated, origin.sources, kind))
+        self.explorer.state.shown([b.bundle_id for b in shown if b.bundle_id])
         metrics.STAGE_LATENCY.labels(Stage.RULES.value).observe(time.monotonic() - started)
         metrics.PAGES.labels(variant.name, str(allowed.personalized).lower()).inc()
         metrics.PAGE_SIZE.observe(len(shown))
@@ -251,6 +260,27 @@ class Recommender:
         )
         self.exposures.record(page_record(recommendation, query.key, not query.user_id, variant.share, query.context))
         return recommendation
+
+    def _explored(
+        self, scored: list[Scored], query: RecommendQuery, variant: Variant, anchor: str, run: Run
+    ) -> list[Scored]:
+        """A capped share of the page's places for rarely shown bundles (exploration.py), below the
+        page's lead and, on a product page or cart, below the bundles of its item."""
+        share = self.explorer.share(variant.exploration_share, query.context.placement.value)
+        if share <= 0:
+            return scored
+        first = 1
+        if query.context.placement in ANCHORED_PLACEMENTS and anchor:
+            while first < len(scored) and _holds(scored[first], anchor):
+                first += 1
+        explored = self.explorer.explore(scored, query.page_size, share, first)
+        if run.trace is not None:
+            for bundle in explored:
+                if bundle.explored:
+                    run.trace.actions.append(
+                        RuleAction("exploration", "bundle", bundle.bundle_id, "boosted", "shown little: explored")
+                    )
+        return explored
 
     def _bundles(
         self,
@@ -345,9 +375,20 @@ def _ordered(scored: list[Scored], context: Context, anchor: str) -> list[Scored
     return scored
 
 
+def _lead_not_explored(page: Sequence[PageBundle], origins: Mapping[int, Scored]) -> tuple[list[PageBundle], float]:
+    """The page with an explored bundle never first (when the rules removed the bundles above it,
+    the first one that is not explored takes the lead, with the best score of those it passed)."""
+    lead = next((n for n, b in enumerate(page) if not origins[id(b)].explored), 0)
+    if not page:
+        return [], 0.0
+    return [page[lead], *page[:lead], *page[lead + 1 :]], max(b.score for b in page[: lead + 1])
+
+
 def _kind(bundle: Scored, rules: EffectiveRules) -> BundleKind:
     """Featured when a promotion names it (the bundle, or the item a bundle of one is), built when
     made for the request, curated otherwise."""
+    if bundle.explored:
+        return "explored"
     single = bundle.items[0].item_id if len(bundle.items) == 1 else None
     for promotion in rules.promotions:
         if (bundle.bundle_id and promotion.bundle_id == bundle.bundle_id) or (
@@ -366,7 +407,7 @@ def _holds(bundle: Scored, item_id: str) -> bool:
 
 
 def _with_score(bundle: Scored, score: float) -> Scored:
-    return Scored(bundle.bundle_id, bundle.items, float(score), bundle.sources, bundle.generated, bundle.evidence)
+    return dataclasses.replace(bundle, score=float(score))
 
 
 def _item_ids(found: Retrieved, extra: Sequence[str]) -> list[str]:

@@ -14,6 +14,7 @@ from bundlerec.gateway.accounts import Accounts
 from bundlerec.gateway.builder import BuildLimits
 from bundlerec.gateway.clients import AccountsClient, CandidateClient, ProfileClient, RankerClient
 from bundlerec.gateway.experiments import Experiments
+from bundlerec.gateway.exploration import BanditState, ExplorationSettings, Explorer
 from bundlerec.gateway.exposure_client import ExposureClient
 from bundlerec.gateway.exposures import ExposureLog, ExposureRecorder, NoExposures
 from bundlerec.gateway.impressions import ImpressionStore, MemoryImpressions
@@ -95,6 +96,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     be up: the gateway serves degraded pages until they are."""
     try:
         rules = RulesSource(settings.rules_file or None)
+        variant_rules = {v.name: RulesSource(v.rules_file) for v in settings.experiment_variants if v.rules_file}
     except RulesError as error:
         raise SystemExit(f"bundlerec serve gateway: {error}") from None
     security = settings.client_security()
@@ -107,10 +109,20 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     candidates = CandidateClient(candidate_channel, settings.catalogue_ttl_seconds)
     popular = PopularCache(candidates, limit=settings.candidate_limit)
     impressions = open_impressions(settings)
+    exposure_client = ExposureClient(profile_channel)
+    bandit = BanditState(exposure_client)
+    explorer = Explorer(
+        bandit,
+        ExplorationSettings(
+            share=settings.exploration_share,
+            placement_caps=settings.exploration_placement_caps,
+            max_exposures=settings.exploration_max_exposures,
+        ),
+    )
     exposures: ExposureLog = NoExposures()
     if settings.record_exposures:
         exposures = ExposureRecorder(
-            ExposureClient(profile_channel),
+            exposure_client,
             max_queued=settings.exposure_queue,
             batch=settings.exposure_batch,
             flush_seconds=settings.exposure_flush_ms / 1000,
@@ -139,6 +151,8 @@ async def assemble(settings: GatewaySettings) -> Gateway:
             two_tower_retrieval=settings.two_tower_retrieval,
         ),
         exposures=exposures,
+        explorer=explorer,
+        variant_rules=variant_rules,
     )
     servicer = GatewayServicer(recommender, Accounts(AccountsClient(profile_channel), impressions, exposures))
     await _connect(channels)
@@ -147,6 +161,8 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     tasks = [
         asyncio.create_task(popular.run(settings.popular_refresh_seconds, stop)),
         asyncio.create_task(rules.watch(settings.rules_poll_seconds, stop)),
+        *(asyncio.create_task(source.watch(settings.rules_poll_seconds, stop)) for source in variant_rules.values()),
+        asyncio.create_task(bandit.run(settings.exploration_refresh_seconds, stop)),
     ]
 
     async def close() -> None:

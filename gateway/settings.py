@@ -6,6 +6,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from bundlerec.gateway.experiments import Variant
+from bundlerec.gateway.model import Placement
 from bundlerec.runtime.settings import CallerSettings, ServiceSettings
 
 
@@ -88,8 +89,33 @@ class GatewaySettings(ServiceSettings, CallerSettings):
     exposure_batch: int = Field(500, ge=1, le=1000, description="Pages per RecordExposures call.")
     exposure_flush_ms: float = Field(200.0, gt=0, le=60_000, description="How long a batch may gather.")
 
+    exploration_share: float = Field(
+        0.1,
+        ge=0,
+        le=0.5,
+        description="Share of page positions given to rarely shown bundles, chosen by Thompson sampling on what "
+        "their pages drew (drawn per page: 0.1 on a page of 10 is one slot); 0: no exploration. A variant may "
+        "set its own.",
+    )
+    exploration_placement_caps: dict[str, float] = Field(
+        default_factory=dict,
+        description='The most each placement\'s pages explore, JSON: {"checkout": 0}; unlisted: no cap.',
+    )
+    exploration_max_exposures: int = Field(
+        300, ge=1, description="Pages after which a bundle is no longer explored (it has shown what it draws)."
+    )
+    exploration_refresh_seconds: float = Field(
+        10.0, gt=0, description="How often the per-bundle counts are read from the exposure log."
+    )
+
     @model_validator(mode="after")
     def _shares_leave_room(self) -> GatewaySettings:
         if self.profile_share + self.candidates_share + self.ranker_share > 1:
             raise ValueError("profile_share + candidates_share + ranker_share must not exceed 1")
+        known = {p.value for p in Placement}
+        for placement, cap in self.exploration_placement_caps.items():
+            if placement not in known:
+                raise ValueError(f"exploration_placement_caps: {placement!r} is not one of {', '.join(sorted(known))}")
+            if not 0 <= cap <= 0.5:
+                raise ValueError(f"exploration_placement_caps: {placement}: {cap} is not within 0 to 0.5")
         return self

@@ -96,6 +96,7 @@ async def running_suite(
             "ranker_address": f"127.0.0.1:{ranker.running.port}",
             "deadline_ms": 5000,  # the machine is shared with training jobs; deadlines are tested apart
             "health_interval_seconds": 0.2,
+            "exploration_share": 0.0,  # pages the tests compare are not drawn at random; exploration is tested apart
             **gateway,
         }
         settings = GatewaySettings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,181 @@
+"""Exploration: a capped share of each page's positions goes to catalogue bundles that have been
+shown little, chosen by Thompson sampling on what their pages drew, so a new bundle earns its place
+from shoppers' behaviour instead of waiting for a model that has never seen it.
+
+- Who may be explored: the page's own candidates (retrieved for this shopper, filtered by the
+  same rules and consent as every other), catalogue bundles only, shown on fewer than
+  `max_exposures` pages, and not already on the page by their score.
+- How one is chosen: each candidate's engagement rate (pages where it was clicked, added or bought,
+  over pages that showed it) is drawn from its Beta posterior, whose prior is the rate of all
+  bundles (worth `prior_pages` pages); the draw is weighed by its relevance to the shopper (its
+  rank among the ranker's candidates), and the best draws take the slots.
+- Where it goes: above every bundle of the page whose estimated rate (posterior mean) its draw
+  beats, but never first (nor above a product page's bundles of its item): the page's lead is the
+  ranker's. A bundle that draws well climbs the page; one that does not stays low until it leaves
+  exploration, after `max_exposures` pages.
+- How many slots: `share` × page size per page, the fraction drawn (0.1 on a page of 10: one slot;
+  of 5: one slot on half the pages). Per placement and per experiment variant (settings.py).
+
+The counts are the profile service's (ListBundleOutcomes: every replica reads the same, durable
+across restarts), refreshed every few seconds; the pages this replica serves in between count at
+once, so it does not explore one bundle many times before the next refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from bundlerec.gateway.model import Scored
+
+log = logging.getLogger("bundlerec.gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class BundleCounts:
+    shown: int
+    engaged: int
+
+
+class OutcomesPort(Protocol):
+    async def bundle_outcomes(self, seconds: float) -> Mapping[str, BundleCounts]: ...
+
+
+@dataclass(frozen=True)
+class ExplorationSettings:
+    share: float = 0.1  # of a page's positions, when the variant does not set its own
+    placement_caps: Mapping[str, float] | None = None  # the most a placement's pages explore
+    max_exposures: int = 300  # pages after which a bundle is no longer explored
+    prior_pages: float = 20.0  # how many pages the prior (all bundles' rate) is worth
+
+
+class BanditState:
+    """Pages and engagements per catalogue bundle: the profile service's counts, plus this replica's
+    pages since the last refresh."""
+
+    def __init__(self, source: OutcomesPort | None = None, timeout_seconds: float = 5.0) -> None:
+        self.source = source
+        self.timeout_seconds = timeout_seconds
+        self._counts: Mapping[str, BundleCounts] = {}
+        self._shown_since: dict[str, int] = {}
+        self._rate = 0.0
+
+    def counts(self, bundle_id: str) -> BundleCounts:
+        kept = self._counts.get(bundle_id, BundleCounts(0, 0))
+        return BundleCounts(kept.shown + self._shown_since.get(bundle_id, 0), kept.engaged)
+
+    @property
+    def rate(self) -> float:
+        """Engaged pages over shown pages of all bundles (the prior's mean)."""
+        return self._rate
+
+    def shown(self, bundle_ids: Sequence[str]) -> None:
+        for bundle_id in bundle_ids:
+            self._shown_since[bundle_id] = self._shown_since.get(bundle_id, 0) + 1
+
+    def replace(self, counts: Mapping[str, BundleCounts]) -> None:
+        self._counts, self._shown_since = counts, {}
+        shown = sum(c.shown for c in counts.values())
+        self._rate = sum(c.engaged for c in counts.values()) / shown if shown else 0.0
+
+    async def refresh(self) -> bool:
+        if self.source is None:
+            return False
+        try:
+            self.replace(await self.source.bundle_outcomes(self.timeout_seconds))
+        except Exception as error:  # keep the last counts: exploration goes on, a little staler
+            log.warning("bundle outcomes not refreshed", extra={"fields": {"reason": str(error)}})
+            return False
+        return True
+
+    async def run(self, interval: float, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.refresh()
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                pass
+
+
+class Explorer:
+    def __init__(self, state: BanditState, settings: ExplorationSettings, seed: int | None = None) -> None:
+        self.state = state
+        self.settings = settings
+        self.rng = np.random.default_rng(seed)
+
+    def share(self, variant_share: float | None, placement: str) -> float:
+        share = self.settings.share if variant_share is None else variant_share
+        cap = (self.settings.placement_caps or {}).get(placement)
+        return share if cap is None else min(share, cap)
+
+    def explore(self, scored: list[Scored], page_size: int, share: float, first: int = 1) -> list[Scored]:
+        """`scored` (best first) with the explored bundles moved to their places and marked; none
+        above position `first` (the page's lead stays the ranker's, and a product page's bundles of
+        its item stay first)."""
+        slots = self._slots(page_size, share)
+        if not slots or len(scored) <= page_size:  # every candidate is on the page already
+            return scored
+        return self._explore(scored, page_size, slots, first)
+
+    def _slots(self, page_size: int, share: float) -> int:
+        expected = share * page_size
+        whole = math.floor(expected)
+        return whole + int(self.rng.random() < expected - whole)
+
+    def _explore(self, scored: list[Scored], page_size: int, slots: int, first: int) -> list[Scored]:
+        top = scored[:page_size]
+        eligible = [
+            (rank, b)
+            for rank, b in enumerate(scored)
+            if rank >= page_size and b.bundle_id and not b.generated and self._explorable(b.bundle_id)
+        ]
+        if not eligible:
+            return scored
+        strength = self.settings.prior_pages
+        prior = min(max(self.state.rate, 0.01), 0.99)
+        alpha0, beta0 = strength * prior, strength * (1 - prior)
+        counts = [self.state.counts(b.bundle_id) for _, b in eligible]
+        draws = self.rng.beta(
+            [alpha0 + c.engaged for c in counts], [beta0 + max(0, c.shown - c.engaged) for c in counts]
+        )
+        relevance = [1.0 - rank / len(scored) for rank, _ in eligible]
+        chosen = sorted(range(len(eligible)), key=lambda i: -draws[i] * relevance[i])[:slots]
+        page = list(top)
+        for i in chosen:
+            bundle, draw = eligible[i][1], float(draws[i])
+            above = sum(1 for b in page if not b.explored and self._mean(b, alpha0, beta0) > draw)
+            at = min(max(above, first), page_size - 1)
+            page.insert(at, _explored(bundle, page, at))
+        explored = {id(eligible[i][1]) for i in chosen}
+        rest = [b for b in scored[page_size:] if id(b) not in explored]
+        return page + rest
+
+    def _explorable(self, bundle_id: str) -> bool:
+        return self.state.counts(bundle_id).shown < self.settings.max_exposures
+
+    def _mean(self, bundle: Scored, alpha0: float, beta0: float) -> float:
+        if not bundle.bundle_id:
+            return alpha0 / (alpha0 + beta0)
+        c = self.state.counts(bundle.bundle_id)
+        return (alpha0 + c.engaged) / (alpha0 + beta0 + c.shown)
+
+
+def _explored(bundle: Scored, page: Sequence[Scored], at: int) -> Scored:
+    """The bundle marked explored, its score between its new neighbours' (the page is in score order)."""
+    above = page[at - 1].score if at > 0 else None
+    below = page[at].score if at < len(page) else None
+    if above is None and below is None:
+        score = bundle.score
+    elif above is None:
+        score = below + 1e-3  # type: ignore[operator]
+    elif below is None:
+        score = above - 1e-3
+    else:
+        score = (above + below) / 2
+    return Scored(bundle.bundle_id, bundle.items, score, bundle.sources, bundle.generated, bundle.evidence, True)
