@@ -33,6 +33,7 @@ from typing import Protocol
 import numpy as np
 
 from bundlerec.gateway.model import Scored
+from bundlerec.gateway.rules import PageBundle
 
 log = logging.getLogger("bundlerec.gateway")
 
@@ -179,3 +180,12 @@ def _explored(bundle: Scored, page: Sequence[Scored], at: int) -> Scored:
     else:
         score = (above + below) / 2
     return Scored(bundle.bundle_id, bundle.items, score, bundle.sources, bundle.generated, bundle.evidence, True)
+
+
+def lead_not_explored(page: Sequence[PageBundle], origins: Mapping[int, Scored]) -> tuple[list[PageBundle], float]:
+    """The page with an explored bundle never first (when the rules removed the bundles above it,
+    the first one that is not explored takes the lead, with the best score of those it passed)."""
+    lead = next((n for n, b in enumerate(page) if not origins[id(b)].explored), 0)
+    if not page:
+        return [], 0.0
+    return [page[lead], *page[:lead], *page[lead + 1 :]], max(b.score for b in page[: lead + 1])

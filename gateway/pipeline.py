@@ -25,11 +25,10 @@ from bundlerec.gateway.builder import BuildLimits, build_bundles, complements_fi
 from bundlerec.gateway.consent import Allowed, ConsentPolicy
 from bundlerec.gateway.experiments import Experiments, Variant
 from bundlerec.gateway.explain import explain
-from bundlerec.gateway.exploration import BanditState, ExplorationSettings, Explorer
+from bundlerec.gateway.exploration import BanditState, ExplorationSettings, Explorer, lead_not_explored
 from bundlerec.gateway.exposures import ExposureLog, NoExposures, page_record
 from bundlerec.gateway.impressions import ImpressionStore, ImpressionsUnavailable, UserVector, bundle_key
 from bundlerec.gateway.model import (
-    BundleKind,
     Context,
     PageItem,
     Placement,
@@ -52,7 +51,7 @@ from bundlerec.gateway.rules import (
     candidate_filter,
     effective_rules,
 )
-from bundlerec.gateway.rules.promotions import promoted_items_alone, with_promoted
+from bundlerec.gateway.rules.promotions import kind_of, promoted_items_alone, with_promoted
 from bundlerec.gateway.stages import Run, StageRunner, StageSettings
 from bundlerec.privacy import SensitiveCategories
 from bundlerec.sources import Source
@@ -228,11 +227,11 @@ class Recommender:
             actions=run.trace is not None,  # what the rules removed, and why, only for a trace
         )
         shown: list[Shown] = []
-        ordered, lead_score = _lead_not_explored(page.bundles, origins)
+        ordered, lead_score = lead_not_explored(page.bundles, origins)
         for bundle in ordered:
             origin = origins[id(bundle)]
             reason = explain(origin, allowed, anchor, query.context, catalogue)
-            kind = _kind(origin, rules)
+            kind = kind_of(origin, rules)
             score = lead_score if not shown else bundle.score
             shown.append(Shown(bundle.bundle_id, bundle.items, score, reason, bundle.generated, origin.sources, kind))
         self.explorer.state.shown([b.bundle_id for b in shown if b.bundle_id])
@@ -373,29 +372,6 @@ def _ordered(scored: list[Scored], context: Context, anchor: str) -> list[Scored
         lift = max(b.score for b in scored) - min(b.score for b in scored) + 1.0
         scored = [_with_score(b, b.score + lift) if _holds(b, anchor) else b for b in scored]
     return scored
-
-
-def _lead_not_explored(page: Sequence[PageBundle], origins: Mapping[int, Scored]) -> tuple[list[PageBundle], float]:
-    """The page with an explored bundle never first (when the rules removed the bundles above it,
-    the first one that is not explored takes the lead, with the best score of those it passed)."""
-    lead = next((n for n, b in enumerate(page) if not origins[id(b)].explored), 0)
-    if not page:
-        return [], 0.0
-    return [page[lead], *page[:lead], *page[lead + 1 :]], max(b.score for b in page[: lead + 1])
-
-
-def _kind(bundle: Scored, rules: EffectiveRules) -> BundleKind:
-    """Featured when a promotion names it (the bundle, or the item a bundle of one is), built when
-    made for the request, curated otherwise."""
-    if bundle.explored:
-        return "explored"
-    single = bundle.items[0].item_id if len(bundle.items) == 1 else None
-    for promotion in rules.promotions:
-        if (bundle.bundle_id and promotion.bundle_id == bundle.bundle_id) or (
-            single and not bundle.bundle_id and promotion.item_id == single
-        ):
-            return "featured"
-    return "built" if bundle.generated else "curated"
 
 
 def _key(bundle_id: str, items: Sequence[PageItem]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from bundlerec.gateway.model import Found, PageItem, Retrieved, Scored
+from bundlerec.gateway.model import BundleKind, Found, PageItem, Retrieved, Scored
 from bundlerec.gateway.ports import CandidatePort, StageFailed
 from bundlerec.gateway.rules.schema import Rules
 
@@ -38,9 +38,7 @@ async def with_promoted(found: Retrieved, rules: Rules, candidates: CandidatePor
     return Retrieved(found.items + extra_items, found.bundles + extra_bundles)
 
 
-def promoted_items_alone(
-    bundles: list[Scored], rules: Rules, catalogue: Mapping[str, PageItem]
-) -> list[Scored]:
+def promoted_items_alone(bundles: list[Scored], rules: Rules, catalogue: Mapping[str, PageItem]) -> list[Scored]:
     """A promoted item that no candidate bundle holds is offered alone (an item is a bundle of one)."""
     if not any(p.item_id for p in rules.promotions):
         return []
@@ -50,3 +48,17 @@ def promoted_items_alone(
         for item_id in dict.fromkeys(p.item_id for p in rules.promotions if p.item_id)
         if item_id not in held and item_id in catalogue
     ]
+
+
+def kind_of(bundle: Scored, rules: Rules) -> BundleKind:
+    """Featured when a promotion names it (the bundle, or the item a bundle of one is), built when
+    made for the request, curated otherwise."""
+    if bundle.explored:
+        return "explored"
+    single = bundle.items[0].item_id if len(bundle.items) == 1 else None
+    for promotion in rules.promotions:
+        if (bundle.bundle_id and promotion.bundle_id == bundle.bundle_id) or (
+            single and not bundle.bundle_id and promotion.item_id == single
+        ):
+            return "featured"
+    return "built" if bundle.generated else "curated"
