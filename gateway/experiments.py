@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -20,6 +21,10 @@ class Variant(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     share: float = Field(gt=0, le=1, description="Share of requesters, 0 to 1; the shares of all variants sum to 1.")
     model_version: str = Field("", max_length=256, description="Ranker model version; empty: the current one.")
+    strategy: Literal["model", "popularity"] = Field(
+        "model",
+        description="'model': retrieval and the ranker; 'popularity': popular bundles only, unranked (a baseline arm).",
+    )
     rules_file: str = Field("", max_length=4096, description="Business rules of this variant; empty: the gateway's.")
     exploration_share: float | None = Field(
         None, ge=0, le=0.5, description="Share of page positions explored; unset: the gateway's setting."

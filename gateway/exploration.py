@@ -32,7 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
-from bundlerec.gateway.model import Scored
+from bundlerec.gateway.model import RuleAction, Scored
 from bundlerec.gateway.rules import PageBundle
 
 log = logging.getLogger("bundlerec.gateway")
@@ -115,10 +115,14 @@ class Explorer:
         cap = (self.settings.placement_caps or {}).get(placement)
         return share if cap is None else min(share, cap)
 
-    def explore(self, scored: list[Scored], page_size: int, share: float, first: int = 1) -> list[Scored]:
+    def explore(self, scored: list[Scored], page_size: int, share: float, anchor: str = "") -> list[Scored]:
         """`scored` (best first) with the explored bundles moved to their places and marked; none
-        above position `first` (the page's lead stays the ranker's, and a product page's bundles of
-        its item stay first)."""
+        first, nor above the leading bundles that hold `anchor` (a product page's item)."""
+        if share <= 0:
+            return scored
+        first = 1
+        while anchor and first < len(scored) and any(i.item_id == anchor for i in scored[first].items):
+            first += 1
         slots = self._slots(page_size, share)
         if not slots or len(scored) <= page_size:  # every candidate is on the page already
             return scored
@@ -189,3 +193,12 @@ def lead_not_explored(page: Sequence[PageBundle], origins: Mapping[int, Scored])
     if not page:
         return [], 0.0
     return [page[lead], *page[:lead], *page[lead + 1 :]], max(b.score for b in page[: lead + 1])
+
+
+def explored_actions(page: Sequence[Scored]) -> list[RuleAction]:
+    """What exploration did, for a debug trace."""
+    return [
+        RuleAction("exploration", "bundle", b.bundle_id, "boosted", "shown little: explored")
+        for b in page
+        if b.explored
+    ]

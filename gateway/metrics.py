@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import Counter, Histogram
 
 from bundlerec.runtime.metrics import LATENCY_BUCKETS
@@ -56,3 +58,16 @@ EXPOSURES_DROPPED = Counter(
     "Pages the exposure log never got: queue_full (it is down or slower than traffic), refused, failed.",
     ["reason"],
 )
+
+
+def count_page(variant: str, personalized: bool, degraded: bool, generated: Sequence[bool]) -> None:
+    """A Recommend page served: its variant, whether personalized or degraded, and its bundles."""
+    PAGES.labels(variant, str(personalized).lower()).inc()
+    PAGE_SIZE.observe(len(generated))
+    if degraded:
+        DEGRADED_PAGES.labels(variant).inc()
+    built = sum(generated)
+    if built:
+        PAGE_BUNDLES_GENERATED.inc(built)
+    if len(generated) > built:
+        PAGE_BUNDLES_CURATED.inc(len(generated) - built)

@@ -8,7 +8,8 @@ stage degraded and what stood in for it:
 - profile unavailable or late → the requester is treated as anonymous (nothing personal is used);
 - candidate service unavailable → the popular bundles the gateway keeps fresh (popular.py);
 - ranker unavailable or late → the candidate service's order.
-Only a bad request is an error. No grpc here: the stages are ports (ports.py).
+Only a bad request is an error. No grpc here: the stages are ports (ports.py). Every page goes to
+the exposure log (exposures.py); a share of its places may be explored (exploration.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from bundlerec.gateway.builder import BuildLimits, build_bundles, complements_fi
 from bundlerec.gateway.consent import Allowed, ConsentPolicy
 from bundlerec.gateway.experiments import Experiments, Variant
 from bundlerec.gateway.explain import explain
-from bundlerec.gateway.exploration import BanditState, ExplorationSettings, Explorer, lead_not_explored
+from bundlerec.gateway.exploration import (
+    BanditState,
+    ExplorationSettings,
+    Explorer,
+    explored_actions,
+    lead_not_explored,
+)
 from bundlerec.gateway.exposures import ExposureLog, NoExposures, page_record
 from bundlerec.gateway.impressions import ImpressionStore, ImpressionsUnavailable, UserVector, bundle_key
 from bundlerec.gateway.model import (
@@ -105,7 +112,7 @@ class Recommender:
         self.settings = settings
         self.exposures = exposures or NoExposures()  # the exposure log (recorded in the background)
         self.explorer = explorer or Explorer(BanditState(), ExplorationSettings(share=0.0))
-        self.variant_rules = variant_rules or {}  # the experiment variants that have their own rules file
+        self.variant_rules = variant_rules or {}  # variants with a rules file of their own
         self.stages = StageRunner(settings.stages)
         self.consent = ConsentPolicy(settings.sensitive, settings.history_length)
 
@@ -117,7 +124,7 @@ class Recommender:
         allowed = await self.who_asks(run, query.user_id, query.key)
         anchor = _anchor(query.context, allowed)
         vector = await self._user_vector(query.key, allowed)
-        found, catalogue = await self._candidates(run, allowed, anchor, rules, vector)
+        found, catalogue = await self._candidates(run, allowed, anchor, rules, vector, variant.strategy)
         unscored = self._bundles(found, catalogue, anchor, allowed, rules, run)
         scored, version = await self._rank(run, unscored, allowed, variant, query.key)
         scored = _ordered(scored, query.context, anchor)
@@ -147,10 +154,17 @@ class Recommender:
         return kept.values if kept is not None else ()
 
     async def _candidates(
-        self, run: Run, allowed: Allowed, anchor: str, rules: EffectiveRules, user_vector: tuple[float, ...] = ()
+        self,
+        run: Run,
+        allowed: Allowed,
+        anchor: str,
+        rules: EffectiveRules,
+        user_vector: tuple[float, ...] = (),
+        strategy: str = "model",
     ) -> tuple[Retrieved, Mapping[str, PageItem]]:
         """Retrieval (plus the promoted targets it missed) and the catalogue entries of every item
-        involved; the popular bundles the gateway keeps fresh when the candidate service fails."""
+        involved; the popular bundles the gateway keeps fresh when the candidate service fails. A
+        variant of the "popularity" strategy retrieves by popularity alone."""
         retrieval = CandidateQuery(
             recent=allowed.history,
             anchor_item_id=anchor,
@@ -158,6 +172,7 @@ class Recommender:
             bundle_limit=self.settings.candidate_limit,
             filter=candidate_filter(rules),
             user_vector=user_vector,
+            sources=(Source.POPULARITY,) if strategy == "popularity" else (),
         )
 
         async def retrieve_with_items(seconds: float) -> tuple[Retrieved, Mapping[str, PageItem]]:
@@ -179,8 +194,8 @@ class Recommender:
         """The ranker's scores for the bundles, and the model version; the fallback order when it
         fails. For a shopper whose history may be used, the serving model's user vector is kept for
         their next page's retrieval (an experiment's other model would not match the vectors the
-        candidate service searches)."""
-        if not unscored:
+        candidate service searches). A "popularity" variant is not ranked: retrieval's order stands."""
+        if not unscored or variant.strategy == "popularity":
             return unscored, ""
         keep_vector = (
             self.settings.two_tower_retrieval
@@ -236,15 +251,7 @@ class Recommender:
             shown.append(Shown(bundle.bundle_id, bundle.items, score, reason, bundle.generated, origin.sources, kind))
         self.explorer.state.shown([b.bundle_id for b in shown if b.bundle_id])
         metrics.STAGE_LATENCY.labels(Stage.RULES.value).observe(time.monotonic() - started)
-        metrics.PAGES.labels(variant.name, str(allowed.personalized).lower()).inc()
-        metrics.PAGE_SIZE.observe(len(shown))
-        if run.degraded:
-            metrics.DEGRADED_PAGES.labels(variant.name).inc()
-        generated = sum(1 for bundle in shown if bundle.generated)
-        if generated:
-            metrics.PAGE_BUNDLES_GENERATED.inc(generated)
-        if len(shown) > generated:
-            metrics.PAGE_BUNDLES_CURATED.inc(len(shown) - generated)
+        metrics.count_page(variant.name, allowed.personalized, bool(run.degraded), [b.generated for b in shown])
         if run.trace is not None:
             run.trace.stages.append(TraceStage(Stage.RULES, (time.monotonic() - started) * 1000, {"page": len(shown)}))
             run.trace.actions.extend(page.actions)
@@ -266,19 +273,10 @@ class Recommender:
         """A capped share of the page's places for rarely shown bundles (exploration.py), below the
         page's lead and, on a product page or cart, below the bundles of its item."""
         share = self.explorer.share(variant.exploration_share, query.context.placement.value)
-        if share <= 0:
-            return scored
-        first = 1
-        if query.context.placement in ANCHORED_PLACEMENTS and anchor:
-            while first < len(scored) and _holds(scored[first], anchor):
-                first += 1
-        explored = self.explorer.explore(scored, query.page_size, share, first)
+        anchored = anchor if query.context.placement in ANCHORED_PLACEMENTS else ""
+        explored = self.explorer.explore(scored, query.page_size, share, anchored)
         if run.trace is not None:
-            for bundle in explored:
-                if bundle.explored:
-                    run.trace.actions.append(
-                        RuleAction("exploration", "bundle", bundle.bundle_id, "boosted", "shown little: explored")
-                    )
+            run.trace.actions.extend(explored_actions(explored))
         return explored
 
     def _bundles(

@@ -4,6 +4,7 @@ counts read from the exposure log (shared by replicas, kept across restarts)."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -68,7 +69,8 @@ def test_only_rarely_shown_catalogue_bundles_are_explored_and_never_first() -> N
         scores = [b.score for b in page[:10]]
         assert scores == sorted(scores, reverse=True)  # the page stays in score order
     assert set(chosen) == {"b-12"}
-    anchored = explorer(counts).explore(candidates(20), 10, 0.3, first=3)
+    holding = [dataclasses.replace(b, items=(PageItem("anchor"), *b.items)) for b in candidates(3)]
+    anchored = explorer(counts).explore([*holding, *candidates(20)[3:]], 10, 0.3, anchor="anchor")
     assert all(n >= 3 for n, _ in explored(anchored, 10))
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -146,3 +148,35 @@ async def test_a_full_queue_drops_and_counts_instead_of_waiting() -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_variants_change_the_ranking_strategy_and_the_rules(
+    suite: Suite, encoder_dir: str, tmp_path: Path
+) -> None:
+    brands = Counter(brand for _, brand, _, _ in suite.items.values())
+    banned = brands.most_common(1)[0][0]
+    rules = tmp_path / "b.toml"
+    rules.write_text(f'exclude_brands = ["{banned}"]\n')
+    variants = [
+        {"name": "control", "share": 0.5, "strategy": "popularity"},
+        {"name": "b", "share": 0.5, "rules_file": str(rules), "exploration_share": 0.2},
+    ]
+    async with running_suite(suite, encoder_dir, experiment_variants=variants, exposure_flush_ms=20) as shop:
+        seen: dict[str, int] = Counter()
+        for n in range(40):
+            page = await shop.stub.Recommend(gateway_pb2.RecommendRequest(session_id=f"v-{n}", page_size=6))
+            seen[page.experiment_variant] += 1
+            if page.experiment_variant == "control":
+                assert page.model_version == ""  # not ranked
+                assert all(b.sources == [gateway_pb2.BUNDLE_SOURCE_POPULARITY] for b in page.bundles if not b.generated)
+            else:
+                assert page.model_version
+                assert all(i.brand != banned for b in page.bundles for i in b.items)
+            last = page
+        assert seen["control"] > 5 and seen["b"] > 5
+
+        async def logged_with_share() -> bool:
+            found = await logged(shop, last.recommendation_id)
+            return found is not None and found.variant_share == 0.5
+
+        await eventually(logged_with_share)
