@@ -5,10 +5,12 @@ from shoppers' behaviour instead of waiting for a model that has never seen it.
 - Who may be explored: the page's own candidates (retrieved for this shopper, filtered by the
   same rules and consent as every other), catalogue bundles only, shown on fewer than
   `max_exposures` pages, and not already on the page by their score.
-- How one is chosen: each candidate's engagement rate (pages where it was clicked, added or bought,
-  over pages that showed it) is drawn from its Beta posterior, whose prior is the rate of all
-  bundles (worth `prior_pages` pages); the draw is weighed by its relevance to the shopper (its
-  rank among the ranker's candidates), and the best draws take the slots.
+- How one is chosen: among the `pool` × page size most relevant of them (relevance: the rank among
+  the candidates by the ranker's order or by retrieval's, whichever is better: a model knows
+  nothing of a bundle launched after it was trained, retrieval knows its text), each one's
+  engagement rate (pages where it was clicked, added or bought, over pages that showed it) is drawn
+  from its Beta posterior; the prior is optimistic (BanditState.prior, worth `prior_pages` pages),
+  the draw is weighed by the relevance, and the best draws take the slots.
 - Where it goes: above every bundle of the page whose estimated rate (posterior mean) its draw
   beats, but never first (nor above a product page's bundles of its item): the page's lead is the
   ranker's. A bundle that draws well climbs the page; one that does not stays low until it leaves
@@ -24,6 +26,7 @@ once, so it does not explore one bundle many times before the next refresh.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -36,6 +39,7 @@ from bundlerec.gateway.model import RuleAction, Scored
 from bundlerec.gateway.rules import PageBundle
 
 log = logging.getLogger("bundlerec.gateway")
+KNOWN_AFTER = 20  # pages after which a bundle's own rate counts towards the prior
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +57,8 @@ class ExplorationSettings:
     share: float = 0.1  # of a page's positions, when the variant does not set its own
     placement_caps: Mapping[str, float] | None = None  # the most a placement's pages explore
     max_exposures: int = 300  # pages after which a bundle is no longer explored
-    prior_pages: float = 20.0  # how many pages the prior (all bundles' rate) is worth
+    prior_pages: float = 10.0  # how many pages the prior is worth
+    pool: int = 3  # × the page size: the most relevant rarely shown candidates the draws choose from
 
 
 class BanditState:
@@ -65,16 +70,18 @@ class BanditState:
         self.timeout_seconds = timeout_seconds
         self._counts: Mapping[str, BundleCounts] = {}
         self._shown_since: dict[str, int] = {}
-        self._rate = 0.0
+        self._prior = 0.0
 
     def counts(self, bundle_id: str) -> BundleCounts:
         kept = self._counts.get(bundle_id, BundleCounts(0, 0))
         return BundleCounts(kept.shown + self._shown_since.get(bundle_id, 0), kept.engaged)
 
     @property
-    def rate(self) -> float:
-        """Engaged pages over shown pages of all bundles (the prior's mean)."""
-        return self._rate
+    def prior(self) -> float:
+        """The prior's mean, optimistic: the engagement rate of a bundle among the best quarter of
+        those shown on enough pages to tell (all bundles' rate while fewer than 5 are), so a bundle
+        nobody has seen yet is given the chance of a good one until its pages say otherwise."""
+        return self._prior
 
     def shown(self, bundle_ids: Sequence[str]) -> None:
         for bundle_id in bundle_ids:
@@ -82,8 +89,12 @@ class BanditState:
 
     def replace(self, counts: Mapping[str, BundleCounts]) -> None:
         self._counts, self._shown_since = counts, {}
-        shown = sum(c.shown for c in counts.values())
-        self._rate = sum(c.engaged for c in counts.values()) / shown if shown else 0.0
+        rates = sorted(c.engaged / c.shown for c in counts.values() if c.shown >= KNOWN_AFTER)
+        if len(rates) >= 5:
+            self._prior = rates[(3 * len(rates)) // 4]
+        else:
+            shown = sum(c.shown for c in counts.values())
+            self._prior = sum(c.engaged for c in counts.values()) / shown if shown else 0.0
 
     async def refresh(self) -> bool:
         if self.source is None:
@@ -135,21 +146,25 @@ class Explorer:
 
     def _explore(self, scored: list[Scored], page_size: int, slots: int, first: int) -> list[Scored]:
         top = scored[:page_size]
-        eligible = [
-            (rank, b)
-            for rank, b in enumerate(scored)
-            if rank >= page_size and b.bundle_id and not b.generated and self._explorable(b.bundle_id)
-        ]
+        # relevant by the ranker's order or by retrieval's (a new bundle's only evidence may be its text)
+        eligible = sorted(
+            (
+                (1.0 - min(rank, b.retrieval_rank) / len(scored), b)
+                for rank, b in enumerate(scored)
+                if rank >= page_size and b.bundle_id and not b.generated and self._explorable(b.bundle_id)
+            ),
+            key=lambda pair: -pair[0],
+        )[: self.settings.pool * page_size]
         if not eligible:
             return scored
         strength = self.settings.prior_pages
-        prior = min(max(self.state.rate, 0.01), 0.99)
+        prior = min(max(self.state.prior, 0.01), 0.99)
         alpha0, beta0 = strength * prior, strength * (1 - prior)
         counts = [self.state.counts(b.bundle_id) for _, b in eligible]
         draws = self.rng.beta(
             [alpha0 + c.engaged for c in counts], [beta0 + max(0, c.shown - c.engaged) for c in counts]
         )
-        relevance = [1.0 - rank / len(scored) for rank, _ in eligible]
+        relevance = [r for r, _ in eligible]
         chosen = sorted(range(len(eligible)), key=lambda i: -draws[i] * relevance[i])[:slots]
         page = list(top)
         for i in chosen:
@@ -183,7 +198,7 @@ def _explored(bundle: Scored, page: Sequence[Scored], at: int) -> Scored:
         score = above - 1e-3
     else:
         score = (above + below) / 2
-    return Scored(bundle.bundle_id, bundle.items, score, bundle.sources, bundle.generated, bundle.evidence, True)
+    return dataclasses.replace(bundle, score=score, explored=True)
 
 
 def lead_not_explored(page: Sequence[PageBundle], origins: Mapping[int, Scored]) -> tuple[list[PageBundle], float]:

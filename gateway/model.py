@@ -100,6 +100,7 @@ class Scored:
     generated: bool
     evidence: str = ""  # for explanations: the item of the requester's it was found through, if any
     explored: bool = False  # given an exploration slot (exploration.py)
+    retrieval_rank: int = 1_000_000  # a curated bundle's place in retrieval's order (0: best)
 
 
 @dataclass(frozen=True, slots=True)

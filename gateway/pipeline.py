@@ -292,12 +292,12 @@ class Recommender:
         order (retrieval score; a built bundle takes its best complement's)."""
         out: list[Scored] = []
         member = catalogue.__getitem__
-        for bundle in found.bundles:
+        for rank, bundle in enumerate(found.bundles):
             try:
                 items = tuple(map(member, bundle.item_ids))
             except KeyError:
                 continue  # a member just deleted: its stock and price are unknown, so is the bundle's
-            out.append(Scored(bundle.target_id, items, bundle.score, bundle.sources, generated=False))
+            out.append(Scored(bundle.target_id, items, bundle.score, bundle.sources, False, retrieval_rank=rank))
         seed = catalogue.get(anchor)
         if seed is not None and not allowed.evidence(seed.category):
             seed = None  # the event named no category, the catalogue says it is sensitive

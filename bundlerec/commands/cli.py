@@ -1,5 +1,5 @@
 """The `bundlerec` command: serve, migrate, import, train, evaluate, retrain, models, experiments,
-demo, loadtest, and the gateway's client commands recommend, track and forget.
+simulate, demo, loadtest, and the gateway's client commands recommend, track and forget.
 
 `bundlerec serve SERVICE --help` lists that service's settings; each is also read from the
 environment as BUNDLEREC_<SERVICE>_<SETTING> (for example BUNDLEREC_PROFILE_DATABASE_URL).
@@ -221,6 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bundlerec.commands.experiments import add_experiments_commands
 
     add_experiments_commands(commands.add_parser("experiments", help="what each experiment variant's pages drew"))
+    from bundlerec.commands.simulate import add_simulate_options
+
+    add_simulate_options(
+        commands.add_parser("simulate", help="synthetic shoppers visit a running gateway and answer its pages")
+    )
     add_client_commands(commands)
     demo = commands.add_parser("demo", help="run the product on embedded defaults and show what it does")
     demo.add_argument("--workdir", default="var/demo", help="where the demo keeps its database (default: var/demo)")
@@ -252,6 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_retrain(args)
     if args.command == "models":
         return run_models(args)
+    if args.command == "simulate":
+        from bundlerec.commands.simulate import run_simulate
+
+        return run_simulate(args)
     if args.command == "experiments":
         from bundlerec.commands.experiments import run_experiments
 

@@ -98,7 +98,7 @@ class _Clusters:
         mean_n = total_n / k
         residual = sum((yi - ratio * ni) ** 2 for yi, ni in zip(y, n, strict=True))
         se = math.sqrt(residual / (k * (k - 1))) / mean_n
-        return Estimate(ratio, ratio - Z95 * se, ratio + Z95 * se), se
+        return Estimate(ratio, max(0.0, ratio - Z95 * se), ratio + Z95 * se), se  # no rate is negative
 
 
 def relative(treatment: tuple[Estimate, float], control: tuple[Estimate, float]) -> Estimate:
