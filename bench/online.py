@@ -46,7 +46,7 @@ from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2
 
 LAUNCHED = "bnd-launch-1"
 LAUNCH_DEPARTMENT = "Coffee"
-LOVED_APPEAL = 0.6  # as much as a shopper's first favourite department and price tier
+LOVED_APPEAL = 1.0  # above any bundle of the catalogue (0.6 at most): the segment's new favourite
 
 
 def scenario_root(base: Path, name: str) -> Path:

@@ -58,7 +58,7 @@ class ExplorationSettings:
     placement_caps: Mapping[str, float] | None = None  # the most a placement's pages explore
     max_exposures: int = 300  # pages after which a bundle is no longer explored
     prior_pages: float = 10.0  # how many pages the prior is worth
-    pool: int = 3  # × the page size: the most relevant rarely shown candidates the draws choose from
+    pool: int = 1  # × the page size: the most relevant rarely shown candidates the draws choose from
 
 
 class BanditState:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -95,7 +96,7 @@ class ExposureRecorder:
         *,
         max_queued: int = 10_000,
         batch: int = 500,
-        flush_seconds: float = 0.2,
+        flush_seconds: float = 1.0,
         timeout_seconds: float = 5.0,
         retries: int = 3,
     ) -> None:
@@ -117,9 +118,6 @@ class ExposureRecorder:
             metrics.EXPOSURES_DROPPED.labels("queue_full").inc()
             return
         self._arrived.set()
-        metrics.EXPOSURES.labels(page.variant, page.placement).inc()
-        for bundle in page.bundles:
-            metrics.EXPOSED_BUNDLES.labels(page.variant, bundle.kind).inc()
 
     @property
     def queued(self) -> int:
@@ -165,6 +163,7 @@ class ExposureRecorder:
     async def _send(self, pages: list[PageRecord]) -> None:
         if not pages:
             return
+        _count(pages)  # here, not in the page's path
         for attempt in range(self.retries + 1):
             try:
                 await self.sink.record(pages, self.timeout_seconds)
@@ -203,3 +202,13 @@ class ExposureLog(Protocol):
     def start(self) -> None: ...
     async def flush(self) -> None: ...
     async def close(self) -> None: ...
+
+
+def _count(pages: list[PageRecord]) -> None:
+    kinds: Counter[tuple[str, str]] = Counter()
+    for (variant, placement), n in Counter((p.variant, p.placement) for p in pages).items():
+        metrics.EXPOSURES.labels(variant, placement).inc(n)
+    for page in pages:
+        kinds.update((page.variant, b.kind) for b in page.bundles)
+    for (variant, kind), n in kinds.items():
+        metrics.EXPOSED_BUNDLES.labels(variant, kind).inc(n)

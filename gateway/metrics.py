@@ -45,12 +45,12 @@ PAGE_BUNDLES_CURATED = PAGE_BUNDLES.labels("curated")
 PAGE_BUNDLES_GENERATED = PAGE_BUNDLES.labels("generated")
 EXPOSURES = Counter(
     "bundlerec_gateway_exposures_total",
-    "Pages handed to the exposure log (recorded in the background), by experiment variant and placement.",
+    "Pages sent to the exposure log (in the background, batched), by experiment variant and placement.",
     ["variant", "placement"],
 )
 EXPOSED_BUNDLES = Counter(
     "bundlerec_gateway_exposed_bundles_total",
-    "Bundles on the pages handed to the exposure log, by variant and kind (curated, built, featured, explored).",
+    "Bundles on the pages sent to the exposure log, by variant and kind (curated, built, featured, explored).",
     ["variant", "kind"],
 )
 EXPOSURES_DROPPED = Counter(

@@ -87,7 +87,7 @@ class GatewaySettings(ServiceSettings, CallerSettings):
         10_000, ge=100, le=1_000_000, description="Most pages waiting for the exposure log; more are dropped, counted."
     )
     exposure_batch: int = Field(500, ge=1, le=1000, description="Pages per RecordExposures call.")
-    exposure_flush_ms: float = Field(200.0, gt=0, le=60_000, description="How long a batch may gather.")
+    exposure_flush_ms: float = Field(1000.0, gt=0, le=60_000, description="How long a batch may gather.")
 
     exploration_share: float = Field(
         0.1,

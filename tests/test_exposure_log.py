@@ -205,3 +205,24 @@ async def test_listing_refuses_a_foreign_token_and_an_empty_range(profile: Profi
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub(profile).RecordExposures(exposures_pb2.RecordExposuresRequest())
     assert field_of(refused.value) == "exposures"
+
+
+async def test_a_listing_of_large_pages_stays_under_the_message_limit(profile: ProfileServer) -> None:
+    tag = uuid.uuid4().hex[:8]
+    items = [f"{tag}-{'x' * 200}-{n}" for n in range(40)]
+    big = [(f"b-{tag}-{n}", items, [1.0] * len(items)) for n in range(40)]  # about 0.35 MB a page
+    sent = [exposure_page(f"big-{tag}", anonymous=True, bundles=big) for _ in range(15)]
+    for page in sent:
+        await stub(profile).RecordExposures(exposures_pb2.RecordExposuresRequest(exposures=[page]))
+    replies = 0
+    found: set[str] = set()
+    token = ""
+    while True:
+        reply = await stub(profile).ListExposedPages(exposures_pb2.ListExposedPagesRequest(page_token=token))
+        replies += 1
+        assert reply.ByteSize() < 4_000_000
+        found.update(p.recommendation_id for p in reply.pages)
+        token = reply.next_page_token
+        if not token:
+            break
+    assert {p.recommendation_id for p in sent} <= found and replies > 1

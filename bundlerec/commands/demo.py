@@ -126,16 +126,11 @@ def _profile_url(root: Path) -> str:
     return f"sqlite:///{root / 'profile.sqlite3'}"
 
 
-def start_services(
-    root: Path, ports: dict[str, int] | None = None, overrides: dict[str, str] | None = None
-) -> list[Service]:
-    """The four services on the demo's data under `root` (prepare_demo), each its own process,
-    started in order and waited for until serving; free ports unless `ports` are given. On a
-    failure the ones already started are stopped."""
-    ports = ports or {name: _free_port() for name in SERVICES}
+def _environment(root: Path, ports: dict[str, int], overrides: dict[str, str] | None) -> dict[str, str]:
+    """What the services are started with: the demo's stores under `root`, each other's ports."""
     catalogue_url = _catalogue_url(root)
     models = root / "models"
-    env = {
+    return {
         "BUNDLEREC_PROFILE_DATABASE_URL": _profile_url(root),
         "BUNDLEREC_CANDIDATE_DATABASE_URL": catalogue_url,
         "BUNDLEREC_CANDIDATE_ENCODER_DIR": ENCODER_DIR,
@@ -153,6 +148,28 @@ def start_services(
         "BUNDLEREC_GATEWAY_RULES_FILE": str(importlib.resources.files("bundlerec.gateway") / "rules.example.toml"),
         **(overrides or {}),
     }
+
+
+def start_gateway(root: Path, services: list[Service], overrides: dict[str, str] | None = None) -> Service:
+    """One more gateway, on a free port, in front of the running `services` (a benchmark's other arm)."""
+    ports = {s.name: s.port for s in services}
+    service = _start("gateway", _free_port(), _environment(root, ports, overrides))
+    try:
+        _wait_serving(service)
+    except BaseException:
+        stop_services([service])
+        raise
+    return service
+
+
+def start_services(
+    root: Path, ports: dict[str, int] | None = None, overrides: dict[str, str] | None = None
+) -> list[Service]:
+    """The four services on the demo's data under `root` (prepare_demo), each its own process,
+    started in order and waited for until serving; free ports unless `ports` are given. On a
+    failure the ones already started are stopped."""
+    ports = ports or {name: _free_port() for name in SERVICES}
+    env = _environment(root, ports, overrides)
     services: list[Service] = []
     try:
         for name in SERVICES:

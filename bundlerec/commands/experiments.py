@@ -80,7 +80,7 @@ def read_pages(
     metadata = token_metadata(security)
     with open_sync_channel(address, security) as channel:
         stub = exposures_pb2_grpc.ExposureServiceStub(channel)
-        request = exposures_pb2.ListExposedPagesRequest(attribution_window_seconds=window_s, page_size=5000)
+        request = exposures_pb2.ListExposedPagesRequest(attribution_window_seconds=window_s, page_size=2000)
         if since:
             request.since.FromDatetime(since)
         if until:

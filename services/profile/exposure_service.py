@@ -15,6 +15,7 @@ from bundlerec.profile.settings import ProfileSettings
 from bundlerec.profile.store import ProfileStore
 
 PAGES_TOKEN, BUNDLES_TOKEN = "exposed-pages", "bundle-outcomes"
+MAX_REPLY_BYTES = 3_000_000
 
 
 class ExposureLog:
@@ -50,6 +51,12 @@ class ExposureLog:
         found, last = await self.store.exposed_pages(
             since_us=since, until_us=until, after_seq=int(position or 0), limit=size, window_us=window * US_PER_SECOND
         )
+        total = 0
+        for n, page in enumerate(found):  # a reply stays well under gRPC's 4 MB message limit
+            total += page.size()
+            if total > MAX_REPLY_BYTES and n:
+                found, last = found[:n], found[n - 1].seq
+                break
         return found, ("" if last is None else validation.encode_page_token(PAGES_TOKEN, last))
 
     async def bundle_outcomes(self, page_size: int, page_token: str) -> tuple[list[BundleOutcome], str]:

@@ -156,7 +156,7 @@ async def pages(
         out.append(
             ExposedPage(
                 r.recommendation_id, r.requester, r.variant, r.variant_share, r.model_version, r.placement,
-                r.served_at_us, bundles, outcomes, r.personalized, r.degraded,
+                r.served_at_us, bundles, outcomes, r.personalized, r.degraded, r.seq,
             )
         )  # fmt: skip
     return out, (rows[-1].seq if more else None)

@@ -89,6 +89,12 @@ class ExposedPage:
     outcomes: tuple[Outcome, ...]
     personalized: bool
     degraded: bool
+    seq: int = 0  # its place in the log (the listing's page token)
+
+    def size(self) -> int:
+        """About how many bytes its message takes."""
+        ids = sum(len(b.bundle_id) + sum(len(i) + 11 for i in b.item_ids) + 12 for b in self.bundles)
+        return 200 + len(self.recommendation_id) + len(self.model_version) + ids + 24 * len(self.outcomes)
 
 
 @dataclass(frozen=True, slots=True)
