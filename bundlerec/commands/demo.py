@@ -187,6 +187,8 @@ def _serve_until_stopped(services: list[Service]) -> None:
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     names = ", ".join(f"{s.name} {s.address}" for s in services)
     print(f"      serving until Ctrl-C: {names}", flush=True)
+    print("      in another terminal: bundlerec simulate --shoppers 200 --days 3, then bundlerec experiments report",
+          flush=True)  # fmt: skip
     try:
         while not stop.wait(1.0):
             if any(s.process.poll() is not None for s in services):
