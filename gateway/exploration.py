@@ -35,11 +35,13 @@ from typing import Protocol
 
 import numpy as np
 
-from bundlerec.gateway.model import RuleAction, Scored
+from bundlerec.gateway.consent import Allowed
+from bundlerec.gateway.model import PageItem, RuleAction, Scored
 from bundlerec.gateway.rules import PageBundle
 
 log = logging.getLogger("bundlerec.gateway")
 KNOWN_AFTER = 20  # pages after which a bundle's own rate counts towards the prior
+SEGMENT_LEVELS = 2  # "Kitchen > Coffee": what a page is about, for per-segment counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +50,11 @@ class BundleCounts:
     engaged: int
 
 
+Key = tuple[str, str]  # (bundle id, segment); segment "": all the bundle's pages
+
+
 class OutcomesPort(Protocol):
-    async def bundle_outcomes(self, seconds: float) -> Mapping[str, BundleCounts]: ...
+    async def bundle_outcomes(self, seconds: float) -> Mapping[Key, BundleCounts]: ...
 
 
 @dataclass(frozen=True)
@@ -68,13 +73,14 @@ class BanditState:
     def __init__(self, source: OutcomesPort | None = None, timeout_seconds: float = 5.0) -> None:
         self.source = source
         self.timeout_seconds = timeout_seconds
-        self._counts: Mapping[str, BundleCounts] = {}
-        self._shown_since: dict[str, int] = {}
+        self._counts: Mapping[Key, BundleCounts] = {}
+        self._shown_since: dict[Key, int] = {}
         self._prior = 0.0
 
-    def counts(self, bundle_id: str) -> BundleCounts:
-        kept = self._counts.get(bundle_id, BundleCounts(0, 0))
-        return BundleCounts(kept.shown + self._shown_since.get(bundle_id, 0), kept.engaged)
+    def counts(self, bundle_id: str, segment: str = "") -> BundleCounts:
+        key = (bundle_id, segment)
+        kept = self._counts.get(key, BundleCounts(0, 0))
+        return BundleCounts(kept.shown + self._shown_since.get(key, 0), kept.engaged)
 
     @property
     def prior(self) -> float:
@@ -83,18 +89,20 @@ class BanditState:
         nobody has seen yet is given the chance of a good one until its pages say otherwise."""
         return self._prior
 
-    def shown(self, bundle_ids: Sequence[str]) -> None:
+    def shown(self, bundle_ids: Sequence[str], segment: str = "") -> None:
         for bundle_id in bundle_ids:
-            self._shown_since[bundle_id] = self._shown_since.get(bundle_id, 0) + 1
+            for key in dict.fromkeys(((bundle_id, ""), (bundle_id, segment))):
+                self._shown_since[key] = self._shown_since.get(key, 0) + 1
 
-    def replace(self, counts: Mapping[str, BundleCounts]) -> None:
+    def replace(self, counts: Mapping[Key, BundleCounts]) -> None:
         self._counts, self._shown_since = counts, {}
-        rates = sorted(c.engaged / c.shown for c in counts.values() if c.shown >= KNOWN_AFTER)
+        overall = [c for (_, segment), c in counts.items() if not segment]
+        rates = sorted(c.engaged / c.shown for c in overall if c.shown >= KNOWN_AFTER)
         if len(rates) >= 5:
             self._prior = rates[(3 * len(rates)) // 4]
         else:
-            shown = sum(c.shown for c in counts.values())
-            self._prior = sum(c.engaged for c in counts.values()) / shown if shown else 0.0
+            shown = sum(c.shown for c in overall)
+            self._prior = sum(c.engaged for c in overall) / shown if shown else 0.0
 
     async def refresh(self) -> bool:
         if self.source is None:
@@ -126,9 +134,12 @@ class Explorer:
         cap = (self.settings.placement_caps or {}).get(placement)
         return share if cap is None else min(share, cap)
 
-    def explore(self, scored: list[Scored], page_size: int, share: float, anchor: str = "") -> list[Scored]:
+    def explore(
+        self, scored: list[Scored], page_size: int, share: float, anchor: str = "", segment: str = ""
+    ) -> list[Scored]:
         """`scored` (best first) with the explored bundles moved to their places and marked; none
-        first, nor above the leading bundles that hold `anchor` (a product page's item)."""
+        first, nor above the leading bundles that hold `anchor` (a product page's item). The draws
+        read the counts of the page's `segment` (page_segment), with the bundle's own as prior."""
         if share <= 0:
             return scored
         first = 1
@@ -137,14 +148,14 @@ class Explorer:
         slots = self._slots(page_size, share)
         if not slots or len(scored) <= page_size:  # every candidate is on the page already
             return scored
-        return self._explore(scored, page_size, slots, first)
+        return self._explore(scored, page_size, slots, first, segment)
 
     def _slots(self, page_size: int, share: float) -> int:
         expected = share * page_size
         whole = math.floor(expected)
         return whole + int(self.rng.random() < expected - whole)
 
-    def _explore(self, scored: list[Scored], page_size: int, slots: int, first: int) -> list[Scored]:
+    def _explore(self, scored: list[Scored], page_size: int, slots: int, first: int, segment: str) -> list[Scored]:
         top = scored[:page_size]
         # relevant by the ranker's order or by retrieval's (a new bundle's only evidence may be its text)
         eligible = sorted(
@@ -157,19 +168,14 @@ class Explorer:
         )[: self.settings.pool * page_size]
         if not eligible:
             return scored
-        strength = self.settings.prior_pages
-        prior = min(max(self.state.prior, 0.01), 0.99)
-        alpha0, beta0 = strength * prior, strength * (1 - prior)
-        counts = [self.state.counts(b.bundle_id) for _, b in eligible]
-        draws = self.rng.beta(
-            [alpha0 + c.engaged for c in counts], [beta0 + max(0, c.shown - c.engaged) for c in counts]
-        )
+        posteriors = [self._posterior(b.bundle_id, segment) for _, b in eligible]
+        draws = self.rng.beta([a for a, _ in posteriors], [b for _, b in posteriors])
         relevance = [r for r, _ in eligible]
         chosen = sorted(range(len(eligible)), key=lambda i: -draws[i] * relevance[i])[:slots]
         page = list(top)
         for i in chosen:
             bundle, draw = eligible[i][1], float(draws[i])
-            above = sum(1 for b in page if not b.explored and self._mean(b, alpha0, beta0) > draw)
+            above = sum(1 for b in page if not b.explored and self._mean(b, segment) > draw)
             at = min(max(above, first), page_size - 1)
             page.insert(at, _explored(bundle, page, at))
         explored = {id(eligible[i][1]) for i in chosen}
@@ -179,11 +185,25 @@ class Explorer:
     def _explorable(self, bundle_id: str) -> bool:
         return self.state.counts(bundle_id).shown < self.settings.max_exposures
 
-    def _mean(self, bundle: Scored, alpha0: float, beta0: float) -> float:
+    def _posterior(self, bundle_id: str, segment: str) -> tuple[float, float]:
+        """The Beta posterior of a bundle's engagement rate on the segment's pages: the optimistic
+        prior, updated by all the bundle's pages, is in turn the prior of the segment's."""
+        strength, prior = self.settings.prior_pages, min(max(self.state.prior, 0.01), 0.99)
+        overall = self.state.counts(bundle_id)
+        alpha, beta = (
+            strength * prior + overall.engaged,
+            strength * (1 - prior) + max(0, overall.shown - overall.engaged),
+        )
+        if not segment:
+            return alpha, beta
+        mean, local = alpha / (alpha + beta), self.state.counts(bundle_id, segment)
+        return strength * mean + local.engaged, strength * (1 - mean) + max(0, local.shown - local.engaged)
+
+    def _mean(self, bundle: Scored, segment: str) -> float:
         if not bundle.bundle_id:
-            return alpha0 / (alpha0 + beta0)
-        c = self.state.counts(bundle.bundle_id)
-        return (alpha0 + c.engaged) / (alpha0 + beta0 + c.shown)
+            return min(max(self.state.prior, 0.01), 0.99)
+        alpha, beta = self._posterior(bundle.bundle_id, segment)
+        return alpha / (alpha + beta)
 
 
 def _explored(bundle: Scored, page: Sequence[Scored], at: int) -> Scored:
@@ -217,3 +237,19 @@ def explored_actions(page: Sequence[Scored]) -> list[RuleAction]:
         for b in page
         if b.explored
     ]
+
+
+def page_segment(anchor: PageItem | None, allowed: Allowed) -> str:
+    """What a page is about, two category levels deep: its anchor item's (the page's, the cart's
+    or, for a consenting shopper, their newest), else the shopper's strongest interest; never a
+    category the request may not use as evidence (consent); "" when nothing says."""
+    if anchor is not None and anchor.category and allowed.evidence(anchor.category):
+        return _two_levels(anchor.category)
+    for category, _ in allowed.affinities:
+        if category and allowed.evidence(category):
+            return _two_levels(category)
+    return ""
+
+
+def _two_levels(category: str) -> str:
+    return " > ".join(level.strip() for level in category.split(">")[:SEGMENT_LEVELS])

@@ -33,6 +33,7 @@ def exposure_pb(page: PageRecord) -> exposures_pb2.Exposure:
         ],
         personalized=page.personalized,
         degraded=page.degraded,
+        segment=page.segment,
     )
     pb.served_at.FromMicroseconds(page.served_at_us)
     return pb
@@ -44,12 +45,12 @@ class ExposureClient:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.stub = exposures_pb2_grpc.ExposureServiceStub(channel)
 
-    async def bundle_outcomes(self, seconds: float) -> Mapping[str, BundleCounts]:
-        counts: dict[str, BundleCounts] = {}
+    async def bundle_outcomes(self, seconds: float) -> Mapping[tuple[str, str], BundleCounts]:
+        counts: dict[tuple[str, str], BundleCounts] = {}
         request = exposures_pb2.ListBundleOutcomesRequest(page_size=10_000)
         while True:
             reply = await self.stub.ListBundleOutcomes(request, timeout=seconds)
-            counts.update((b.bundle_id, BundleCounts(b.shown, b.engaged)) for b in reply.bundles)
+            counts.update(((b.bundle_id, b.segment), BundleCounts(b.shown, b.engaged)) for b in reply.bundles)
             if not reply.next_page_token:
                 return counts
             request.page_token = reply.next_page_token

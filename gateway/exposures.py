@@ -52,9 +52,12 @@ class PageRecord:
     bundles: tuple[ExposedBundle, ...]
     personalized: bool
     degraded: bool
+    segment: str = ""  # what the page was about (exploration.page_segment)
 
 
-def page_record(page: Recommendation, requester_id: str, anonymous: bool, share: float, context: Context) -> PageRecord:
+def page_record(
+    page: Recommendation, requester_id: str, anonymous: bool, share: float, context: Context, segment: str = ""
+) -> PageRecord:
     return PageRecord(
         recommendation_id=page.recommendation_id,
         requester_id=requester_id,
@@ -76,6 +79,7 @@ def page_record(page: Recommendation, requester_id: str, anonymous: bool, share:
         ),
         personalized=page.personalized,
         degraded=bool(page.degraded),
+        segment=segment,
     )
 
 

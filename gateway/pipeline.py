@@ -32,6 +32,7 @@ from bundlerec.gateway.exploration import (
     Explorer,
     explored_actions,
     lead_not_explored,
+    page_segment,
 )
 from bundlerec.gateway.exposures import ExposureLog, NoExposures, page_record
 from bundlerec.gateway.impressions import ImpressionStore, ImpressionsUnavailable, UserVector, bundle_key
@@ -129,8 +130,9 @@ class Recommender:
         scored, version = await self._rank(run, unscored, allowed, variant, query.key)
         scored = _ordered(scored, query.context, anchor)
         scored = await self._rotated(query.key, scored, allowed, run)
-        scored = self._explored(scored, query, variant, anchor, run)
-        return self._page(query, run, rules, variant, allowed, anchor, catalogue, scored, version)
+        segment = page_segment(catalogue.get(anchor), allowed)
+        scored = self._explored(scored, query, variant, anchor, segment, run)
+        return self._page(query, run, rules, variant, allowed, anchor, catalogue, scored, version, segment)
 
     # ---- stages --------------------------------------------------------------------------
     async def who_asks(self, run: Run, user_id: str, key: str) -> Allowed:
@@ -229,6 +231,7 @@ class Recommender:
         catalogue: Mapping[str, PageItem],
         scored: list[Scored],
         version: str,
+        segment: str,
     ) -> Recommendation:
         """The rules and the page (page.py), each bundle with its explanation (explain.py)."""
         started = time.monotonic()
@@ -249,7 +252,7 @@ class Recommender:
             kind = kind_of(origin, rules)
             score = lead_score if not shown else bundle.score
             shown.append(Shown(bundle.bundle_id, bundle.items, score, reason, bundle.generated, origin.sources, kind))
-        self.explorer.state.shown([b.bundle_id for b in shown if b.bundle_id])
+        self.explorer.state.shown([b.bundle_id for b in shown if b.bundle_id], segment)
         metrics.STAGE_LATENCY.labels(Stage.RULES.value).observe(time.monotonic() - started)
         metrics.count_page(variant.name, allowed.personalized, bool(run.degraded), [b.generated for b in shown])
         if run.trace is not None:
@@ -264,17 +267,18 @@ class Recommender:
             degraded=run.degraded,
             trace=run.trace,
         )
-        self.exposures.record(page_record(recommendation, query.key, not query.user_id, variant.share, query.context))
+        anonymous = not query.user_id
+        self.exposures.record(page_record(recommendation, query.key, anonymous, variant.share, query.context, segment))
         return recommendation
 
     def _explored(
-        self, scored: list[Scored], query: RecommendQuery, variant: Variant, anchor: str, run: Run
+        self, scored: list[Scored], query: RecommendQuery, variant: Variant, anchor: str, segment: str, run: Run
     ) -> list[Scored]:
         """A capped share of the page's places for rarely shown bundles (exploration.py), below the
         page's lead and, on a product page or cart, below the bundles of its item."""
         share = self.explorer.share(variant.exploration_share, query.context.placement.value)
         anchored = anchor if query.context.placement in ANCHORED_PLACEMENTS else ""
-        explored = self.explorer.explore(scored, query.page_size, share, anchored)
+        explored = self.explorer.explore(scored, query.page_size, share, anchored, segment)
         if run.trace is not None:
             run.trace.actions.extend(explored_actions(explored))
         return explored

@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bundlerec.gateway.exploration import BanditState, BundleCounts, ExplorationSettings, Explorer
+from bundlerec.gateway.consent import ConsentPolicy
+from bundlerec.gateway.exploration import BanditState, BundleCounts, ExplorationSettings, Explorer, page_segment
 from bundlerec.gateway.exposure_client import ExposureClient
-from bundlerec.gateway.model import PageItem, Scored
+from bundlerec.gateway.model import PageItem, Requester, Scored
+from bundlerec.privacy import SensitiveCategories
 from bundlerec.sources import Source
 from bundlerec.v1 import common_pb2, exposures_pb2, exposures_pb2_grpc, gateway_pb2
 from tests.harness.factories import exposure_page
@@ -35,9 +37,14 @@ def candidates(n: int, generated: tuple[int, ...] = ()) -> list[Scored]:
     ]
 
 
-def explorer(counts: dict[str, BundleCounts] | None = None, seed: int = 1, **settings: object) -> Explorer:
+def explorer(
+    counts: dict[str, BundleCounts] | None = None,
+    seed: int = 1,
+    segments: dict[tuple[str, str], BundleCounts] | None = None,
+    **settings: object,
+) -> Explorer:
     state = BanditState()
-    state.replace(counts or {})
+    state.replace({**{(b, ""): c for b, c in (counts or {}).items()}, **(segments or {})})
     return Explorer(state, ExplorationSettings(**settings), seed=seed)  # type: ignore[arg-type]
 
 
@@ -88,6 +95,36 @@ def test_a_bundle_that_draws_well_climbs_and_one_that_does_not_stays_low() -> No
         sinks.update(n for n, _ in explored(page, 10))
     assert sum(climbs[n] for n in (1, 2)) / sum(climbs.values()) > 0.9  # the top 3 (first is the ranker's)
     assert sum(sinks[n] for n in range(7, 10)) / sum(sinks.values()) > 0.9
+
+
+def test_what_a_segment_drew_decides_on_its_pages() -> None:
+    counts = {f"b-{i}": BundleCounts(2000, 100) for i in range(10)}
+    counts["b-30"] = BundleCounts(200, 12)  # middling over all its pages...
+    coffee = {("b-30", "Kitchen > Coffee"): BundleCounts(40, 12)}  # ...loved on the coffee pages
+    lead = explorer(counts, seed=5, segments=coffee)
+    on_coffee, elsewhere = Counter(), Counter()
+    for _ in range(300):
+        page = [*candidates(40)[:10], candidates(40)[30]]
+        on_coffee.update(n for n, _ in explored(lead.explore(page, 10, 0.1, segment="Kitchen > Coffee"), 10))
+        elsewhere.update(n for n, _ in explored(lead.explore(page, 10, 0.1, segment="Outdoor > Hiking"), 10))
+    assert sum(on_coffee[n] for n in (1, 2)) / sum(on_coffee.values()) > 0.8
+    assert sum(elsewhere[n] for n in (1, 2)) / sum(elsewhere.values()) < 0.5
+
+
+def test_a_page_is_about_its_item_or_the_interest_the_shopper_lets_it_use() -> None:
+    consenting = ConsentPolicy(SensitiveCategories(["Health"]), 50)
+
+    def allowed(affinities: tuple[tuple[str, float], ...], sensitive: bool = False):  # type: ignore[no-untyped-def]
+        requester = Requester("u", False, True, sensitive, (), affinities)
+        return consenting.allowed(requester, answered=True)
+
+    coffee = PageItem("i-1", category="Kitchen > Coffee > Grinders")
+    assert page_segment(coffee, allowed(())) == "Kitchen > Coffee"
+    assert page_segment(None, allowed((("Health > Vitamins", 0.6), ("Outdoor > Hiking > Boots", 0.4)))) == (
+        "Outdoor > Hiking"  # the sensitive interest is not used without that consent
+    )
+    assert page_segment(None, allowed((("Health > Vitamins", 0.6),), sensitive=True)) == "Health > Vitamins"
+    assert page_segment(None, consenting.unknown("visitor", anonymous=True)) == ""
 
 
 def test_relevance_weighs_the_draws() -> None:

@@ -103,14 +103,14 @@ async def test_an_event_that_overtakes_its_page_is_attributed_and_a_page_is_kept
     assert (counts.shown, counts.engaged, counts.purchased) == (1, 1, 0)
 
 
-async def bundle_counts(profile: ProfileServer, bundle_id: str) -> exposures_pb2.BundleOutcome:
+async def bundle_counts(profile: ProfileServer, bundle_id: str, segment: str = "") -> exposures_pb2.BundleOutcome:
     token = ""
     while True:
         reply = await stub(profile).ListBundleOutcomes(
             exposures_pb2.ListBundleOutcomesRequest(page_token=token, page_size=100)
         )
         for b in reply.bundles:
-            if b.bundle_id == bundle_id:
+            if b.bundle_id == bundle_id and b.segment == segment:
                 return b
         token = reply.next_page_token
         if not token:
@@ -121,6 +121,7 @@ async def test_a_bundle_counts_once_per_page_however_many_events_it_draws(profil
     user = f"counts-{uuid.uuid4().hex[:8]}"
     bundle = f"b-{user}"
     pages = [exposure_page(user, anonymous=True, bundles=[(bundle, ["i-1", "i-2"], [1.0, 2.0])]) for _ in range(3)]
+    pages[0].segment = pages[2].segment = "Kitchen > Coffee"
     await stub(profile).RecordExposures(exposures_pb2.RecordExposuresRequest(exposures=pages))
     first, second = pages[0].recommendation_id, pages[1].recommendation_id
     for sent in [
@@ -135,6 +136,8 @@ async def test_a_bundle_counts_once_per_page_however_many_events_it_draws(profil
 
     counts = await bundle_counts(profile, bundle)
     assert (counts.shown, counts.engaged, counts.purchased) == (3, 2, 1)
+    coffee = await bundle_counts(profile, bundle, "Kitchen > Coffee")  # the pages about coffee: the first
+    assert (coffee.shown, coffee.engaged, coffee.purchased) == (2, 1, 1)
 
 
 async def test_a_user_without_consent_is_kept_unlinked(profile: ProfileServer) -> None:

@@ -72,6 +72,7 @@ async def test_a_page_and_the_click_it_drew_reach_the_exposure_log(shop: Running
     found = await logged(shop, page.recommendation_id)
     assert found is not None
     assert (found.variant, found.variant_share, found.placement) == ("default", 1.0, "product_page")
+    assert found.segment == " > ".join(suite.items[anchor][0].split(" > ")[:2])  # what the page was about
     assert found.requester and found.requester != user and found.personalized
     assert [(b.bundle_id, list(b.item_ids), b.kind) for b in found.bundles] == [
         (b.bundle_id, [i.item_id for i in b.items], b.kind) for b in page.bundles

@@ -52,6 +52,7 @@ def exposure_from_pb(field: str, pb: exposures_pb2.Exposure) -> Exposure:
         raise InvalidArgument(f"{field}.placement", f"must be one of {', '.join(PLACEMENTS)}")
     if not pb.HasField("served_at"):
         raise InvalidArgument(f"{field}.served_at", "is required")
+    validation.text(f"{field}.segment", pb.segment, max_length=128)
     if len(pb.bundles) > MAX_BUNDLES:
         raise InvalidArgument(f"{field}.bundles", f"has {len(pb.bundles)} bundles; at most {MAX_BUNDLES}")
     return Exposure(
@@ -66,6 +67,7 @@ def exposure_from_pb(field: str, pb: exposures_pb2.Exposure) -> Exposure:
         bundles=tuple(bundle_from_pb(f"{field}.bundles[{n}]", b) for n, b in enumerate(pb.bundles)),
         personalized=pb.personalized,
         degraded=pb.degraded,
+        segment=pb.segment,
     )
 
 
@@ -96,6 +98,7 @@ def page_pb(p: ExposedPage) -> exposures_pb2.ExposedPage:
         ],
         personalized=p.personalized,
         degraded=p.degraded,
+        segment=p.segment,
     )
 
 
@@ -129,7 +132,7 @@ class ExposureServicer(exposures_pb2_grpc.ExposureServiceServicer):
         return exposures_pb2.ListBundleOutcomesResponse(
             bundles=[
                 exposures_pb2.BundleOutcome(
-                    bundle_id=b.bundle_id, shown=b.shown, engaged=b.engaged, purchased=b.purchased
+                    bundle_id=b.bundle_id, segment=b.segment, shown=b.shown, engaged=b.engaged, purchased=b.purchased
                 )
                 for b in found
             ],

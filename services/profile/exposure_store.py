@@ -76,18 +76,19 @@ async def record(conn: AsyncConnection, exposures: Sequence[Exposure], secret: b
                 "personalized": e.personalized,
                 "degraded": e.degraded,
                 "served_at_us": e.served_at_us,
+                "segment": e.segment,
                 "bundles": [b.row() for b in e.bundles],
             }
         )
     inserted = await db.insert_rows(conn, exposures_t, rows, key=["recommendation_id"], returning="recommendation_id")
     new = [unique[r] for r in sorted(inserted)]
-    counts: Counter[tuple[str, str]] = Counter()
+    counts: Counter[tuple[str, str, str]] = Counter()
     stored = await _raw_outcomes(conn, [e.recommendation_id for e in new])
     attributed: list[Attributed] = []
     for e in new:
-        counts.update((bundle_id, SHOWN) for bundle_id in shown_bundles(e.bundles))
+        counts.update(per_segment({(bundle_id, SHOWN) for bundle_id in shown_bundles(e.bundles)}, e.segment))
         drawn = _attributed(e.bundles, e.served_at_us, stored.get(e.recommendation_id, []), rules)
-        counts.update(credited(e.bundles, drawn))
+        counts.update(per_segment(credited(e.bundles, drawn), e.segment))
         attributed += [(e.variant, e.placement, o) for o in drawn]
     await _add(conn, counts)
     linked_rows = sum(1 for row in rows if row["recommendation_id"] in inserted and row["requester"])
@@ -113,7 +114,7 @@ async def keep_outcomes(conn: AsyncConnection, events: Sequence[Event], rules: E
         for e in events
     ]
     await conn.execute(insert(outcomes_t), rows)
-    counts: Counter[tuple[str, str]] = Counter()
+    counts: Counter[tuple[str, str, str]] = Counter()
     attributed: list[Attributed] = []
     for page in await conn.execute(select(exposures_t).where(exposures_t.c.recommendation_id.in_(ids))):
         bundles = [ExposedBundle.of_row(b) for b in page.bundles]
@@ -124,7 +125,7 @@ async def keep_outcomes(conn: AsyncConnection, events: Sequence[Event], rules: E
             if e.recommendation_id == page.recommendation_id
         ]
         drawn = _attributed(bundles, page.served_at_us, new, rules)
-        counts.update(credited(bundles, old + drawn) - credited(bundles, old))
+        counts.update(per_segment(credited(bundles, old + drawn) - credited(bundles, old), page.segment))
         attributed += [(page.variant, page.placement, o) for o in drawn]
     await _add(conn, counts)
     return attributed
@@ -156,7 +157,7 @@ async def pages(
         out.append(
             ExposedPage(
                 r.recommendation_id, r.requester, r.variant, r.variant_share, r.model_version, r.placement,
-                r.served_at_us, bundles, outcomes, r.personalized, r.degraded, r.seq,
+                r.served_at_us, bundles, outcomes, r.personalized, r.degraded, r.seq, r.segment,
             )
         )  # fmt: skip
     return out, (rows[-1].seq if more else None)
@@ -177,12 +178,19 @@ async def bundle_outcomes(conn: AsyncConnection, *, after: str, limit: int) -> t
     )
     more = len(ids) > limit
     ids = ids[:limit]
-    counts: dict[str, dict[str, int]] = {i: {} for i in ids}
+    counts: dict[tuple[str, str], dict[str, int]] = {}
     if ids:
-        query = select(bundle_outcomes_t).where(bundle_outcomes_t.c.bundle_id.in_(ids))
+        query = (
+            select(bundle_outcomes_t)
+            .where(bundle_outcomes_t.c.bundle_id.in_(ids))
+            .order_by(bundle_outcomes_t.c.bundle_id, bundle_outcomes_t.c.segment)
+        )
         for row in await conn.execute(query):
-            counts[row.bundle_id][row.measure] = row.count
-    found = [BundleOutcome(i, c.get("shown", 0), c.get("engaged", 0), c.get("purchased", 0)) for i, c in counts.items()]
+            counts.setdefault((row.bundle_id, row.segment), {})[row.measure] = row.count
+    found = [
+        BundleOutcome(b, s, c.get("shown", 0), c.get("engaged", 0), c.get("purchased", 0))
+        for (b, s), c in counts.items()
+    ]
     return found, (ids[-1] if more else None)
 
 
@@ -234,7 +242,13 @@ def _attributed(
     return [o for o in found if o is not None]
 
 
-async def _add(conn: AsyncConnection, counts: Counter[tuple[str, str]]) -> None:
+def per_segment(earned: set[tuple[str, str]], segment: str) -> list[tuple[str, str, str]]:
+    """Each (bundle, measure) counted for all the bundle's pages ("") and for the page's segment."""
+    return [(b, s, m) for b, m in sorted(earned) for s in dict.fromkeys(("", segment))]
+
+
+async def _add(conn: AsyncConnection, counts: Counter[tuple[str, str, str]]) -> None:
     if counts:
-        rows = [{"bundle_id": b, "measure": m, "count": n} for (b, m), n in sorted(counts.items())]
-        await db.insert_rows(conn, bundle_outcomes_t, rows, key=["bundle_id", "measure"], add_to="count")
+        rows = [{"bundle_id": b, "segment": s, "measure": m, "count": n} for (b, s, m), n in sorted(counts.items())]
+        key = ["bundle_id", "segment", "measure"]
+        await db.insert_rows(conn, bundle_outcomes_t, rows, key=key, add_to="count")

@@ -64,6 +64,7 @@ class Exposure:
     bundles: tuple[ExposedBundle, ...]
     personalized: bool = False
     degraded: bool = False
+    segment: str = ""  # what the page was about: its per-segment counts (exploration)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class ExposedPage:
     personalized: bool
     degraded: bool
     seq: int = 0  # its place in the log (the listing's page token)
+    segment: str = ""
 
     def size(self) -> int:
         """About how many bytes its message takes."""
@@ -110,6 +112,7 @@ class RawOutcome:
 @dataclass(frozen=True, slots=True)
 class BundleOutcome:
     bundle_id: str
+    segment: str  # "": all the bundle's pages
     shown: int
     engaged: int
     purchased: int
@@ -144,7 +147,8 @@ def _revenue(raw: RawOutcome, price: float) -> float:
 
 def credited(bundles: Sequence[ExposedBundle], outcomes: Iterable[Outcome]) -> set[tuple[str, str]]:
     """(catalogue bundle id, measure) pairs these outcomes earn a page: each bundle is engaged or
-    purchased at most once per page, however many events it drew."""
+    purchased at most once per page, however many events it drew (counted for all its pages and
+    for the page's segment: exposure_store.per_segment)."""
     at = {b.position: b.bundle_id for b in bundles if b.bundle_id}
     earned: set[tuple[str, str]] = set()
     for outcome in outcomes:

@@ -133,6 +133,7 @@ class ExposureRow(Base):
     personalized: Mapped[bool] = mapped_column(Boolean)
     degraded: Mapped[bool] = mapped_column(Boolean)
     served_at_us: Mapped[int] = mapped_column(BigInteger, index=True)
+    segment: Mapped[str] = mapped_column(String(128))  # what the page was about (exposures.py)
     # [[position, bundle_id, [item ids], [item prices], kind], ...]
     bundles: Mapped[list[list[object]]] = mapped_column(JSON)
 
@@ -152,11 +153,13 @@ class OutcomeRow(Base):
 
 
 class BundleOutcomeRow(Base):
-    """Anonymous counts per catalogue bundle: pages that showed it ("shown") and pages where it
-    was engaged with or bought, what exploration samples from (no user or page column)."""
+    """Anonymous counts per catalogue bundle and page segment ("": all its pages): pages that showed
+    it ("shown") and pages where it was engaged with or bought, what exploration samples from (no
+    user or page column)."""
 
     __tablename__ = "profile_bundle_outcomes"
 
     bundle_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    segment: Mapped[str] = mapped_column(String(128), primary_key=True)
     measure: Mapped[str] = mapped_column(String(16), primary_key=True)  # shown, engaged, purchased
     count: Mapped[int] = mapped_column(BigInteger)

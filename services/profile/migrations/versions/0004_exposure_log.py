@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("personalized", sa.Boolean(), nullable=False),
         sa.Column("degraded", sa.Boolean(), nullable=False),
         sa.Column("served_at_us", sa.BigInteger(), nullable=False),
+        sa.Column("segment", sa.String(length=128), nullable=False),
         sa.Column("bundles", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_profile_exposures")),
         sa.UniqueConstraint("recommendation_id", name=op.f("uq_profile_exposures_recommendation_id")),
@@ -53,9 +54,10 @@ def upgrade() -> None:
     op.create_table(
         "profile_bundle_outcomes",
         sa.Column("bundle_id", sa.String(length=256), nullable=False),
+        sa.Column("segment", sa.String(length=128), nullable=False),
         sa.Column("measure", sa.String(length=16), nullable=False),
         sa.Column("count", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("bundle_id", "measure", name=op.f("pk_profile_bundle_outcomes")),
+        sa.PrimaryKeyConstraint("bundle_id", "segment", "measure", name=op.f("pk_profile_bundle_outcomes")),
     )
 
 
