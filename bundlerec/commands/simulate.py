@@ -52,16 +52,32 @@ def _item(pb: common_pb2.Item) -> ShownItem:
     return ShownItem(pb.item_id, pb.category, pb.brand, pb.price)
 
 
+RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
 class GatewayShop:
-    """The simulator's shop (simulator.ShopPort): the gateway's public API."""
+    """The simulator's shop (simulator.ShopPort): the gateway's public API. A call the gateway
+    could not serve (UNAVAILABLE, DEADLINE_EXCEEDED) is retried twice, as a shop's client would
+    (event and impression ids make a retried Track safe); `retries` counts them."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.stub = gateway_pb2_grpc.RecommendationServiceStub(channel)
+        self.retries = 0
+
+    async def _call(self, method, request):  # type: ignore[no-untyped-def]
+        for attempt in range(3):
+            try:
+                return await method(request, timeout=TIMEOUT_S)
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRIED or attempt == 2:
+                    raise
+                self.retries += 1
+                await asyncio.sleep(0.5 * 2**attempt)
 
     async def recommend(self, user_id: str, placement: str, anchor: str, page_size: int) -> ShownPage:
         context = gateway_pb2.RecommendContext(placement=PLACEMENTS[placement], anchor_item_id=anchor)
         request = gateway_pb2.RecommendRequest(user_id=user_id, context=context, page_size=page_size)
-        reply = await self.stub.Recommend(request, timeout=TIMEOUT_S)
+        reply = await self._call(self.stub.Recommend, request)
         bundles = tuple(
             ShownBundle(b.bundle_id, tuple(_item(i) for i in b.items), KINDS.get(b.kind, "curated"))
             for b in reply.bundles
@@ -70,7 +86,7 @@ class GatewayShop:
 
     async def search(self, user_id: str, query: str, page_size: int) -> list[ShownItem]:
         request = gateway_pb2.SearchRequest(user_id=user_id, query=query, page_size=page_size)
-        reply = await self.stub.Search(request, timeout=TIMEOUT_S)
+        reply = await self._call(self.stub.Search, request)
         return [_item(r.item) for r in reply.results]
 
     async def track(self, actions: Sequence[Action], impressions: Sequence[tuple[str, str, ShownBundle, int]]) -> None:
@@ -103,7 +119,7 @@ class GatewayShop:
                 for user, rec, bundle, position in impressions
             ],
         )
-        await self.stub.Track(request, timeout=TIMEOUT_S)
+        await self._call(self.stub.Track, request)
 
 
 def add_simulate_options(parser: argparse.ArgumentParser) -> None:
@@ -156,6 +172,10 @@ async def _run(address: str, security: ChannelSecurity, settings: SimulationSett
             await asyncio.wait_for(channel.channel_ready(), TIMEOUT_S)
         except TimeoutError:
             raise SystemExit(f"bundlerec simulate: nothing answers at {address} (is the gateway running?)") from None
-        return await simulate(GatewayShop(channel), settings)
+        shop = GatewayShop(channel)
+        result = await simulate(shop, settings)
+        if shop.retries:
+            print(f"{shop.retries} calls retried (the gateway answered UNAVAILABLE or late)", file=sys.stderr)
+        return result
     finally:
         await channel.close()
