@@ -163,7 +163,7 @@ async def test_explored_bundles_are_marked_and_the_rules_still_apply(shop: Runni
                 seen += 1
                 assert n > 0 and bundle.bundle_id and bundle.explanation.startswith("new")
                 assert any(a.rule == "exploration" and a.target.id == bundle.bundle_id for a in page.trace.rule_actions)
-    assert seen >= 20  # half of each page's ten positions
+    assert seen >= 10  # half of each page's ten positions are explored; the rules remove some
 
 
 async def test_the_counts_come_from_the_exposure_log_whichever_replica_reads_them(shop: Running) -> None:
