@@ -8,8 +8,8 @@ import grpc
 
 from bundlerec.gateway.exploration import BundleCounts
 from bundlerec.gateway.exposures import PageRecord, RecordRefused
-from bundlerec.gateway.servicer import KINDS_PB
 from bundlerec.v1 import exposures_pb2, exposures_pb2_grpc
+from bundlerec.v1_events import BUNDLE_KINDS_PB
 
 
 def exposure_pb(page: PageRecord) -> exposures_pb2.Exposure:
@@ -27,7 +27,7 @@ def exposure_pb(page: PageRecord) -> exposures_pb2.Exposure:
                 bundle_id=b.bundle_id,
                 item_ids=b.item_ids,
                 item_prices=b.item_prices,
-                kind=KINDS_PB[b.kind],
+                kind=BUNDLE_KINDS_PB[b.kind],
             )
             for b in page.bundles
         ],

@@ -21,6 +21,7 @@ from bundlerec.gateway.rules import BLOCKLIST_ENTRIES, MAX_OVERRIDE_ENTRIES, Rul
 from bundlerec.gateway.search import SearchQuery, search
 from bundlerec.runtime.tracing import bind_recommendation
 from bundlerec.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from bundlerec.v1_events import BUNDLE_KINDS_PB
 
 MAX_PAGE = 50
 CALLER_MARGIN_SECONDS = 0.002
@@ -140,12 +141,6 @@ FALLBACKS_PB = {
     "candidate_order": gateway_pb2.FALLBACK_CANDIDATE_ORDER,
     "text_order": gateway_pb2.FALLBACK_TEXT_ORDER,
 }
-KINDS_PB = {
-    "curated": common_pb2.BUNDLE_KIND_CURATED,
-    "built": common_pb2.BUNDLE_KIND_BUILT,
-    "featured": common_pb2.BUNDLE_KIND_FEATURED,
-    "explored": common_pb2.BUNDLE_KIND_EXPLORED,
-}
 ACTIONS_PB = {
     "removed": gateway_pb2.RULE_ACTION_KIND_REMOVED,
     "moved_down": gateway_pb2.RULE_ACTION_KIND_MOVED_DOWN,
@@ -205,7 +200,7 @@ def recommendation_pb(r: Recommendation) -> gateway_pb2.RecommendResponse:
                 total_price=b.total_price,
                 generated=b.generated,
                 sources=cast(list[gateway_pb2.BundleSource], sorted(s.value for s in b.sources)),
-                kind=KINDS_PB[b.kind],
+                kind=BUNDLE_KINDS_PB[b.kind],
             )
             for b in r.bundles
         ],

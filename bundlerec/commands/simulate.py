@@ -31,6 +31,7 @@ from bundlerec.online.simulator import (
 )
 from bundlerec.runtime.tls import ChannelSecurity, open_channel
 from bundlerec.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from bundlerec.v1_events import BUNDLE_KINDS
 
 TIMEOUT_S = 10.0
 PLACEMENTS = {"home": gateway_pb2.PLACEMENT_HOME, "product_page": gateway_pb2.PLACEMENT_PRODUCT_PAGE}
@@ -39,12 +40,6 @@ EVENT_TYPES = {
     "click": common_pb2.EVENT_TYPE_CLICK,
     "add_to_cart": common_pb2.EVENT_TYPE_ADD_TO_CART,
     "purchase": common_pb2.EVENT_TYPE_PURCHASE,
-}
-KINDS = {
-    common_pb2.BUNDLE_KIND_CURATED: "curated",
-    common_pb2.BUNDLE_KIND_BUILT: "built",
-    common_pb2.BUNDLE_KIND_FEATURED: "featured",
-    common_pb2.BUNDLE_KIND_EXPLORED: "explored",
 }
 
 
@@ -79,7 +74,7 @@ class GatewayShop:
         request = gateway_pb2.RecommendRequest(user_id=user_id, context=context, page_size=page_size)
         reply = await self._call(self.stub.Recommend, request)
         bundles = tuple(
-            ShownBundle(b.bundle_id, tuple(_item(i) for i in b.items), KINDS.get(b.kind, "curated"))
+            ShownBundle(b.bundle_id, tuple(_item(i) for i in b.items), BUNDLE_KINDS.get(b.kind, "curated"))
             for b in reply.bundles
         )
         return ShownPage(reply.recommendation_id, reply.experiment_variant, bundles)

@@ -7,20 +7,11 @@ import math
 from bundlerec import validation
 from bundlerec.errors import InvalidArgument
 from bundlerec.profile.exposure_service import ExposureLog
-from bundlerec.profile.exposures import KINDS, MAX_BUNDLES, PLACEMENTS, ExposedBundle, ExposedPage, Exposure
+from bundlerec.profile.exposures import MAX_BUNDLES, PLACEMENTS, ExposedBundle, ExposedPage, Exposure
 from bundlerec.profile.servicer import timestamp_us
 from bundlerec.profile.wire import timestamp_pb
-from bundlerec.v1 import common_pb2, exposures_pb2, exposures_pb2_grpc
-from bundlerec.v1_events import EVENT_TYPES_PB
-
-KINDS_PB = {
-    common_pb2.BUNDLE_KIND_CURATED: "curated",
-    common_pb2.BUNDLE_KIND_BUILT: "built",
-    common_pb2.BUNDLE_KIND_FEATURED: "featured",
-    common_pb2.BUNDLE_KIND_EXPLORED: "explored",
-}
-KIND_OF = {v: k for k, v in KINDS_PB.items()}
-assert set(KIND_OF) == set(KINDS)
+from bundlerec.v1 import exposures_pb2, exposures_pb2_grpc
+from bundlerec.v1_events import BUNDLE_KINDS, BUNDLE_KINDS_PB, EVENT_TYPES_PB
 
 
 def bundle_from_pb(field: str, pb: exposures_pb2.ExposedBundle) -> ExposedBundle:
@@ -35,7 +26,7 @@ def bundle_from_pb(field: str, pb: exposures_pb2.ExposedBundle) -> ExposedBundle
     for n, price in enumerate(pb.item_prices):
         if not math.isfinite(price) or price < 0:
             raise InvalidArgument(f"{field}.item_prices[{n}]", "must be a finite number, not negative")
-    kind = KINDS_PB.get(pb.kind)
+    kind = BUNDLE_KINDS.get(pb.kind)
     if kind is None:
         raise InvalidArgument(f"{field}.kind", "must be curated, built, featured or explored")
     return ExposedBundle(pb.position, pb.bundle_id, tuple(items), tuple(pb.item_prices), kind)
@@ -73,7 +64,11 @@ def exposure_from_pb(field: str, pb: exposures_pb2.Exposure) -> Exposure:
 
 def bundle_pb(b: ExposedBundle) -> exposures_pb2.ExposedBundle:
     return exposures_pb2.ExposedBundle(
-        position=b.position, bundle_id=b.bundle_id, item_ids=b.item_ids, item_prices=b.item_prices, kind=KIND_OF[b.kind]
+        position=b.position,
+        bundle_id=b.bundle_id,
+        item_ids=b.item_ids,
+        item_prices=b.item_prices,
+        kind=BUNDLE_KINDS_PB[b.kind],
     )
 
 

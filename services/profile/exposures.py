@@ -27,7 +27,6 @@ from bundlerec.events import EventType, TargetType
 
 OUTCOME_TYPES = (EventType.CLICK, EventType.ADD_TO_CART, EventType.PURCHASE)
 ENGAGED, PURCHASED, SHOWN = "engaged", "purchased", "shown"  # the per-bundle measures exploration reads
-KINDS = ("curated", "built", "featured", "explored")
 PLACEMENTS = ("unspecified", "home", "product_page", "cart", "checkout", "email")
 MAX_BUNDLES = 50  # a page's, and a bundle's items
 
@@ -38,7 +37,7 @@ class ExposedBundle:
     bundle_id: str  # "" for a bundle built for the request
     item_ids: tuple[str, ...]
     item_prices: tuple[float, ...]  # one per item, 0.0 when unknown
-    kind: str  # one of KINDS
+    kind: str  # curated, built (for the request), featured (a promotion), explored
 
     def row(self) -> list[object]:
         return [self.position, self.bundle_id, list(self.item_ids), list(self.item_prices), self.kind]
