@@ -183,12 +183,14 @@ class CandidateService(CatalogueReads):
                 return True
 
     async def _swap(self, index: CatalogueIndex, counters: Counters) -> None:
-        """Under the write lock: the new index replaces the current one, and applies every feed
-        entry after its snapshot's (`counters`, read before the snapshot: re-applying one it holds
-        is harmless)."""
-        self.index, self._instance = index, counters.instance
+        """Under the write lock: the new index applies every feed entry after its snapshot's
+        (`counters`, read before the snapshot: re-applying one it holds is harmless), then replaces
+        the current one, so a reader never sees it behind the one it replaces (the catch-up awaits
+        the store: a reader in between would miss writes the current index already serves)."""
+        self._instance = counters.instance
         self._sequence, self._own, self._pending, self._rebuild_pending = counters.sequence, set(), set(), False
-        await self._catch_up()  # (re-reads this replica's statistics committed since, so none is added twice)
+        await self._catch_up(index)  # (re-reads this replica's statistics committed since, so none is added twice)
+        self.index = index
         await self._save_if_current()
 
     async def close(self) -> None:
@@ -218,10 +220,11 @@ class CandidateService(CatalogueReads):
         self._compact_if_needed()
         return True
 
-    async def _catch_up(self) -> feed.FeedEntries | None:
+    async def _catch_up(self, target: CatalogueIndex | None = None) -> feed.FeedEntries | None:
         """Under the write lock: the feed entries after the index's position (but this replica's
-        own), applied by reading the changed rows' current state, so applying an entry twice is
-        harmless; an import, or entries trimmed away, rebuild the index in the background."""
+        own), applied to `target` (by default the index serving) by reading the changed rows'
+        current state, so applying an entry twice is harmless; an import, or entries trimmed away,
+        rebuild the index in the background."""
         entries = await feed.entries_after(self.store.engine, self._sequence, self._own | self._pending)
         if entries is None:
             return None
@@ -243,7 +246,7 @@ class CandidateService(CatalogueReads):
         counted = await stats_store.counts_of(self.store.engine, counted_items, counted_bundles)
 
         def update_index(_: object) -> None:
-            index = self.index
+            index = target if target is not None else self.index
             for item_id in entries.items:
                 if item_id in items:
                     index.upsert_item(items[item_id].item, items[item_id].text_vector)  # type: ignore[arg-type]
