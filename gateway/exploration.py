@@ -185,10 +185,14 @@ class Explorer:
     def _explorable(self, bundle_id: str) -> bool:
         return self.state.counts(bundle_id).shown < self.settings.max_exposures
 
+    @property
+    def _prior(self) -> float:
+        return min(max(self.state.prior, 0.01), 0.99)
+
     def _posterior(self, bundle_id: str, segment: str) -> tuple[float, float]:
         """The Beta posterior of a bundle's engagement rate on the segment's pages: the optimistic
         prior, updated by all the bundle's pages, is in turn the prior of the segment's."""
-        strength, prior = self.settings.prior_pages, min(max(self.state.prior, 0.01), 0.99)
+        strength, prior = self.settings.prior_pages, self._prior
         overall = self.state.counts(bundle_id)
         alpha, beta = (
             strength * prior + overall.engaged,
@@ -201,7 +205,7 @@ class Explorer:
 
     def _mean(self, bundle: Scored, segment: str) -> float:
         if not bundle.bundle_id:
-            return min(max(self.state.prior, 0.01), 0.99)
+            return self._prior
         alpha, beta = self._posterior(bundle.bundle_id, segment)
         return alpha / (alpha + beta)
 

@@ -137,7 +137,7 @@ def choose_control(variants: Iterable[str], shares: Mapping[str, float], asked: 
         return asked
     if "control" in names:
         return "control"
-    return max(names, key=lambda v: (shares.get(v, 0.0), [-ord(c) for c in v]))
+    return min(names, key=lambda v: (-shares.get(v, 0.0), v))  # the largest share; a tie: the first name
 
 
 def report(pages: Sequence[Page], control: str = "") -> dict[str, Any]:

@@ -10,7 +10,7 @@ from bundlerec import validation
 from bundlerec.errors import InvalidArgument
 from bundlerec.profile.exposure_store import Recorded
 from bundlerec.profile.exposures import BundleOutcome, ExposedPage, Exposure
-from bundlerec.profile.service import US_PER_SECOND, now_us
+from bundlerec.profile.service import US_PER_SECOND, now_us, page_position, time_range
 from bundlerec.profile.settings import ProfileSettings
 from bundlerec.profile.store import ProfileStore
 
@@ -42,14 +42,13 @@ class ExposureLog:
         if window_seconds < 0 or window_seconds > 90 * 86_400:
             raise InvalidArgument("attribution_window_seconds", "must be 0 (the setting) to 90 days")
         window = window_seconds or self.settings.attribution_window_seconds
-        since, until = since_us or 0, now_us() if until_us is None else until_us
-        if until <= since:
-            raise InvalidArgument("until", "must be after since")
-        position = validation.page_token("page_token", page_token, PAGES_TOKEN)
-        if position and not position.isdigit():
-            raise InvalidArgument("page_token", "is not a token this service issued")
+        since, until = time_range(since_us, until_us)
         found, last = await self.store.exposed_pages(
-            since_us=since, until_us=until, after_seq=int(position or 0), limit=size, window_us=window * US_PER_SECOND
+            since_us=since,
+            until_us=until,
+            after_seq=page_position(PAGES_TOKEN, page_token),
+            limit=size,
+            window_us=window * US_PER_SECOND,
         )
         total = 0
         for n, page in enumerate(found):  # a reply stays well under gRPC's 4 MB message limit

@@ -8,7 +8,7 @@ first: a page credits the outcomes already stored for it, an outcome the page al
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Table, delete, insert, select
@@ -31,12 +31,11 @@ from bundlerec.profile.exposures import (
     shown_bundles,
 )
 from bundlerec.profile.model import Event
-from bundlerec.profile.schema import BundleOutcomeRow, ExposureRow, OutcomeRow, UserRow
+from bundlerec.profile.schema import BundleOutcomeRow, ExposureRow, OutcomeRow
 
 exposures_t: Table = ExposureRow.__table__  # type: ignore[assignment]
 outcomes_t: Table = OutcomeRow.__table__  # type: ignore[assignment]
 bundle_outcomes_t: Table = BundleOutcomeRow.__table__  # type: ignore[assignment]
-users_t: Table = UserRow.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +58,18 @@ class Recorded:
     attributed: list[Attributed]  # outcomes stored earlier that the new pages drew
 
 
-async def record(conn: AsyncConnection, exposures: Sequence[Exposure], secret: bytes, rules: ExposureRules) -> Recorded:
+async def record(
+    conn: AsyncConnection,
+    exposures: Sequence[Exposure],
+    secret: bytes,
+    rules: ExposureRules,
+    consent: Callable[[list[str]], Awaitable[dict[str, bool]]],
+) -> Recorded:
+    """`consent(user ids)`: their stored personalization consent, read FOR SHARE so a concurrent
+    withdrawal waits for this batch and then erases it (as events are recorded)."""
     unique = {e.recommendation_id: e for e in exposures}
-    linkable = await _linkable(conn, [e.requester_id for e in unique.values() if not e.anonymous and e.requester_id])
+    users = sorted({e.requester_id for e in unique.values() if not e.anonymous and e.requester_id})
+    linkable = {u for u, allowed in (await consent(users) if users else {}).items() if allowed}
     rows = []
     for e in sorted(unique.values(), key=lambda e: e.recommendation_id):
         linked = e.requester_id and (e.anonymous or e.requester_id in linkable)
@@ -207,20 +215,6 @@ async def trim(conn: AsyncConnection, before_us: int) -> None:
     """Pages served, and outcomes that happened, before `before_us` go."""
     await conn.execute(delete(exposures_t).where(exposures_t.c.served_at_us < before_us))
     await conn.execute(delete(outcomes_t).where(outcomes_t.c.occurred_at_us < before_us))
-
-
-async def _linkable(conn: AsyncConnection, user_ids: list[str]) -> set[str]:
-    """Users whose stored consent allows personalization; FOR SHARE, so a concurrent withdrawal
-    waits for this batch and then erases it (as events are recorded)."""
-    if not user_ids:
-        return set()
-    query = (
-        select(users_t.c.user_id)
-        .where(users_t.c.user_id.in_(sorted(set(user_ids))), users_t.c.personalization.is_(True))
-        .order_by(users_t.c.user_id)
-        .with_for_update(read=True)
-    )
-    return set((await conn.execute(query)).scalars())
 
 
 async def _raw_outcomes(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, list[RawOutcome]]:

@@ -64,7 +64,18 @@ def _encode_token(kind: str, value: int) -> str:
     return validation.encode_page_token(kind, value)
 
 
-def _decode_token(kind: str, token: str) -> int:
+def time_range(since_us: int | None, until_us: int | None) -> tuple[int, int]:
+    """[since, until) of a listing: from the oldest row kept, until now, when unset."""
+    since, until = since_us or 0, now_us() if until_us is None else until_us
+    if until <= since and until_us is None:
+        raise InvalidArgument("since", "is not in the past")
+    if until <= since:
+        raise InvalidArgument("until", "must be after since")
+    return since, until
+
+
+def page_position(kind: str, token: str) -> int:
+    """The position a page token of `kind` holds (0 for none); INVALID_ARGUMENT for anything else."""
     position = validation.page_token("page_token", token, kind)
     if not position:
         return 0
@@ -150,7 +161,7 @@ class ProfileService:
     async def export_user(self, user_id: str, page_size: int, page_token: str) -> ExportPage:
         validation.identifier("user_id", user_id)
         size = validation.page_size("page_size", page_size, default=500, maximum=5000)
-        after_id = _decode_token("export", page_token)
+        after_id = page_position("export", page_token)
         consent, rows = await self.store.export_events(user_id, after_id=after_id, limit=size + 1)
         if consent is None and not rows and not page_token:
             raise NotFound("nothing is stored about this user")  # no id: messages reach logs and traces
@@ -166,7 +177,7 @@ class ProfileService:
             raise InvalidArgument("target_type", "is required (item or bundle)")
         days = validation.page_size("window_days", window_days, default=30, maximum=365)
         size = validation.page_size("page_size", page_size, default=100, maximum=1000)
-        offset = _decode_token("popular", page_token)
+        offset = page_position("popular", page_token)
         today = now_us() // US_PER_DAY
         rows = await self.store.popularity_by_day(target_type, since_day=today - days + 1)
         scores: dict[str, float] = defaultdict(float)
@@ -186,12 +197,8 @@ class ProfileService:
         if len(key) < 16:
             raise InvalidArgument("pseudonym_key", "must be at least 16 characters (a fresh random key per export)")
         size = validation.page_size("page_size", page_size, default=1000, maximum=10_000)
-        after_id = _decode_token("training", page_token)
-        since, until = since_us or 0, now_us() if until_us is None else until_us
-        if until <= since and until_us is None:
-            raise InvalidArgument("since", "is not in the past")
-        if until <= since:
-            raise InvalidArgument("until", "must be after since")
+        after_id = page_position("training", page_token)
+        since, until = time_range(since_us, until_us)
         events, last = await self.store.training_events(
             since_us=since,
             until_us=until,

@@ -6,6 +6,7 @@ and fetches rows, each public method in one transaction committed before it retu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import time
@@ -356,7 +357,8 @@ class SqlProfileStore(BulkReads):
     @metrics.timed("record_exposures")
     async def record_exposures(self, exposures: Sequence[Exposure]) -> exposure_store.Recorded:
         async def work(conn: AsyncConnection) -> exposure_store.Recorded:
-            return await exposure_store.record(conn, exposures, self._secret, self.exposures)
+            consent = functools.partial(self._personalization_of, conn)
+            return await exposure_store.record(conn, exposures, self._secret, self.exposures, consent)
 
         recorded = await db.in_transaction(self.engine, work)
         metrics.count_attributed(recorded.attributed)
