@@ -4,17 +4,20 @@ from shoppers' behaviour instead of waiting for a model that has never seen it.
 
 - Who may be explored: the page's own candidates (retrieved for this shopper, filtered by the
   same rules and consent as every other), catalogue bundles only, shown on fewer than
-  `max_exposures` pages, and not already on the page by their score.
+  `max_exposures` pages, below the page's lead: one off the page, or one already on it by its
+  score, whose draw may lift it (a launch retrieval already finds, low on its segment's pages,
+  climbs there once they engage with it).
 - How one is chosen: among the `pool` × page size most relevant of them (relevance: the rank among
   the candidates by the ranker's order or by retrieval's, whichever is better: a model knows
   nothing of a bundle launched after it was trained, retrieval knows its text), each one's
   engagement rate (pages where it was clicked, added or bought, over pages that showed it) is drawn
   from its Beta posterior; the prior is optimistic (BanditState.prior, worth `prior_pages` pages),
   the draw is weighed by the relevance, and the best draws take the slots.
-- Where it goes: above every bundle of the page whose estimated rate (posterior mean) its draw
-  beats, but never first (nor above a product page's bundles of its item): the page's lead is the
-  ranker's. A bundle that draws well climbs the page; one that does not stays low until it leaves
-  exploration, after `max_exposures` pages.
+- Where it goes: above the first bundle of the page whose estimated rate (posterior mean; an
+  explored one's draw) its draw beats, but never first (nor above a product page's bundles of its
+  item): the page's lead is the ranker's. A bundle that draws well climbs the page; one that does
+  not stays low until it leaves exploration, after `max_exposures` pages. The page's diversity
+  preference does not move it again (rules/page.py); the hard rules still judge it.
 - How many slots: `share` × page size per page, the fraction drawn (0.1 on a page of 10: one slot;
   of 5: one slot on half the pages). Per placement and per experiment variant (settings.py).
 
@@ -146,7 +149,7 @@ class Explorer:
         while anchor and first < len(scored) and any(i.item_id == anchor for i in scored[first].items):
             first += 1
         slots = self._slots(page_size, share)
-        if not slots or len(scored) <= page_size:  # every candidate is on the page already
+        if not slots:
             return scored
         return self._explore(scored, page_size, slots, first, segment)
 
@@ -156,13 +159,13 @@ class Explorer:
         return whole + int(self.rng.random() < expected - whole)
 
     def _explore(self, scored: list[Scored], page_size: int, slots: int, first: int, segment: str) -> list[Scored]:
-        top = scored[:page_size]
-        # relevant by the ranker's order or by retrieval's (a new bundle's only evidence may be its text)
+        # relevant by the ranker's order or by retrieval's (a new bundle's only evidence may be its
+        # text); a rarely shown bundle already on the page takes part too: its draw may lift it
         eligible = sorted(
             (
                 (1.0 - min(rank, b.retrieval_rank) / len(scored), b)
                 for rank, b in enumerate(scored)
-                if rank >= page_size and b.bundle_id and not b.generated and self._explorable(b.bundle_id)
+                if rank >= first and b.bundle_id and not b.generated and self._explorable(b.bundle_id)
             ),
             key=lambda pair: -pair[0],
         )[: self.settings.pool * page_size]
@@ -172,14 +175,17 @@ class Explorer:
         draws = self.rng.beta([a for a, _ in posteriors], [b for _, b in posteriors])
         relevance = [r for r, _ in eligible]
         chosen = sorted(range(len(eligible)), key=lambda i: -draws[i] * relevance[i])[:slots]
-        page = list(top)
+        moved = {id(eligible[i][1]) for i in chosen}
+        page = [b for b in scored[:page_size] if id(b) not in moved]
+        drawn: dict[int, float] = {}  # the explored bundles placed so far: their draws
         for i in chosen:
             bundle, draw = eligible[i][1], float(draws[i])
-            above = sum(1 for b in page if not b.explored and self._mean(b, segment) > draw)
-            at = min(max(above, first), page_size - 1)
-            page.insert(at, _explored(bundle, page, at))
-        explored = {id(eligible[i][1]) for i in chosen}
-        rest = [b for b in scored[page_size:] if id(b) not in explored]
+            beaten = (n for n in range(first, len(page)) if drawn.get(id(page[n]), self._mean(page[n], segment)) < draw)
+            at = min(next(beaten, len(page)), page_size - 1)
+            placed = _explored(bundle, page, at)
+            page.insert(at, placed)
+            drawn[id(placed)] = draw
+        rest = [b for b in scored[page_size:] if id(b) not in moved]
         return page + rest
 
     def _explorable(self, bundle_id: str) -> bool:

@@ -235,7 +235,7 @@ class Recommender:
     ) -> Recommendation:
         """The rules and the page (page.py), each bundle with its explanation (explain.py)."""
         started = time.monotonic()
-        candidates = [PageBundle(b.bundle_id, b.items, b.score, b.generated) for b in scored]
+        candidates = [PageBundle(b.bundle_id, b.items, b.score, b.generated, b.explored) for b in scored]
         origins = {id(candidate): b for candidate, b in zip(candidates, scored, strict=True)}
         page = assemble_page(  # returns the very objects it was given, in page order
             candidates,

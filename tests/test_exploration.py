@@ -111,6 +111,20 @@ def test_what_a_segment_drew_decides_on_its_pages() -> None:
     assert sum(elsewhere[n] for n in (1, 2)) / sum(elsewhere.values()) < 0.5
 
 
+def test_a_rarely_shown_bundle_already_low_on_the_page_climbs_where_its_segment_engages() -> None:
+    counts = {f"b-{i}": BundleCounts(2000, 100) for i in range(6)}
+    counts["b-5"] = BundleCounts(60, 6)  # on the page by its score, last; shown little so far
+    coffee = {("b-5", "Kitchen > Coffee"): BundleCounts(30, 12)}  # engaged on 40 % of the coffee pages
+    lead = explorer(counts, seed=3, segments=coffee)
+    places = Counter()
+    for _ in range(300):
+        page = lead.explore(candidates(20), 6, 0.5, segment="Kitchen > Coffee")
+        assert sorted(b.bundle_id for b in page) == sorted(b.bundle_id for b in candidates(20))
+        places[next(n for n, b in enumerate(page) if b.bundle_id == "b-5")] += 1
+    assert sum(places[n] for n in (1, 2)) / 300 > 0.8  # into the top 3 (the lead stays the ranker's)
+    assert places[0] == 0
+
+
 def test_a_page_is_about_its_item_or_the_interest_the_shopper_lets_it_use() -> None:
     consenting = ConsentPolicy(SensitiveCategories(["Health"]), 50)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -257,6 +258,23 @@ def test_a_high_diversity_weight_interleaves_categories_and_records_moves() -> N
     page = assemble_page(bundles, plain(diversity_weight=0.7), page_size=4)
     assert ids(page) == ["a0", "b0", "c0", "a1"]
     assert [(a.rule, a.target_id, a.action) for a in page.actions] == [("diversity", "a1", "moved_down")]
+
+
+def test_diversity_does_not_undo_an_explored_place_and_the_hard_rules_still_judge_it() -> None:
+    bundles = [
+        bundle("a0", item("i0", "Phones > Cases"), score=1.0),
+        dataclasses.replace(bundle("a1", item("i1", "Phones > Cases"), score=0.95), explored=True),
+        bundle("b0", item("i3", "Audio > Earbuds"), score=0.5),
+        bundle("c0", item("i4", "Cameras > Lenses"), score=0.45),
+    ]
+    # placed second by exploration: it stays there, where diversity would move a plain one down
+    assert ids(assemble_page(bundles, plain(diversity_weight=0.7), page_size=3)) == ["a0", "a1", "b0"]
+    plain_a1 = [dataclasses.replace(b, explored=False) for b in bundles]
+    assert ids(assemble_page(plain_a1, plain(diversity_weight=0.7), page_size=3)) == ["a0", "b0", "c0"]
+    sharing = [bundles[0], dataclasses.replace(bundles[1], items=(item("i0", "Phones > Cases"),)), *bundles[2:]]
+    page = assemble_page(sharing, plain(diversity_weight=0.7, unique_items=True), page_size=3)
+    assert ids(page) == ["a0", "b0", "c0"]
+    assert removed(page, "unique_items") == ["a1"]
 
 
 # --- promotions --------------------------------------------------------------------------------

@@ -128,6 +128,7 @@ class PageSeen:
     shopper: int
     departments: tuple[int, ...]
     placement: str
+    topic: int  # the department the page is about: its product's, or the shopper's first favourite
     variant: str
     recommendation_id: str
     bundle_ids: tuple[str, ...]
@@ -195,7 +196,8 @@ async def _visit(
         if found:
             product = max(found, key=lambda item: (taste.item(item), -found.index(item)))
             await shop.track([Action(user, "view", product.item_id, False, product.category)], [])
-            await _answer(shop, settings, n, taste, day, rng, out, "product_page", product.item_id)
+            topic = DEPARTMENT_OF.get(product.category, -1)
+            await _answer(shop, settings, n, taste, day, rng, out, "product_page", product.item_id, topic)
 
 
 async def _answer(
@@ -208,6 +210,7 @@ async def _answer(
     out: Simulation,
     placement: str,
     anchor: str,
+    topic: int | None = None,
 ) -> bool:
     """One page and the shopper's answer to it; whether they bought."""
     user = user_id(settings.seed, n)
@@ -237,7 +240,8 @@ async def _answer(
     await shop.track(actions, impressions)
     out.pages.append(
         PageSeen(
-            day, n, taste.departments, placement, page.variant, page.recommendation_id,
+            day, n, taste.departments, placement, taste.departments[0] if topic is None else topic,
+            page.variant, page.recommendation_id,
             tuple(b.bundle_id for b in page.bundles), tuple(b.kind for b in page.bundles), clicked, bought, revenue,
         )
     )  # fmt: skip

@@ -11,7 +11,9 @@ The steps, each recording what it did as a RuleAction for the request's trace:
    pinned bundle must pass the filters too, and one that does not stays off the page.
 4. The other slots are filled greedily by maximal marginal relevance,
    `(1 - w) * relevance - w * (max similarity to the bundles already on the page)`,
-   skipping a bundle that would break unique_items, max_per_brand or max_per_category.
+   skipping a bundle that would break unique_items, max_per_brand or max_per_category. A bundle
+   exploration placed (PageBundle.explored) keeps its place against the similarity term: the
+   place is what exploration measures; the hard rules judge it as any other.
 
 Similarity of two bundles is 1 when they share an item (the same product twice is the least
 diverse page there is), else the Jaccard index of their category keys (category paths cut to
@@ -49,6 +51,7 @@ class PageBundle:
     items: tuple[PageItem, ...]
     score: float  # higher is better; comparable within one request
     generated: bool = False
+    explored: bool = False  # placed by exploration: diversity does not move it (the hard rules still apply)
 
     @property
     def item_ids(self) -> tuple[str, ...]:
@@ -320,7 +323,7 @@ class _Remaining:
         if c is None:
             return None
         keys = c.item_bits | c.category_bits
-        if self.weight and keys & self.near:  # else similarity does not count, or is 0
+        if self.weight and keys & self.near and not c.bundle.explored:  # else similarity does not count, or is 0
             for placed in self.state.chosen:
                 if keys & (placed.item_bits | placed.category_bits):
                     s = similarity(c, placed)
@@ -372,8 +375,8 @@ class _Remaining:
         shared = placed.item_bits | placed.category_bits
         self.near |= shared
         for i, keys in enumerate(self.keys):
-            if keys & shared:  # else the similarity is 0: nothing changes
-                c = self.candidates[i]
+            c = self.candidates[i]
+            if keys & shared and not c.bundle.explored:  # else the similarity is 0 or does not count
                 s = similarity(c, placed)
                 if s > c.max_similarity:
                     c.max_similarity = s
