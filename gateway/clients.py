@@ -200,6 +200,7 @@ class CandidateClient:
             bundle_limit=query.bundle_limit,
             sources=cast(list[candidate_pb2.CandidateSource], [s.value for s in query.sources]),
             user_vector=query.user_vector,
+            co_occurrence_floor=query.co_occurrence_floor,
         )
         request = head.SerializeToString() + self._filter(query.filter) + self._recent.encode(query.recent)
         try:
@@ -210,7 +211,8 @@ class CandidateClient:
                 # just published): retrieval without it
                 return await self.retrieve(dataclasses.replace(query, user_vector=()), seconds)
             raise failure(error) from None
-        return Retrieved(tuple(_found(c) for c in response.items), tuple(_found(c) for c in response.bundles))
+        bought_with = {p.item_id: (p.with_item_id, p.strength) for p in response.co_occurrences}
+        return Retrieved(tuple(map(_found, response.items)), tuple(map(_found, response.bundles)), bought_with)
 
     def _filter(self, f: CandidateFilter) -> bytes:
         encoded = self._filters.get(f)

@@ -8,6 +8,7 @@ category without that consent. The anchor of the page is the request's own conte
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from bundlerec import categories
 from bundlerec.events import EventType
@@ -15,6 +16,7 @@ from bundlerec.gateway.consent import Allowed
 from bundlerec.gateway.model import Context, PageItem, Scored
 from bundlerec.sources import Source
 
+MIN_CO_OCCURRENCE = 3.0  # the least pair strength "often bought with" claims (see settings.py)
 _VERBS = {
     EventType.VIEW: "viewed",
     EventType.CLICK: "looked at",
@@ -25,29 +27,45 @@ _VERBS = {
 }
 
 
-def explain(
-    bundle: Scored, allowed: Allowed, anchor_id: str, context: Context, catalogue: Mapping[str, PageItem]
-) -> str:
-    """`anchor_id` is the item the request's bundles were built around: the page's, the cart's
-    newest, or the history's newest (pipeline.Recommender._anchor)."""
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What one request's explanations may draw on."""
+
+    allowed: Allowed  # what the request may use of who asks (consent)
+    anchor_id: str  # the item its bundles were built around (pipeline.Recommender._anchor)
+    context: Context
+    catalogue: Mapping[str, PageItem]
+    # item → (the request's item co-occurrence found it through, the pair's strength): Retrieved.bought_with
+    bought_with: Mapping[str, tuple[str, float]] = field(default_factory=dict)
+
+
+def explain(bundle: Scored, evidence: Evidence, min_co_occurrence: float = MIN_CO_OCCURRENCE) -> str:
+    """One bundle's reason. "Often bought with X" is said only when retrieval found a member through
+    its co-occurrence with X (an item of the history the request may use) and the pair's strength
+    in the shop's behaviour is at least `min_co_occurrence`."""
+    allowed, anchor_id, catalogue = evidence.allowed, evidence.anchor_id, evidence.catalogue
     if bundle.explored:  # shown little: on the page to learn whether shoppers like it
         return "new: we think it may suit you"
     members = {item.item_id for item in bundle.items}
     anchor = catalogue.get(anchor_id)
-    where = _where(anchor_id, context)
+    where = _where(anchor_id, evidence.context)
     if anchor is not None and where and anchor_id in members:
         return f"goes with the {anchor.title or 'item'} {where}"
     if allowed.personalized:
-        for step in reversed(allowed.history):  # newest first
-            item = catalogue.get(step.target_id)
-            if step.is_bundle or item is None or not allowed.evidence(item.category):
-                continue
-            verb = _VERBS.get(step.kind, "viewed")
-            if step.target_id in members:
-                return f"completes the {item.title or 'item'} you {verb}"
-            if Source.CO_OCCURRENCE in bundle.sources or bundle.evidence == step.target_id:
-                return f"often bought with the {item.title or 'item'} you {verb}"
-            break
+        usable = [
+            (step, item)
+            for step in reversed(allowed.history)  # newest first
+            if not step.is_bundle
+            and (item := catalogue.get(step.target_id)) is not None
+            and allowed.evidence(item.category)
+        ]
+        if usable and usable[0][0].target_id in members:
+            step, item = usable[0]
+            return f"completes the {item.title or 'item'} you {_VERBS.get(step.kind, 'viewed')}"
+        paired = _paired(bundle, evidence.bought_with, min_co_occurrence)
+        for step, item in usable:
+            if step.target_id in paired:
+                return f"often bought with the {item.title or 'item'} you {_VERBS.get(step.kind, 'viewed')}"
     if anchor is not None and where and Source.ANCHOR in bundle.sources:
         return f"goes with the {anchor.title or 'item'} {where}"
     if allowed.personalized and (Source.VECTOR in bundle.sources or Source.TWO_TOWER in bundle.sources):
@@ -60,6 +78,12 @@ def explain(
     if Source.POPULARITY in bundle.sources or not allowed.personalized:
         return "popular right now"
     return "picked for you"
+
+
+def _paired(bundle: Scored, bought_with: Mapping[str, tuple[str, float]], least: float) -> set[str]:
+    """The request's items a member of `bundle` was found through, at a strength of at least `least`."""
+    found = (bought_with.get(item.item_id) for item in bundle.items)
+    return {through for through, strength in filter(None, found) if strength >= least}
 
 
 def _where(anchor_id: str, context: Context) -> str:

@@ -4,6 +4,7 @@ no grpc. The other services' answers arrive here already translated by the adapt
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -87,6 +88,10 @@ class Found:
 class Retrieved:
     items: tuple[Found, ...]
     bundles: tuple[Found, ...]
+    # item candidate → the request's item co-occurrence found it through, and the pair's strength
+    # in the shop's behaviour (asked with CandidateQuery.co_occurrence_floor): what "often bought
+    # with" may claim
+    bought_with: Mapping[str, tuple[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +103,6 @@ class Scored:
     score: float
     sources: frozenset[Source]
     generated: bool
-    evidence: str = ""  # for explanations: the item of the requester's it was found through, if any
     explored: bool = False  # given an exploration slot (exploration.py)
     retrieval_rank: int = 1_000_000  # a curated bundle's place in retrieval's order (0: best)
 

@@ -25,7 +25,7 @@ from bundlerec.gateway import metrics
 from bundlerec.gateway.builder import BuildLimits, build_bundles, complements_first, related
 from bundlerec.gateway.consent import Allowed, ConsentPolicy
 from bundlerec.gateway.experiments import Experiments, Variant
-from bundlerec.gateway.explain import explain
+from bundlerec.gateway.explain import MIN_CO_OCCURRENCE, Evidence, explain
 from bundlerec.gateway.exploration import (
     BanditState,
     ExplorationSettings,
@@ -75,6 +75,7 @@ class PipelineSettings:
     build: BuildLimits = field(default_factory=BuildLimits)
     sensitive: SensitiveCategories = field(default_factory=lambda: SensitiveCategories(()))
     two_tower_retrieval: bool = False  # the ranker's user vector of the last page joins retrieval
+    explain_min_co_occurrence: float = MIN_CO_OCCURRENCE  # what "often bought with" needs (explain.py)
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,8 @@ class Recommender:
         scored = await self._rotated(query.key, scored, allowed, run)
         segment = page_segment(catalogue.get(anchor), allowed)
         scored = self._explored(scored, query, variant, anchor, segment, run)
-        return self._page(query, run, rules, variant, allowed, anchor, catalogue, scored, version, segment)
+        evidence = Evidence(allowed, anchor, query.context, catalogue, found.bought_with)
+        return self._page(query, run, rules, variant, evidence, scored, version, segment)
 
     # ---- stages --------------------------------------------------------------------------
     async def who_asks(self, run: Run, user_id: str, key: str) -> Allowed:
@@ -175,6 +177,8 @@ class Recommender:
             filter=candidate_filter(rules),
             user_vector=user_vector,
             sources=(Source.POPULARITY,) if strategy == "popularity" else (),
+            # only a personalized page may say "often bought with" an item of the history
+            co_occurrence_floor=self.settings.explain_min_co_occurrence if allowed.personalized else 0.0,
         )
 
         async def retrieve_with_items(seconds: float) -> tuple[Retrieved, Mapping[str, PageItem]]:
@@ -226,15 +230,14 @@ class Recommender:
         run: Run,
         rules: EffectiveRules,
         variant: Variant,
-        allowed: Allowed,
-        anchor: str,
-        catalogue: Mapping[str, PageItem],
+        evidence: Evidence,
         scored: list[Scored],
         version: str,
         segment: str,
     ) -> Recommendation:
         """The rules and the page (page.py), each bundle with its explanation (explain.py)."""
         started = time.monotonic()
+        allowed = evidence.allowed
         candidates = [PageBundle(b.bundle_id, b.items, b.score, b.generated, b.explored) for b in scored]
         origins = {id(candidate): b for candidate, b in zip(candidates, scored, strict=True)}
         page = assemble_page(  # returns the very objects it was given, in page order
@@ -248,7 +251,7 @@ class Recommender:
         ordered, lead_score = lead_not_explored(page.bundles, origins)
         for bundle in ordered:
             origin = origins[id(bundle)]
-            reason = explain(origin, allowed, anchor, query.context, catalogue)
+            reason = explain(origin, evidence, self.settings.explain_min_co_occurrence)
             kind = kind_of(origin, rules)
             score = lead_score if not shown else bundle.score
             shown.append(Shown(bundle.bundle_id, bundle.items, score, reason, bundle.generated, origin.sources, kind))
@@ -320,7 +323,7 @@ class Recommender:
             for members in build_bundles(seed, [catalogue[f.target_id] for f in ordered], limits, rules.in_stock_only):
                 parts = [scores[m.item_id] for m in members[1:]]
                 sources = frozenset().union(*(p.sources for p in parts)) | {Source.ANCHOR}
-                out.append(Scored("", members, max(p.score for p in parts), sources, generated=True, evidence=anchor))
+                out.append(Scored("", members, max(p.score for p in parts), sources, generated=True))
                 built += 1
         out += promoted_items_alone(out, rules, catalogue)
         run.count(Stage.CANDIDATES, {"bundles.curated": len(found.bundles), "bundles.generated": built})

@@ -45,6 +45,7 @@ class CandidateQuery:
     filter: CandidateFilter = CandidateFilter()
     sources: tuple[Source, ...] = ()  # empty: every source
     user_vector: tuple[float, ...] = ()  # the ranker's two-tower vector of the shopper: the two-tower source
+    co_occurrence_floor: float = 0.0  # above 0: what co-occurrence found items through, for explanations
 
 
 class ProfilePort(Protocol):

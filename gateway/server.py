@@ -149,6 +149,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
             build=BuildLimits(max_size=settings.built_bundle_size, max_bundles=settings.built_bundles),
             sensitive=SensitiveCategories(settings.sensitive_categories),
             two_tower_retrieval=settings.two_tower_retrieval,
+            explain_min_co_occurrence=settings.explain_min_co_occurrence,
         ),
         exposures=exposures,
         explorer=explorer,

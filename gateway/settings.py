@@ -35,6 +35,12 @@ class GatewaySettings(ServiceSettings, CallerSettings):
         "last one (the two-tower source; kept with their impressions, erased with them). Off by default: on the "
         "demo shop it lowered candidate recall (python bench/two_tower_recall.py); measure on your own data.",
     )
+    explain_min_co_occurrence: float = Field(
+        3.0,
+        gt=0,
+        description="The least strength of a pair in the shop's behaviour statistics (1: two adjacent views by one "
+        "shopper; 5: two adjacent purchases; summed over shoppers) for which an explanation says 'often bought with'.",
+    )
     history_length: int = Field(50, ge=1, le=200, description="Most recent events of a profile that are used.")
     built_bundle_size: int = Field(3, ge=2, le=5, description="Items of a bundle built for the request, at most.")
     built_bundles: int = Field(10, ge=0, le=100, description="Bundles built per request around the anchor, at most.")

@@ -265,6 +265,8 @@ async def test_bad_items_are_rejected_whole(shop: CandidateServer, items, field:
             "recent[0].target.id",
         ),
         (pb.RetrieveRequest(sources=[42]), "sources[0]"),
+        (pb.RetrieveRequest(co_occurrence_floor=-1.0), "co_occurrence_floor"),
+        (pb.RetrieveRequest(co_occurrence_floor=float("nan")), "co_occurrence_floor"),
         (pb.SearchTextRequest(query=""), "query"),
         (pb.SetAvailabilityRequest(), "updates"),
         (pb.SetAvailabilityRequest(updates=[pb.AvailabilityUpdate(item_id="case")]), "updates[0].availability"),

@@ -12,17 +12,14 @@ earlier page's impressions reach these pages.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from bundlerec.v1 import gateway_pb2
-from tests.harness.shops import Suite, buyer, running_suite
+from tests.harness.shops import Suite, buyer, copied, running_suite
 
 GOLDEN = Path(__file__).parent / "golden" / "pinned_pages.json"
 PLACEMENTS = {
@@ -70,19 +67,6 @@ def page(response: gateway_pb2.RecommendResponse) -> dict[str, object]:
             for b in response.bundles
         ],
     }
-
-
-def copied(shop: Suite, folder: Path) -> Suite:
-    """The suite on copies of its two SQLite stores."""
-    urls = {}
-    for name in ("catalogue_url", "profile_url"):
-        source = Path(make_url(getattr(shop, name)).database or "")
-        target = folder / source.name
-        for suffix in ("", "-wal", "-shm"):
-            if Path(f"{source}{suffix}").exists():
-                shutil.copyfile(f"{source}{suffix}", f"{target}{suffix}")
-        urls[name] = f"sqlite:///{target}"
-    return dataclasses.replace(shop, **urls)
 
 
 async def test_the_pages_of_a_fixed_seed_are_unchanged(suite: Suite, encoder_dir: str, tmp_path: Path) -> None:

@@ -75,6 +75,7 @@ class RetrievalRequest:
     bundle_limit: int = 200
     filter: Filter = Filter()
     sources: frozenset[Source] = frozenset(Source)
+    co_occurrence_floor: float = 0.0  # above 0: name what co-occurrence found items through (explanations)
 
 
 @dataclass(slots=True)

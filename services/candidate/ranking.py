@@ -125,6 +125,8 @@ class Found:
     keys: Sequence[str | None]  # the vector index's ids by slot
     layout: tuple[int, int]  # (the vector index's id, its layout): slots mean the same within one
     bundles: Mapping[str, Bundle] | None = None  # for bundles: their members; None for items
+    # items only: (candidate, the request's item it co-occurs with most, the pair's behaviour strength)
+    co_occurrences: tuple[tuple[str, str, float], ...] = ()
 
     @property
     def ids(self) -> list[str]:

@@ -11,6 +11,8 @@ response has `limit` candidates whenever the filtered catalogue has that many.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -32,6 +34,7 @@ from bundlerec.candidate.vectors import VectorIndex, normalize
 
 __all__ = ["RRF_K", "SOURCE_WEIGHTS", "retrieve"]
 RECENCY_DECAY = 0.85  # each older interaction counts this much of the next newer one
+EXPLAINED_RECENT = 10  # the newest items co-occurrence pairs are named for (explanations name recent items)
 
 
 def interaction_weights(index: CatalogueIndex, recent: tuple[RecentInteraction, ...]) -> dict[str, float]:
@@ -76,6 +79,34 @@ class _Context:
     query: np.ndarray | None
     anchor: str  # the anchor item when it is in the catalogue, else ""
     two_tower: np.ndarray | None  # the ranker's user vector in the collaborative part
+
+
+def _with_co_occurrences(found: Found, context: _Context, index: CatalogueIndex, floor: float) -> Found:
+    """`found` (items) with, for each candidate that co-occurrence found (with the request's newest
+    EXPLAINED_RECENT items) or the anchor's co-occurrence did, the one of those it co-occurs with
+    most strongly in the behaviour statistics, when that strength is at least `floor` (above 0): an
+    item's co-occurrence row holds its behaviour partners, so the pair is part of what found it."""
+    if floor <= 0:
+        return found
+    ids, bits = found.ids, found.source_bits
+    by_source = {
+        source: {ids[i] for i in np.flatnonzero(bits & (1 << source)).tolist()}
+        for source in (Source.CO_OCCURRENCE, Source.ANCHOR)
+    }
+    keys = [(key, Source.CO_OCCURRENCE) for key in itertools.islice(context.weights, EXPLAINED_RECENT)]
+    if context.anchor:
+        keys.append((context.anchor, Source.ANCHOR))
+    best: dict[str, tuple[float, str]] = {}
+    for key, source in keys:
+        partners = index.event_pairs.get(key)
+        if partners and by_source[source]:
+            for item_id in by_source[source] & partners.keys():
+                strength = partners[item_id]
+                if strength >= floor and strength > best.get(item_id, (0.0, ""))[0]:
+                    best[item_id] = (strength, key)
+    if not best:
+        return found
+    return dataclasses.replace(found, co_occurrences=tuple((i, key, s) for i, (s, key) in best.items()))
 
 
 def retrieve(index: CatalogueIndex, request: RetrievalRequest) -> Retrieved:
@@ -134,7 +165,8 @@ def _item_candidates(index: CatalogueIndex, request: RetrievalRequest, context: 
             merged.add_sorted(Source.ANCHOR, *vectors.search_slots(anchor_vector, limit, other_category))
     if Source.POPULARITY in sources:  # also fills the limit when the other sources found fewer
         merged.add_sorted(Source.POPULARITY, *index.popular_items(mask, limit))
-    return merged.found(limit, (id(vectors), vectors.layout))
+    found = merged.found(limit, (id(vectors), vectors.layout))
+    return _with_co_occurrences(found, context, index, request.co_occurrence_floor)
 
 
 def _bundle_candidates(index: CatalogueIndex, request: RetrievalRequest, context: _Context) -> Found:

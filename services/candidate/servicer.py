@@ -114,7 +114,14 @@ def retrieval_from_pb(pb: candidate_pb2.RetrieveRequest) -> RetrievalRequest:
         bundle_limit=validation.page_size("bundle_limit", pb.bundle_limit, default=200, maximum=2000),
         filter=_filter(pb.filter),
         sources=frozenset(sources) or frozenset(Source),
+        co_occurrence_floor=_floor(pb.co_occurrence_floor),
     )
+
+
+def _floor(value: float) -> float:
+    if validation.finite("co_occurrence_floor", value) < 0:
+        raise InvalidArgument("co_occurrence_floor", "must not be negative")
+    return value
 
 
 # Filters already converted, by their encoding: a page's filter comes from a handful of rule sets,
@@ -186,6 +193,9 @@ class ResponseEncoder:
         pieces = self._pieces(_ITEMS, retrieved.found_items) + self._pieces(_BUNDLES, retrieved.found_bundles)
         response = candidate_pb2.RetrieveResponse.FromString(b"".join(pieces))
         response.index_version = retrieved.index_version
+        if retrieved.found_items.co_occurrences:
+            pairs = retrieved.found_items.co_occurrences
+            response.co_occurrences.extend(_CO_OCCURRENCE(item_id=i, with_item_id=w, strength=s) for i, w, s in pairs)
         return response
 
     def _pieces(self, field: int, found: Found) -> list[bytes]:
@@ -225,6 +235,7 @@ class ResponseEncoder:
 _ITEMS, _BUNDLES = (candidate_pb2.RetrieveResponse.DESCRIPTOR.fields_by_name[f].number for f in ("items", "bundles"))
 _SCORE_TAG = bytes([candidate_pb2.Candidate.DESCRIPTOR.fields_by_name["score"].number << 3 | 1])  # 1: 64-bit
 _DOUBLE = struct.Struct("<d").pack
+_CO_OCCURRENCE = candidate_pb2.CoOccurrence
 _CODES_PER_SLOT = len(SOURCE_SETS)  # a piece's code: slot × this + source bits
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
+from sqlalchemy.engine import make_url
 
 from bundlerec.commands.importer import ImportTargets, import_dataset
 from bundlerec.datasets import read_dataset
@@ -114,3 +117,16 @@ async def running_suite(
 def buyer(suite: Suite) -> str:
     """The suite's shopper with the most purchases."""
     return max(sorted(suite.purchases), key=lambda u: len(suite.purchases[u]))
+
+
+def copied(shop: Suite, folder: Path) -> Suite:
+    """The suite on copies of its two SQLite stores: no other test's writes reach them."""
+    urls = {}
+    for name in ("catalogue_url", "profile_url"):
+        source = Path(make_url(getattr(shop, name)).database or "")
+        target = folder / source.name
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{source}{suffix}").exists():
+                shutil.copyfile(f"{source}{suffix}", f"{target}{suffix}")
+        urls[name] = f"sqlite:///{target}"
+    return dataclasses.replace(shop, **urls)
