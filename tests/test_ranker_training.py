@@ -203,7 +203,10 @@ def test_the_validation_mix_is_the_models_own_and_never_worse_than_the_transform
     # test-time history); the mix was chosen with the training events' tables
     config = model.config
     events_only = neighbour_tables(trained.data, settings.neighbours, config.wide_l2, config.wide_cosine_share)
-    assert model.config.wide_l2 in settings.wide_l2_grid  # EASE, its L2 chosen on validation
+    ease = [line.split() for line in lines if line.startswith("co-occurrence EASE l2")]
+    tried = {float(words[3]): float(words[10]) for words in ease}  # each value's own figure is logged
+    assert set(settings.wide_l2_grid) <= set(tried)
+    assert tried[model.config.wide_l2] == pytest.approx(max(tried.values()), abs=1e-4)  # chosen on validation
     assert not np.array_equal(kept, events_only.item_weight)
     model.set_neighbours(events_only)
     # the model, scored as it is exported, reaches the validation figure training reported

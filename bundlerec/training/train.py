@@ -264,8 +264,8 @@ def choose_wide_tables(
 ) -> None:
     """Fills the model's co-occurrence tables: cosine, or EASE blended with cosine, with the L2 of
     `wide_l2_grid` and the share of `wide_cosine_grid` whose tables alone reach the best validation
-    metric (ties keep the earlier pair). The choice is kept in the model's config, for the refit on
-    next-item data and for the manifest."""
+    metric (ties keep the earlier pair); each L2's own figure is logged, so the search can be read.
+    The choice is kept in the model's config, for the refit on next-item data and for the manifest."""
     model = scorer.model
     if settings.neighbours == 0:
         return
@@ -280,13 +280,20 @@ def choose_wide_tables(
         started = time.monotonic()
         ease = ease_tables(data, settings.neighbours, l2)
         seconds = time.monotonic() - started
+        own: tuple[float, float, float, NeighbourTables] | None = None
         for share in settings.wide_cosine_grid:
             tables = blend_tables(ease, cosine, share) if share else ease
             model.set_neighbours(tables)
             metric = evaluate_scorer(split, _WideOnly(scorer), ks=(10, 20))[metric_name]
-            if best is None or metric > best[0]:
-                best = (metric, l2, share, tables)
-        progress(f"co-occurrence EASE l2 {l2:g} (inverted in {seconds:.0f} s): best valid {metric_name} {best[0]:.4f}")
+            if own is None or metric > own[0]:
+                own = (metric, l2, share, tables)
+        assert own is not None
+        if best is None or own[0] > best[0]:
+            best = own
+        progress(
+            f"co-occurrence EASE l2 {l2:g} (inverted in {seconds:.0f} s): valid {metric_name} {own[0]:.4f} "
+            f"(cosine share {own[2]:g}); best so far {best[0]:.4f} at l2 {best[1]:g}"
+        )
     assert best is not None
     metric, model.config.wide_l2, model.config.wide_cosine_share, tables = best
     model.set_neighbours(tables)
