@@ -16,7 +16,7 @@ from bundlerec.gateway.consent import Allowed
 from bundlerec.gateway.model import Context, PageItem, Scored
 from bundlerec.sources import Source
 
-MIN_CO_OCCURRENCE = 3.0  # the least pair strength "often bought with" claims (see settings.py)
+MIN_CO_OCCURRENCE = 3.0  # the least pair strength "often bought with" claims (the gateway's setting's default)
 _VERBS = {
     EventType.VIEW: "viewed",
     EventType.CLICK: "looked at",

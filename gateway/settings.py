@@ -6,6 +6,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from bundlerec.gateway.experiments import Variant
+from bundlerec.gateway.explain import MIN_CO_OCCURRENCE
 from bundlerec.gateway.model import Placement
 from bundlerec.runtime.settings import CallerSettings, ServiceSettings
 
@@ -36,7 +37,7 @@ class GatewaySettings(ServiceSettings, CallerSettings):
         "demo shop it lowered candidate recall (python bench/two_tower_recall.py); measure on your own data.",
     )
     explain_min_co_occurrence: float = Field(
-        3.0,
+        MIN_CO_OCCURRENCE,
         gt=0,
         description="The least strength of a pair in the shop's behaviour statistics (1: two adjacent views by one "
         "shopper; 5: two adjacent purchases; summed over shoppers) for which an explanation says 'often bought with'.",
