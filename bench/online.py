@@ -49,11 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundlerec.commands.demo import prepare_demo, start_services, stop_services
 from bundlerec.commands.experiments import read_pages
-from bundlerec.commands.simulate import GatewayShop
+from bundlerec.commands.simulate import run_simulation
 from bundlerec.datasets import read_dataset
 from bundlerec.datasets.demo_catalogue import DEPARTMENTS
 from bundlerec.online.report import report
-from bundlerec.online.simulator import DEPARTMENT_OF, PageSeen, Simulation, SimulationSettings, simulate
+from bundlerec.online.simulator import DEPARTMENT_OF, PageSeen, SimulationSettings
 from bundlerec.ranking.promotion import serving_version
 from bundlerec.runtime.tls import ChannelSecurity
 from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2
@@ -76,11 +76,6 @@ def variants_env(variants: list[dict[str, Any]]) -> dict[str, str]:
     return {"BUNDLEREC_GATEWAY_EXPERIMENT_VARIANTS": json.dumps(variants), "BUNDLEREC_GATEWAY_DEADLINE_MS": "500"}
 
 
-async def run_simulation(gateway: str, settings: SimulationSettings, before_day=None) -> Simulation:  # type: ignore[no-untyped-def]
-    async with grpc.aio.insecure_channel(gateway) as channel:
-        return await simulate(GatewayShop(channel), settings, before_day)
-
-
 def ab_test(base: Path, settings: SimulationSettings) -> dict[str, Any]:
     root = scenario_root(base, "ab")
     env = variants_env(
@@ -92,7 +87,7 @@ def ab_test(base: Path, settings: SimulationSettings) -> dict[str, Any]:
     services = start_services(root, overrides=env)
     try:
         started = time.monotonic()
-        simulation = asyncio.run(run_simulation(services[-1].address, settings))
+        simulation = asyncio.run(run_simulation(services[-1].address, ChannelSecurity(), settings))
         seconds = time.monotonic() - started
         time.sleep(1.0)  # the gateway's last exposure batch
         doc = report(list(read_pages(services[0].address, ChannelSecurity(), None, None, 0)), "popularity")
@@ -133,9 +128,8 @@ def launch_test(base: Path, settings: SimulationSettings) -> dict[str, Any]:
 
     try:
         loved = {LAUNCHED: (department, LOVED_APPEAL)}
-        simulation = asyncio.run(
-            run_simulation(services[-1].address, SimulationSettings(**{**vars(settings), "loved": loved}), before_day)
-        )
+        launched = SimulationSettings(**{**vars(settings), "loved": loved})
+        simulation = asyncio.run(run_simulation(services[-1].address, ChannelSecurity(), launched, before_day))
         time.sleep(1.0)
         doc = report(list(read_pages(services[0].address, ChannelSecurity(), None, None, 0)), "no-explore")
     finally:
@@ -199,7 +193,7 @@ def retrain_week(base: Path, settings: SimulationSettings, full: bool) -> dict[s
 
     try:
         week = SimulationSettings(**{**vars(settings), "loved": launches})
-        simulation = asyncio.run(run_simulation(services[-1].address, week, before_day))
+        simulation = asyncio.run(run_simulation(services[-1].address, ChannelSecurity(), week, before_day))
         time.sleep(1.0)
         after = started.get(2)
         doc = report(list(read_pages(services[0].address, ChannelSecurity(), after, None, 0)), "frozen")

@@ -14,7 +14,7 @@ import asyncio
 import json
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from bundlerec.online.simulator import (
     ShownBundle,
     ShownItem,
     ShownPage,
+    Simulation,
     SimulationSettings,
     simulate,
 )
@@ -146,7 +147,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         shoppers=args.shoppers, days=args.days, seed=args.seed, page_size=args.page_size, concurrency=args.concurrency
     )
     try:
-        result = asyncio.run(_run(args.gateway, security_from(args), settings))
+        result = asyncio.run(run_simulation(args.gateway, security_from(args), settings))
     except grpc.RpcError as error:
         print(f"bundlerec simulate: the gateway said {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
@@ -160,7 +161,13 @@ def run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(address: str, security: ChannelSecurity, settings: SimulationSettings):  # type: ignore[no-untyped-def]
+async def run_simulation(
+    address: str,
+    security: ChannelSecurity,
+    settings: SimulationSettings,
+    before_day: Callable[[int], Awaitable[None]] | None = None,
+) -> Simulation:
+    """The simulation against the gateway at `address` (simulator.simulate; `before_day` too)."""
     channel = open_channel(address, security)
     try:
         try:
@@ -168,7 +175,7 @@ async def _run(address: str, security: ChannelSecurity, settings: SimulationSett
         except TimeoutError:
             raise SystemExit(f"bundlerec simulate: nothing answers at {address} (is the gateway running?)") from None
         shop = GatewayShop(channel)
-        result = await simulate(shop, settings)
+        result = await simulate(shop, settings, before_day)
         if shop.retries:
             print(f"{shop.retries} calls retried (the gateway answered UNAVAILABLE or late)", file=sys.stderr)
         return result
