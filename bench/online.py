@@ -53,7 +53,7 @@ from bundlerec.commands.simulate import run_simulation
 from bundlerec.datasets import read_dataset
 from bundlerec.datasets.demo_catalogue import DEPARTMENTS
 from bundlerec.online.report import report
-from bundlerec.online.simulator import DEPARTMENT_OF, PageSeen, SimulationSettings
+from bundlerec.online.simulator import DEPARTMENT_OF, PageSeen, Simulation, SimulationSettings
 from bundlerec.ranking.promotion import serving_version
 from bundlerec.runtime.tls import ChannelSecurity
 from bundlerec.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2
@@ -199,11 +199,6 @@ def retrain_week(base: Path, settings: SimulationSettings, full: bool) -> dict[s
         doc = report(list(read_pages(services[0].address, ChannelSecurity(), after, None, 0)), "frozen")
     finally:
         stop_services(services)
-    by_day: dict[int, dict[str, Any]] = {}
-    for page in simulation.pages:
-        row = by_day.setdefault(page.day, {}).setdefault(page.variant, {"pages": 0, "bought": 0})
-        row["pages"] += 1
-        row["bought"] += page.bought
     retrained = doc["variants"]["retrained"]
     return {
         "mode": "full" if full else "warm",
@@ -213,11 +208,18 @@ def retrain_week(base: Path, settings: SimulationSettings, full: bool) -> dict[s
         "retrained_vs_frozen_purchase": retrained["purchase"].get("relative_to_control"),
         "retrained_vs_frozen_click_through": retrained["click_through"].get("relative_to_control"),
         "purchase_rate_by_day": {
-            day: {v: round(r["bought"] / r["pages"], 3) for v, r in sorted(rows.items())}
-            for day, rows in sorted(by_day.items())
+            day: {v: round(r["purchase_rate"], 3) for v, r in sorted(Simulation(pages).by_variant().items())}
+            for day, pages in sorted(_by_day(simulation.pages).items())
         },
         "sample_ratio": doc["sample_ratio"],
     }
+
+
+def _by_day(pages: list[PageSeen]) -> dict[int, list[PageSeen]]:
+    out: dict[int, list[PageSeen]] = {}
+    for page in pages:
+        out.setdefault(page.day, []).append(page)
+    return out
 
 
 def launch(candidate: str, bundles: dict[str, tuple[str, list[str]]]) -> None:
