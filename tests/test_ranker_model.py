@@ -25,7 +25,7 @@ from bundlerec.training.export import (  # noqa: E402
 from bundlerec.training.scorer import ModelScorer  # noqa: E402
 from bundlerec.training.text import item_text_vectors  # noqa: E402
 from bundlerec.training.train import TrainedModel, TrainSettings, train  # noqa: E402
-from tests.harness.factories import SCIENTIFIC  # noqa: E402
+from tests.harness.factories import SCIENTIFIC, YOUSHU  # noqa: E402
 
 QUICK = TrainSettings(max_epochs=1, dim=32, validation_users=200)
 
@@ -126,6 +126,81 @@ def test_onnx_matches_pytorch_with_bundles(demo_shop: Dataset, tmp_path: Path) -
     assert trained.data.vocabulary.num_bundle_rows > 2
     path = write_model_dir(trained, tmp_path, dataset_name="demo", text_encoder=None)
     assert onnx_vs_torch(path, demo_shop, None) <= 1e-4
+
+
+def full_ranking_vs_forward(scorer: ModelScorer, dataset: Dataset, users: int = 30) -> float:
+    """Largest |full-ranking score - BundleRanker.forward score| over every target of the test split,
+    relative to the largest score: the evaluated model is the served graph."""
+    model = scorer.model
+    split = build_split(dataset, "test")
+    chosen = split.users[:users]
+    scores = scorer.score(split, chosen)
+    members, rows = scorer._candidate_index(split)
+    length = model.config.max_sequence
+    seq = np.stack([encode_sequence(scorer._steps(split, u), length, clock=scorer.clock) for u in chosen])
+    with torch.no_grad():
+        expected, _ = model(
+            torch.from_numpy(seq),
+            members.expand(len(chosen), -1, -1),
+            rows.expand(len(chosen), -1),
+            torch.from_numpy(scorer.mapper.extra_text),
+        )
+    expected = expected.numpy()
+    return float(np.abs(scores - expected).max() / max(1.0, np.abs(expected).max()))
+
+
+def youshu_sample(users: int = 150) -> Dataset:
+    """The first `users` users of Youshu with every bundle and item: bundle data, where held-out
+    bundles the sample never interacted with have no row of their own (scored by their members)."""
+    if not YOUSHU.is_dir():
+        pytest.skip("../shared/data/youshu is not available")
+    full = read_dataset(YOUSHU)
+    keep = set(sorted({e.user_id for e in full.events})[:users])
+    return dataclasses.replace(
+        full,
+        events=[e for e in full.events if e.user_id in keep],
+        valid=[r for r in full.valid if r.user_id in keep],
+        test=[r for r in full.test if r.user_id in keep],
+    )
+
+
+def test_full_ranking_scores_what_the_served_graph_scores(encoder_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batched full-ranking scorer (attention tables, sparse co-occurrence product, trimmed
+    sequences) against the model's forward: next-item data with text and items known only by their
+    text, and bundle data with bundles scored through their members at a member weight below 1."""
+    from bundlerec.training import scorer as batched
+
+    scientific = scientific_sample()
+    vectors, _ = item_text_vectors(scientific, Path(encoder_dir), cache_dir=None)
+    trained = with_both_parts(train(scientific, QUICK, vectors, progress=lambda line: None))
+    scorer = ModelScorer("ours", trained.model, scientific, trained.data.vocabulary, vectors)
+    assert len(scorer.mapper.extra_rows) >= 30
+    assert full_ranking_vs_forward(scorer, scientific) <= 1e-5
+
+    youshu = youshu_sample()
+    trained = with_both_parts(
+        train(youshu, dataclasses.replace(QUICK, wide_l2_grid=(200.0,)), None, progress=lambda line: None)
+    )
+    trained.model.wide_member_weight.fill_(0.3)
+    scorer = ModelScorer("ours", trained.model, youshu, trained.data.vocabulary, None)
+    _, rows = scorer._candidate_index(build_split(youshu, "test"))
+    assert (rows == 0).any() and (rows > 1).any()  # bundles with and without a row of their own
+    assert full_ranking_vs_forward(scorer, youshu) <= 1e-5
+    # a catalogue too large for the whole table: each call computes its users' rows only
+    monkeypatch.setattr(batched, "TABLE_BYTES", 1)
+    assert (
+        full_ranking_vs_forward(ModelScorer("ours", trained.model, youshu, trained.data.vocabulary, None), youshu)
+        <= 1e-5
+    )
+    # attention logits spread beyond float32's exp: the users it underflows for take the softmax
+    with torch.no_grad():
+        trained.model.target_key.weight.normal_(std=3000.0)
+        trained.model.target_out.weight.normal_(std=0.1)
+    fallback = batched._AttentionTables.exact
+    taken = []
+    monkeypatch.setattr(batched._AttentionTables, "exact", lambda *a: taken.append(1) or fallback(*a))
+    assert full_ranking_vs_forward(scorer, youshu) <= 1e-5
+    assert taken
 
 
 def test_same_seed_same_data_same_model(demo_shop: Dataset) -> None:

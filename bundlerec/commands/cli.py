@@ -1,4 +1,4 @@
-"""The `bundlerec` command: serve, migrate, import, train, evaluate, retrain, models, experiments,
+"""The `bundlerec` command: serve, migrate, import, train, evaluate, recommend-batch, retrain, models, experiments,
 simulate, demo, loadtest, and the gateway's client commands recommend, track and forget.
 
 `bundlerec serve SERVICE --help` lists that service's settings; each is also read from the
@@ -211,6 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         training.add_evaluation_options(
             commands.add_parser("evaluate", help="full-ranking evaluation against baselines (needs the train extra)")
         )
+        from bundlerec.commands.batch import add_batch_options
+
+        add_batch_options(
+            commands.add_parser(
+                "recommend-batch", help="every shopper's top K of a dataset as CSV, for e-mail (needs the train extra)"
+            )
+        )
         add_retrain_options(
             commands.add_parser(
                 "retrain",
@@ -253,6 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return training.run_train(args)
     if args.command == "evaluate":
         return training.run_evaluate(args)
+    if args.command == "recommend-batch":
+        from bundlerec.commands.batch import run_recommend_batch
+
+        return run_recommend_batch(args)
     if args.command == "retrain":
         return run_retrain(args)
     if args.command == "models":

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from bundlerec.datasets import Dataset, read_dataset
-from bundlerec.evaluation.report import Report
+from bundlerec.evaluation.protocol import Scorer
+from bundlerec.evaluation.report import OURS, Report
 from bundlerec.training.distributed import launched_rank
-from bundlerec.training.scorer import ModelScorer
+from bundlerec.training.scorer import ModelScorer, PartScorer
 from bundlerec.training.text import item_text_vectors
 from bundlerec.training.train import TrainedModel, TrainSettings, train
 
@@ -159,7 +160,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         trained, _, vectors = train_and_write(args, dataset)
         ours = ModelScorer("ours", trained.model, dataset, trained.data.vocabulary, vectors)
-    extra = {}
+    extra: dict[str, Scorer] = {name: PartScorer(ours, part, name) for part, name in _part_names(ours).items()}
     if args.text_ablation and vectors is not None:
         plain = argparse.Namespace(**{**vars(args), "no_text": True})
         trained, _, _ = train_and_write(plain, dataset)
@@ -178,6 +179,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.two_stage_users:
         _two_stage(report, dataset, ours, vectors, args)
     print(format_table(report))
+    if "item_knn" in report.seconds:
+        ratio = report.seconds[OURS] / max(report.seconds["item_knn"], 1e-9)
+        print(
+            f"full ranking took ours {report.seconds[OURS]:.1f} s, item-kNN {report.seconds['item_knn']:.1f} s "
+            f"(fit and evaluation): {ratio:.1f}x, on {torch.get_num_threads()} thread(s)"
+        )
     for name, row in report.extra.items():
         if "Candidate recall@200" in row:
             print(f"candidate recall@200 ({name}): {row['Candidate recall@200']:.4f}")
@@ -187,6 +194,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if plot:
         plot_over_k(report, Path(plot))
     return 0
+
+
+def _part_names(ours: ModelScorer) -> dict[str, str]:
+    """The rows of the model's two parts alone: the Transformer (the network is trained without the
+    co-occurrence tables, so this is what `--neighbours 0` trains) and the co-occurrence part."""
+    config = ours.model.config
+    if not config.neighbours:
+        return {}
+    wide = "cosine co-occurrence alone"
+    if config.wide_l2 > 0:
+        share = f", {config.wide_cosine_share:g} cosine" if config.wide_cosine_share else ""
+        wide = f"EASE alone (l2 {config.wide_l2:g}{share})"
+    return {"neural": "Transformer alone", "wide": wide}
 
 
 def _two_stage(

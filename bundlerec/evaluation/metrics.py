@@ -46,7 +46,7 @@ def evaluate_scorer(
             raise ValueError(f"{scorer.name}: score() returned {scores.shape}, expected {(len(users), n_targets)}")
         rows = np.repeat(np.arange(len(users)), [len(split.excluded[u]) for u in users])
         scores[rows, np.concatenate([split.excluded[u] for u in users])] = -np.inf
-        top = _top(scores, top_k)
+        top = top_targets(scores, top_k)
         ranked = np.isfinite(np.take_along_axis(scores, top, axis=1))  # False where fewer targets remain
         positive = np.zeros_like(scores, dtype=bool)
         rows = np.repeat(np.arange(len(users)), [len(split.positives[u]) for u in users])
@@ -64,7 +64,7 @@ def evaluate_scorer(
     return metrics
 
 
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
+def top_targets(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of each row's k highest scores, best first. Tied targets inside the list are ordered by
     index; which of several targets tied at the k-th place gets in is argpartition's (deterministic)
     choice, so scorers should break ties themselves where it matters."""

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from bundlerec.datasets.format import HeldOut
 from bundlerec.datasets.reader import Dataset
 
 COLD_THRESHOLD = 5  # a target with fewer training interactions than this is "cold"
@@ -87,11 +88,7 @@ def build_split(dataset: Dataset, split: str) -> EvalSplit:
 
     histories = event_histories(dataset)
     if task == "next_item" and split == "test":  # the valid row is history at test time (FORMAT.md)
-        for row in dataset.valid:
-            steps = histories.setdefault(row.user_id, [])
-            after = steps[-1].timestamp + 1 if steps else 0
-            kind = steps[-1].event_type if steps else "purchase"  # the kind of event this dataset records
-            steps.append(Step("item", row.target_id, kind, after))
+        _append_held_out(histories, dataset.valid, "item")
 
     held: dict[str, list[int]] = defaultdict(list)
     for row in dataset.test if split == "test" else dataset.valid:
@@ -99,18 +96,56 @@ def build_split(dataset: Dataset, split: str) -> EvalSplit:
             held[row.user_id].append(index[row.target_id])
     users = sorted(held)
     positives = {user: np.asarray(held[user], dtype=np.int64) for user in users}
-    excluded = {}
-    for user in users:
-        steps = histories.setdefault(user, [])  # a user may be held out without any events (diginetica)
-        seen = {index[s.target_id] for s in steps if s.target_type == target_type and s.target_id in index}
-        excluded[user] = np.fromiter(sorted(seen), dtype=np.int64, count=len(seen))
+    # a user may be held out without any events (diginetica)
+    excluded = {user: _seen(histories.setdefault(user, []), index, target_type) for user in users}
+    return EvalSplit(
+        dataset, task, split, target_ids, users, histories, positives, excluded, _counts(histories, index, target_type)
+    )
 
-    counts = np.zeros(len(target_ids), dtype=np.int64)
+
+def everything_known(dataset: Dataset) -> EvalSplit:
+    """No split: every user with any interaction, ranked with everything the dataset knows about
+    them (events.csv, then the valid.csv and test.csv rows as the newest steps) and with the targets
+    they already have masked, nothing held out. What batch recommendations rank for."""
+    task = dataset.info.task
+    target_ids = list(dataset.bundles if task == "bundle" else dataset.items)
+    index = {target: n for n, target in enumerate(target_ids)}
+    target_type = "bundle" if task == "bundle" else "item"
+    histories = event_histories(dataset)
+    _append_held_out(histories, dataset.valid, target_type)
+    _append_held_out(histories, dataset.test, target_type)
+    users = sorted(user for user, steps in histories.items() if steps)
+    excluded = {user: _seen(histories[user], index, target_type) for user in users}
+    positives = {user: np.zeros(0, dtype=np.int64) for user in users}
+    return EvalSplit(
+        dataset, task, "all", target_ids, users, histories, positives, excluded, _counts(histories, index, target_type)
+    )
+
+
+def _append_held_out(histories: dict[str, list[Step]], rows: Sequence[HeldOut], target_type: str) -> None:
+    """Held-out rows as each user's newest steps, one tick apart, of the kind of the user's last event
+    (the kind this dataset records; a purchase for a user without events)."""
+    for row in rows:
+        steps = histories.setdefault(row.user_id, [])
+        after = steps[-1].timestamp + 1 if steps else 0
+        kind = steps[-1].event_type if steps else "purchase"
+        steps.append(Step(target_type, row.target_id, kind, after))
+
+
+def _seen(steps: list[Step], index: dict[str, int], target_type: str) -> np.ndarray:
+    """The target indices of a history (masked out of its ranking), sorted."""
+    seen = {index[s.target_id] for s in steps if s.target_type == target_type and s.target_id in index}
+    return np.fromiter(sorted(seen), dtype=np.int64, count=len(seen))
+
+
+def _counts(histories: dict[str, list[Step]], index: dict[str, int], target_type: str) -> np.ndarray:
+    """Per target of the ranked kind: interactions with it in `histories`."""
+    counts = np.zeros(len(index), dtype=np.int64)
     for steps in histories.values():
         for step in steps:
             if step.target_type == target_type and step.target_id in index:
                 counts[index[step.target_id]] += 1
-    return EvalSplit(dataset, task, split, target_ids, users, histories, positives, excluded, counts)
+    return counts
 
 
 def event_histories(dataset: Dataset) -> dict[str, list[Step]]:

@@ -1,28 +1,44 @@
 """The trained model as a Scorer of the evaluation harness: full ranking of every item or bundle.
 
-Scores with the PyTorch weights rather than the ONNX file, because full ranking shares the
-candidate side across users (every candidate is encoded once per split, not once per user); the
-ONNX parity test is what ties the two together. Items the model has no row for are scored from
-their text, through the same `extra_text` path the ranker service uses.
+Scores with the PyTorch weights rather than the ONNX file, and computes the same function as the
+model's forward (the served graph; a test ties the two) in the layout full ranking affords:
+- every candidate of the split is encoded once per set of weights, not once per user;
+- target attention, where each candidate attends over the user's steps, is a function of the pair
+  (step, candidate) only: the steps are item, bundle or user-token vectors, so its logits and
+  values are two [steps vocabulary, candidates] matrices computed once by two matrix products
+  (`_AttentionTables`), and each user gathers the rows of its own steps: a gather and a softmax
+  over a handful of rows instead of a [steps, candidates, d] product per user;
+- the co-occurrence part is linear in the steps, so it is one sparse product: the users' step
+  counts [users, columns] times the candidates' weights from each column (`_wide_matrix`, built by
+  the model's own wide_score from each column alone, as item-kNN scores);
+- users are encoded in groups of similar history length, each trimmed to its longest history
+  (the sequences are left-padded, and padding is masked, so trimming changes nothing).
+Items the model has no row for are scored from their text, through the same `extra_text` path the
+ranker service uses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
+from torch import Tensor, nn
 
 from bundlerec.datasets import Dataset
 from bundlerec.evaluation.protocol import EvalSplit
 from bundlerec.ranking.features import PAD, UNKNOWN, Step, encode_candidates, encode_sequence
 from bundlerec.ranking.vocabulary import Vocabulary
 from bundlerec.training.data import model_steps
-from bundlerec.training.model import BundleRanker
+from bundlerec.training.model import NEGATIVE, BundleRanker
 
-# users × candidates scored at once at most: target attention holds several [users, candidates, d]
-# tensors, a gigabyte each at 32 users and 160k candidates
-CANDIDATE_BUDGET = 2_000_000
+# the attention table kept for a set of weights, [steps vocabulary, 2 × candidates] float32, at most
+# (amazon-beauty's takes 1.2 GB, Youshu's 1.4 GB); a larger catalogue computes, per call, only the
+# rows of the steps its users have
+TABLE_BYTES = 2 << 30
 
 
 class ItemMapper:
@@ -48,6 +64,75 @@ class ItemMapper:
         return self.extra_rows.get(item_id, UNKNOWN)
 
 
+class _AttentionTables:
+    """Target attention of one set of weights over one split's candidates, as tables over the
+    vocabulary of steps (item rows, extra-text rows, bundle rows, the user token, then a padding row
+    of zeros). With logits[s, n] = <key(step s), query(candidate n)> / sqrt(d) and values[s, n] =
+    <value(step s), out(candidate n)>, a user's term for candidate n is
+    sum_t softmax_t(logits[s_t, n]) * values[s_t, n] (BundleRanker.target_attention reordered; eval
+    mode, no dropout) = sum_t E[s_t, n] * values[s_t, n] / sum_t E[s_t, n], E = exp(logits - c[n]),
+    where c[n], the largest logit of candidate n, cancels and keeps exp from overflowing. So a user
+    costs two sums of its steps' rows (an embedding bag) and no exp at all. Should every E of a user
+    underflow (logits spread over more than ~87), that user is recomputed with the softmax itself."""
+
+    def __init__(self, model: BundleRanker, steps: Tensor, candidates: Tensor) -> None:
+        self.keys = model.target_key(steps)
+        self.step_values = model.target_value(steps)
+        self.queries = model.target_query(candidates) / math.sqrt(model.config.dim)
+        self.outs = model.target_out(candidates)
+        self.pad = len(steps)  # the row every padding step reads: zeros
+        self.whole: Tensor | None = None
+        if len(steps) * 2 * len(candidates) * 4 <= TABLE_BYTES:
+            self.whole = self._tables(None)
+
+    def _tables(self, used: Tensor | None) -> Tensor:
+        """[E | E * values] over the step ids `used` (None: all), [len(used) + 1, 2N] with a zero row
+        appended: one row read per step gives both sums. Built in place, since fresh tables of this
+        size cost more to allocate than to compute."""
+        keys, values = (self.keys, self.step_values) if used is None else (self.keys[used], self.step_values[used])
+        n = len(self.queries)
+        table = torch.empty(len(keys) + 1, 2 * n, device=keys.device)
+        weights, weighted = table[:-1, :n], table[:-1, n:]
+        torch.matmul(keys, self.queries.T, out=weights)
+        torch.matmul(values, self.outs.T, out=weighted)
+        weights.sub_(weights.amax(0)).exp_()
+        weighted.mul_(weights)
+        table[-1] = 0.0
+        return table
+
+    def score(self, steps: Tensor, present: Tensor) -> Tensor:
+        """steps [B, T] step ids, present [B, T] (False for padding) → [B, candidates]."""
+        if self.whole is not None:
+            table, rows = self.whole, torch.where(present, steps, self.pad)
+        else:
+            used, local = torch.unique(steps, return_inverse=True)
+            table, rows = self._tables(used), torch.where(present, local, len(used))
+        offsets = torch.arange(0, rows.numel(), rows.shape[1], device=rows.device)
+        sums = nn.functional.embedding_bag(rows.reshape(-1), table, offsets, mode="sum")
+        n = len(self.queries)
+        total = sums[:, :n]
+        out = sums[:, n:].div_(total)
+        underflow = (total <= 0).any(1).nonzero().ravel()
+        if len(underflow):
+            out[underflow] = self.exact(steps[underflow], present[underflow])
+        return out
+
+    def exact(self, steps: Tensor, present: Tensor) -> Tensor:
+        """The softmax itself, for users whose every E underflowed: [B, T, N] at once."""
+        logits = self.keys[steps] @ self.queries.T
+        weights = torch.softmax(logits + torch.where(present, 0.0, NEGATIVE)[:, :, None], dim=1)
+        return (weights * (self.step_values[steps] @ self.outs.T)).sum(1)
+
+
+@dataclass
+class _Weights:
+    projected: Tensor  # BundleRanker.projected_text()
+    bundles: Tensor  # BundleRanker.bundle_table()
+    extra: Tensor  # the extra-text rows
+    candidates: Tensor  # [N, d] every target of the split
+    attention: _AttentionTables
+
+
 class ModelScorer:
     def __init__(
         self,
@@ -56,7 +141,7 @@ class ModelScorer:
         dataset: Dataset,
         vocabulary: Vocabulary,
         text_vectors: np.ndarray | None,
-        batch_users: int = 32,
+        group_steps: int = 1024,
     ) -> None:
         self.name = name
         self.model = model
@@ -65,13 +150,15 @@ class ModelScorer:
         self.mapper = ItemMapper(dataset, vocabulary, text_vectors)
         self.timed = dataset.info.timestamps != "none"
         self.clock = dataset.info.timestamps == "unix"
-        self.batch_users = batch_users
-        self._candidates: tuple[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.group_steps = group_steps  # users × trimmed history length encoded at once
+        self._candidates: tuple[tuple[str, ...], tuple[Tensor, Tensor]] | None = None
+        self._tables: tuple[tuple, _Weights] | None = None
+        self._wide_cache: tuple[tuple, sp.csr_matrix] | None = None
 
     def _steps(self, split: EvalSplit, user: str) -> list[Step]:
         return model_steps(split.histories.get(user, []), self.vocabulary, self.mapper.item, timed=self.timed)
 
-    def _candidate_index(self, split: EvalSplit) -> tuple[torch.Tensor, torch.Tensor]:
+    def _candidate_index(self, split: EvalSplit) -> tuple[Tensor, Tensor]:
         """Every target of the split as candidate (members [N, M], bundle rows [N]), kept between calls."""
         key = tuple(split.target_ids)
         if self._candidates is None or self._candidates[0] != key:
@@ -87,34 +174,150 @@ class ModelScorer:
             self._candidates = (key, (torch.from_numpy(items), torch.from_numpy(bundles)))
         return self._candidates[1]
 
-    def score(self, split: EvalSplit, users: Sequence[str]) -> np.ndarray:
-        neural, wide = self.parts(split, users)
-        return float(self.model.neural_weight) * neural + float(self.model.wide_weight) * wide
+    def _weights_key(self, split: EvalSplit, part: Callable[[str], bool]) -> tuple:
+        """Changes whenever a weight or buffer whose name `part` accepts does (optimizer steps, fills
+        and copies are in place and bump a tensor's version counter) or the candidates do: when a
+        cached table is stale."""
+        state = self.model.state_dict(keep_vars=True)
+        versions = [(name, t.data_ptr(), t._version) for name, t in state.items() if part(name)]
+        return (tuple(split.target_ids), tuple(versions))
 
-    @torch.inference_mode()
+    def _attention(self, split: EvalSplit) -> _Weights:
+        """What scoring reads of the current weights: kept until a weight changes."""
+        key = self._weights_key(split, lambda name: not name.startswith("wide_"))
+        if self._tables is None or self._tables[0] != key:
+            model = self.model
+            device = model.user_token.device
+            projected = model.projected_text()
+            bundles = model.bundle_table(projected)
+            extra = torch.from_numpy(self.mapper.extra_text).to(device)
+            members, rows = (index.to(device) for index in self._candidate_index(split))
+            candidates = model.sets(members, rows, projected, extra)
+            item_rows = torch.arange(model.config.num_item_rows + len(extra), device=device)
+            items = model.sets(item_rows.unsqueeze(-1), torch.zeros_like(item_rows), projected, extra)
+            steps = torch.cat([items, bundles, model.user_token.unsqueeze(0)])
+            tables = _AttentionTables(model, steps, candidates)
+            self._tables = (key, _Weights(projected, bundles, extra, candidates, tables))
+        return self._tables[1]
+
+    def score(self, split: EvalSplit, users: Sequence[str]) -> np.ndarray:
+        scores = np.empty((len(users), len(split.target_ids)), dtype=np.float32)
+        neural_weight, wide_weight = float(self.model.neural_weight), float(self.model.wide_weight)
+        for chunk, neural, wide in self._groups(split, users, neural=True):
+            neural *= neural_weight  # per group and in place, while the group's scores are in cache
+            wide *= wide_weight
+            neural += wide
+            scores[chunk] = neural
+        return scores
+
     def parts(self, split: EvalSplit, users: Sequence[str], neural: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """The neural score and the (unweighted) co-occurrence score of every target, [users, targets]
         each; without `neural` the first is left unfilled (only the tables are read)."""
-        self.model.eval()
-        device = self.model.user_token.device
-        projected = self.model.projected_text()
-        bundles = self.model.bundle_table(projected)
-        extra = torch.from_numpy(self.mapper.extra_text).to(device)
-        members, rows = (index.to(device) for index in self._candidate_index(split))
-        # the vectors are not kept between calls, since the weights change while training
-        candidates = self.model.sets(members, rows, projected, extra)
-        length = self.model.config.max_sequence
         scores = np.empty((len(users), len(split.target_ids)), dtype=np.float32)
         wide = np.empty_like(scores)
-        step = max(1, min(self.batch_users, CANDIDATE_BUDGET // max(1, len(split.target_ids))))
-        for start in range(0, len(users), step):
-            chunk = users[start : start + step]
-            seq = torch.from_numpy(
-                np.stack([encode_sequence(self._steps(split, u), length, clock=self.clock) for u in chunk])
-            ).to(device)
-            if neural:
-                encoded = self.model.encode(seq, projected, bundles, extra)
-                user = self.model.user_vectors(encoded.states[:, -1])
-                scores[start : start + len(chunk)] = self.model.score(user, candidates, encoded).cpu().numpy()
-            wide[start : start + len(chunk)] = self.model.wide_score(self.model.wide(seq), members, rows).cpu().numpy()
+        for chunk, group_neural, group_wide in self._groups(split, users, neural):
+            wide[chunk] = group_wide
+            if group_neural is not None:
+                scores[chunk] = group_neural
         return scores, wide
+
+    @torch.inference_mode()
+    def _groups(
+        self, split: EvalSplit, users: Sequence[str], neural: bool
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+        """(positions in `users`, neural scores or None, co-occurrence scores) per group of users of
+        similar history length, each group's sequences trimmed to its longest."""
+        self.model.eval()
+        device = self.model.user_token.device
+        length = self.model.config.max_sequence
+        seqs = np.stack([encode_sequence(self._steps(split, u), length, clock=self.clock) for u in users])
+        present = (seqs[:, 0] != PAD) | (seqs[:, 1] != PAD)
+        lengths = np.where(present.any(1), length - present.argmax(1), 0)
+        matrix = self._wide_matrix(split)
+        weights = self._attention(split) if neural else None
+        order = np.argsort(lengths, kind="stable")
+        start = 0
+        while start < len(users):
+            # as many users as fit `group_steps` at the group's longest (trimmed) history
+            end = start + 1
+            while end < len(users) and (end + 1 - start) * max(1, lengths[order[end]]) <= self.group_steps:
+                end += 1
+            chunk = order[start:end]
+            kept = max(1, int(lengths[chunk].max()))
+            seq = torch.from_numpy(np.ascontiguousarray(seqs[chunk][:, :, -kept:])).to(device)
+            scores = self._neural(seq, weights).cpu().numpy() if weights is not None else None
+            yield chunk, scores, self._wide(seq, matrix)
+            start = end
+
+    def _wide_matrix(self, split: EvalSplit) -> sp.csr_matrix:
+        """[item rows + bundle rows, candidates]: what one step on each column adds to each
+        candidate's co-occurrence score; BundleRanker.wide_score of a sequence of that one step."""
+        key = self._weights_key(split, lambda name: name.startswith("wide_"))
+        if self._wide_cache is None or self._wide_cache[0] != key:
+            model = self.model
+            items, bundles = model.wide_item_index.cpu(), model.wide_bundle_index.cpu()
+            members, rows = (index.cpu() for index in self._candidate_index(split))
+            num_items, columns = model.config.num_item_rows, len(items)
+
+            def table(index: Tensor, weight: Tensor, width: int) -> sp.csr_matrix:
+                """The neighbour table as a sparse [columns, width] matrix of weights."""
+                starts = np.arange(0, index.numel() + 1, index.shape[1])
+                values = (weight.cpu().numpy().ravel(), index.numpy().ravel(), starts)
+                return sp.csr_matrix(values, shape=(columns, width))
+
+            # candidate n with a bundle row reads that row of the bundle neighbours; otherwise the
+            # mean over its known members of their item neighbours, times wide_member_weight
+            own = rows > UNKNOWN
+            known = (members != PAD) & (members < num_items) & ~own[:, None]
+            share = float(model.wide_member_weight) / known.sum(1).clamp(min=1)
+            n, m = known.nonzero(as_tuple=True)
+            spread = sp.csr_matrix((share[n].numpy(), (members[n, m].numpy(), n.numpy())), shape=(num_items, len(rows)))
+            wide = table(items, model.wide_item_weight, num_items) @ spread
+            if own.any() and bundles.shape[1]:
+                picked = own.nonzero().ravel()
+                select = sp.csr_matrix(
+                    (np.ones(len(picked), np.float32), (rows[picked].numpy(), picked.numpy())),
+                    shape=(model.config.num_bundle_rows, len(rows)),
+                )
+                wide = wide + table(bundles, model.wide_bundle_weight, model.config.num_bundle_rows) @ select
+            self._wide_cache = (key, sp.csr_matrix(wide, dtype=np.float32))
+        return self._wide_cache[1]
+
+    def _wide(self, seq: Tensor, matrix: sp.csr_matrix) -> np.ndarray:
+        """BundleRanker.wide_score(BundleRanker.wide(seq)) for sequences [B, 5, T]: step counts per
+        column times the matrix (padding, extra-text rows and the user token count nothing)."""
+        items, bundle_steps = seq[:, 0].cpu().numpy(), seq[:, 1].cpu().numpy()
+        num_items = self.model.config.num_item_rows
+        column = np.where(bundle_steps != PAD, bundle_steps + num_items, np.where(items < num_items, items, PAD))
+        user, step = np.nonzero(column != PAD)
+        counts = sp.csr_matrix(
+            (np.ones(len(user), np.float32), (user, column[user, step])), shape=(len(column), matrix.shape[0])
+        )
+        return (counts @ matrix).toarray()
+
+    def _neural(self, seq: Tensor, weights: _Weights) -> Tensor:
+        """BundleRanker.score for trimmed sequences [B, 5, T] against every candidate."""
+        model = self.model
+        encoded = model.encode(seq, weights.projected, weights.bundles, weights.extra)
+        two_tower = model.user_vectors(encoded.states[:, -1]) @ weights.candidates.T
+        items, bundle_steps = seq[:, 0], seq[:, 1]
+        bundle_base = model.config.num_item_rows + len(weights.extra)
+        steps = torch.where(bundle_steps != PAD, bundle_steps + bundle_base, items)
+        token = torch.full_like(steps[:, :1], weights.attention.pad - 1)
+        present = torch.cat([(items != PAD) | (bundle_steps != PAD), torch.ones_like(token, dtype=torch.bool)], 1)
+        return two_tower.add_(weights.attention.score(torch.cat([steps, token], dim=1), present))
+
+
+@dataclass
+class PartScorer:
+    """One part of a ModelScorer's model alone, as a Scorer: "neural" (the Transformer, trained
+    without the co-occurrence tables, so the model `--neighbours 0` trains) or "wide" (the
+    co-occurrence part: EASE, blended with cosine where validation chose it)."""
+
+    scorer: ModelScorer
+    part: str
+    name: str = ""
+
+    def score(self, split: EvalSplit, users: Sequence[str]) -> np.ndarray:
+        neural, wide = self.scorer.parts(split, users, neural=self.part == "neural")
+        return neural if self.part == "neural" else wide

@@ -40,7 +40,7 @@ from bundlerec.training.data import (
 )
 from bundlerec.training.model import BundleRanker, ModelConfig
 from bundlerec.training.objective import TrainingLoss, batch_tensors, sample_negatives, sampling_distribution
-from bundlerec.training.scorer import ModelScorer
+from bundlerec.training.scorer import ModelScorer, PartScorer
 from bundlerec.training.warm import WarmStart
 from bundlerec.training.warm import apply as warm_start
 
@@ -284,7 +284,7 @@ def choose_wide_tables(
         for share in settings.wide_cosine_grid:
             tables = blend_tables(ease, cosine, share) if share else ease
             model.set_neighbours(tables)
-            metric = evaluate_scorer(split, _WideOnly(scorer), ks=(10, 20))[metric_name]
+            metric = evaluate_scorer(split, PartScorer(scorer, "wide"), ks=(10, 20))[metric_name]
             if own is None or metric > own[0]:
                 own = (metric, l2, share, tables)
         assert own is not None
@@ -320,21 +320,12 @@ def choose_member_weight(
     best: tuple[float, float] | None = None
     for weight in MEMBER_WEIGHTS:
         model.wide_member_weight.fill_(weight)
-        metric = evaluate_scorer(split, _WideOnly(scorer), ks=(10, 20))[metric_name]
+        metric = evaluate_scorer(split, PartScorer(scorer, "wide"), ks=(10, 20))[metric_name]
         if best is None or metric > best[0]:
             best = (metric, weight)
     assert best is not None
     model.wide_member_weight.fill_(best[1])
     progress(f"bundles without a row: members' co-occurrence times {best[1]:g}, valid {metric_name} {best[0]:.4f}")
-
-
-@dataclass
-class _WideOnly:
-    scorer: ModelScorer
-    name: str = "co-occurrence"
-
-    def score(self, split: EvalSplit, users: list[str]) -> np.ndarray:
-        return self.scorer.parts(split, users, neural=False)[1]
 
 
 WIDE_FACTORS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 32.0, 1000.0)

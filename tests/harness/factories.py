@@ -10,6 +10,7 @@ from bundlerec.v1 import candidate_pb2, common_pb2, exposures_pb2
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data beside the checkout
 SCIENTIFIC = SHARED_DATA / "amazon-scientific"
+YOUSHU = SHARED_DATA / "youshu"
 
 
 def event(
