@@ -203,6 +203,15 @@ def test_full_ranking_scores_what_the_served_graph_scores(encoder_dir: str, monk
     assert taken
 
 
+def test_the_transformer_alone_trains_and_ranks_as_served(demo_shop: Dataset) -> None:
+    trained = train(demo_shop, dataclasses.replace(QUICK, neighbours=0), None, progress=lambda line: None)
+    scorer = ModelScorer("ours", trained.model, demo_shop, trained.data.vocabulary, None)
+    split = build_split(demo_shop, "test")
+    neural, wide = scorer.parts(split, split.users)
+    assert not wide.any() and neural.std() > 0  # no co-occurrence part: the network alone ranks
+    assert full_ranking_vs_forward(scorer, demo_shop) <= 1e-5
+
+
 def test_same_seed_same_data_same_model(demo_shop: Dataset) -> None:
     first = train(demo_shop, QUICK, None, progress=lambda line: None).model.state_dict()
     second = train(demo_shop, QUICK, None, progress=lambda line: None).model.state_dict()

@@ -219,6 +219,23 @@ def test_the_validation_mix_is_the_models_own_and_never_worse_than_the_transform
     assert any(line.startswith("co-occurrence factor") for line in lines)
 
 
+def test_an_l2_grid_whose_edge_wins_is_searched_past_that_edge(bundle_shop: Dataset) -> None:
+    grid = (20000.0, 80000.0)  # two values: one edge or the other always wins
+    settings = TrainSettings(max_epochs=1, dim=32, validation_users=200, wide_l2_grid=grid)
+    lines: list[str] = []
+    trained = train(bundle_shop, settings, None, progress=lines.append)
+    logged = [line.split() for line in lines if line.startswith("co-occurrence EASE l2")]
+    tried = {float(words[3]): float(words[10]) for words in logged}
+    beyond = [l2 for l2 in tried if l2 not in grid]
+    assert 1 <= len(beyond) <= 3 and all("past the grid's edge" in " ".join(w) for w in logged[2:])
+    edge = max(grid, key=lambda l2: (tried[l2], -l2))  # the grid's own winner (ties: the earlier value)
+    step = 0.25 if edge == grid[0] else 4.0
+    assert beyond == [edge * step**n for n in range(1, len(beyond) + 1)]  # outward, a factor 4 each
+    # it stops at the first value that does not improve, or after 3
+    assert len(beyond) == 3 or tried[beyond[-1]] <= max(tried[l2] for l2 in tried if l2 != beyond[-1])
+    assert tried[trained.model.config.wide_l2] == max(tried.values())
+
+
 def test_torchrun_trains_on_two_workers_and_one_writes_the_model(tmp_path: Path) -> None:
     """PyTorch's own DistributedDataParallel under torchrun (Gloo on CPUs; NCCL between GPUs)."""
     generate_demo_shop(tmp_path / "shop", seed=3, users=120, items=300)

@@ -261,6 +261,8 @@ class ModelScorer:
 
             def table(index: Tensor, weight: Tensor, width: int) -> sp.csr_matrix:
                 """The neighbour table as a sparse [columns, width] matrix of weights."""
+                if not index.shape[1]:  # no neighbours kept (--neighbours 0, or no bundles)
+                    return sp.csr_matrix((columns, width), dtype=np.float32)
                 starts = np.arange(0, index.numel() + 1, index.shape[1])
                 values = (weight.cpu().numpy().ravel(), index.numpy().ravel(), starts)
                 return sp.csr_matrix(values, shape=(columns, width))

@@ -264,8 +264,11 @@ def choose_wide_tables(
 ) -> None:
     """Fills the model's co-occurrence tables: cosine, or EASE blended with cosine, with the L2 of
     `wide_l2_grid` and the share of `wide_cosine_grid` whose tables alone reach the best validation
-    metric (ties keep the earlier pair); each L2's own figure is logged, so the search can be read.
-    The choice is kept in the model's config, for the refit on next-item data and for the manifest."""
+    metric (ties keep the earlier pair). Where an edge of the L2 grid wins, the search goes on past
+    it (a quarter or four times the value, at most WIDEN_STEPS times) while the figure improves: the
+    best value of another dataset may lie outside the grid. Each L2's own figure is logged, so the
+    search can be read. The choice is kept in the model's config, for the refit on next-item data
+    and for the manifest."""
     model = scorer.model
     if settings.neighbours == 0:
         return
@@ -276,7 +279,8 @@ def choose_wide_tables(
     if settings.wide != "ease":
         raise ValueError(f"wide must be ease or cosine, got {settings.wide!r}")
     best: tuple[float, float, float, NeighbourTables] | None = None
-    for l2 in settings.wide_l2_grid:
+
+    def weigh(l2: float, note: str = "") -> tuple[float, float, float, NeighbourTables]:
         started = time.monotonic()
         ease = ease_tables(data, settings.neighbours, l2)
         seconds = time.monotonic() - started
@@ -288,13 +292,26 @@ def choose_wide_tables(
             if own is None or metric > own[0]:
                 own = (metric, l2, share, tables)
         assert own is not None
-        if best is None or own[0] > best[0]:
-            best = own
+        leader = own if best is None or own[0] > best[0] else best
         progress(
             f"co-occurrence EASE l2 {l2:g} (inverted in {seconds:.0f} s): valid {metric_name} {own[0]:.4f} "
-            f"(cosine share {own[2]:g}); best so far {best[0]:.4f} at l2 {best[1]:g}"
+            f"(cosine share {own[2]:g}{note}); best so far {leader[0]:.4f} at l2 {leader[1]:g}"
         )
+        return own
+
+    for l2 in settings.wide_l2_grid:
+        own = weigh(l2)
+        if best is None or own[0] > best[0]:
+            best = own
     assert best is not None
+    grid = sorted(settings.wide_l2_grid)
+    if len(grid) > 1 and best[1] in (grid[0], grid[-1]):
+        factor = 0.25 if best[1] == grid[0] else 4.0
+        for _ in range(WIDEN_STEPS):
+            own = weigh(best[1] * factor, "; past the grid's edge")
+            if own[0] <= best[0]:
+                break
+            best = own
     metric, model.config.wide_l2, model.config.wide_cosine_share, tables = best
     model.set_neighbours(tables)
     progress(
@@ -302,6 +319,9 @@ def choose_wide_tables(
         f"valid {metric_name} {metric:.4f} on its own"
     )
     choose_member_weight(scorer, data, split, metric_name, progress)
+
+
+WIDEN_STEPS = 3  # L2 values tried past an edge of the grid that won, each a factor 4 further
 
 
 MEMBER_WEIGHTS = (1.0, 0.3, 0.1, 0.03, 0.0)
