@@ -128,12 +128,15 @@ def test_onnx_matches_pytorch_with_bundles(demo_shop: Dataset, tmp_path: Path) -
     assert onnx_vs_torch(path, demo_shop, None) <= 1e-4
 
 
-def full_ranking_vs_forward(scorer: ModelScorer, dataset: Dataset, users: int = 30) -> float:
+def full_ranking_vs_forward(scorer: ModelScorer, dataset: Dataset, users: int = 30, outside: bool = False) -> float:
     """Largest |full-ranking score - BundleRanker.forward score| over every target of the test split,
-    relative to the largest score: the evaluated model is the served graph."""
+    relative to the largest score: the evaluated model is the served graph. `outside`: the users
+    scored are not the split's own (its tables hold other users' steps)."""
     model = scorer.model
     split = build_split(dataset, "test")
     chosen = split.users[:users]
+    if outside:
+        split.users = split.users[users : 2 * users]
     scores = scorer.score(split, chosen)
     members, rows = scorer._candidate_index(split)
     length = model.config.max_sequence
@@ -186,6 +189,7 @@ def test_full_ranking_scores_what_the_served_graph_scores(encoder_dir: str, monk
     _, rows = scorer._candidate_index(build_split(youshu, "test"))
     assert (rows == 0).any() and (rows > 1).any()  # bundles with and without a row of their own
     assert full_ranking_vs_forward(scorer, youshu) <= 1e-5
+    assert full_ranking_vs_forward(scorer, youshu, outside=True) <= 1e-5
     # a catalogue too large for the whole table: each call computes its users' rows only
     monkeypatch.setattr(batched, "TABLE_BYTES", 1)
     assert (

@@ -75,21 +75,25 @@ class _AttentionTables:
     costs two sums of its steps' rows (an embedding bag) and no exp at all. Should every E of a user
     underflow (logits spread over more than ~87), that user is recomputed with the softmax itself."""
 
-    def __init__(self, model: BundleRanker, steps: Tensor, candidates: Tensor) -> None:
+    def __init__(self, model: BundleRanker, steps: Tensor, candidates: Tensor, kept: Tensor) -> None:
+        """`kept`: the step ids (sorted, distinct) the table is built for: those of the split's users."""
         self.keys = model.target_key(steps)
         self.step_values = model.target_value(steps)
         self.queries = model.target_query(candidates) / math.sqrt(model.config.dim)
         self.outs = model.target_out(candidates)
-        self.pad = len(steps)  # the row every padding step reads: zeros
+        self.pad = len(steps)  # the step id of padding, whose row is zeros
         self.whole: Tensor | None = None
-        if len(steps) * 2 * len(candidates) * 4 <= TABLE_BYTES:
-            self.whole = self._tables(None)
+        if len(kept) * 2 * len(candidates) * 4 <= TABLE_BYTES:
+            self.whole = self._tables(kept)
+            # step id → its row of the table; ids outside `kept` (and padding) → the zero row
+            self.position = torch.full((len(steps) + 1,), len(kept), dtype=torch.long, device=steps.device)
+            self.position[kept] = torch.arange(len(kept), device=steps.device)
 
-    def _tables(self, used: Tensor | None) -> Tensor:
-        """[E | E * values] over the step ids `used` (None: all), [len(used) + 1, 2N] with a zero row
-        appended: one row read per step gives both sums. Built in place, since fresh tables of this
-        size cost more to allocate than to compute."""
-        keys, values = (self.keys, self.step_values) if used is None else (self.keys[used], self.step_values[used])
+    def _tables(self, used: Tensor) -> Tensor:
+        """[E | E * values] over the step ids `used`, [len(used) + 1, 2N] with a zero row appended:
+        one row read per step gives both sums. Built in place, since fresh tables of this size cost
+        more to allocate than to compute."""
+        keys, values = self.keys[used], self.step_values[used]
         n = len(self.queries)
         table = torch.empty(len(keys) + 1, 2 * n, device=keys.device)
         weights, weighted = table[:-1, :n], table[:-1, n:]
@@ -102,9 +106,12 @@ class _AttentionTables:
 
     def score(self, steps: Tensor, present: Tensor) -> Tensor:
         """steps [B, T] step ids, present [B, T] (False for padding) → [B, candidates]."""
+        table = None
         if self.whole is not None:
-            table, rows = self.whole, torch.where(present, steps, self.pad)
-        else:
+            rows = self.position[torch.where(present, steps, self.pad)]
+            if not bool((rows[present] == len(self.whole) - 1).any()):  # every step has a row
+                table = self.whole
+        if table is None:  # a user from outside the split, or a table too large: this call's rows
             used, local = torch.unique(steps, return_inverse=True)
             table, rows = self._tables(used), torch.where(present, local, len(used))
         offsets = torch.arange(0, rows.numel(), rows.shape[1], device=rows.device)
@@ -154,6 +161,7 @@ class ModelScorer:
         self._candidates: tuple[tuple[str, ...], tuple[Tensor, Tensor]] | None = None
         self._tables: tuple[tuple, _Weights] | None = None
         self._wide_cache: tuple[tuple, sp.csr_matrix] | None = None
+        self._sequences: tuple[tuple, dict[str, int], np.ndarray] | None = None
 
     def _steps(self, split: EvalSplit, user: str) -> list[Step]:
         return model_steps(split.histories.get(user, []), self.vocabulary, self.mapper.item, timed=self.timed)
@@ -182,9 +190,33 @@ class ModelScorer:
         versions = [(name, t.data_ptr(), t._version) for name, t in state.items() if part(name)]
         return (tuple(split.target_ids), tuple(versions))
 
+    def _split_sequences(self, split: EvalSplit) -> tuple[dict[str, int], np.ndarray]:
+        """Every evaluated user of the split, encoded ([users, 5, max_sequence]), and their rows:
+        kept between calls (and epochs: a validation split does not change while training)."""
+        key = (id(split), tuple(split.users))
+        if self._sequences is None or self._sequences[0] != key:
+            self._sequences = (key, {u: n for n, u in enumerate(split.users)}, self._encode(split, split.users))
+        return self._sequences[1], self._sequences[2]
+
+    def _encode(self, split: EvalSplit, users: Sequence[str]) -> np.ndarray:
+        length = self.model.config.max_sequence
+        encoded = [encode_sequence(self._steps(split, u), length, clock=self.clock) for u in users]
+        return np.stack(encoded) if encoded else np.zeros((0, 5, length), dtype=np.int64)
+
+    def _step_ids(self, seq: Tensor, extra_rows: int) -> tuple[Tensor, Tensor]:
+        """Sequences [B, 5, T] → their step ids [B, T + 1] in the attention tables' vocabulary (item
+        and extra-text rows, bundle rows, the user token last) and which are present (not padding)."""
+        items, bundle_steps = seq[:, 0], seq[:, 1]
+        token_id = self.model.config.num_item_rows + extra_rows + self.model.config.num_bundle_rows
+        steps = torch.where(bundle_steps != PAD, bundle_steps + self.model.config.num_item_rows + extra_rows, items)
+        token = torch.full_like(steps[:, :1], token_id)
+        present = torch.cat([(items != PAD) | (bundle_steps != PAD), torch.ones_like(token, dtype=torch.bool)], 1)
+        return torch.cat([steps, token], dim=1), present
+
     def _attention(self, split: EvalSplit) -> _Weights:
         """What scoring reads of the current weights: kept until a weight changes."""
-        key = self._weights_key(split, lambda name: not name.startswith("wide_"))
+        # the tables hold the rows of the split's users' steps: a new split, new tables
+        key = (id(split), tuple(split.users), self._weights_key(split, lambda name: not name.startswith("wide_")))
         if self._tables is None or self._tables[0] != key:
             model = self.model
             device = model.user_token.device
@@ -196,7 +228,8 @@ class ModelScorer:
             item_rows = torch.arange(model.config.num_item_rows + len(extra), device=device)
             items = model.sets(item_rows.unsqueeze(-1), torch.zeros_like(item_rows), projected, extra)
             steps = torch.cat([items, bundles, model.user_token.unsqueeze(0)])
-            tables = _AttentionTables(model, steps, candidates)
+            ids, present = self._step_ids(torch.from_numpy(self._split_sequences(split)[1]).to(device), len(extra))
+            tables = _AttentionTables(model, steps, candidates, torch.unique(ids[present]))
             self._tables = (key, _Weights(projected, bundles, extra, candidates, tables))
         return self._tables[1]
 
@@ -230,7 +263,11 @@ class ModelScorer:
         self.model.eval()
         device = self.model.user_token.device
         length = self.model.config.max_sequence
-        seqs = np.stack([encode_sequence(self._steps(split, u), length, clock=self.clock) for u in users])
+        rows, encoded = self._split_sequences(split)
+        if all(user in rows for user in users):
+            seqs = encoded[[rows[user] for user in users]]
+        else:
+            seqs = self._encode(split, users)
         present = (seqs[:, 0] != PAD) | (seqs[:, 1] != PAD)
         lengths = np.where(present.any(1), length - present.argmax(1), 0)
         matrix = self._wide_matrix(split)
@@ -302,12 +339,8 @@ class ModelScorer:
         model = self.model
         encoded = model.encode(seq, weights.projected, weights.bundles, weights.extra)
         two_tower = model.user_vectors(encoded.states[:, -1]) @ weights.candidates.T
-        items, bundle_steps = seq[:, 0], seq[:, 1]
-        bundle_base = model.config.num_item_rows + len(weights.extra)
-        steps = torch.where(bundle_steps != PAD, bundle_steps + bundle_base, items)
-        token = torch.full_like(steps[:, :1], weights.attention.pad - 1)
-        present = torch.cat([(items != PAD) | (bundle_steps != PAD), torch.ones_like(token, dtype=torch.bool)], 1)
-        return two_tower.add_(weights.attention.score(torch.cat([steps, token], dim=1), present))
+        steps, present = self._step_ids(seq, len(weights.extra))
+        return two_tower.add_(weights.attention.score(steps, present))
 
 
 @dataclass
