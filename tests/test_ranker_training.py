@@ -191,7 +191,7 @@ def test_causal_batches_predict_the_next_step_at_every_position(bundle_shop: Dat
 
 
 def test_the_validation_mix_is_the_models_own_and_never_worse_than_the_transformer_alone(bundle_shop: Dataset) -> None:
-    settings = TrainSettings(max_epochs=2, dim=32, validation_users=200)
+    settings = TrainSettings(max_epochs=2, dim=32, validation_users=200, refit=False)
     lines: list[str] = []
     trained = train(bundle_shop, settings, None, progress=lines.append)
     model = trained.model
@@ -217,6 +217,33 @@ def test_the_validation_mix_is_the_models_own_and_never_worse_than_the_transform
         model.wide_weight.fill_(0.0)
     assert evaluate_scorer(split, scorer, ks=(10, 20))[metric] <= trained.validation[metric] + 1e-9
     assert any(line.startswith("co-occurrence factor") for line in lines)
+
+
+def test_the_kept_network_is_trained_again_with_the_validation_rows(bundle_shop: Dataset) -> None:
+    """Next-item data: FORMAT.md makes the validation rows test-time history, so after validation
+    has chosen the epochs the network trains again, from the start, with them; the co-occurrence
+    part and the mix are what validation chose either way."""
+    settings = TrainSettings(max_epochs=3, patience=3, dim=32, validation_users=200)
+    lines: list[str] = []
+    refitted = train(bundle_shop, settings, None, progress=lines.append)
+    plain = train(bundle_shop, dataclasses.replace(settings, refit=False), None, progress=lambda line: None)
+    chosen = max(range(3), key=lambda n: (refitted.history[n].metric, -n)) + 1
+    assert [line for line in lines if line.startswith("refit:")][0].count(f"for the {chosen} epoch(s)") == 1
+    first, second = refitted.model.state_dict(), plain.model.state_dict()
+    mix = [name for name in first if name.startswith("wide_") or name in ("neural_weight", "wide_weight")]
+    assert mix and all(torch.equal(first[name], second[name]) for name in mix)
+    assert not torch.equal(first["item_id.weight"], second["item_id.weight"])
+    # the refitted network has learned the validation rows: it ranks them higher than the plain one
+    split = build_split(bundle_shop, "valid")
+    with torch.no_grad():
+        for model in (refitted.model, plain.model):
+            model.neural_weight.fill_(1.0)
+            model.wide_weight.fill_(0.0)
+    figures = [
+        evaluate_scorer(split, ModelScorer("ours", t.model, bundle_shop, t.data.vocabulary, None), ks=(20,))["HR@20"]
+        for t in (refitted, plain)
+    ]
+    assert figures[0] > figures[1]
 
 
 def test_an_l2_grid_whose_edge_wins_is_searched_past_that_edge(bundle_shop: Dataset) -> None:

@@ -19,7 +19,7 @@ import torch
 from bundlerec.datasets import Dataset
 from bundlerec.evaluation.metrics import evaluate_scorer
 from bundlerec.evaluation.protocol import EvalSplit, build_split
-from bundlerec.ranking.features import FIRST_ID
+from bundlerec.ranking.features import FIRST_ID, UNKNOWN
 from bundlerec.training import distributed
 from bundlerec.training.cooccurrence import (
     NeighbourTables,
@@ -38,6 +38,7 @@ from bundlerec.training.data import (
     make_batch,
     prepare,
 )
+from bundlerec.training.distributed import Workers
 from bundlerec.training.model import BundleRanker, ModelConfig
 from bundlerec.training.objective import TrainingLoss, batch_tensors, sample_negatives, sampling_distribution
 from bundlerec.training.scorer import ModelScorer, PartScorer
@@ -84,6 +85,9 @@ class TrainSettings:
     # where the set reading validated better on amazon-scientific).
     order: str = "auto"
     mask_share: float = 0.2  # set order: the share of a history each example predicts from the rest
+    # next-item data with valid.csv: after validation has chosen the epochs, the network is trained
+    # again for that many epochs with the validation rows, which FORMAT.md makes test-time history
+    refit: bool = True
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -169,13 +173,7 @@ def train(
         trained_on = dataclasses.replace(data, histories={u: h for u, h in data.histories.items() if u in active})
         progress(f"warm start: {kept}; training on the {len(trained_on.histories):,} users active since {warm.since}")
     model = model.to(workers.device)
-    sampling = {kind: sampling_distribution(torch.from_numpy(c)) for kind, c in data.target_counts().items()}
-    limit = settings.two_tower_negatives
-    sampled = {kind: p for kind, p in sampling.items() if limit and len(p) > limit}
-    step = distributed.wrap(TrainingLoss(model, sampling), workers)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    generator = torch.Generator().manual_seed(settings.seed + workers.rank)
-    rng = random.Random(settings.seed)
+    fitter = _Fitter(model, trained_on, settings, workers)
 
     split = build_split(dataset, "valid")
     if len(split.users) > settings.validation_users:
@@ -187,38 +185,24 @@ def train(
         f"{data.vocabulary.num_bundle_rows - 2:,} bundles ({'ordered' if data.causal else 'unordered'} histories); "
         f"selecting on validation {metric_name} over {len(split.users):,} users; on {workers.describe()}"
     )
-    if sampled:
-        names = " and ".join("items" if kind == ITEM else "bundles" for kind in sampled)
-        progress(f"two-tower term: a sampled softmax over {limit:,} {names} per step")
+    if fitter.sampled:
+        names = " and ".join("items" if kind == ITEM else "bundles" for kind in fitter.sampled)
+        progress(f"two-tower term: a sampled softmax over {settings.two_tower_negatives:,} {names} per step")
 
     best: tuple[float, dict, dict[str, float]] | None = None
     history: list[EpochRecord] = []
     stale = 0
     for epoch in range(1, settings.max_epochs + 1):
         started, cpu_started = time.monotonic(), time.process_time()
-        model.train()
-        pairs = examples(trained_on, settings.max_sequence, rng, settings.mask_share)
-        totals = np.zeros(3)
-        count = 0
-        epoch_batches = batches(pairs, settings.batch_size or (256 if data.causal else 64), rng)
-        for group in distributed.share(epoch_batches, workers):
-            batch = make_batch(group, settings.max_sequence, clock=data.clock, causal=data.causal)
-            negatives = sample_negatives(sampling, settings.negatives, generator, workers.device)
-            drawn = sample_negatives(sampled, limit, generator, workers.device) if sampled else None
-            loss, two_tower, full = step(*batch_tensors(batch, workers.device), negatives, drawn)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            totals += (loss.item(), two_tower.item(), full.item())
-            count += 1
+        totals, trained_examples = fitter.epoch()
         trained_for, cpu_for = time.monotonic() - started, time.process_time() - cpu_started
         metrics = evaluate_scorer(split, scorer, ks=(10, 20))
         record = EpochRecord(
             epoch,
-            *(totals / max(count, 1)),
+            *totals,
             metrics[metric_name],
             time.monotonic() - started,
-            examples=len(pairs),
+            examples=trained_examples,
             train_seconds=trained_for,
             train_cpu_seconds=cpu_for,
         )
@@ -244,14 +228,85 @@ def train(
     validation = fit_wide_weight(scorer, split, metric_name, progress)
     if data.task == "next_item" and dataset.valid:
         # FORMAT.md puts the validation rows in the test-time history of next-item data, so the
-        # model that is kept counts their co-occurrences too (the baselines fit on them as well);
-        # the mix chosen above carries over.
+        # model that is kept learns from them too, as the baselines fit on them: the co-occurrence
+        # part counts their pairs and (settings.refit) the network is trained again on them, for
+        # the epochs validation chose. The mix chosen above carries over.
         known = history_steps(dataset, data.vocabulary, build_split(dataset, "test").histories)
         with_valid = dataclasses.replace(data, histories=known)
         share = model.config.wide_cosine_share
         model.set_neighbours(neighbour_tables(with_valid, settings.neighbours, model.config.wide_l2, share))
+        if settings.refit and warm is None:
+            epochs = max(range(len(history)), key=lambda n: (history[n].metric, -n)) + 1
+            refit(model, with_valid, settings, epochs, workers, progress)
     distributed.stop(workers)
     return TrainedModel(model, data, settings, metric_name, validation, history, carved)
+
+
+class _Fitter:
+    """Epochs of one optimizer over one set of histories: shuffled examples, batches of similar
+    length, negatives drawn by popularity (objective.py)."""
+
+    def __init__(self, model: BundleRanker, data: TrainingData, settings: TrainSettings, workers: Workers) -> None:
+        self.data, self.settings, self.workers = data, settings, workers
+        self.sampling = {kind: sampling_distribution(torch.from_numpy(c)) for kind, c in data.target_counts().items()}
+        limit = settings.two_tower_negatives
+        self.sampled = {kind: p for kind, p in self.sampling.items() if limit and len(p) > limit}
+        self.model = model
+        self.step = distributed.wrap(TrainingLoss(model, self.sampling), workers)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+        self.generator = torch.Generator().manual_seed(settings.seed + workers.rank)
+        self.rng = random.Random(settings.seed)
+
+    def epoch(self) -> tuple[np.ndarray, int]:
+        """One epoch: (mean loss, two-tower and full terms per batch; examples trained on)."""
+        settings, data, device = self.settings, self.data, self.workers.device
+        self.model.train()
+        pairs = examples(data, settings.max_sequence, self.rng, settings.mask_share)
+        totals = np.zeros(3)
+        count = 0
+        epoch_batches = batches(pairs, settings.batch_size or (256 if data.causal else 64), self.rng)
+        for group in distributed.share(epoch_batches, self.workers):
+            batch = make_batch(group, settings.max_sequence, clock=data.clock, causal=data.causal)
+            negatives = sample_negatives(self.sampling, settings.negatives, self.generator, device)
+            limit = settings.two_tower_negatives
+            drawn = sample_negatives(self.sampled, limit, self.generator, device) if self.sampled else None
+            loss, two_tower, full = self.step(*batch_tensors(batch, device), negatives, drawn)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            totals += (loss.item(), two_tower.item(), full.item())
+            count += 1
+        return totals / max(count, 1), len(pairs)
+
+
+def refit(
+    model: BundleRanker,
+    data: TrainingData,
+    settings: TrainSettings,
+    epochs: int,
+    workers: Workers,
+    progress: Progress,
+) -> None:
+    """Trains the network again from its initial weights, on `data`'s histories (the validation
+    rows now among them) for `epochs`, the count validation chose, and puts its weights in `model`;
+    the co-occurrence tables and the mix stay `model`'s. Steps on items the vocabulary lacks (first
+    seen in a validation row) are left out: the network has no row to predict them with."""
+    started = time.monotonic()
+    histories = {u: [s for s in h if s.bundle or s.item != UNKNOWN] for u, h in data.histories.items()}
+    data = dataclasses.replace(data, histories={u: h for u, h in histories.items() if h})
+    torch.manual_seed(settings.seed + workers.rank)
+    fresh = BundleRanker(model.config, model.item_text.cpu(), model.bundle_members.cpu()).to(workers.device)
+    fitter = _Fitter(fresh, data, settings, workers)
+    for _ in range(epochs):
+        fitter.epoch()
+    kept = ("neural_weight", "wide_weight", "wide_member_weight")
+    weights = {k: v for k, v in fresh.state_dict().items() if not k.startswith("wide_") and k not in kept}
+    model.load_state_dict(weights, strict=False)
+    model.eval()
+    progress(
+        f"refit: the network trained again with the validation rows among the histories, for the {epochs} "
+        f"epoch(s) validation chose ({time.monotonic() - started:.0f} s)"
+    )
 
 
 def choose_wide_tables(
