@@ -228,7 +228,7 @@ def test_the_kept_network_is_trained_again_with_the_validation_rows(bundle_shop:
     refitted = train(bundle_shop, settings, None, progress=lines.append)
     plain = train(bundle_shop, dataclasses.replace(settings, refit=False), None, progress=lambda line: None)
     chosen = max(range(3), key=lambda n: (refitted.history[n].metric, -n)) + 1
-    assert [line for line in lines if line.startswith("refit:")][0].count(f"for the {chosen} epoch(s)") == 1
+    assert next(line for line in lines if line.startswith("refit:")).count(f"for the {chosen} epoch(s)") == 1
     first, second = refitted.model.state_dict(), plain.model.state_dict()
     mix = [name for name in first if name.startswith("wide_") or name in ("neural_weight", "wide_weight")]
     assert mix and all(torch.equal(first[name], second[name]) for name in mix)
@@ -244,6 +244,34 @@ def test_the_kept_network_is_trained_again_with_the_validation_rows(bundle_shop:
         for t in (refitted, plain)
     ]
     assert figures[0] > figures[1]
+
+
+def test_ordinal_histories_are_read_as_validation_prefers() -> None:
+    """Ordinal timestamps (amazon-scientific) are an order without times: both readings train and
+    the one with the better validation figure is kept, a tie going to the sequence."""
+    if not SCIENTIFIC.is_dir():
+        pytest.skip("../shared/data/amazon-scientific is not available")
+    full = read_dataset(SCIENTIFIC)
+    assert full.info.timestamps == "ordinal"
+    keep = set(sorted({e.user_id for e in full.events})[:300])
+    sample = dataclasses.replace(
+        full,
+        events=[e for e in full.events if e.user_id in keep],
+        valid=[r for r in full.valid if r.user_id in keep],
+        test=[r for r in full.test if r.user_id in keep],
+    )
+    lines: list[str] = []
+    trained = train(sample, TrainSettings(max_epochs=2, dim=32), None, progress=lines.append)
+    assert sum(line.startswith("training on") for line in lines) == 2
+    readings = [line for line in lines if line.startswith("training on")]
+    assert "(ordered histories)" in readings[0] and "(unordered histories)" in readings[1]
+    words = next(line for line in lines if line.startswith("reading:")).replace(",", "").split()
+    as_sequence, as_set = float(words[3]), float(words[7])
+    assert trained.model.config.causal == (as_sequence >= as_set)
+    assert trained.validation[trained.metric_name] == pytest.approx(max(as_sequence, as_set), abs=1e-4)
+    # the set reading reused the co-occurrence weighing the sequence reading chose
+    assert sum(line.startswith("co-occurrence part:") for line in lines) == 2
+    assert len({line for line in lines if line.startswith("co-occurrence part:")}) == 1
 
 
 def test_an_l2_grid_whose_edge_wins_is_searched_past_that_edge(bundle_shop: Dataset) -> None:

@@ -39,7 +39,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         "--order",
         choices=["auto", "sequence", "set"],
         default=defaults.order,
-        help="read histories as sequences or sets (default: auto, by the dataset's timestamps)",
+        help="read histories as sequences or sets (default: auto: sequences where timestamps are times, sets where "
+        "there are none, and where they are only an order both train and validation keeps one)",
     )
     parser.add_argument(
         "--neighbours",

@@ -81,8 +81,8 @@ class TrainSettings:
     use_text: bool = True
     # "sequence": histories are read causally and every step predicts the next; "set": each
     # interaction is predicted from all the others. "auto": sequence where timestamps are real
-    # times (sessions), set where they are only an order or absent (review-ordered purchases,
-    # where the set reading validated better on amazon-scientific).
+    # times (sessions), set where they are absent, and where they are only an order both readings
+    # train and validation keeps one (_either_reading).
     order: str = "auto"
     mask_share: float = 0.2  # set order: the share of a history each example predicts from the rest
     # next-item data with valid.csv: after validation has chosen the epochs, the network is trained
@@ -136,6 +136,8 @@ def train(
 ) -> TrainedModel:
     """Trains a model on `dataset`; `warm` starts it from a serving model's weights (warm.py) and
     trains only on the histories of users active since `warm.since` (the tables still count all)."""
+    if settings.order == "auto" and dataset.info.timestamps == "ordinal" and warm is None:
+        return _either_reading(dataset, settings, text_vectors, progress)
     workers = distributed.start()
     torch.manual_seed(settings.seed + workers.rank)  # dropout differs between workers; DDP shares the start
     # Embedding gradients are otherwise summed in whatever order the threads finish, which makes
@@ -240,6 +242,34 @@ def train(
             refit(model, with_valid, settings, epochs, workers, progress)
     distributed.stop(workers)
     return TrainedModel(model, data, settings, metric_name, validation, history, carved)
+
+
+def _either_reading(
+    dataset: Dataset, settings: TrainSettings, text_vectors: np.ndarray | None, progress: Progress
+) -> TrainedModel:
+    """Ordinal timestamps give an order but not a time: histories may be sequences (each step
+    predicting the next) or sets (each interaction predicted from the others), and the data, not a
+    rule, says which. Both readings train; validation's figure (of the model as it is kept, both
+    parts mixed) picks, and a tie keeps the sequence. The co-occurrence part does not depend on the
+    reading: the second run takes the weighing the first chose instead of searching again."""
+    progress("ordinal timestamps: training the sequence reading, then the set reading; validation keeps one")
+    sequence = train(dataset, dataclasses.replace(settings, order="sequence"), text_vectors, progress)
+    chosen = sequence.model.config
+    as_set = dataclasses.replace(
+        settings,
+        order="set",
+        wide_l2_grid=(chosen.wide_l2,) if chosen.wide_l2 > 0 else settings.wide_l2_grid,
+        wide_cosine_grid=(chosen.wide_cosine_share,),
+    )
+    unordered = train(dataset, as_set, text_vectors, progress)
+    name = sequence.metric_name
+    figures = (sequence.validation[name], unordered.validation[name])
+    kept = unordered if figures[1] > figures[0] else sequence
+    progress(
+        f"reading: valid {name} {figures[0]:.4f} as a sequence, {figures[1]:.4f} as a set; "
+        f"keeping the {'set' if kept is unordered else 'sequence'}"
+    )
+    return kept
 
 
 class _Fitter:
