@@ -4,7 +4,7 @@ A Transformer over learned embeddings generalizes, but it forgets rare pairs: an
 with another in a single session leaves little trace in an embedding, while an item-to-item model
 keeps it exactly. So the model carries, like the wide half of Wide & Deep (Cheng et al., DLRS
 2016), a table of each column's nearest targets by co-occurrence, and adds their summed weight to
-its score with a mix chosen on validation (`fit_wide_weight` in train.py).
+its score with a mix chosen on validation (`fit_wide_weight` in mix.py).
 
 Columns are the vocabulary's item rows, then its bundle rows (offset by num_item_rows), over the
 binary users × columns matrix of the training histories plus one "basket" row per bundle (the

@@ -122,7 +122,7 @@ class BundleRanker(nn.Module):
             neighbours = empty_tables(config.num_item_rows, config.num_bundle_rows, config.neighbours)
         for name, table in zip(NeighbourTables._fields, neighbours, strict=True):
             self.register_buffer(f"wide_{name}", torch.from_numpy(np.ascontiguousarray(table)))
-        # the mix of the two parts, set after training on validation (train.fit_wide_weight)
+        # the mix of the two parts, set after training on validation (mix.fit_wide_weight)
         self.register_buffer("neural_weight", torch.ones(()))
         self.register_buffer("wide_weight", torch.zeros(()))
         # a candidate without a row of its own scores the mean of its members' item weights, which

@@ -4,13 +4,12 @@ Scores with the PyTorch weights rather than the ONNX file, and computes the same
 model's forward (the served graph; a test ties the two) in the layout full ranking affords:
 - every candidate of the split is encoded once per set of weights, not once per user;
 - target attention, where each candidate attends over the user's steps, is a function of the pair
-  (step, candidate) only: the steps are item, bundle or user-token vectors, so its logits and
-  values are two [steps vocabulary, candidates] matrices computed once by two matrix products
-  (`_AttentionTables`), and each user gathers the rows of its own steps: a gather and a softmax
-  over a handful of rows instead of a [steps, candidates, d] product per user;
+  (step, candidate) only: the steps are item, bundle or user-token vectors, so it becomes one table
+  over the steps the split's users have (`_AttentionTables`, two matrix products), and each user
+  sums the rows of its own steps (an embedding bag) instead of a [steps, candidates, d] product;
 - the co-occurrence part is linear in the steps, so it is one sparse product: the users' step
-  counts [users, columns] times the candidates' weights from each column (`_wide_matrix`, built by
-  the model's own wide_score from each column alone, as item-kNN scores);
+  counts [users, columns] times what one step on each column adds to each candidate
+  (`_wide_matrix`: BundleRanker.wide_score's rule, a bundle's own row or its members' mean);
 - users are encoded in groups of similar history length, each trimmed to its longest history
   (the sequences are left-padded, and padding is masked, so trimming changes nothing).
 Items the model has no row for are scored from their text, through the same `extra_text` path the
@@ -35,9 +34,9 @@ from bundlerec.ranking.vocabulary import Vocabulary
 from bundlerec.training.data import model_steps
 from bundlerec.training.model import NEGATIVE, BundleRanker
 
-# the attention table kept for a set of weights, [steps vocabulary, 2 × candidates] float32, at most
-# (amazon-beauty's takes 1.2 GB, Youshu's 1.4 GB); a larger catalogue computes, per call, only the
-# rows of the steps its users have
+# the attention table kept for a set of weights, [steps of the split's users, 2 × candidates] float32,
+# at most (amazon-beauty's takes 1.2 GB, Youshu's 0.7 GB); a larger one is computed per call, for
+# the steps of that call's users only
 TABLE_BYTES = 2 << 30
 
 

@@ -18,14 +18,10 @@ import torch
 
 from bundlerec.datasets import Dataset
 from bundlerec.evaluation.metrics import evaluate_scorer
-from bundlerec.evaluation.protocol import EvalSplit, build_split
-from bundlerec.ranking.features import FIRST_ID, UNKNOWN
+from bundlerec.evaluation.protocol import build_split
+from bundlerec.ranking.features import UNKNOWN
 from bundlerec.training import distributed
 from bundlerec.training.cooccurrence import (
-    NeighbourTables,
-    blend_tables,
-    cosine_tables,
-    ease_tables,
     neighbour_tables,
 )
 from bundlerec.training.data import (
@@ -39,9 +35,10 @@ from bundlerec.training.data import (
     prepare,
 )
 from bundlerec.training.distributed import Workers
+from bundlerec.training.mix import choose_wide_tables, fit_wide_weight
 from bundlerec.training.model import BundleRanker, ModelConfig
 from bundlerec.training.objective import TrainingLoss, batch_tensors, sample_negatives, sampling_distribution
-from bundlerec.training.scorer import ModelScorer, PartScorer
+from bundlerec.training.scorer import ModelScorer
 from bundlerec.training.warm import WarmStart
 from bundlerec.training.warm import apply as warm_start
 
@@ -337,137 +334,3 @@ def refit(
         f"refit: the network trained again with the validation rows among the histories, for the {epochs} "
         f"epoch(s) validation chose ({time.monotonic() - started:.0f} s)"
     )
-
-
-def choose_wide_tables(
-    scorer: ModelScorer,
-    data: TrainingData,
-    split: EvalSplit,
-    settings: TrainSettings,
-    metric_name: str,
-    progress: Progress,
-) -> None:
-    """Fills the model's co-occurrence tables: cosine, or EASE blended with cosine, with the L2 of
-    `wide_l2_grid` and the share of `wide_cosine_grid` whose tables alone reach the best validation
-    metric (ties keep the earlier pair). Where an edge of the L2 grid wins, the search goes on past
-    it (a quarter or four times the value, at most WIDEN_STEPS times) while the figure improves: the
-    best value of another dataset may lie outside the grid. Each L2's own figure is logged, so the
-    search can be read. The choice is kept in the model's config, for the refit on next-item data
-    and for the manifest."""
-    model = scorer.model
-    if settings.neighbours == 0:
-        return
-    cosine = cosine_tables(data, settings.neighbours)
-    if settings.wide == "cosine":
-        model.set_neighbours(cosine)
-        return
-    if settings.wide != "ease":
-        raise ValueError(f"wide must be ease or cosine, got {settings.wide!r}")
-    best: tuple[float, float, float, NeighbourTables] | None = None
-
-    def weigh(l2: float, note: str = "") -> tuple[float, float, float, NeighbourTables]:
-        started = time.monotonic()
-        ease = ease_tables(data, settings.neighbours, l2)
-        seconds = time.monotonic() - started
-        own: tuple[float, float, float, NeighbourTables] | None = None
-        for share in settings.wide_cosine_grid:
-            tables = blend_tables(ease, cosine, share) if share else ease
-            model.set_neighbours(tables)
-            metric = evaluate_scorer(split, PartScorer(scorer, "wide"), ks=(10, 20))[metric_name]
-            if own is None or metric > own[0]:
-                own = (metric, l2, share, tables)
-        assert own is not None
-        leader = own if best is None or own[0] > best[0] else best
-        progress(
-            f"co-occurrence EASE l2 {l2:g} (inverted in {seconds:.0f} s): valid {metric_name} {own[0]:.4f} "
-            f"(cosine share {own[2]:g}{note}); best so far {leader[0]:.4f} at l2 {leader[1]:g}"
-        )
-        return own
-
-    for l2 in settings.wide_l2_grid:
-        own = weigh(l2)
-        if best is None or own[0] > best[0]:
-            best = own
-    assert best is not None
-    grid = sorted(settings.wide_l2_grid)
-    if len(grid) > 1 and best[1] in (grid[0], grid[-1]):
-        factor = 0.25 if best[1] == grid[0] else 4.0
-        for _ in range(WIDEN_STEPS):
-            own = weigh(best[1] * factor, "; past the grid's edge")
-            if own[0] <= best[0]:
-                break
-            best = own
-    metric, model.config.wide_l2, model.config.wide_cosine_share, tables = best
-    model.set_neighbours(tables)
-    progress(
-        f"co-occurrence part: EASE l2 {model.config.wide_l2:g} + {model.config.wide_cosine_share:g} cosine, "
-        f"valid {metric_name} {metric:.4f} on its own"
-    )
-    choose_member_weight(scorer, data, split, metric_name, progress)
-
-
-WIDEN_STEPS = 3  # L2 values tried past an edge of the grid that won, each a factor 4 further
-
-
-MEMBER_WEIGHTS = (1.0, 0.3, 0.1, 0.03, 0.0)
-
-
-def choose_member_weight(
-    scorer: ModelScorer, data: TrainingData, split: EvalSplit, metric_name: str, progress: Progress
-) -> None:
-    """Bundle data: the factor from the item scale of the co-occurrence part to the bundle scale,
-    for candidates without a row of their own (new bundles, bundles built by the gateway), chosen
-    on validation with the part alone (ties keep the larger). On Youshu at 1, such bundles took a
-    quarter of every top 20 and cost 0.02 NDCG@20."""
-    if data.task != "bundle" or data.vocabulary.num_bundle_rows <= FIRST_ID:
-        return
-    model = scorer.model
-    best: tuple[float, float] | None = None
-    for weight in MEMBER_WEIGHTS:
-        model.wide_member_weight.fill_(weight)
-        metric = evaluate_scorer(split, PartScorer(scorer, "wide"), ks=(10, 20))[metric_name]
-        if best is None or metric > best[0]:
-            best = (metric, weight)
-    assert best is not None
-    model.wide_member_weight.fill_(best[1])
-    progress(f"bundles without a row: members' co-occurrence times {best[1]:g}, valid {metric_name} {best[0]:.4f}")
-
-
-WIDE_FACTORS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 32.0, 1000.0)
-
-
-def fit_wide_weight(scorer: ModelScorer, split: EvalSplit, metric_name: str, progress: Progress) -> dict[str, float]:
-    """Chooses the mix of the neural and the co-occurrence part on validation, whose targets the
-    co-occurrence counts never saw (on training examples the counts include the very pair being
-    predicted, so the mix cannot be learned with the network). With `unit` the ratio of the two
-    parts' spreads, factor f scores neural / (1 + f) + wide * unit * f / (1 + f): the ranking of
-    neural + f * unit * wide, at the scale of the larger part (float32 keeps its precision). Ties
-    keep the smaller factor. Returns the chosen mix's validation metrics."""
-    neural, wide = scorer.parts(split, split.users)
-    unit = float(neural.std() / wide.std()) if wide.std() > 0 else 0.0
-    rows = {user: n for n, user in enumerate(split.users)}
-    best: tuple[float, float, dict[str, float]] | None = None
-    for factor in WIDE_FACTORS if unit else (0.0,):
-        combined = _Precomputed(
-            np.float32(1 / (1 + factor)) * neural + np.float32(unit * factor / (1 + factor)) * wide, rows
-        )
-        metrics = evaluate_scorer(split, combined, ks=(10, 20))
-        if best is None or metrics[metric_name] > best[0]:
-            best = (metrics[metric_name], factor, metrics)
-    assert best is not None
-    score, factor, metrics = best
-    scorer.model.neural_weight.fill_(1 / (1 + factor))
-    scorer.model.wide_weight.fill_(unit * factor / (1 + factor))
-    neural_only = evaluate_scorer(split, _Precomputed(neural, rows), ks=(10, 20))[metric_name]
-    progress(f"co-occurrence factor {factor:g}: valid {metric_name} {neural_only:.4f} without it, {score:.4f} with it")
-    return metrics
-
-
-@dataclass
-class _Precomputed:
-    scores: np.ndarray
-    rows: dict[str, int]
-    name: str = "ours"
-
-    def score(self, split: EvalSplit, users: list[str]) -> np.ndarray:
-        return self.scores[[self.rows[user] for user in users]]
