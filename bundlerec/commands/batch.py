@@ -71,17 +71,17 @@ def run_recommend_batch(args: argparse.Namespace) -> int:
             "the others are scored from their text, or not at all",
             file=sys.stderr,
         )
-    rows = write_recommendations(scorer, dataset, Path(args.out), args.k)
+    rows, shoppers = write_recommendations(scorer, dataset, Path(args.out), args.k)
     print(
-        f"{rows:,} recommendations for {len(everything_known(dataset).users):,} shoppers by model {model_dir.name} "
+        f"{rows:,} recommendations for {shoppers:,} shoppers by model {model_dir.name} "
         f"written to {args.out} ({time.monotonic() - started:.0f} s)",
         file=sys.stderr,
     )
     return 0
 
 
-def write_recommendations(scorer: ModelScorer, dataset: Dataset, out: Path, k: int) -> int:
-    """Writes every shopper's top `k` to `out` (CSV, best first); returns the number of rows."""
+def write_recommendations(scorer: ModelScorer, dataset: Dataset, out: Path, k: int) -> tuple[int, int]:
+    """Writes every shopper's top `k` to `out` (CSV, best first); returns (rows, shoppers)."""
     split = everything_known(dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.{os.getpid()}")
@@ -105,4 +105,4 @@ def write_recommendations(scorer: ModelScorer, dataset: Dataset, out: Path, k: i
         os.replace(staging, out)
     finally:
         staging.unlink(missing_ok=True)
-    return written
+    return written, len(split.users)

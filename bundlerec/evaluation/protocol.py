@@ -42,7 +42,7 @@ class EvalSplit:
 
     dataset: Dataset
     task: str  # "bundle" | "next_item"
-    split: str  # "valid" | "test"
+    split: str  # "valid" | "test", or "all" for everything_known
     target_ids: list[str]  # the ranking universe: every item (next_item) or every bundle (bundle), file order
     users: list[str]  # users with >= 1 held-out positive in this split, sorted
     histories: dict[str, list[Step]]  # per user, oldest first; every user with history, plus the evaluated ones
