@@ -216,6 +216,19 @@ def test_the_transformer_alone_trains_and_ranks_as_served(demo_shop: Dataset) ->
     assert full_ranking_vs_forward(scorer, demo_shop) <= 1e-5
 
 
+def test_a_scorer_reused_on_another_split_scores_that_split(demo_shop: Dataset) -> None:
+    """The scorer keeps tables and sequences per split: the validation and the test split of
+    next-item data have the same users and targets but not the same histories."""
+    trained = train(demo_shop, QUICK, None, progress=lambda line: None)
+    reused = ModelScorer("ours", trained.model, demo_shop, trained.data.vocabulary, None)
+    valid, test = build_split(demo_shop, "valid"), build_split(demo_shop, "test")
+    assert valid.users == test.users
+    on_valid = reused.score(valid, valid.users)
+    fresh = ModelScorer("ours", trained.model, demo_shop, trained.data.vocabulary, None).score(test, test.users)
+    assert np.array_equal(reused.score(test, test.users), fresh)
+    assert not np.array_equal(on_valid, fresh)
+
+
 def test_same_seed_same_data_same_model(demo_shop: Dataset) -> None:
     first = train(demo_shop, QUICK, None, progress=lambda line: None).model.state_dict()
     second = train(demo_shop, QUICK, None, progress=lambda line: None).model.state_dict()

@@ -158,9 +158,10 @@ class ModelScorer:
         self.clock = dataset.info.timestamps == "unix"
         self.group_steps = group_steps  # users × trimmed history length encoded at once
         self._candidates: tuple[tuple[str, ...], tuple[Tensor, Tensor]] | None = None
-        self._tables: tuple[tuple, _Weights] | None = None
+        # the caches of one split hold the split itself: an id() could be reused by another split
+        self._tables: tuple[EvalSplit, tuple, _Weights] | None = None
         self._wide_cache: tuple[tuple, sp.csr_matrix] | None = None
-        self._sequences: tuple[tuple, dict[str, int], np.ndarray] | None = None
+        self._sequences: tuple[EvalSplit, tuple[str, ...], dict[str, int], np.ndarray] | None = None
 
     def _steps(self, split: EvalSplit, user: str) -> list[Step]:
         return model_steps(split.histories.get(user, []), self.vocabulary, self.mapper.item, timed=self.timed)
@@ -192,10 +193,11 @@ class ModelScorer:
     def _split_sequences(self, split: EvalSplit) -> tuple[dict[str, int], np.ndarray]:
         """Every evaluated user of the split, encoded ([users, 5, max_sequence]), and their rows:
         kept between calls (and epochs: a validation split does not change while training)."""
-        key = (id(split), tuple(split.users))
-        if self._sequences is None or self._sequences[0] != key:
-            self._sequences = (key, {u: n for n, u in enumerate(split.users)}, self._encode(split, split.users))
-        return self._sequences[1], self._sequences[2]
+        users = tuple(split.users)
+        cached = self._sequences
+        if cached is None or cached[0] is not split or cached[1] != users:
+            cached = self._sequences = (split, users, {u: n for n, u in enumerate(users)}, self._encode(split, users))
+        return cached[2], cached[3]
 
     def _encode(self, split: EvalSplit, users: Sequence[str]) -> np.ndarray:
         length = self.model.config.max_sequence
@@ -215,8 +217,8 @@ class ModelScorer:
     def _attention(self, split: EvalSplit) -> _Weights:
         """What scoring reads of the current weights: kept until a weight changes."""
         # the tables hold the rows of the split's users' steps: a new split, new tables
-        key = (id(split), tuple(split.users), self._weights_key(split, lambda name: not name.startswith("wide_")))
-        if self._tables is None or self._tables[0] != key:
+        key = (tuple(split.users), self._weights_key(split, lambda name: not name.startswith("wide_")))
+        if self._tables is None or self._tables[0] is not split or self._tables[1] != key:
             model = self.model
             device = model.user_token.device
             projected = model.projected_text()
@@ -229,8 +231,8 @@ class ModelScorer:
             steps = torch.cat([items, bundles, model.user_token.unsqueeze(0)])
             ids, present = self._step_ids(torch.from_numpy(self._split_sequences(split)[1]).to(device), len(extra))
             tables = _AttentionTables(model, steps, candidates, torch.unique(ids[present]))
-            self._tables = (key, _Weights(projected, bundles, extra, candidates, tables))
-        return self._tables[1]
+            self._tables = (split, key, _Weights(projected, bundles, extra, candidates, tables))
+        return self._tables[2]
 
     def score(self, split: EvalSplit, users: Sequence[str]) -> np.ndarray:
         scores = np.empty((len(users), len(split.target_ids)), dtype=np.float32)
@@ -323,7 +325,7 @@ class ModelScorer:
 
     def _wide(self, seq: Tensor, matrix: sp.csr_matrix) -> np.ndarray:
         """BundleRanker.wide_score(BundleRanker.wide(seq)) for sequences [B, 5, T]: step counts per
-        column times the matrix (padding, extra-text rows and the user token count nothing)."""
+        column times the matrix (padding and extra-text rows count nothing)."""
         items, bundle_steps = seq[:, 0].cpu().numpy(), seq[:, 1].cpu().numpy()
         num_items = self.model.config.num_item_rows
         column = np.where(bundle_steps != PAD, bundle_steps + num_items, np.where(items < num_items, items, PAD))
