@@ -269,6 +269,8 @@ def test_ordinal_histories_are_read_as_validation_prefers() -> None:
     as_sequence, as_set = float(words[3]), float(words[7])
     assert trained.model.config.causal == (as_sequence >= as_set)
     assert trained.validation[trained.metric_name] == pytest.approx(max(as_sequence, as_set), abs=1e-4)
+    # only the kept reading is trained again with the validation rows, and its settings say so
+    assert sum(line.startswith("refit:") for line in lines) == 1 and trained.settings.refit
     # the set reading reused the co-occurrence weighing the sequence reading chose
     assert sum(line.startswith("co-occurrence part:") for line in lines) == 2
     assert len({line for line in lines if line.startswith("co-occurrence part:")}) == 1

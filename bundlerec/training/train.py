@@ -21,9 +21,7 @@ from bundlerec.evaluation.metrics import evaluate_scorer
 from bundlerec.evaluation.protocol import build_split
 from bundlerec.ranking.features import UNKNOWN
 from bundlerec.training import distributed
-from bundlerec.training.cooccurrence import (
-    neighbour_tables,
-)
+from bundlerec.training.cooccurrence import neighbour_tables
 from bundlerec.training.data import (
     ITEM,
     TrainingData,
@@ -117,6 +115,7 @@ class TrainedModel:
     validation: dict[str, float]  # the best epoch's full validation metrics
     history: list[EpochRecord] = field(default_factory=list)
     validation_carved: bool = False
+    best_epoch: int = 0  # the epoch validation chose (1-based), whose weights were kept
 
 
 def selection_metric(task: str) -> str:
@@ -142,8 +141,8 @@ def train(
     # kernels (index_add_, embedding backward) have no deterministic version: runs may differ there.
     torch.use_deterministic_algorithms(True, warn_only=workers.device.type == "cuda")
     carved = not dataset.valid
+    dataset = _validated(dataset, settings)
     if carved:
-        dataset = carve_validation(dataset, settings.validation_share, settings.seed)
         progress(f"no valid.csv: validating on the newest target of {len(dataset.valid):,} users, held out of training")
     text = text_vectors if settings.use_text else None
     data = prepare(dataset, text, settings.max_members, order=settings.order)
@@ -188,7 +187,7 @@ def train(
         names = " and ".join("items" if kind == ITEM else "bundles" for kind in fitter.sampled)
         progress(f"two-tower term: a sampled softmax over {settings.two_tower_negatives:,} {names} per step")
 
-    best: tuple[float, dict, dict[str, float]] | None = None
+    best: tuple[float, dict, dict[str, float], int] | None = None
     history: list[EpochRecord] = []
     stale = 0
     for epoch in range(1, settings.max_epochs + 1):
@@ -213,7 +212,7 @@ def train(
             f"({record.examples_per_second:,.0f} examples/s, validation {record.seconds - trained_for:.0f} s)"
         )
         if improved:
-            best = (record.metric, copy.deepcopy(model.state_dict()), metrics)
+            best = (record.metric, copy.deepcopy(model.state_dict()), metrics, epoch)
             stale = 0
         else:
             stale += 1
@@ -230,15 +229,24 @@ def train(
         # model that is kept learns from them too, as the baselines fit on them: the co-occurrence
         # part counts their pairs and (settings.refit) the network is trained again on them, for
         # the epochs validation chose. The mix chosen above carries over.
-        known = history_steps(dataset, data.vocabulary, build_split(dataset, "test").histories)
-        with_valid = dataclasses.replace(data, histories=known)
+        with_valid = _with_validation_rows(dataset, data)
         share = model.config.wide_cosine_share
         model.set_neighbours(neighbour_tables(with_valid, settings.neighbours, model.config.wide_l2, share))
         if settings.refit and warm is None:
-            epochs = max(range(len(history)), key=lambda n: (history[n].metric, -n)) + 1
-            refit(model, with_valid, settings, epochs, workers, progress)
+            refit(model, with_valid, settings, best[3], workers, progress)
     distributed.stop(workers)
-    return TrainedModel(model, data, settings, metric_name, validation, history, carved)
+    return TrainedModel(model, data, settings, metric_name, validation, history, carved, best[3])
+
+
+def _validated(dataset: Dataset, settings: TrainSettings) -> Dataset:
+    """The dataset with validation rows: its valid.csv, or, without one, rows carved from its events."""
+    return dataset if dataset.valid else carve_validation(dataset, settings.validation_share, settings.seed)
+
+
+def _with_validation_rows(dataset: Dataset, data: TrainingData) -> TrainingData:
+    """`data` with the histories next-item test reads (FORMAT.md): the events, then the valid row."""
+    known = history_steps(dataset, data.vocabulary, build_split(dataset, "test").histories)
+    return dataclasses.replace(data, histories=known)
 
 
 def _either_reading(
@@ -248,12 +256,14 @@ def _either_reading(
     predicting the next) or sets (each interaction predicted from the others), and the data, not a
     rule, says which. Both readings train; validation's figure (of the model as it is kept, both
     parts mixed) picks, and a tie keeps the sequence. The co-occurrence part does not depend on the
-    reading: the second run takes the weighing the first chose instead of searching again."""
+    reading: the second run takes the weighing the first chose instead of searching again. Only the
+    kept reading is refitted (settings.refit), once it is chosen."""
     progress("ordinal timestamps: training the sequence reading, then the set reading; validation keeps one")
-    sequence = train(dataset, dataclasses.replace(settings, order="sequence"), text_vectors, progress)
+    unfitted = dataclasses.replace(settings, refit=False)
+    sequence = train(dataset, dataclasses.replace(unfitted, order="sequence"), text_vectors, progress)
     chosen = sequence.model.config
     as_set = dataclasses.replace(
-        settings,
+        unfitted,
         order="set",
         wide_l2_grid=(chosen.wide_l2,) if chosen.wide_l2 > 0 else settings.wide_l2_grid,
         wide_cosine_grid=(chosen.wide_cosine_share,),
@@ -266,7 +276,13 @@ def _either_reading(
         f"reading: valid {name} {figures[0]:.4f} as a sequence, {figures[1]:.4f} as a set; "
         f"keeping the {'set' if kept is unordered else 'sequence'}"
     )
-    return kept
+    validated = _validated(dataset, settings)
+    if settings.refit and kept.data.task == "next_item" and validated.valid:
+        workers = distributed.start()
+        with_valid = _with_validation_rows(validated, kept.data)
+        refit(kept.model, with_valid, kept.settings, kept.best_epoch, workers, progress)
+        distributed.stop(workers)
+    return dataclasses.replace(kept, settings=dataclasses.replace(kept.settings, refit=settings.refit))
 
 
 class _Fitter:
@@ -292,10 +308,10 @@ class _Fitter:
         totals = np.zeros(3)
         count = 0
         epoch_batches = batches(pairs, settings.batch_size or (256 if data.causal else 64), self.rng)
+        limit = settings.two_tower_negatives
         for group in distributed.share(epoch_batches, self.workers):
             batch = make_batch(group, settings.max_sequence, clock=data.clock, causal=data.causal)
             negatives = sample_negatives(self.sampling, settings.negatives, self.generator, device)
-            limit = settings.two_tower_negatives
             drawn = sample_negatives(self.sampled, limit, self.generator, device) if self.sampled else None
             loss, two_tower, full = self.step(*batch_tensors(batch, device), negatives, drawn)
             self.optimizer.zero_grad(set_to_none=True)
