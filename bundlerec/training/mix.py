@@ -3,7 +3,9 @@
 After the network has trained (train.py), its co-occurrence tables are filled with the EASE L2 and
 cosine share whose tables alone validate best (searching past an edge of the L2 grid that wins),
 bundles without a row of their own get the factor that puts their members' co-occurrence on the
-bundles' scale, and the mix of the two parts is the factor whose blend validates best.
+bundles' scale, the text neighbours are blended in with the share and gate whose mix validates best
+(near-ties going to the one that serves rare targets best), and the mix of the two parts is the
+factor whose blend validates best.
 """
 
 from __future__ import annotations
@@ -15,14 +17,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bundlerec.evaluation.metrics import evaluate_scorer
+from bundlerec.evaluation.metrics import COLD, evaluate_scorer, hit_name
 from bundlerec.evaluation.protocol import EvalSplit
 from bundlerec.ranking.features import FIRST_ID
-from bundlerec.training.cooccurrence import NeighbourTables, blend_tables, cosine_tables, ease_tables
+from bundlerec.training.cooccurrence import (
+    NeighbourTables,
+    blend_tables,
+    cosine_tables,
+    ease_tables,
+    text_tables,
+)
 from bundlerec.training.data import TrainingData
 from bundlerec.training.scorer import ModelScorer, PartScorer
 
 if TYPE_CHECKING:
+    from bundlerec.training.model import BundleRanker
     from bundlerec.training.train import TrainSettings
 
 Progress = Callable[[str], None]
@@ -122,6 +131,63 @@ def choose_member_weight(
     progress(f"bundles without a row: members' co-occurrence times {best[1]:g}, valid {metric_name} {best[0]:.4f}")
 
 
+# Two validation figures closer than this (relative) are a tie: with 2,000 validation users the
+# headline metric's standard error is several per cent of its value.
+NEAR_TIE = 0.01
+
+
+def choose_text_tables(
+    scorer: ModelScorer,
+    data: TrainingData,
+    split: EvalSplit,
+    settings: TrainSettings,
+    metric_name: str,
+    progress: Progress,
+) -> None:
+    """Blends the text neighbours (cooccurrence.text_tables) into the co-occurrence tables with the
+    share of `wide_text_grid` and the gate of `wide_text_gate_grid` whose mix with the network (each
+    at its best factor) validates best. Among the pairs within NEAR_TIE of the best, the one with the
+    best figure on rare targets (the cold subset) is kept: the headline metric cannot tell them
+    apart, and the rare targets are what the text is for. Share 0 (no text) competes too."""
+    model = scorer.model
+    shares = [share for share in settings.wide_text_grid if share > 0]
+    if not model.config.neighbours or not data.item_text.shape[1] or not shares:
+        return
+    base = NeighbourTables(*(table.copy() for table in _tables(model)))
+    neural, _ = scorer.parts(split, split.users)
+    cold = f"{hit_name(data.task)}@{metric_name.split('@')[1]} {COLD}"  # the headline hit metric, cold
+    tried: list[tuple[float, float, float, float, NeighbourTables]] = []  # metric, cold, share, gate, tables
+
+    def weigh(share: float, gate: float, tables: NeighbourTables) -> None:
+        model.set_neighbours(tables)
+        _, wide = scorer.parts(split, split.users, neural=False)
+        metrics = _best_mix(neural, wide, split, metric_name)[2]
+        tried.append((metrics[metric_name], metrics.get(cold, 0.0), share, gate, tables))
+        progress(
+            f"text neighbours share {share:g} gate {gate:g}: valid {metric_name} {metrics[metric_name]:.4f}, "
+            f"{cold} {metrics.get(cold, float('nan')):.4f}"
+        )
+
+    weigh(0.0, 0.0, base)
+    for gate in settings.wide_text_gate_grid:
+        text = text_tables(data, model.config.neighbours, gate)
+        for share in shares:
+            weigh(share, gate, blend_tables(base, text, share))
+    best = max(figure for figure, *_ in tried)
+    metric, _, model.config.wide_text_share, model.config.wide_text_gate, tables = max(
+        (entry for entry in tried if entry[0] >= best * (1 - NEAR_TIE)), key=lambda entry: entry[1]
+    )
+    model.set_neighbours(tables)
+    progress(
+        f"text neighbours: share {model.config.wide_text_share:g}, gate {model.config.wide_text_gate:g} "
+        f"(valid {metric_name} {metric:.4f}; the best was {best:.4f})"
+    )
+
+
+def _tables(model: BundleRanker) -> NeighbourTables:
+    return NeighbourTables(*(getattr(model, f"wide_{name}").cpu().numpy() for name in NeighbourTables._fields))
+
+
 WIDE_FACTORS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 32.0, 1000.0)
 
 
@@ -133,23 +199,34 @@ def fit_wide_weight(scorer: ModelScorer, split: EvalSplit, metric_name: str, pro
     neural + f * unit * wide, at the scale of the larger part (float32 keeps its precision). Ties
     keep the smaller factor. Returns the chosen mix's validation metrics."""
     neural, wide = scorer.parts(split, split.users)
+    factor, unit, metrics = _best_mix(neural, wide, split, metric_name)
+    scorer.model.neural_weight.fill_(1 / (1 + factor))
+    scorer.model.wide_weight.fill_(unit * factor / (1 + factor))
+    rows = {user: n for n, user in enumerate(split.users)}
+    neural_only = evaluate_scorer(split, _Precomputed(neural, rows), ks=(10, 20))[metric_name]
+    progress(
+        f"co-occurrence factor {factor:g}: valid {metric_name} {neural_only:.4f} without it, "
+        f"{metrics[metric_name]:.4f} with it"
+    )
+    return metrics
+
+
+def _best_mix(
+    neural: np.ndarray, wide: np.ndarray, split: EvalSplit, metric_name: str
+) -> tuple[float, float, dict[str, float]]:
+    """(factor, unit, metrics) of the WIDE_FACTORS mix of the two parts that validates best."""
     unit = float(neural.std() / wide.std()) if wide.std() > 0 else 0.0
     rows = {user: n for n, user in enumerate(split.users)}
-    best: tuple[float, float, dict[str, float]] | None = None
+    best: tuple[float, dict[str, float]] | None = None
     for factor in WIDE_FACTORS if unit else (0.0,):
         combined = _Precomputed(
             np.float32(1 / (1 + factor)) * neural + np.float32(unit * factor / (1 + factor)) * wide, rows
         )
         metrics = evaluate_scorer(split, combined, ks=(10, 20))
-        if best is None or metrics[metric_name] > best[0]:
-            best = (metrics[metric_name], factor, metrics)
+        if best is None or metrics[metric_name] > best[1][metric_name]:
+            best = (factor, metrics)
     assert best is not None
-    score, factor, metrics = best
-    scorer.model.neural_weight.fill_(1 / (1 + factor))
-    scorer.model.wide_weight.fill_(unit * factor / (1 + factor))
-    neural_only = evaluate_scorer(split, _Precomputed(neural, rows), ks=(10, 20))[metric_name]
-    progress(f"co-occurrence factor {factor:g}: valid {metric_name} {neural_only:.4f} without it, {score:.4f} with it")
-    return metrics
+    return best[0], unit, best[1]
 
 
 @dataclass

@@ -48,6 +48,8 @@ class ModelConfig:
     neighbours: int = 100  # co-occurrence neighbours per column (cooccurrence.py); 0 = none
     wide_l2: float = 0.0  # how the tables were weighed: EASE's L2 regularization, 0 = cosine only
     wide_cosine_share: float = 0.0  # and the share of cosine blended in (cooccurrence.blend_tables)
+    wide_text_share: float = 0.0  # and of the text neighbours (cooccurrence.text_tables), with their
+    wide_text_gate: float = 0.0  # target-count gate
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -116,6 +116,8 @@ def warm_settings(serving: Serving, base: TrainSettings) -> TrainSettings:
         patience=1,
         wide_l2_grid=(float(model.get("wide_l2") or base.wide_l2_grid[0]),),
         wide_cosine_grid=(float(model.get("wide_cosine_share", 0.0)),),
+        wide_text_grid=(float(model.get("wide_text_share", 0.0)),),
+        wide_text_gate_grid=(float(model.get("wide_text_gate", 0.0)),),
     )
 
 

@@ -33,7 +33,7 @@ from bundlerec.training.data import (
     prepare,
 )
 from bundlerec.training.distributed import Workers
-from bundlerec.training.mix import choose_wide_tables, fit_wide_weight
+from bundlerec.training.mix import choose_text_tables, choose_wide_tables, fit_wide_weight
 from bundlerec.training.model import BundleRanker, ModelConfig
 from bundlerec.training.objective import TrainingLoss, batch_tensors, sample_negatives, sampling_distribution
 from bundlerec.training.scorer import ModelScorer
@@ -69,6 +69,9 @@ class TrainSettings:
     wide: str = "ease"
     wide_l2_grid: tuple[float, ...] = (50.0, 200.0, 500.0, 1500.0)
     wide_cosine_grid: tuple[float, ...] = (0.0, 0.3, 1.0, 3.0)  # share of cosine blended into EASE
+    # the text neighbours blended in after (cooccurrence.text_tables): shares and target-count gates
+    wide_text_grid: tuple[float, ...] = (0.0, 0.3, 1.0, 3.0)
+    wide_text_gate_grid: tuple[float, ...] = (0.0, 5.0, 20.0, 100.0)
     max_epochs: int = 40
     patience: int = 3  # epochs without a better validation metric before stopping
     validation_users: int = 2000  # a fixed sample keeps each epoch's validation cheap
@@ -223,6 +226,7 @@ def train(
     model.load_state_dict(best[1])
     model.eval()
     choose_wide_tables(scorer, data, split, settings, metric_name, progress)
+    choose_text_tables(scorer, data, split, settings, metric_name, progress)
     validation = fit_wide_weight(scorer, split, metric_name, progress)
     if data.task == "next_item" and dataset.valid:
         # FORMAT.md puts the validation rows in the test-time history of next-item data, so the
@@ -230,8 +234,11 @@ def train(
         # part counts their pairs and (settings.refit) the network is trained again on them, for
         # the epochs validation chose. The mix chosen above carries over.
         with_valid = _with_validation_rows(dataset, data)
-        share = model.config.wide_cosine_share
-        model.set_neighbours(neighbour_tables(with_valid, settings.neighbours, model.config.wide_l2, share))
+        c = model.config
+        tables = neighbour_tables(
+            with_valid, c.neighbours, c.wide_l2, c.wide_cosine_share, c.wide_text_share, c.wide_text_gate
+        )
+        model.set_neighbours(tables)
         if settings.refit and warm is None:
             refit(model, with_valid, settings, best[3], workers, progress)
     distributed.stop(workers)
@@ -267,6 +274,8 @@ def _either_reading(
         order="set",
         wide_l2_grid=(chosen.wide_l2,) if chosen.wide_l2 > 0 else settings.wide_l2_grid,
         wide_cosine_grid=(chosen.wide_cosine_share,),
+        wide_text_grid=(chosen.wide_text_share,),
+        wide_text_gate_grid=(chosen.wide_text_gate,),
     )
     unordered = train(dataset, as_set, text_vectors, progress)
     name = sequence.metric_name
