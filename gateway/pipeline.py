@@ -86,6 +86,7 @@ class RecommendQuery:
     page_size: int
     overrides: RuleOverrides = field(default_factory=RuleOverrides)
     debug: bool = False
+    preview: bool = False  # build the page, record nothing of it (the console's preview)
     caller_seconds: float | None = None  # what is left of the caller's own deadline, when it set one
     recommendation_id: str = ""  # "": a new one
 
@@ -128,7 +129,7 @@ class Recommender:
         vector = await self._user_vector(query.key, allowed)
         found, catalogue = await self._candidates(run, allowed, anchor, rules, vector, variant.strategy)
         unscored = self._bundles(found, catalogue, anchor, allowed, rules, run)
-        scored, version = await self._rank(run, unscored, allowed, variant, query.key)
+        scored, version = await self._rank(run, unscored, allowed, variant, query.key, query.preview)
         scored = _ordered(scored, query.context, anchor)
         scored = await self._rotated(query.key, scored, allowed, run)
         segment = page_segment(catalogue.get(anchor), allowed)
@@ -195,7 +196,7 @@ class Recommender:
         return found, catalogue
 
     async def _rank(
-        self, run: Run, unscored: list[Scored], allowed: Allowed, variant: Variant, key: str
+        self, run: Run, unscored: list[Scored], allowed: Allowed, variant: Variant, key: str, preview: bool = False
     ) -> tuple[list[Scored], str]:
         """The ranker's scores for the bundles, and the model version; the fallback order when it
         fails. For a shopper whose history may be used, the serving model's user vector is kept for
@@ -204,7 +205,8 @@ class Recommender:
         if not unscored or variant.strategy == "popularity":
             return unscored, ""
         keep_vector = (
-            self.settings.two_tower_retrieval
+            not preview
+            and self.settings.two_tower_retrieval
             and allowed.personalized
             and not allowed.anonymous
             and not variant.model_version
@@ -255,9 +257,10 @@ class Recommender:
             kind = kind_of(origin, rules)
             score = lead_score if not shown else bundle.score
             shown.append(Shown(bundle.bundle_id, bundle.items, score, reason, bundle.generated, origin.sources, kind))
-        self.explorer.state.shown([b.bundle_id for b in shown if b.bundle_id], segment)
-        metrics.STAGE_LATENCY.labels(Stage.RULES.value).observe(time.monotonic() - started)
-        metrics.count_page(variant.name, allowed.personalized, bool(run.degraded), [b.generated for b in shown])
+        if not query.preview:
+            self.explorer.state.shown([b.bundle_id for b in shown if b.bundle_id], segment)
+            metrics.STAGE_LATENCY.labels(Stage.RULES.value).observe(time.monotonic() - started)
+            metrics.count_page(variant.name, allowed.personalized, bool(run.degraded), [b.generated for b in shown])
         if run.trace is not None:
             run.trace.stages.append(TraceStage(Stage.RULES, (time.monotonic() - started) * 1000, {"page": len(shown)}))
             run.trace.actions.extend(page.actions)
@@ -270,8 +273,10 @@ class Recommender:
             degraded=run.degraded,
             trace=run.trace,
         )
-        anonymous = not query.user_id
-        self.exposures.record(page_record(recommendation, query.key, anonymous, variant.share, query.context, segment))
+        if not query.preview:
+            anonymous = not query.user_id
+            record = page_record(recommendation, query.key, anonymous, variant.share, query.context, segment)
+            self.exposures.record(record)
         return recommendation
 
     def _explored(

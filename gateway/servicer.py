@@ -66,6 +66,7 @@ def query_from_pb(pb: gateway_pb2.RecommendRequest) -> RecommendQuery:
         page_size=page_size,
         overrides=overrides_from_pb(pb.overrides),
         debug=pb.debug,
+        preview=pb.preview,
     )
 
 

@@ -90,6 +90,27 @@ async def test_forgetting_a_user_erases_the_pages_just_served(shop: Running) -> 
     assert await logged(shop, page.recommendation_id) is None
 
 
+async def test_a_preview_is_the_shoppers_page_and_leaves_no_trace(shop: Running, suite: Suite) -> None:
+    """The console's preview: the page the shopper would get, with its trace, but no exposure is
+    logged and no page is counted."""
+    user = buyer(suite)
+    request = gateway_pb2.RecommendRequest(user_id=user, page_size=5, debug=True)
+    pages = REGISTRY.get_sample_value("bundlerec_gateway_pages_total", {"variant": "default", "personalized": "true"})
+    preview = gateway_pb2.RecommendRequest(user_id=user, page_size=5, debug=True, preview=True)
+    shown = await shop.stub.Recommend(preview)
+    assert shown.bundles and shown.trace.stages and shown.personalized
+    served = await shop.stub.Recommend(request)  # the same shopper's real page, logged
+    assert [b.bundle_id for b in shown.bundles] == [b.bundle_id for b in served.bundles]
+
+    async def arrived() -> bool:
+        return await logged(shop, served.recommendation_id) is not None
+
+    await eventually(arrived)
+    assert await logged(shop, shown.recommendation_id) is None
+    after = REGISTRY.get_sample_value("bundlerec_gateway_pages_total", {"variant": "default", "personalized": "true"})
+    assert (after or 0) - (pages or 0) == 1  # the served page only
+
+
 class FlakySink:
     """Fails the first `failures` calls (the injected fault), then keeps what it gets."""
 
