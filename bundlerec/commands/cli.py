@@ -233,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_simulate_options(
         commands.add_parser("simulate", help="synthetic shoppers visit a running gateway and answer its pages")
     )
+    from bundlerec.commands.console import add_console_options
+
+    add_console_options(commands.add_parser("console", help="the operator console: a web UI over the running services"))
     add_client_commands(commands)
     demo = commands.add_parser("demo", help="run the product on embedded defaults and show what it does")
     demo.add_argument("--workdir", default="var/demo", help="where the demo keeps its database (default: var/demo)")
@@ -276,6 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bundlerec.commands.experiments import run_experiments
 
         return run_experiments(args)
+    if args.command == "console":
+        from bundlerec.commands.console import run_console
+
+        return run_console(args)
     if args.command in ("recommend", "track", "forget"):
         return run_client_command(args)
     if args.command == "loadtest":
