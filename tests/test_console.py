@@ -94,7 +94,7 @@ def stack(suite: Suite, encoder_dir: str, tmp_path_factory: pytest.TempPathFacto
             yield Stack(services, url, rules, console, log)
         finally:
             console.send_signal(signal.SIGTERM)
-            console.wait(timeout=30)
+            assert console.wait(timeout=30) == 0, log.read_text()[-2000:]
 
 
 def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path, seconds: float = 60) -> None:
@@ -214,6 +214,10 @@ def test_bad_input_is_named_and_a_ranker_outage_shows_as_degraded(
     sign_in(browser, stack, VIEWER)
     preview(browser, stack, user_id="u1", budget="lots")
     assert "budget" in browser.find_element(By.ID, "error").text
+    preview(browser, stack, user_id="u" * 300)
+    assert "user_id" in browser.find_element(By.ID, "error").text
+    preview(browser, stack, user_id="bad\x01id")  # a control character: the gateway's own check
+    assert "INVALID_ARGUMENT" in browser.find_element(By.ID, "failed").text
     process, _ = stack.services["ranker"]
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=30)

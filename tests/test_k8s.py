@@ -43,6 +43,7 @@ KUBERNETES_VERSION = "1.37.0"
 # service -> (gRPC port, metrics port), the services' defaults (bundlerec serve SERVICE --help)
 SERVICES = {"gateway": (50050, 9100), "profile": (50051, 9101), "candidate": (50052, 9102), "ranker": (50053, 9103)}
 BACKENDS = ("profile", "candidate", "ranker")  # called by the gateway only
+CONSOLE = "console"  # the operator console (k8s/console/): an HTTP process, on in the dev overlay only
 # SERVING while the process runs (bundlerec.runtime.server.LIVENESS_SERVICE); readiness is ""
 LIVENESS_SERVICE = "bundlerec.liveness"
 # Created by the prod operator, never committed: docs/deploy.md gives the command for each.
@@ -155,7 +156,8 @@ def _container_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dic
 
 
 def _deployments(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["name"]: d for d in _of(docs, "Deployment")}
+    """The four services' Deployments (the console, an HTTP process, has tests of its own)."""
+    return {d["metadata"]["name"]: d for d in _of(docs, "Deployment") if d["metadata"]["name"] != CONSOLE}
 
 
 def _service_of(container: dict[str, Any]) -> str:
@@ -235,7 +237,7 @@ def test_probes_are_native_grpc_on_a_port_the_service_listens_on(
     rendered: dict[str, list[dict[str, Any]]], overlay: str
 ) -> None:
     docs = rendered[overlay]
-    for deployment in _of(docs, "Deployment"):
+    for deployment in _deployments(docs).values():
         for container in _containers(deployment):
             service = _service_of(container).upper()
             env = _container_env(docs, container)
@@ -367,7 +369,7 @@ def test_every_container_is_hardened(rendered: dict[str, list[dict[str, Any]]], 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_termination_grace_outlasts_the_drain(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
     docs = rendered[overlay]
-    for deployment in _of(docs, "Deployment"):
+    for deployment in _deployments(docs).values():
         (container,) = _pod_spec(deployment)["containers"]
         env = _container_env(docs, container)
         drain = float(env[f"BUNDLEREC_{_service_of(container).upper()}_GRACE_SECONDS"])
@@ -534,6 +536,7 @@ def test_environment_variables_are_settings_of_the_service(
         "candidate": pytest.importorskip("bundlerec.candidate.settings").CandidateSettings,
         "ranker": pytest.importorskip("bundlerec.ranker.settings").RankerSettings,
         "gateway": pytest.importorskip("bundlerec.gateway.settings").GatewaySettings,
+        CONSOLE: pytest.importorskip("bundlerec.console.settings").ConsoleSettings,
     }
     docs = rendered[overlay]
     for deployment in _of(docs, "Deployment"):
@@ -641,7 +644,7 @@ def test_the_gateway_rules_configmap_is_valid(rendered: dict[str, list[dict[str,
 # ---- container build files ---------------------------------------------------------------------
 
 DOCKERFILES = {  # file -> its targets
-    "Dockerfile": tuple(SERVICES),
+    "Dockerfile": (*SERVICES, CONSOLE),
     "Dockerfile.ranker-gpu": ("ranker-gpu",),
     "Dockerfile.trainer": ("trainer",),
 }
@@ -719,6 +722,10 @@ def test_each_service_target_serves_that_service() -> None:
             if target == "trainer":
                 assert [i for i in chain if i.startswith("CMD")][-1] == 'CMD ["retrain"]'
                 continue
+            if target == CONSOLE:
+                assert [i for i in chain if i.startswith("CMD")][-1] == 'CMD ["console"]'
+                assert "EXPOSE 8090" in chain
+                continue
             assert [i for i in chain if i.startswith("CMD")][-1] == f'CMD ["serve", "{service}"]', target
             assert f"EXPOSE {SERVICES[service][0]} {SERVICES[service][1]}" in chain, target
 
@@ -736,3 +743,34 @@ def test_the_images_user_is_the_pods_user(rendered: dict[str, list[dict[str, Any
 
 def _labels(deployment: dict[str, Any]) -> dict[str, str]:
     return deployment["spec"]["template"]["metadata"]["labels"]
+
+
+def test_the_console_is_off_by_default_on_in_dev_and_only_for_operators_in_the_auth_file(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    base = (K8S / "base" / "kustomization.yaml").read_text(encoding="utf-8")
+    assert "console" not in base, "the base turns the console on"
+    assert not [d for d in _of(rendered["prod"], "Deployment") if d["metadata"]["name"] == CONSOLE]
+    docs = rendered["dev"]
+    deployment = _named(docs, "Deployment", CONSOLE)
+    (container,) = _pod_spec(deployment)["containers"]
+    assert container["args"] == ["console"]
+    env = _container_env(docs, container)
+    port = int(env["BUNDLEREC_CONSOLE_PORT"])
+    assert {p["containerPort"] for p in container["ports"]} == {port}
+    for kind in ("readinessProbe", "livenessProbe"):
+        assert container[kind]["httpGet"]["path"] == "/healthz"  # the one path open without a token
+    # it listens on the pod's address, which `bundlerec console` refuses without an auth file: the
+    # overlay's must load, and name operators by token digests
+    assert env["BUNDLEREC_CONSOLE_HOST"] == "0.0.0.0" and env["BUNDLEREC_CONSOLE_AUTH_FILE"]
+    mount = next(m for m in container["volumeMounts"] if env["BUNDLEREC_CONSOLE_AUTH_FILE"].startswith(m["mountPath"]))
+    volume = next(v for v in _pod_spec(deployment)["volumes"] if v["name"] == mount["name"])
+    text = _named(docs, "ConfigMap", volume["configMap"]["name"])["data"]["auth.toml"]
+    (tmp_path / "auth.toml").write_text(text)
+    from bundlerec.console.access import Access
+
+    access = Access.from_file(str(tmp_path / "auth.toml"))
+    operator = access.operator("bundlerec-dev-console")  # the development token docs/console.md gives
+    assert operator is not None and operator.may_change_models
+    assert access.operator("") is None and access.operator("bundlerec-dev") is None
+    assert env["BUNDLEREC_CONSOLE_GATEWAY_ADDRESS"] == f"gateway:{SERVICES['gateway'][0]}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import socket
 import ssl
 import sys
@@ -55,6 +56,7 @@ def run_console(args: argparse.Namespace) -> int:
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
+    sock.listen(128)  # connections wait in the backlog from the moment the address is printed
     port = sock.getsockname()[1]
     scheme = "https" if tls else "http"
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
@@ -70,5 +72,9 @@ def run_console(args: argparse.Namespace) -> int:
         ssl_ca_certs=settings.tls_client_ca_file or None,
         ssl_cert_reqs=ssl.CERT_REQUIRED if settings.tls_client_ca_file else ssl.CERT_NONE,
     )
+    # uvicorn stops gracefully on SIGTERM or SIGINT, then raises the signal again for the handler
+    # that was there before it: this one, so that a requested stop exits 0, as the services do
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, lambda *_: None)
     uvicorn.Server(config).run(sockets=[sock])
     return 0

@@ -32,6 +32,7 @@ from bundlerec.v1 import gateway_pb2, gateway_pb2_grpc
 SERVICES = ("profile", "candidate", "ranker", "gateway")
 # `bundlerec demo --serve`: the services' own default ports, so the other commands find the gateway
 DEFAULT_PORTS = {"gateway": 50050, "profile": 50051, "candidate": 50052, "ranker": 50053}
+CONSOLE_PORT, GATEWAY_METRICS_PORT = 8090, 9100  # `--serve`: the console, and the counters it reads
 ENCODER_DIR = "var/bundlerec/encoder"  # shared with `bundlerec encoder export` and training
 
 
@@ -77,11 +78,15 @@ def run_demo(workdir: str, *, keep: bool = False, serve: bool = False) -> int:
     _step(4, "starting the profile, candidate, ranker and gateway services as separate processes")
     services: list[Service] = []
     try:
-        services = start_services(root, DEFAULT_PORTS if serve else None)
+        metrics = {"BUNDLEREC_GATEWAY_METRICS_PORT": str(GATEWAY_METRICS_PORT)} if serve else None
+        services = start_services(root, DEFAULT_PORTS if serve else None, metrics)
         gateway = services[-1]
         with grpc.insecure_channel(gateway.address) as channel:
             _show(gateway_pb2_grpc.RecommendationServiceStub(channel), root / "shop")
         if serve:
+            console, address = start_console(root, DEFAULT_PORTS, CONSOLE_PORT, GATEWAY_METRICS_PORT)
+            services.append(console)
+            print(f"      the operator console: {address}", flush=True)
             _serve_until_stopped(services)
     finally:
         codes = stop_services(services)
@@ -180,6 +185,29 @@ def start_services(
         stop_services(services)
         raise
     return services
+
+
+def start_console(root: Path, ports: dict[str, int], port: int, metrics_port: int) -> tuple[Service, str]:
+    """`bundlerec console` over the demo's services, with a one-off token (no auth file), and the
+    address it printed, which signs in with that token."""
+    env = {
+        **os.environ,
+        "BUNDLEREC_CONSOLE_PORT": str(port),
+        "BUNDLEREC_CONSOLE_HOST": "127.0.0.1",
+        "BUNDLEREC_CONSOLE_AUTH_FILE": "",
+        "BUNDLEREC_CONSOLE_MODELS_DIR": str(root / "models"),
+        "BUNDLEREC_CONSOLE_GATEWAY_METRICS_URL": f"http://127.0.0.1:{metrics_port}/metrics",
+        **{f"BUNDLEREC_CONSOLE_{name.upper()}_ADDRESS": f"127.0.0.1:{ports[name]}" for name in SERVICES},
+    }
+    command = [sys.executable, "-m", "bundlerec", "console"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    first = process.stdout.readline().strip()  # "console: http://127.0.0.1:8090/login?token=..."
+    if not first.startswith("console: "):
+        process.kill()
+        raise SystemExit(f"the console did not start (exit code {process.wait()})")
+    threading.Thread(target=lambda: sys.stdout.writelines(process.stdout or ()), daemon=True).start()
+    return Service("console", port, process), first.removeprefix("console: ")
 
 
 def _serve_until_stopped(services: list[Service]) -> None:
