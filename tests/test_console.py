@@ -23,7 +23,7 @@ import grpc
 import pytest
 
 from bundlerec.ranking.promotion import pin_serving, promote, serving_version
-from bundlerec.v1 import gateway_pb2, gateway_pb2_grpc
+from bundlerec.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.harness.processes import Services, four_services, free_port
 from tests.harness.shops import Suite, buyer
 
@@ -75,6 +75,7 @@ def stack(suite: Suite, encoder_dir: str, tmp_path_factory: pytest.TempPathFacto
         BUNDLEREC_GATEWAY_METRICS_PORT=str(metrics_port),
         BUNDLEREC_GATEWAY_DEADLINE_MS="3000",
         BUNDLEREC_GATEWAY_EXPLORATION_SHARE="0",  # exploration draws at random: a page would differ per call
+        BUNDLEREC_GATEWAY_EXPOSURE_FLUSH_MS="50",
     ) as services:
         port = free_port()
         env = {
@@ -83,6 +84,7 @@ def stack(suite: Suite, encoder_dir: str, tmp_path_factory: pytest.TempPathFacto
             "BUNDLEREC_CONSOLE_AUTH_FILE": str(auth),
             "BUNDLEREC_CONSOLE_MODELS_DIR": str(suite.models),
             "BUNDLEREC_CONSOLE_GATEWAY_METRICS_URL": f"http://127.0.0.1:{metrics_port}/metrics",
+            "BUNDLEREC_CONSOLE_METRICS_PERIOD_SECONDS": "0.5",
             **{f"BUNDLEREC_CONSOLE_{name.upper()}_ADDRESS": services[name][1] for name in services},
         }
         log = root / "console.log"
@@ -227,9 +229,12 @@ def test_bad_input_is_named_and_a_ranker_outage_shows_as_degraded(
         assert degraded.find_element(By.CSS_SELECTOR, "li[data-stage='ranker']")
         assert browser.find_elements(By.CSS_SELECTOR, "#bundles > li")  # the page still has bundles
         shot(browser, "preview-ranker-down")
+        time.sleep(1.5)  # the console reads the gateway's counters twice a second here (every 10 s by default)
         browser.get(f"{stack.url}/")
         assert browser.find_element(By.CSS_SELECTOR, "td[data-service='ranker']").text != "SERVING"
         assert browser.find_element(By.CSS_SELECTOR, "td[data-service='gateway']").text == "SERVING"
+        stages = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#degradations tr.bad")]
+        assert any(row.startswith("ranker ") for row in stages), stages  # the outage, counted by stage
         shot(browser, "health-ranker-down")
     finally:
         stack.services.start("ranker")
@@ -295,12 +300,35 @@ def test_models_are_listed_and_only_an_allowed_confirmed_operator_promotes(
         shutil.rmtree(suite.models / newer)
 
 
+def test_the_experiments_page_reports_the_pages_served_and_their_clicks(
+    stack: Stack, browser: webdriver.Chrome, suite: Suite
+) -> None:
+    with grpc.insecure_channel(stack.services["gateway"][1]) as channel:
+        stub = gateway_pb2_grpc.RecommendationServiceStub(channel)
+        pages = [stub.Recommend(gateway_pb2.RecommendRequest(session_id=f"v{n}", page_size=4)) for n in range(6)]
+        clicked = pages[0].bundles[0].items[0].item_id
+        target = common_pb2.TargetRef(type=common_pb2.TARGET_TYPE_ITEM, id=clicked)
+        event = common_pb2.Event(event_id="console-click-1", user_id="v0", type=common_pb2.EVENT_TYPE_CLICK,
+                                 target=target, recommendation_id=pages[0].recommendation_id)  # fmt: skip
+        stub.Track(gateway_pb2.TrackRequest(events=[event]))
+    sign_in(browser, stack, VIEWER)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the gateway records pages in the background
+        browser.get(f"{stack.url}/experiments")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#variants tr[data-variant]")
+        if rows and int(rows[0].find_elements(By.TAG_NAME, "td")[1].text) >= 6 and "%" in rows[0].text:
+            break
+        time.sleep(0.3)
+    shot(browser, "experiments")
+    (row,) = browser.find_elements(By.CSS_SELECTOR, "#variants tr[data-variant]")
+    assert row.get_attribute("data-variant") == "default" and int(row.find_elements(By.TAG_NAME, "td")[1].text) >= 6
+    assert not row.find_elements(By.TAG_NAME, "td")[2].text.startswith("0.00%")  # the click, attributed
+    assert browser.find_element(By.ID, "rates").size["height"] > 0  # the chart drew
+
+
 def test_the_console_log_names_operators_never_shoppers(stack: Stack, browser: webdriver.Chrome) -> None:
     sign_in(browser, stack, VIEWER)
     preview(browser, stack, user_id="shopper-secret-42")
-    browser.get(f"{stack.url}/experiments")
-    assert browser.find_element(By.TAG_NAME, "h1").text.startswith("Experiments")
-    shot(browser, "experiments")
     time.sleep(0.3)
     text = stack.log.read_text()
     assert "GET /preview 200 merchandiser" in text

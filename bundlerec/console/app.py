@@ -47,7 +47,7 @@ def create_app(settings: ConsoleSettings, access: Access, *, secure_cookie: bool
     templates.filters["enum"] = _enum_text
     templates.filters["money"] = lambda value: "" if value in (None, "") else f"{float(value):,.2f}"
     templates.filters["percent"] = _percent
-    metrics = GatewayMetrics(settings.gateway_metrics_url)
+    metrics = GatewayMetrics(settings.gateway_metrics_url, settings.metrics_period_seconds)
     models = ModelsView(Path(settings.models_dir), settings.max_model_age_days)
 
     def render(request: Request, name: str, status: int = 200, **values: Any) -> HTMLResponse:

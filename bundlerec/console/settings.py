@@ -32,6 +32,9 @@ class ConsoleSettings(CallerSettings):
     gateway_metrics_url: str = Field(
         "http://127.0.0.1:9100/metrics", description="The gateway's Prometheus endpoint (degradations); empty: none."
     )
+    metrics_period_seconds: float = Field(
+        10.0, gt=0, le=300, description="How often the gateway's counters are read (the last 10 minutes are kept)."
+    )
     models_dir: str = Field("var/bundlerec/models", description="The models directory the ranker serves from.")
     timeout_seconds: float = Field(5.0, gt=0, le=60, description="Deadline of each call to the services.")
     max_model_age_days: float = Field(

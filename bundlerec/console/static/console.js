@@ -28,8 +28,8 @@
       data: {
         labels: data.variants,
         datasets: [
-          { label: "95 % interval", data: data.variants.map((v) => ctr[v].overall ? [ctr[v].overall[1], ctr[v].overall[2]] : null), backgroundColor: "#9bbcf2" },
-          { type: "scatter", label: "click-through", data: data.variants.map((v, n) => ({ x: v, y: ctr[v].overall ? ctr[v].overall[0] : null })), backgroundColor: "#1d2433" },
+          { label: "95 % interval", data: data.variants.map((v) => ctr[v].overall ? [ctr[v].overall[1], ctr[v].overall[2]] : null), backgroundColor: "#9bbcf2", order: 1 },
+          { type: "line", showLine: false, pointRadius: 6, label: "click-through", data: data.variants.map((v) => (ctr[v].overall ? ctr[v].overall[0] : null)), borderColor: "#1d2433", backgroundColor: "#1d2433", order: 0 },
         ],
       },
       options: { indexAxis: "x", scales: { y: { beginAtZero: true } } },
