@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import tomllib
 from dataclasses import dataclass
-from pathlib import Path
-
-from pydantic import ValidationError
 
 from bundlerec.runtime.auth import AuthPolicy, Caller
 
@@ -41,15 +37,7 @@ class Access:
     @classmethod
     def from_file(cls, path: str) -> Access:
         """Reads and checks an auth file; a bad one stops the start, naming the problem."""
-        try:
-            policy = AuthPolicy.model_validate(tomllib.loads(Path(path).read_text(encoding="utf-8")))
-        except OSError as exc:
-            raise SystemExit(f"console auth file {path}: cannot read it ({exc.strerror})") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SystemExit(f"console auth file {path}: not valid TOML ({exc})") from None
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise SystemExit(f"console auth file {path}: {problems}") from None
+        policy = AuthPolicy.parse(path, "console auth file")
         for index, caller in enumerate(policy.caller):
             if not caller.token_sha256:
                 raise SystemExit(f"console auth file {path}: caller.{index} ({caller.name}) has no token_sha256")

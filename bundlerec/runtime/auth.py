@@ -68,17 +68,23 @@ class AuthPolicy(BaseModel):
     @classmethod
     def load(cls, path: str, known_services: Iterable[str]) -> AuthPolicy:
         """Reads and checks an auth file; a bad one stops the start, naming the problem."""
-        try:
-            policy = cls.model_validate(tomllib.loads(Path(path).read_text(encoding="utf-8")))
-        except OSError as exc:
-            raise SystemExit(f"auth file {path}: cannot read it ({exc.strerror})") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SystemExit(f"auth file {path}: not valid TOML ({exc})") from None
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise SystemExit(f"auth file {path}: {problems}") from None
+        policy = cls.parse(path)
         policy._check(path, set(known_services) | {REFLECTION_SERVICE})
         return policy
+
+    @classmethod
+    def parse(cls, path: str, what: str = "auth file") -> AuthPolicy:
+        """The file's callers, checked field by field only (the operator console checks its own
+        allow rules); a file that cannot be read or parsed stops the start, naming the problem."""
+        try:
+            return cls.model_validate(tomllib.loads(Path(path).read_text(encoding="utf-8")))
+        except OSError as exc:
+            raise SystemExit(f"{what} {path}: cannot read it ({exc.strerror})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SystemExit(f"{what} {path}: not valid TOML ({exc})") from None
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise SystemExit(f"{what} {path}: {problems}") from None
 
     def _check(self, path: str, services: set[str]) -> None:
         names = [c.name for c in self.caller]
