@@ -35,6 +35,7 @@ if not (CHROMIUM and CHROMEDRIVER):
                 allow_module_level=True)  # fmt: skip
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = Path(os.environ.get("BUNDLEREC_TEST_ARTIFACTS", "var/test-artifacts")) / "console"
@@ -294,9 +295,19 @@ def test_models_are_listed_and_only_an_allowed_confirmed_operator_promotes(
         row.find_element(By.TAG_NAME, "button").click()
         assert newer in browser.find_element(By.ID, "notice").text
         assert serving_version(suite.models) == newer
+        assert browser.find_element(By.ID, "ranker-version").text == newer  # the ranker reloaded at once
         shot(browser, "models-promoted")
+        row = browser.find_element(By.CSS_SELECTOR, f"tr[data-version='{serving}']")
+        button = row.find_element(By.TAG_NAME, "button")
+        assert button.text == "Roll back to it"  # the version that served before
+        row.find_element(By.NAME, "confirm").send_keys(serving)
+        button.click()
+        WebDriverWait(browser, 20).until(lambda b: "rolled back" in b.find_element(By.ID, "notice").text)
+        assert serving_version(suite.models) == serving
+        shot(browser, "models-rolled-back")
     finally:
-        promote(suite.models, serving, "test: back to the original")
+        if serving_version(suite.models) != serving:
+            promote(suite.models, serving, "test: back to the original")
         shutil.rmtree(suite.models / newer)
 
 
