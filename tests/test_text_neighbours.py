@@ -27,12 +27,12 @@ def scientific_sample() -> Dataset:
         pytest.skip("../shared/data/amazon-scientific is not available")
     full = read_dataset(SCIENTIFIC)
     keep = set(sorted({e.user_id for e in full.events})[:400])
-    return dataclasses.replace(
-        full,
-        events=[e for e in full.events if e.user_id in keep],
-        valid=[r for r in full.valid if r.user_id in keep],
-        test=[r for r in full.test if r.user_id in keep],
-    )
+    events = [e for e in full.events if e.user_id in keep]
+    valid = [r for r in full.valid if r.user_id in keep]
+    test = [r for r in full.test if r.user_id in keep]
+    seen = {row.target_id for rows in (events, valid, test) for row in rows}  # fewer titles to embed
+    items = {item_id: item for item_id, item in full.items.items() if item_id in seen}
+    return dataclasses.replace(full, items=items, events=events, valid=valid, test=test)
 
 
 @pytest.fixture(scope="module")
