@@ -147,8 +147,9 @@ def choose_text_tables(
     """Blends the text neighbours (cooccurrence.text_tables) into the co-occurrence tables with the
     share of `wide_text_grid` and the gate of `wide_text_gate_grid` whose mix with the network (each
     at its best factor) validates best. Among the pairs within NEAR_TIE of the best, the one with the
-    best figure on rare targets (the cold subset) is kept: the headline metric cannot tell them
-    apart, and the rare targets are what the text is for. Share 0 (no text) competes too."""
+    best figure on rare targets (the cold subset) is kept, the headline figure deciding between equal
+    ones: the headline metric cannot tell near-ties apart, and the rare targets are what the text is
+    for. Share 0 (no text) competes too."""
     model = scorer.model
     shares = [share for share in settings.wide_text_grid if share > 0]
     if not model.config.neighbours or not data.item_text.shape[1] or not shares:
@@ -175,8 +176,8 @@ def choose_text_tables(
             weigh(share, gate, blend_tables(base, text, share))
     best = max(figure for figure, *_ in tried)
     metric, _, model.config.wide_text_share, model.config.wide_text_gate, tables = max(
-        (entry for entry in tried if entry[0] >= best * (1 - NEAR_TIE)), key=lambda entry: entry[1]
-    )
+        (entry for entry in tried if entry[0] >= best * (1 - NEAR_TIE)), key=lambda entry: (entry[1], entry[0])
+    )  # the best cold figure among the near-ties; among equal ones (none cold: all 0), the best figure
     model.set_neighbours(tables)
     progress(
         f"text neighbours: share {model.config.wide_text_share:g}, gate {model.config.wide_text_gate:g} "
