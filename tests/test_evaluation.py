@@ -290,3 +290,28 @@ def test_report_without_ours_lists_the_baselines_first() -> None:
     report = Report("d", "bundle", "valid", None, {"popularity": {"Recall@20": 0.2}}, [])
     table = format_table(report)
     assert table.splitlines()[3].startswith("popularity") and "0.2000" in table and "-" in table
+
+
+@pytest.mark.slow
+def test_the_evaluate_command_writes_its_figures_into_a_folder_it_makes(tmp_path: Path) -> None:
+    """`bundlerec evaluate` as the README gives it, on a fresh working directory: the --json and
+    --plot folders need not exist; one that cannot be made is refused before the run, not after."""
+    pytest.importorskip("torch", reason="the command trains a model (train extra)")
+    import subprocess
+
+    from bundlerec.datasets.demo import generate_demo_shop
+    from tests.harness.processes import BUNDLEREC
+
+    generate_demo_shop(tmp_path / "shop", seed=4, users=40, items=100, bundles=10)
+    out = tmp_path / "var" / "eval" / "shop.json"
+    command = [BUNDLEREC, "evaluate", "--data", str(tmp_path / "shop"), "--no-text", "--epochs", "1", "--dim", "16"]
+    command += ["--two-stage-users", "0", "--baselines", "popularity", "--threads", "1", "--out", str(tmp_path / "m")]
+    done = subprocess.run([*command, "--json", str(out)], capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(out.read_text())["ours"] and out.with_suffix(".png").is_file()
+    refused = subprocess.run(
+        [*command, "--json", str(out / "under-a-file" / "x.json")], capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "--json" in refused.stderr and "cannot create its folder" in refused.stderr
+    assert "epoch" not in refused.stderr  # refused before training

@@ -149,6 +149,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from bundlerec.evaluation.run import run_evaluation
     from bundlerec.training.export import load_weights
 
+    for flag, out in (("--json", args.json), ("--plot", args.plot)):
+        try:  # before the run, not after it: a folder that cannot be made would lose its figures
+            if out:
+                Path(out).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            print(f"bundlerec evaluate: {flag} {out}: cannot create its folder ({error.strerror})", file=sys.stderr)
+            return 2
     dataset = _read(args.data)
     if args.model:
         model, vocabulary, manifest = load_weights(Path(args.model))
