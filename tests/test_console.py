@@ -34,6 +34,7 @@ if not (CHROMIUM and CHROMEDRIVER):
     pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)",
                 allow_module_level=True)  # fmt: skip
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
@@ -302,7 +303,10 @@ def test_models_are_listed_and_only_an_allowed_confirmed_operator_promotes(
         assert button.text == "Roll back to it"  # the version that served before
         row.find_element(By.NAME, "confirm").send_keys(serving)
         button.click()
-        WebDriverWait(browser, 20).until(lambda b: "rolled back" in b.find_element(By.ID, "notice").text)
+        # the old page's notice until the new page replaces it (then stale for a moment)
+        WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
+            lambda b: "rolled back" in b.find_element(By.ID, "notice").text
+        )
         assert serving_version(suite.models) == serving
         shot(browser, "models-rolled-back")
     finally:
