@@ -137,6 +137,15 @@ def sign_in(browser: webdriver.Chrome, stack: Stack, token: str) -> None:
     assert browser.find_element(By.ID, "readiness")  # signed in: the health page
 
 
+def absent(browser: webdriver.Chrome, by: str, value: str) -> bool:
+    """No such element on the page as it is (without the implicit wait, which only delays a no)."""
+    browser.implicitly_wait(0)
+    try:
+        return not browser.find_elements(by, value)
+    finally:
+        browser.implicitly_wait(5)
+
+
 def shot(browser: webdriver.Chrome, name: str) -> None:
     browser.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
@@ -208,7 +217,7 @@ def test_a_shopper_without_consent_shows_nothing_of_their_history(stack: Stack, 
     preview(browser, stack, user_id="u-no-consent")
     assert browser.find_element(By.ID, "not-personalized")
     assert "personalization no" in browser.find_element(By.ID, "consent").text
-    assert not browser.find_elements(By.ID, "history")
+    assert absent(browser, By.ID, "history")
     shot(browser, "preview-no-consent")
 
 
@@ -270,7 +279,7 @@ def test_models_are_listed_and_only_an_allowed_confirmed_operator_promotes(
     sign_in(browser, stack, VIEWER)
     browser.get(f"{stack.url}/models")
     assert browser.find_element(By.ID, "serving").text == serving
-    assert not browser.find_elements(By.CSS_SELECTOR, "form.confirm")  # a viewer gets no buttons
+    assert absent(browser, By.CSS_SELECTOR, "form.confirm")  # a viewer gets no buttons
     shot(browser, "models-viewer")
     request = urllib.request.Request(
         f"{stack.url}/models/promote", data=f"version={serving}&confirm={serving}".encode(), method="POST",
