@@ -43,7 +43,6 @@ class BadInput(ValueError):
 
 def create_app(settings: ConsoleSettings, access: Access, *, secure_cookie: bool = False) -> Starlette:
     templates = Environment(loader=PackageLoader("bundlerec.console", "templates"), autoescape=select_autoescape())
-    templates.filters["short"] = lambda value: str(value).rsplit("_", 1)[-1].lower() if value else ""
     templates.filters["enum"] = _enum_text
     templates.filters["money"] = lambda value: "" if value in (None, "") else f"{float(value):,.2f}"
     templates.filters["percent"] = _percent
