@@ -257,9 +257,9 @@ class Recommender:
             kind = kind_of(origin, rules)
             score = lead_score if not shown else bundle.score
             shown.append(Shown(bundle.bundle_id, bundle.items, score, reason, bundle.generated, origin.sources, kind))
+        metrics.STAGE_LATENCY.labels(Stage.RULES.value).observe(time.monotonic() - started)
         if not query.preview:
             self.explorer.state.shown([b.bundle_id for b in shown if b.bundle_id], segment)
-            metrics.STAGE_LATENCY.labels(Stage.RULES.value).observe(time.monotonic() - started)
             metrics.count_page(variant.name, allowed.personalized, bool(run.degraded), [b.generated for b in shown])
         if run.trace is not None:
             run.trace.stages.append(TraceStage(Stage.RULES, (time.monotonic() - started) * 1000, {"page": len(shown)}))

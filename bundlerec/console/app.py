@@ -38,7 +38,6 @@ MAX_FIELD = 200  # characters of an identifier or a query typed into a form
 class BadInput(ValueError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
-        self.field = field
 
 
 def create_app(settings: ConsoleSettings, access: Access, *, secure_cookie: bool = False) -> Starlette:
@@ -232,7 +231,7 @@ class _Guard:
                 status["code"] = message["status"]
             await send(message)
 
-        if path.startswith(OPEN_PATHS) or path == "/login":
+        if path.startswith(OPEN_PATHS):
             await self.app(scope, receive, send)
             return
         header = request.headers.get("authorization", "")
