@@ -26,6 +26,7 @@ pretrained encoder's knowledge reaches the rare targets directly, not only throu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -77,30 +78,34 @@ def neighbour_tables(
         ease = ease_tables(data, k, l2, max_columns)
         tables = blend_tables(ease, cosine_tables(data, k), cosine_share) if cosine_share > 0 else ease
     if text_share > 0 and data.item_text.shape[1]:
-        tables = blend_tables(tables, text_tables(data, k, text_gate), text_share)
+        tables = blend_tables(tables, text_tables(data, k, (text_gate,))[0], text_share)
     return tables
 
 
-def text_tables(data: TrainingData, k: int, gate: float) -> NeighbourTables:
-    """Each item column's k nearest items by the cosine of their text embeddings (positive only),
-    the weight of target j multiplied by gate / (gate + n_j) for its n_j training interactions (gate
-    0: not multiplied), so that where the data already knows a target, co-occurrence speaks for it.
-    Items without text neither have nor are text neighbours; bundle columns get none."""
+def text_tables(data: TrainingData, k: int, gates: Sequence[float]) -> list[NeighbourTables]:
+    """Per gate: each item column's k nearest items by the cosine of their text embeddings
+    (positive only), the weight of target j multiplied by gate / (gate + n_j) for its n_j training
+    interactions (gate 0: not multiplied), so that where the data already knows a target,
+    co-occurrence speaks for it. One similarity product serves every gate. Items without text
+    neither have nor are text neighbours; bundle columns get none."""
     n_items, n_bundles = data.vocabulary.num_item_rows, data.vocabulary.num_bundle_rows
-    tables = empty_tables(n_items, n_bundles, k)
+    out = [empty_tables(n_items, n_bundles, k) for _ in gates]
     text = np.zeros((n_items, data.item_text.shape[1]), np.float32)
     text[: len(data.item_text)] = data.item_text
     norms = np.linalg.norm(text, axis=1, keepdims=True)
     unit = np.divide(text, norms, out=np.zeros_like(text), where=norms > 0)
     counts = np.asarray(cooccurrence_matrix(data).sum(axis=0)).ravel()[:n_items].astype(np.float32)
-    factor = gate / (gate + counts) if gate > 0 else np.ones(n_items, np.float32)
-    factor[:FIRST_ID] = 0.0
+    factors = [gate / (gate + counts) if gate > 0 else np.ones(n_items, np.float32) for gate in gates]
+    for factor in factors:
+        factor[:FIRST_ID] = 0.0
     for start in range(0, n_items, _ROWS_PER_CHUNK):
         stop = min(start + _ROWS_PER_CHUNK, n_items)
-        weights = np.maximum(unit[start:stop] @ unit.T, 0.0) * factor
-        weights[np.arange(stop - start), np.arange(start, stop)] = 0.0
-        _keep_strongest(weights, np.arange(n_items), np.arange(start, stop), tables.item_index, tables.item_weight)
-    return tables
+        similarity = np.maximum(unit[start:stop] @ unit.T, 0.0)
+        similarity[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        for factor, tables in zip(factors, out, strict=True):
+            weights = similarity * factor
+            _keep_strongest(weights, np.arange(n_items), np.arange(start, stop), tables.item_index, tables.item_weight)
+    return out
 
 
 def cosine_tables(data: TrainingData, k: int) -> NeighbourTables:

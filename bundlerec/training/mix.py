@@ -170,8 +170,8 @@ def choose_text_tables(
         )
 
     weigh(0.0, 0.0, base)
-    for gate in settings.wide_text_gate_grid:
-        text = text_tables(data, model.config.neighbours, gate)
+    gates = settings.wide_text_gate_grid
+    for gate, text in zip(gates, text_tables(data, model.config.neighbours, gates), strict=True):
         for share in shares:
             weigh(share, gate, blend_tables(base, text, share))
     best = max(figure for figure, *_ in tried)
