@@ -11,6 +11,8 @@ import pytest
 
 from bundlerec.console.access import Access
 from bundlerec.console.health import GatewayMetrics, parse
+from bundlerec.console.models import ModelsView
+from tests.harness.models import Artifacts, models_with, publish
 from tests.harness.processes import BUNDLEREC
 
 
@@ -90,3 +92,16 @@ def test_degradations_are_the_counters_growth_over_the_window() -> None:
     seconds, pages, degraded = metrics.recent()
     assert (seconds, pages) == (60.0, 30.0)
     assert degraded == {("ranker", "unavailable"): 6.0}  # the profile's 4 are older than the window
+
+
+def test_promoting_from_the_console_refuses_a_version_past_the_maximum_age(
+    tmp_path: Path, artifacts: Artifacts
+) -> None:
+    """The same rule as `bundlerec models promote` (promotion.too_old), without its --force."""
+    models = models_with(tmp_path / "models", artifacts.plain)
+    newer = publish(artifacts.plain, models, "2999010100-000000").name
+    with pytest.raises(ValueError, match="past the maximum model age") as refused:
+        ModelsView(models, max_age_days=1e-9).change("promote", newer, "ml-oncall")
+    assert "--force" in str(refused.value)
+    decision = ModelsView(models, max_age_days=30).change("promote", newer, "ml-oncall")
+    assert (decision.version, decision.reason) == (newer, "console: ml-oncall")

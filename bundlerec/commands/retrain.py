@@ -24,6 +24,7 @@ from bundlerec.ranking.promotion import (
     record,
     rollback,
     serving_version,
+    too_old,
 )
 from bundlerec.runtime.settings import CallerSettings
 
@@ -101,11 +102,9 @@ def run_models(args: argparse.Namespace) -> int:
         else:
             target = previous_version(models_dir, serving_version(models_dir))
         age = _lineage_days(models_dir, target)
-        if age is not None and age > settings.max_model_age_days and not args.force:
-            raise PromotionError(
-                f"{target}'s lineage is {age:.0f} days old, past the maximum model age "
-                f"({settings.max_model_age_days:g} days: it may remember erased users); --force to serve it anyway"
-            )
+        refusal = too_old(target, age, settings.max_model_age_days) if age is not None else ""
+        if refusal and not args.force:
+            raise PromotionError(f"{refusal}; --force to serve it anyway")
         if args.models_command == "promote":
             decision = promote(models_dir, target, "bundlerec models promote")
         else:

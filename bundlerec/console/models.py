@@ -18,6 +18,7 @@ from bundlerec.ranking.promotion import (
     promote,
     rollback,
     serving_version,
+    too_old,
 )
 
 ACTIONS = ("promote", "rollback")
@@ -69,12 +70,9 @@ class ModelsView:
             manifest = ModelManifest.read(self.models_dir / version)
         except (ModelArtifactError, OSError) as error:
             raise ValueError(f"version {version}: {error}") from None
-        age = manifest.lineage_age_days(dt.datetime.now(dt.UTC))
-        if age > self.max_age_days:
-            raise ValueError(
-                f"{version}'s lineage is {age:.0f} days old, past the maximum model age ({self.max_age_days:g} "
-                "days: it may remember erased users); `bundlerec models promote --force` if you must"
-            )
+        refusal = too_old(version, manifest.lineage_age_days(dt.datetime.now(dt.UTC)), self.max_age_days)
+        if refusal:
+            raise ValueError(f"{refusal}; `bundlerec models promote --force` if you must")
         try:
             if action == "promote":
                 return promote(self.models_dir, version, f"console: {operator}")

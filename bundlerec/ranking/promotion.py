@@ -101,6 +101,17 @@ def pin_serving(models_dir: Path) -> str:
     return current
 
 
+def too_old(version: str, lineage_days: float, max_age_days: float) -> str:
+    """Why `version` may not be served by hand: its lineage is past the maximum model age, so it may
+    remember erased users; "" when it is not (`bundlerec models` and the console both ask)."""
+    if lineage_days <= max_age_days:
+        return ""
+    return (
+        f"{version}'s lineage is {lineage_days:.0f} days old, past the maximum model age "
+        f"({max_age_days:g} days: it may remember erased users)"
+    )
+
+
 def promote(models_dir: Path, version: str, reason: str) -> Decision:
     return record(models_dir, Decision(version, PROMOTED_BY_HAND, reason))
 
