@@ -182,7 +182,12 @@ def test_full_ranking_scores_what_the_served_graph_scores(encoder_dir: str, monk
 
     youshu = youshu_sample()
     trained = with_both_parts(
-        train(youshu, dataclasses.replace(QUICK, wide_l2_grid=(200.0,)), None, progress=lambda line: None)
+        train(
+            youshu,
+            dataclasses.replace(QUICK, wide_l2_grid=(200.0,), wide_view_grid=(0.3,), wide_view_l2_grid=(50.0,)),
+            None,
+            progress=lambda line: None,
+        )
     )
     trained.model.wide_member_weight.fill_(0.3)
     scorer = ModelScorer("ours", trained.model, youshu, trained.data.vocabulary, None)

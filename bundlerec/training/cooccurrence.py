@@ -22,6 +22,10 @@ Co-occurrence knows nothing of an item bought once or twice. Where items have te
 also carries its nearest items by the cosine of their text embeddings (`text_tables`), each weighed
 by how little the target has been bought (`gate`), blended in with a share chosen on validation: the
 pretrained encoder's knowledge reaches the rare targets directly, not only through the network.
+On bundle data a user's items say more about a bundle than any one item column can: the item view
+(`item_view_tables`) predicts each bundle from the user's bundles and from how many of every
+bundle's members the user's items cover, the bundle view and the item view that published bundle
+models (BGCN, CrossCBR) combine; its bundle tables replace the EASE ones when validation prefers.
 """
 
 from __future__ import annotations
@@ -67,19 +71,72 @@ def neighbour_tables(
     cosine_share: float = 0.0,
     text_share: float = 0.0,
     text_gate: float = 0.0,
+    view_share: float = 0.0,
+    view_l2: float = 0.0,
     max_columns: int = MAX_DENSE_COLUMNS,
 ) -> NeighbourTables:
     """The tables of `data`: cosine when `l2` is 0; otherwise EASE with L2 regularization `l2`,
-    blended with `cosine_share` of the cosine tables (blend_tables); then `text_share` of the text
-    tables with `text_gate` blended in (when the items have text)."""
+    blended with `cosine_share` of the cosine tables (blend_tables); with `view_share` > 0 the
+    bundle tables of the item view (item_view_tables, L2 `view_l2`) instead of those; then
+    `text_share` of the text tables with `text_gate` blended in (when the items have text)."""
     if l2 <= 0:
         tables = cosine_tables(data, k)
     else:
         ease = ease_tables(data, k, l2, max_columns)
         tables = blend_tables(ease, cosine_tables(data, k), cosine_share) if cosine_share > 0 else ease
+    if view_share > 0:
+        tables = with_bundle_tables(tables, item_view_tables(data, k, view_l2, view_share, max_columns // 2))
     if text_share > 0 and data.item_text.shape[1]:
         tables = blend_tables(tables, text_tables(data, k, (text_gate,))[0], text_share)
     return tables
+
+
+def item_view_tables(
+    data: TrainingData, k: int, l2: float, share: float, max_bundles: int = MAX_DENSE_COLUMNS // 2
+) -> NeighbourTables:
+    """Bundle tables of EASE's regression over features X = [bundles | share · items · Mᵀ]: each
+    bundle column predicted (its own feature left out) from the row's bundles and, for every bundle,
+    how many of its members the row's items are (M: bundles × items membership). The item part is
+    linear in the row's items, so it becomes an item → bundle table: item i's weight on bundle b is
+    share · Σ over the bundles c holding i of the weight of c's item feature on b. The rows are
+    cooccurrence_matrix's; at most `max_bundles` bundles (the most frequent) take part, and a
+    bundle nobody has gets no row. Item tables are left empty (with_bundle_tables keeps another's)."""
+    n_items, n_bundles = data.vocabulary.num_item_rows, data.vocabulary.num_bundle_rows
+    tables = empty_tables(n_items, n_bundles, k)
+    if n_bundles <= FIRST_ID:
+        return tables
+    matrix = cooccurrence_matrix(data)
+    bundles = matrix[:, n_items:].tocsc()
+    counts = np.asarray(bundles.sum(axis=0)).ravel()
+    kept = np.flatnonzero(counts > 0)
+    if len(kept) > max_bundles:
+        kept = np.sort(np.argsort(-counts, kind="stable")[:max_bundles])
+    if len(kept) == 0:
+        return tables
+    members = data.vocabulary.bundle_members[kept]
+    rows = np.broadcast_to(np.arange(len(kept))[:, None], members.shape)[members != PAD]
+    membership = sp.csr_matrix(
+        (np.ones(len(rows), np.float32), (rows, members[members != PAD])), shape=(len(kept), n_items)
+    )
+    membership.data[:] = 1.0
+    features = sp.hstack([bundles[:, kept], (matrix[:, :n_items] @ membership.T) * np.float32(share)]).tocsc()
+    inverse = _symmetric_inverse((features.T @ features).toarray().astype(np.float32), l2)
+    nb = len(kept)
+    weights = inverse[:, :nb] / -inverse.diagonal()[:nb]  # [2 nb, nb]: feature → bundle
+    weights[np.arange(nb), np.arange(nb)] = 0.0
+    del inverse
+    _keep_strongest(weights[:nb], kept, n_items + kept, tables.bundle_index, tables.bundle_weight)
+    through = membership.T.tocsr() * np.float32(share)  # items × kept bundles
+    for start in range(0, n_items, _ROWS_PER_CHUNK):
+        stop = min(start + _ROWS_PER_CHUNK, n_items)
+        block = np.asarray(through[start:stop] @ weights[nb:], dtype=np.float32)
+        _keep_strongest(block, kept, np.arange(start, stop), tables.bundle_index, tables.bundle_weight)
+    return tables
+
+
+def with_bundle_tables(tables: NeighbourTables, bundle: NeighbourTables) -> NeighbourTables:
+    """`tables` with their bundle tables (every column's bundle neighbours) taken from `bundle`."""
+    return tables._replace(bundle_index=bundle.bundle_index, bundle_weight=bundle.bundle_weight)
 
 
 def text_tables(data: TrainingData, k: int, gates: Sequence[float]) -> list[NeighbourTables]:
@@ -203,14 +260,7 @@ def _fill_ease(matrix: sp.csr_matrix, l2: float, max_columns: int, n_items: int,
     if len(kept) == 0:
         return
     sub = matrix[:, kept].tocsc()
-    gram = (sub.T @ sub).toarray().astype(np.float32)
-    gram[np.diag_indices_from(gram)] += np.float32(l2)
-    factor, info = lapack.spotrf(gram, lower=0, overwrite_a=1, clean=0)
-    if info == 0:
-        inverse, info = lapack.spotri(factor, lower=0, overwrite_c=1)
-    if info != 0:
-        raise ValueError(f"EASE: the regularized Gram matrix is not invertible (LAPACK info {info}); raise l2")
-    del gram, factor  # the inverse took their memory; only its upper triangle is valid
+    inverse = _upper_inverse((sub.T @ sub).toarray().astype(np.float32), l2)
     diagonal = inverse.diagonal().copy()
     groups = [(kept < n_items, 0, tables.item_index, tables.item_weight)]
     if tables.bundle_index.shape[1]:
@@ -229,6 +279,23 @@ def _fill_ease(matrix: sp.csr_matrix, l2: float, max_columns: int, n_items: int,
         for is_target, offset, index, weight in groups:
             columns = np.flatnonzero(is_target)
             _keep_strongest(weights[:, columns], kept[columns] - offset, sources, index, weight)
+
+
+def _upper_inverse(gram: np.ndarray, l2: float) -> np.ndarray:
+    """(gram + l2·I)⁻¹ by Cholesky, in gram's memory; only its upper triangle is valid."""
+    gram[np.diag_indices_from(gram)] += np.float32(l2)
+    factor, info = lapack.spotrf(gram, lower=0, overwrite_a=1, clean=0)
+    if info == 0:
+        inverse, info = lapack.spotri(factor, lower=0, overwrite_c=1)
+    if info != 0:
+        raise ValueError(f"EASE: the regularized Gram matrix is not invertible (LAPACK info {info}); raise l2")
+    return inverse
+
+
+def _symmetric_inverse(gram: np.ndarray, l2: float) -> np.ndarray:
+    """(gram + l2·I)⁻¹, whole."""
+    inverse = _upper_inverse(gram, l2)
+    return np.triu(inverse) + np.triu(inverse, 1).T
 
 
 def _keep_strongest(

@@ -25,7 +25,9 @@ from bundlerec.training.cooccurrence import (
     blend_tables,
     cosine_tables,
     ease_tables,
+    item_view_tables,
     text_tables,
+    with_bundle_tables,
 )
 from bundlerec.training.data import TrainingData
 from bundlerec.training.scorer import ModelScorer, PartScorer
@@ -101,7 +103,44 @@ def choose_wide_tables(
         f"co-occurrence part: EASE l2 {model.config.wide_l2:g} + {model.config.wide_cosine_share:g} cosine, "
         f"valid {metric_name} {metric:.4f} on its own"
     )
+    choose_item_view(scorer, data, split, settings, metric_name, metric, progress)
     choose_member_weight(scorer, data, split, metric_name, progress)
+
+
+def choose_item_view(
+    scorer: ModelScorer,
+    data: TrainingData,
+    split: EvalSplit,
+    settings: TrainSettings,
+    metric_name: str,
+    without: float,
+    progress: Progress,
+) -> None:
+    """Bundle data: replaces the bundle tables with the item view's (cooccurrence.item_view_tables)
+    for the share of `wide_view_grid` and the L2 of `wide_view_l2_grid` whose tables alone validate
+    best, when that beats `without`, the tables' figure as they are (a tie keeps them)."""
+    model = scorer.model
+    shares = [share for share in settings.wide_view_grid if share > 0]
+    if data.task != "bundle" or data.vocabulary.num_bundle_rows <= FIRST_ID or not shares:
+        return
+    base = _tables(model)
+    best: tuple[float, float, float, NeighbourTables] = (without, 0.0, 0.0, base)
+    for l2 in settings.wide_view_l2_grid:
+        for share in shares:
+            started = time.monotonic()
+            tables = with_bundle_tables(base, item_view_tables(data, settings.neighbours, l2, share))
+            model.set_neighbours(tables)
+            metric = evaluate_scorer(split, PartScorer(scorer, "wide"), ks=(10, 20))[metric_name]
+            progress(
+                f"item view l2 {l2:g} share {share:g} ({time.monotonic() - started:.0f} s): "
+                f"valid {metric_name} {metric:.4f} (without it {without:.4f})"
+            )
+            if metric > best[0]:
+                best = (metric, share, l2, tables)
+    metric, model.config.wide_view_share, model.config.wide_view_l2, tables = best
+    model.set_neighbours(tables)
+    kept = f"share {best[1]:g}, l2 {best[2]:g}" if best[1] else "not kept"
+    progress(f"item view: {kept}, valid {metric_name} {metric:.4f} on its own")
 
 
 WIDEN_STEPS = 3  # L2 values tried past an edge of the grid that won, each a factor 4 further

@@ -50,6 +50,8 @@ class ModelConfig:
     wide_cosine_share: float = 0.0  # and the share of cosine blended in (cooccurrence.blend_tables)
     wide_text_share: float = 0.0  # and of the text neighbours (cooccurrence.text_tables), with their
     wide_text_gate: float = 0.0  # target-count gate
+    wide_view_share: float = 0.0  # bundle data: the item view's share (cooccurrence.item_view_tables),
+    wide_view_l2: float = 0.0  # 0 = none, and its L2
 
     def to_dict(self) -> dict:
         return asdict(self)

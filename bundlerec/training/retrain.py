@@ -118,6 +118,8 @@ def warm_settings(serving: Serving, base: TrainSettings) -> TrainSettings:
         wide_cosine_grid=(float(model.get("wide_cosine_share", 0.0)),),
         wide_text_grid=(float(model.get("wide_text_share", 0.0)),),
         wide_text_gate_grid=(float(model.get("wide_text_gate", 0.0)),),
+        wide_view_grid=(float(model.get("wide_view_share", 0.0)),),
+        wide_view_l2_grid=(float(model.get("wide_view_l2", 0.0)),),
     )
 
 

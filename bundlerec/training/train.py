@@ -72,6 +72,9 @@ class TrainSettings:
     # the text neighbours blended in after (cooccurrence.text_tables): shares and target-count gates
     wide_text_grid: tuple[float, ...] = (0.0, 0.3, 1.0, 3.0)
     wide_text_gate_grid: tuple[float, ...] = (0.0, 5.0, 20.0, 100.0)
+    # bundle data: the item view's shares (0 = none) and L2s (cooccurrence.item_view_tables)
+    wide_view_grid: tuple[float, ...] = (0.03, 0.1, 0.3)
+    wide_view_l2_grid: tuple[float, ...] = (200.0, 500.0, 1500.0)
     max_epochs: int = 40
     patience: int = 3  # epochs without a better validation metric before stopping
     validation_users: int = 2000  # a fixed sample keeps each epoch's validation cheap
@@ -236,7 +239,14 @@ def train(
         with_valid = _with_validation_rows(dataset, data)
         c = model.config
         tables = neighbour_tables(
-            with_valid, c.neighbours, c.wide_l2, c.wide_cosine_share, c.wide_text_share, c.wide_text_gate
+            with_valid,
+            c.neighbours,
+            c.wide_l2,
+            c.wide_cosine_share,
+            c.wide_text_share,
+            c.wide_text_gate,
+            c.wide_view_share,
+            c.wide_view_l2,
         )
         model.set_neighbours(tables)
         if settings.refit and warm is None:
@@ -276,6 +286,8 @@ def _either_reading(
         wide_cosine_grid=(chosen.wide_cosine_share,),
         wide_text_grid=(chosen.wide_text_share,),
         wide_text_gate_grid=(chosen.wide_text_gate,),
+        wide_view_grid=(chosen.wide_view_share,),
+        wide_view_l2_grid=(chosen.wide_view_l2,),
     )
     unordered = train(dataset, as_set, text_vectors, progress)
     name = sequence.metric_name
