@@ -120,11 +120,13 @@ def item_view_tables(
     )
     membership.data[:] = 1.0
     features = sp.hstack([bundles[:, kept], (matrix[:, :n_items] @ membership.T) * np.float32(share)]).tocsc()
-    inverse = _symmetric_inverse((features.T @ features).toarray().astype(np.float32), l2)
+    inverse = _upper_inverse((features.T @ features).toarray().astype(np.float32), l2)
     nb = len(kept)
-    weights = inverse[:, :nb] / -inverse.diagonal()[:nb]  # [2 nb, nb]: feature → bundle
+    block = inverse[:nb, :nb]  # the inverse's first nb columns, from its valid upper triangle
+    columns = np.concatenate([np.triu(block) + np.triu(block, 1).T, inverse[:nb, nb:].T])
+    weights = columns / -inverse.diagonal()[:nb]  # [2 nb, nb]: feature → bundle
     weights[np.arange(nb), np.arange(nb)] = 0.0
-    del inverse
+    del inverse, block, columns
     _keep_strongest(weights[:nb], kept, n_items + kept, tables.bundle_index, tables.bundle_weight)
     through = membership.T.tocsr() * np.float32(share)  # items × kept bundles
     for start in range(0, n_items, _ROWS_PER_CHUNK):
@@ -290,12 +292,6 @@ def _upper_inverse(gram: np.ndarray, l2: float) -> np.ndarray:
     if info != 0:
         raise ValueError(f"EASE: the regularized Gram matrix is not invertible (LAPACK info {info}); raise l2")
     return inverse
-
-
-def _symmetric_inverse(gram: np.ndarray, l2: float) -> np.ndarray:
-    """(gram + l2·I)⁻¹, whole."""
-    inverse = _upper_inverse(gram, l2)
-    return np.triu(inverse) + np.triu(inverse, 1).T
 
 
 def _keep_strongest(
