@@ -103,7 +103,7 @@ def choose_wide_tables(
         f"co-occurrence part: EASE l2 {model.config.wide_l2:g} + {model.config.wide_cosine_share:g} cosine, "
         f"valid {metric_name} {metric:.4f} on its own"
     )
-    choose_item_view(scorer, data, split, settings, metric_name, metric, progress)
+    choose_item_view(scorer, data, split, settings, metric_name, progress)
     choose_member_weight(scorer, data, split, metric_name, progress)
 
 
@@ -113,17 +113,20 @@ def choose_item_view(
     split: EvalSplit,
     settings: TrainSettings,
     metric_name: str,
-    without: float,
     progress: Progress,
 ) -> None:
     """Bundle data: replaces the bundle tables with the item view's (cooccurrence.item_view_tables)
     for the share of `wide_view_grid` and the L2 of `wide_view_l2_grid` whose tables alone validate
-    best, when that beats `without`, the tables' figure as they are (a tie keeps them)."""
+    best, when that beats the tables as they are (a tie keeps them). Bundles without a row of their
+    own are left out of the comparison (member weight 0): the item view changes the scale of the
+    bundles' scores, and their factor is chosen after, for the tables kept (choose_member_weight)."""
     model = scorer.model
     shares = [share for share in settings.wide_view_grid if share > 0]
     if data.task != "bundle" or data.vocabulary.num_bundle_rows <= FIRST_ID or not shares:
         return
     base = _tables(model)
+    model.wide_member_weight.fill_(0.0)
+    without = evaluate_scorer(split, PartScorer(scorer, "wide"), ks=(10, 20))[metric_name]
     best: tuple[float, float, float, NeighbourTables] = (without, 0.0, 0.0, base)
     for l2 in settings.wide_view_l2_grid:
         for share in shares:
