@@ -54,8 +54,9 @@ async def redis_prefix() -> AsyncIterator[tuple[str, redis.Redis]]:
 
 
 def _replica(prefix: str, rotate_after: int = 2) -> RedisImpressions:
-    return RedisImpressions.connect(REDIS_URL, timeout_seconds=2, key_secret=b"k", rotate_after=rotate_after,
-                                    prefix=prefix, ttl_seconds=3600)
+    return RedisImpressions.connect(
+        REDIS_URL, timeout_seconds=2, key_secret=b"k", rotate_after=rotate_after, prefix=prefix, ttl_seconds=3600
+    )
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -147,8 +148,13 @@ async def test_erasure_and_withdrawn_consent_through_the_gateway_empty_redis(
     async with running_profile(f"sqlite:///{tmp_path / 'profile.sqlite3'}") as profile:
         nowhere = f"127.0.0.1:{free_port()}"
         settings = GatewaySettings(
-            port=0, metrics_port=0, profile_address=profile.address, candidate_address=nowhere,
-            ranker_address=nowhere, impressions_url=REDIS_URL, impressions_key_secret="k",
+            port=0,
+            metrics_port=0,
+            profile_address=profile.address,
+            candidate_address=nowhere,
+            ranker_address=nowhere,
+            impressions_url=REDIS_URL,
+            impressions_key_secret="k",
         )
         gateway = await assemble(settings)
         assert isinstance(gateway.impressions, RedisImpressions)
@@ -159,8 +165,9 @@ async def test_erasure_and_withdrawn_consent_through_the_gateway_empty_redis(
                 stub = gateway_pb2_grpc.RecommendationServiceStub(channel)
 
                 async def shown(user: str) -> None:
-                    impression = gateway_pb2.Impression(impression_id=f"i-{user}", user_id=user,
-                                                        recommendation_id="r1", bundle_id="kit")
+                    impression = gateway_pb2.Impression(
+                        impression_id=f"i-{user}", user_id=user, recommendation_id="r1", bundle_id="kit"
+                    )
                     reply = await stub.Track(gateway_pb2.TrackRequest(impressions=[impression]), timeout=5)
                     assert reply.impressions_recorded == 1
                     assert [k async for k in client.scan_iter(match=f"{prefix}*")]
@@ -169,8 +176,9 @@ async def test_erasure_and_withdrawn_consent_through_the_gateway_empty_redis(
                 assert (await stub.ForgetUser(gateway_pb2.ForgetUserRequest(user_id="ann"), timeout=5)).existed
                 assert [k async for k in client.scan_iter(match=f"{prefix}*")] == []
                 await shown("bob")
-                await stub.SetUserConsent(gateway_pb2.SetUserConsentRequest(user_id="bob", personalization=False),
-                                          timeout=5)
+                await stub.SetUserConsent(
+                    gateway_pb2.SetUserConsentRequest(user_id="bob", personalization=False), timeout=5
+                )
                 assert [k async for k in client.scan_iter(match=f"{prefix}*")] == []
         finally:
             await server.stop()
@@ -187,8 +195,14 @@ async def test_a_redis_outage_keeps_pages_and_refuses_only_what_must_be_retried(
 
     nowhere = f"127.0.0.1:{free_port()}"
     settings = GatewaySettings(
-        port=0, metrics_port=0, profile_address=nowhere, candidate_address=nowhere, ranker_address=nowhere,
-        impressions_url=f"redis://127.0.0.1:{free_port()}/0", impressions_timeout_ms=200, impressions_key_secret="k",
+        port=0,
+        metrics_port=0,
+        profile_address=nowhere,
+        candidate_address=nowhere,
+        ranker_address=nowhere,
+        impressions_url=f"redis://127.0.0.1:{free_port()}/0",
+        impressions_timeout_ms=200,
+        impressions_key_secret="k",
     )
     gateway = await assemble(settings)
     server = await start_server(settings, gateway.parts())
@@ -197,8 +211,9 @@ async def test_a_redis_outage_keeps_pages_and_refuses_only_what_must_be_retried(
             stub = gateway_pb2_grpc.RecommendationServiceStub(channel)
             page = await stub.Recommend(gateway_pb2.RecommendRequest(session_id="s1"), timeout=5)
             assert page.degraded  # degraded by the unreachable services, but a page, not an error
-            impression = gateway_pb2.Impression(impression_id="i1", user_id="u1", recommendation_id="r1",
-                                                bundle_id="kit")
+            impression = gateway_pb2.Impression(
+                impression_id="i1", user_id="u1", recommendation_id="r1", bundle_id="kit"
+            )
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.Track(gateway_pb2.TrackRequest(impressions=[impression]), timeout=5)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

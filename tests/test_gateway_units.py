@@ -95,8 +95,6 @@ def test_the_breaker_opens_after_failures_and_probes_once() -> None:
     assert breaker.state is BreakerState.CLOSED and breaker.allow()
 
 
-
-
 class _CatalogueDown:
     """A candidate port whose bundle lookup fails (a fault injected for this test)."""
 
@@ -110,10 +108,14 @@ async def test_a_failed_promotion_lookup_keeps_the_retrieval_and_adds_what_it_ca
     from bundlerec.gateway.rules.promotions import with_promoted
 
     found = Retrieved((Found("a", False, 1.0, frozenset({Source.VECTOR}), ("a",)),), ())
-    rules = Rules.model_validate({"promotions": [
-        {"name": "kit", "bundle_id": "kit", "kind": "pin", "position": 0},
-        {"name": "new", "item_id": "n1", "kind": "boost", "boost": 0.2},
-    ]})
+    rules = Rules.model_validate(
+        {
+            "promotions": [
+                {"name": "kit", "bundle_id": "kit", "kind": "pin", "position": 0},
+                {"name": "new", "item_id": "n1", "kind": "boost", "boost": 0.2},
+            ]
+        }
+    )
     out = await with_promoted(found, rules, _CatalogueDown(), 0.1)  # type: ignore[arg-type]
     assert out.bundles == () and [f.target_id for f in out.items] == ["a", "n1"]
     assert out.items[1].sources == frozenset()  # no retrieval source: "featured"

@@ -17,7 +17,7 @@ from bundlerec.training.mix import choose_wide_tables  # noqa: E402
 from bundlerec.training.model import BundleRanker, ModelConfig  # noqa: E402
 from bundlerec.training.scorer import ModelScorer, PartScorer  # noqa: E402
 from bundlerec.training.train import TrainSettings  # noqa: E402
-from tests.test_ranker_model import youshu_sample  # noqa: E402
+from tests.harness.factories import youshu_sample  # noqa: E402
 
 
 def dense_item_view(data, l2: float, share: float) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ from bundlerec.training.export import (  # noqa: E402
 from bundlerec.training.scorer import ModelScorer  # noqa: E402
 from bundlerec.training.text import item_text_vectors  # noqa: E402
 from bundlerec.training.train import TrainedModel, TrainSettings, train  # noqa: E402
-from tests.harness.factories import SCIENTIFIC, YOUSHU  # noqa: E402
+from tests.harness.factories import SCIENTIFIC, youshu_sample  # noqa: E402
 
 QUICK = TrainSettings(max_epochs=1, dim=32, validation_users=200)
 
@@ -152,21 +152,6 @@ def full_ranking_vs_forward(scorer: ModelScorer, dataset: Dataset, users: int = 
     return float(np.abs(scores - expected).max() / max(1.0, np.abs(expected).max()))
 
 
-def youshu_sample(users: int = 150) -> Dataset:
-    """The first `users` users of Youshu with every bundle and item: bundle data, where held-out
-    bundles the sample never interacted with have no row of their own (scored by their members)."""
-    if not YOUSHU.is_dir():
-        pytest.skip("../shared/data/youshu is not available")
-    full = read_dataset(YOUSHU)
-    keep = set(sorted({e.user_id for e in full.events})[:users])
-    return dataclasses.replace(
-        full,
-        events=[e for e in full.events if e.user_id in keep],
-        valid=[r for r in full.valid if r.user_id in keep],
-        test=[r for r in full.test if r.user_id in keep],
-    )
-
-
 def test_full_ranking_scores_what_the_served_graph_scores(encoder_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The batched full-ranking scorer (attention tables, sparse co-occurrence product, trimmed
     sequences) against the model's forward: next-item data with text and items known only by their
@@ -189,6 +174,7 @@ def test_full_ranking_scores_what_the_served_graph_scores(encoder_dir: str, monk
             progress=lambda line: None,
         )
     )
+    assert trained.model.config.wide_view_share > 0  # the item view's tables are in the graph too
     trained.model.wide_member_weight.fill_(0.3)
     scorer = ModelScorer("ours", trained.model, youshu, trained.data.vocabulary, None)
     _, rows = scorer._candidate_index(build_split(youshu, "test"))

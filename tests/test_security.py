@@ -58,6 +58,7 @@ def sha256(text: str) -> str:
 
 # --- throwaway certificates ---------------------------------------------------------------------
 
+
 @dataclass
 class Pki:
     ca: Path
@@ -118,6 +119,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 # --- every RPC of every service ------------------------------------------------------------------
 
+
 def _policy(directory: Path, service: str, allowed_for_reader: str) -> Path:
     path = directory / f"{service}-auth.toml"
     path.write_text(
@@ -153,16 +155,37 @@ async def guarded_servers(
     settings = {
         "profile": profile_settings(f"sqlite:///{directory / 'profile.sqlite3'}", auth_file=policy("profile")),
         "candidate": CandidateSettings(
-            port=0, metrics_port=0, database_url=f"sqlite:///{directory / 'catalogue.sqlite3'}",
-            encoder_dir=encoder_dir, index_dir="", models_dir="", auth_file=policy("candidate"),
+            port=0,
+            metrics_port=0,
+            database_url=f"sqlite:///{directory / 'catalogue.sqlite3'}",
+            encoder_dir=encoder_dir,
+            index_dir="",
+            models_dir="",
+            auth_file=policy("candidate"),
         ),
-        "ranker": RankerSettings(port=0, metrics_port=0, models_dir=str(artifacts.plain.parent), poll_seconds=0,
-                                 providers="cpu", auth_file=policy("ranker")),
-        "gateway": GatewaySettings(port=0, metrics_port=0, profile_address=nowhere, candidate_address=nowhere,
-                                   ranker_address=nowhere, auth_file=policy("gateway")),
+        "ranker": RankerSettings(
+            port=0,
+            metrics_port=0,
+            models_dir=str(artifacts.plain.parent),
+            poll_seconds=0,
+            providers="cpu",
+            auth_file=policy("ranker"),
+        ),
+        "gateway": GatewaySettings(
+            port=0,
+            metrics_port=0,
+            profile_address=nowhere,
+            candidate_address=nowhere,
+            ranker_address=nowhere,
+            auth_file=policy("gateway"),
+        ),
     }
-    builders = {"profile": build_profile, "candidate": build_candidate, "ranker": build_ranker,
-                "gateway": build_gateway}
+    builders = {
+        "profile": build_profile,
+        "candidate": build_candidate,
+        "ranker": build_ranker,
+        "gateway": build_gateway,
+    }
     servers: dict[str, RunningServer] = {}
     for service, service_settings in settings.items():
         servers[service] = await start_server(service_settings, await builders[service](service_settings))
@@ -182,8 +205,9 @@ async def _call(address: str, path: str, method, token: str | None) -> grpc.Stat
     response_class = message_factory.GetMessageClass(method.output_type)
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     async with grpc.aio.insecure_channel(address) as channel:
-        call = channel.unary_unary(path, request_serializer=request_class.SerializeToString,
-                                   response_deserializer=response_class.FromString)
+        call = channel.unary_unary(
+            path, request_serializer=request_class.SerializeToString, response_deserializer=response_class.FromString
+        )
         try:
             await call(request_class(), metadata=metadata, timeout=5)
         except grpc.aio.AioRpcError as error:
@@ -217,8 +241,11 @@ async def test_a_request_that_does_not_decode_is_refused_as_unauthenticated_befo
 ) -> None:
     undecodable = b"\x0a\x02\xff\xfe"  # field 1 (user_id), a string of invalid UTF-8
     async with grpc.aio.insecure_channel(f"127.0.0.1:{guarded_servers['profile'].port}") as channel:
-        call = channel.unary_unary("/bundlerec.v1.ProfileService/GetProfile", request_serializer=lambda raw: raw,
-                                   response_deserializer=profile_pb2.GetProfileResponse.FromString)
+        call = channel.unary_unary(
+            "/bundlerec.v1.ProfileService/GetProfile",
+            request_serializer=lambda raw: raw,
+            response_deserializer=profile_pb2.GetProfileResponse.FromString,
+        )
         with pytest.raises(grpc.aio.AioRpcError) as anonymous:
             await call(undecodable, timeout=5)
         assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -238,8 +265,12 @@ async def test_health_stays_open_and_reflection_needs_a_caller(guarded_servers: 
             async for _ in stub.ServerReflectionInfo(iter([ask]), timeout=5):
                 pass
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        replies = [r async for r in stub.ServerReflectionInfo(
-            iter([ask]), timeout=5, metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),))]
+        replies = [
+            r
+            async for r in stub.ServerReflectionInfo(
+                iter([ask]), timeout=5, metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),)
+            )
+        ]
         names = {s.name for s in replies[0].list_services_response.service}
         assert "bundlerec.v1.ProfileService" in names
 
@@ -252,10 +283,15 @@ async def test_health_stays_open_and_reflection_needs_a_caller(guarded_servers: 
         (f"[[caller]]\nname='x'\ntoken_sha256=['{'a' * 64}']\nallow=['bundlerec.v1.Nope/*']\n", "names no service"),
         (f"[[caller]]\nname='x'\ntoken_sha256=['{'a' * 64}']\nallow=['*']\nrole='admin'\n", "role"),
         ("[[caller]\n", "not valid TOML"),
-        (f"[[caller]]\nname='x'\ntoken_sha256=['{'a' * 64}']\nallow=['bundlerec.v1.ProfileService/DeleteUsers']\n",
-         "has no method 'DeleteUsers'"),
-        ("[[caller]]\nname='x'\ncertificate_names=['gw']\nallow=['*']\n"
-         "[[caller]]\nname='y'\ncertificate_names=['gw']\nallow=['*']\n", "certificate name is listed for two"),
+        (
+            f"[[caller]]\nname='x'\ntoken_sha256=['{'a' * 64}']\nallow=['bundlerec.v1.ProfileService/DeleteUsers']\n",
+            "has no method 'DeleteUsers'",
+        ),
+        (
+            "[[caller]]\nname='x'\ncertificate_names=['gw']\nallow=['*']\n"
+            "[[caller]]\nname='y'\ncertificate_names=['gw']\nallow=['*']\n",
+            "certificate name is listed for two",
+        ),
     ],
 )
 def test_a_bad_auth_file_stops_the_start_naming_the_problem(tmp_path: Path, text: str, problem: str) -> None:
@@ -267,6 +303,7 @@ def test_a_bad_auth_file_stops_the_start_naming_the_problem(tmp_path: Path, text
 
 
 # --- mutual TLS between the gateway and a real profile service ----------------------------------
+
 
 @pytest.fixture
 async def tls_profile(tmp_path: Path, pki: Pki) -> AsyncIterator[RunningServer]:
@@ -286,8 +323,11 @@ allow = ["bundlerec.v1.ProfileService/DeleteUser"]
     )
     settings = profile_settings(
         f"sqlite:///{tmp_path / 'profile.sqlite3'}",
-        tls_cert_file=str(pki.server_cert), tls_key_file=str(pki.server_key),
-        tls_client_ca_file=str(pki.ca), auth_file=str(policy), health_port=free_port(),
+        tls_cert_file=str(pki.server_cert),
+        tls_key_file=str(pki.server_key),
+        tls_client_ca_file=str(pki.ca),
+        auth_file=str(policy),
+        health_port=free_port(),
     )
     running = await start_server(settings, await build_profile(settings))
     yield running
@@ -351,8 +391,13 @@ async def test_the_gateway_reaches_a_tls_profile_service_only_with_its_certifica
 ) -> None:
     async def profile_degraded(**client: str) -> bool:
         settings = GatewaySettings(
-            port=0, metrics_port=0, profile_address=f"localhost:{tls_profile.port}",
-            candidate_address="127.0.0.1:9", ranker_address="127.0.0.1:9", deadline_ms=2000, **client,
+            port=0,
+            metrics_port=0,
+            profile_address=f"localhost:{tls_profile.port}",
+            candidate_address="127.0.0.1:9",
+            ranker_address="127.0.0.1:9",
+            deadline_ms=2000,
+            **client,
         )
         gateway = await assemble(settings)
         server = await start_server(settings, gateway.parts())
@@ -365,8 +410,11 @@ async def test_the_gateway_reaches_a_tls_profile_service_only_with_its_certifica
         finally:
             await server.stop()
 
-    with_certificate = {"client_tls_ca_file": str(pki.ca), "client_tls_cert_file": str(pki.gateway_cert),
-                        "client_tls_key_file": str(pki.gateway_key)}
+    with_certificate = {
+        "client_tls_ca_file": str(pki.ca),
+        "client_tls_cert_file": str(pki.gateway_cert),
+        "client_tls_key_file": str(pki.gateway_key),
+    }
     assert not await profile_degraded(**with_certificate)
     assert await profile_degraded(client_tls_ca_file=str(pki.ca))  # TLS, but no certificate of its own
     token = tmp_path / "token"

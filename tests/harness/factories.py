@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from pathlib import Path
 
+import pytest
+
+from bundlerec.datasets import Dataset, read_dataset
 from bundlerec.v1 import candidate_pb2, common_pb2, exposures_pb2
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data beside the checkout
@@ -73,4 +77,19 @@ def exposure_page(
             for n, (bundle_id, items, prices) in enumerate(shown)
         ],
         personalized=True,
+    )
+
+
+def youshu_sample(users: int = 150) -> Dataset:
+    """The first `users` users of Youshu with every bundle and item: bundle data, where held-out
+    bundles the sample never interacted with have no row of their own (scored by their members)."""
+    if not YOUSHU.is_dir():
+        pytest.skip("../shared/data/youshu is not available")
+    full = read_dataset(YOUSHU)
+    keep = set(sorted({e.user_id for e in full.events})[:users])
+    return dataclasses.replace(
+        full,
+        events=[e for e in full.events if e.user_id in keep],
+        valid=[r for r in full.valid if r.user_id in keep],
+        test=[r for r in full.test if r.user_id in keep],
     )
