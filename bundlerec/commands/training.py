@@ -214,7 +214,7 @@ def _part_names(ours: ModelScorer) -> dict[str, str]:
     if config.wide_l2 > 0:
         share = f", {config.wide_cosine_share:g} cosine" if config.wide_cosine_share else ""
         text = f", {config.wide_text_share:g} text" if config.wide_text_share else ""
-        view = f", item view {config.wide_view_share:g}" if config.wide_view_share else ""
+        view = f", item view {config.wide_view_share:g} at l2 {config.wide_view_l2:g}" if config.wide_view_share else ""
         wide = f"EASE alone (l2 {config.wide_l2:g}{share}{view}{text})"
     return {"neural": "Transformer alone", "wide": wide}
 
