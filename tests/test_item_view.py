@@ -11,9 +11,13 @@ torch = pytest.importorskip("torch", reason="training needs the train extra (tor
 from bundlerec.evaluation.metrics import evaluate_scorer  # noqa: E402
 from bundlerec.evaluation.protocol import build_split  # noqa: E402
 from bundlerec.ranking.features import FIRST_ID, PAD  # noqa: E402
-from bundlerec.training.cooccurrence import item_view_tables, neighbour_tables, with_bundle_tables  # noqa: E402
+from bundlerec.training.cooccurrence import (  # noqa: E402
+    cosine_tables,
+    item_view_tables,
+    with_bundle_tables,
+)
 from bundlerec.training.data import prepare  # noqa: E402
-from bundlerec.training.mix import choose_wide_tables  # noqa: E402
+from bundlerec.training.mix import choose_item_view  # noqa: E402
 from bundlerec.training.model import BundleRanker, ModelConfig  # noqa: E402
 from bundlerec.training.scorer import ModelScorer, PartScorer  # noqa: E402
 from bundlerec.training.train import TrainSettings  # noqa: E402
@@ -74,9 +78,10 @@ def test_the_item_view_is_the_regression_over_bundles_and_the_items_they_hold() 
         row = tables.bundle_weight[item]
         np.testing.assert_allclose(np.abs(row), -np.sort(-np.abs(item_weights[item]))[:k], rtol=2e-3, atol=1e-6)
     # merged with other tables, the bundle tables are the item view's and the item tables the others'
-    merged = with_bundle_tables(neighbour_tables(data, k, l2), tables)
+    other = cosine_tables(data, k)
+    merged = with_bundle_tables(other, tables)
     np.testing.assert_array_equal(merged.bundle_weight, tables.bundle_weight)
-    np.testing.assert_array_equal(merged.item_weight, neighbour_tables(data, k, l2).item_weight)
+    np.testing.assert_array_equal(merged.item_weight, other.item_weight)
 
 
 def test_the_item_view_is_validations_choice_and_the_tables_say_which() -> None:
@@ -87,18 +92,18 @@ def test_the_item_view_is_validations_choice_and_the_tables_say_which() -> None:
     model.eval()
     scorer = ModelScorer("ours", model, dataset, data.vocabulary, None)
     split = build_split(dataset, "valid")
-    settings = TrainSettings(
-        wide_l2_grid=(500.0,), wide_cosine_grid=(0.0,), wide_view_grid=(0.0, 0.03, 0.3), wide_view_l2_grid=(50.0, 500.0)
-    )
+    settings = TrainSettings(wide_view_grid=(0.0, 0.03, 0.3), wide_view_l2_grid=(50.0, 500.0))
+    cosine = cosine_tables(data, settings.neighbours)
+    model.set_neighbours(cosine)
     lines: list[str] = []
-    choose_wide_tables(scorer, data, split, settings, "NDCG@20", lines.append)
+    choose_item_view(scorer, data, split, settings, "NDCG@20", lines.append)
     tried = {}
     for line in lines:
         if line.startswith("item view l2"):
             words = line.split()
             tried[(float(words[5]), float(words[3]))] = float(line.split("NDCG@20 ")[1].split()[0])
     assert set(tried) == {(0.03, 50.0), (0.03, 500.0), (0.3, 50.0), (0.3, 500.0)}  # share 0 is "without"
-    without = float(lines[-3].split("without it ")[1].rstrip(")"))
+    without = float(lines[-2].split("without it ")[1].rstrip(")"))
     # bundles without a row of their own sit out the comparison: the view changes the bundles' scale
     assert {line.split("without it ")[1] for line in lines if line.startswith("item view l2")} == {f"{without:.4f})"}
     best = max(tried, key=tried.get)
@@ -106,10 +111,9 @@ def test_the_item_view_is_validations_choice_and_the_tables_say_which() -> None:
     c = model.config
     assert (c.wide_view_share, c.wide_view_l2) == best
     # the model holds the tables its config names, and their validation figure is the one logged
-    expected = neighbour_tables(
-        data, c.neighbours, c.wide_l2, 0.0, view_share=c.wide_view_share, view_l2=c.wide_view_l2
-    )
+    expected = item_view_tables(data, c.neighbours, c.wide_view_l2, c.wide_view_share)
     np.testing.assert_array_equal(model.wide_bundle_weight.numpy(), expected.bundle_weight)
+    np.testing.assert_array_equal(model.wide_item_weight.numpy(), cosine.item_weight)  # item tables kept
     model.wide_member_weight.fill_(0.0)
     figure = evaluate_scorer(split, PartScorer(scorer, "wide"), ks=(10, 20))["NDCG@20"]
     assert figure == pytest.approx(max(tried[best], without), abs=1e-4)
