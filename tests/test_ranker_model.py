@@ -109,11 +109,28 @@ def with_both_parts(trained: TrainedModel) -> TrainedModel:
     return trained
 
 
-def test_onnx_matches_pytorch_on_amazon_scientific_with_text(encoder_dir: str, tmp_path: Path) -> None:
+@dataclasses.dataclass
+class TextModel:
+    dataset: Dataset
+    vectors: np.ndarray
+    identity: dict
+    trained: TrainedModel
+
+
+@pytest.fixture(scope="module")
+def scientific_model(encoder_dir: str) -> TextModel:
+    """A model with text trained on the scientific sample, both parts mixed: read by the tests
+    below, never changed (the titles are embedded and the model trained once for all of them)."""
     dataset = scientific_sample()
     vectors, identity = item_text_vectors(dataset, Path(encoder_dir), cache_dir=None)
-    assert vectors is not None
+    assert vectors is not None and identity is not None
     trained = with_both_parts(train(dataset, QUICK, vectors, progress=lambda line: None))
+    return TextModel(dataset, vectors, identity, trained)
+
+
+def test_onnx_matches_pytorch_on_amazon_scientific_with_text(scientific_model: TextModel, tmp_path: Path) -> None:
+    dataset, vectors, trained = scientific_model.dataset, scientific_model.vectors, scientific_model.trained
+    identity = scientific_model.identity
     path = write_model_dir(trained, tmp_path, dataset_name="sample", text_encoder=identity, int8=True)
     assert (path / INT8_FILE).is_file()
     scorer = ModelScorer("ours", trained.model, dataset, trained.data.vocabulary, vectors)
@@ -152,15 +169,15 @@ def full_ranking_vs_forward(scorer: ModelScorer, dataset: Dataset, users: int = 
     return float(np.abs(scores - expected).max() / max(1.0, np.abs(expected).max()))
 
 
-def test_full_ranking_scores_what_the_served_graph_scores(encoder_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_ranking_scores_what_the_served_graph_scores(
+    scientific_model: TextModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The batched full-ranking scorer (attention tables, sparse co-occurrence product, trimmed
     sequences) against the model's forward: next-item data with text and items known only by their
     text, and bundle data with bundles scored through their members at a member weight below 1."""
     from bundlerec.training import scorer as batched
 
-    scientific = scientific_sample()
-    vectors, _ = item_text_vectors(scientific, Path(encoder_dir), cache_dir=None)
-    trained = with_both_parts(train(scientific, QUICK, vectors, progress=lambda line: None))
+    scientific, vectors, trained = scientific_model.dataset, scientific_model.vectors, scientific_model.trained
     scorer = ModelScorer("ours", trained.model, scientific, trained.data.vocabulary, vectors)
     assert len(scorer.mapper.extra_rows) >= 30
     assert full_ranking_vs_forward(scorer, scientific) <= 1e-5
