@@ -131,8 +131,8 @@ def item_view_tables(
     through = membership.T.tocsr() * np.float32(share)  # items × kept bundles
     for start in range(0, n_items, _ROWS_PER_CHUNK):
         stop = min(start + _ROWS_PER_CHUNK, n_items)
-        block = np.asarray(through[start:stop] @ weights[nb:], dtype=np.float32)
-        _keep_strongest(block, kept, np.arange(start, stop), tables.bundle_index, tables.bundle_weight)
+        item_weights = np.asarray(through[start:stop] @ weights[nb:], dtype=np.float32)
+        _keep_strongest(item_weights, kept, np.arange(start, stop), tables.bundle_index, tables.bundle_weight)
     return tables
 
 
