@@ -94,10 +94,13 @@ class Services(dict[str, tuple[subprocess.Popen[bytes], str]]):
         super().__init__()
         self.settings, self.ports = settings, ports
 
-    def start(self, name: str) -> None:
-        process = start_service(name, {**self.settings, f"BUNDLEREC_{name.upper()}_PORT": str(self.ports[name])})
-        self[name] = (process, f"127.0.0.1:{self.ports[name]}")
-        wait_serving(self[name][1], process)
+    def start(self, *names: str) -> None:
+        """Starts these services at once (their imports share the cores) and waits until each serves."""
+        for name in names:
+            process = start_service(name, {**self.settings, f"BUNDLEREC_{name.upper()}_PORT": str(self.ports[name])})
+            self[name] = (process, f"127.0.0.1:{self.ports[name]}")
+        for name in names:
+            wait_serving(self[name][1], self[name][0])
 
     def restart(self, name: str) -> None:
         """Stops the service with SIGTERM, as an orchestrator does, and starts it again on its port."""
@@ -111,10 +114,10 @@ class Services(dict[str, tuple[subprocess.Popen[bytes], str]]):
 def four_services(
     profile_url: str, catalogue_url: str, models: Path, encoder_dir: str, *, live_statistics: bool = False, **env: str
 ) -> Iterator[Services]:
-    """The profile, candidate, ranker and gateway services as processes on these stores, started
-    in that order and waited for; `live_statistics`: the candidate service reads the profile
-    service's behaviour log; `env`: more settings (BUNDLEREC_... = value). Stopped with SIGTERM
-    (killed after 30 s) at the end."""
+    """The profile, candidate, ranker and gateway services as processes on these stores, the
+    first three started together, the gateway once they serve; `live_statistics`: the candidate
+    service reads the profile service's behaviour log; `env`: more settings (BUNDLEREC_... =
+    value). Stopped with SIGTERM (killed after 30 s) at the end."""
     ports = {name: free_port() for name in ("profile", "candidate", "ranker", "gateway")}
     settings = {
         "BUNDLEREC_PROFILE_DATABASE_URL": profile_url,
@@ -132,8 +135,8 @@ def four_services(
     }
     started = Services(settings, ports)
     try:
-        for name in ports:
-            started.start(name)
+        started.start("profile", "candidate", "ranker")
+        started.start("gateway")  # after them: its channels never start in a reconnect backoff
         yield started
     finally:
         for process, _ in started.values():
