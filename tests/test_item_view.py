@@ -59,7 +59,7 @@ def test_the_item_view_is_the_regression_over_bundles_and_the_items_they_hold() 
     data = prepare(youshu_sample(60), None, 32, order="set")
     n_items = data.vocabulary.num_item_rows
     k, l2, share = 20, 50.0, 0.3
-    tables = item_view_tables(data, k, l2, share)
+    [(_, _, tables)] = item_view_tables(data, k, (share,), (l2,))
     bundle_weights, item_weights = dense_item_view(data, l2, share)
     assert not tables.item_weight.any()  # item tables are another's (with_bundle_tables)
     held = np.flatnonzero(np.abs(bundle_weights).sum(1) > 0)
@@ -111,7 +111,7 @@ def test_the_item_view_is_validations_choice_and_the_tables_say_which() -> None:
     c = model.config
     assert (c.wide_view_share, c.wide_view_l2) == best
     # the model holds the tables its config names, and their validation figure is the one logged
-    expected = item_view_tables(data, c.neighbours, c.wide_view_l2, c.wide_view_share)
+    [(_, _, expected)] = item_view_tables(data, c.neighbours, (c.wide_view_share,), (c.wide_view_l2,))
     np.testing.assert_array_equal(model.wide_bundle_weight.numpy(), expected.bundle_weight)
     np.testing.assert_array_equal(model.wide_item_weight.numpy(), cosine.item_weight)  # item tables kept
     model.wide_member_weight.fill_(0.0)

@@ -51,7 +51,8 @@ def test_text_neighbours_are_the_nearest_titles_weighed_by_how_rarely_the_target
     text = data.item_text / np.maximum(np.linalg.norm(data.item_text, axis=1, keepdims=True), 1e-12)
     counts = np.asarray(cooccurrence_matrix(data).sum(axis=0)).ravel()
     k, rows = 10, np.arange(FIRST_ID, len(text))
-    for gate, tables in zip((0.0, 4.0), text_tables(data, k, (0.0, 4.0)), strict=True):
+    by_gate = text_tables(data, k, (0.0, 4.0))
+    for gate, tables in zip((0.0, 4.0), by_gate, strict=True):
         factor = gate / (gate + counts[: len(text)]) if gate else np.ones(len(text))
         for item in rows[:: max(1, len(rows) // 40)]:
             if item == silent:
@@ -63,7 +64,7 @@ def test_text_neighbours_are_the_nearest_titles_weighed_by_how_rarely_the_target
             np.testing.assert_allclose(tables.item_weight[item], expected[tables.item_index[item]], rtol=1e-4)
             assert item not in tables.item_index[item]
         assert (tables.item_index[silent] == PAD).all() and silent not in tables.item_index
-    ungated, gated = text_tables(data, k, (0.0, 4.0))
+    ungated, gated = by_gate
     sold = counts[: len(text)]
     # the gate moves neighbour lists towards the items that sold less
     assert sold[gated.item_index[rows]].mean() < sold[ungated.item_index[rows]].mean()

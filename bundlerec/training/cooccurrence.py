@@ -30,7 +30,7 @@ models (BGCN, CrossCBR) combine; its bundle tables replace the EASE ones when va
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -85,55 +85,67 @@ def neighbour_tables(
         ease = ease_tables(data, k, l2, max_columns)
         tables = blend_tables(ease, cosine_tables(data, k), cosine_share) if cosine_share > 0 else ease
     if view_share > 0:
-        tables = with_bundle_tables(tables, item_view_tables(data, k, view_l2, view_share, max_columns // 2))
+        [(_, _, view)] = item_view_tables(data, k, (view_share,), (view_l2,), max_columns // 2)
+        tables = with_bundle_tables(tables, view)
     if text_share > 0 and data.item_text.shape[1]:
         tables = blend_tables(tables, text_tables(data, k, (text_gate,))[0], text_share)
     return tables
 
 
 def item_view_tables(
-    data: TrainingData, k: int, l2: float, share: float, max_bundles: int = MAX_DENSE_COLUMNS // 2
-) -> NeighbourTables:
-    """Bundle tables of EASE's regression over features X = [bundles | share · items · Mᵀ]: each
-    bundle column predicted (its own feature left out) from the row's bundles and, for every bundle,
-    how many of its members the row's items are (M: bundles × items membership). The item part is
-    linear in the row's items, so it becomes an item → bundle table: item i's weight on bundle b is
-    share · Σ over the bundles c holding i of the weight of c's item feature on b. The rows are
-    cooccurrence_matrix's; at most `max_bundles` bundles (the most frequent) take part, and a
-    bundle nobody has gets no row. Item tables are left empty (with_bundle_tables keeps another's)."""
+    data: TrainingData,
+    k: int,
+    shares: Sequence[float],
+    l2s: Sequence[float],
+    max_bundles: int = MAX_DENSE_COLUMNS // 2,
+) -> Iterator[tuple[float, float, NeighbourTables]]:
+    """(share, l2, bundle tables) for each share and L2 (shares outer), of EASE's regression over
+    features X = [bundles | share · items · Mᵀ]: each bundle column predicted (its own feature left
+    out) from the row's bundles and, for every bundle, how many of its members the row's items are
+    (M: bundles × items membership). The item part is linear in the row's items, so it becomes an
+    item → bundle table: item i's weight on bundle b is share · Σ over the bundles c holding i of
+    the weight of c's item feature on b. The rows are cooccurrence_matrix's; at most `max_bundles`
+    bundles (the most frequent) take part, and a bundle nobody has gets no row. Item tables are
+    left empty (with_bundle_tables keeps another's). The features are built once, their Gram
+    matrix once per share; each L2 inverts a copy."""
     n_items, n_bundles = data.vocabulary.num_item_rows, data.vocabulary.num_bundle_rows
-    tables = empty_tables(n_items, n_bundles, k)
-    if n_bundles <= FIRST_ID:
-        return tables
     matrix = cooccurrence_matrix(data)
     bundles = matrix[:, n_items:].tocsc()
     counts = np.asarray(bundles.sum(axis=0)).ravel()
-    kept = np.flatnonzero(counts > 0)
+    kept = np.flatnonzero(counts > 0) if n_bundles > FIRST_ID else np.zeros(0, np.int64)
     if len(kept) > max_bundles:
         kept = np.sort(np.argsort(-counts, kind="stable")[:max_bundles])
     if len(kept) == 0:
-        return tables
+        for share in shares:
+            for l2 in l2s:
+                yield share, l2, empty_tables(n_items, n_bundles, k)
+        return
     members = data.vocabulary.bundle_members[kept]
     rows = np.broadcast_to(np.arange(len(kept))[:, None], members.shape)[members != PAD]
     membership = sp.csr_matrix(
         (np.ones(len(rows), np.float32), (rows, members[members != PAD])), shape=(len(kept), n_items)
     )
     membership.data[:] = 1.0
-    features = sp.hstack([bundles[:, kept], (matrix[:, :n_items] @ membership.T) * np.float32(share)]).tocsc()
-    inverse = _upper_inverse((features.T @ features).toarray().astype(np.float32), l2)
+    covered = matrix[:, :n_items] @ membership.T  # rows × kept bundles: how many members each row has
     nb = len(kept)
-    block = inverse[:nb, :nb]  # the inverse's first nb columns, from its valid upper triangle
-    columns = np.concatenate([np.triu(block) + np.triu(block, 1).T, inverse[:nb, nb:].T])
-    weights = columns / -inverse.diagonal()[:nb]  # [2 nb, nb]: feature → bundle
-    weights[np.arange(nb), np.arange(nb)] = 0.0
-    del inverse, block, columns
-    _keep_strongest(weights[:nb], kept, n_items + kept, tables.bundle_index, tables.bundle_weight)
-    through = membership.T.tocsr() * np.float32(share)  # items × kept bundles
-    for start in range(0, n_items, _ROWS_PER_CHUNK):
-        stop = min(start + _ROWS_PER_CHUNK, n_items)
-        item_weights = np.asarray(through[start:stop] @ weights[nb:], dtype=np.float32)
-        _keep_strongest(item_weights, kept, np.arange(start, stop), tables.bundle_index, tables.bundle_weight)
-    return tables
+    for share in shares:
+        features = sp.hstack([bundles[:, kept], covered * np.float32(share)]).tocsc()
+        gram = (features.T @ features).toarray().astype(np.float32)
+        through = membership.T.tocsr() * np.float32(share)  # items × kept bundles
+        for l2 in l2s:
+            tables = empty_tables(n_items, n_bundles, k)
+            inverse = _upper_inverse(gram.copy(), l2)
+            block = inverse[:nb, :nb]  # the inverse's first nb columns, from its valid upper triangle
+            columns = np.concatenate([np.triu(block) + np.triu(block, 1).T, inverse[:nb, nb:].T])
+            weights = columns / -inverse.diagonal()[:nb]  # [2 nb, nb]: feature → bundle
+            weights[np.arange(nb), np.arange(nb)] = 0.0
+            del inverse, block, columns
+            _keep_strongest(weights[:nb], kept, n_items + kept, tables.bundle_index, tables.bundle_weight)
+            for start in range(0, n_items, _ROWS_PER_CHUNK):
+                stop = min(start + _ROWS_PER_CHUNK, n_items)
+                item_weights = np.asarray(through[start:stop] @ weights[nb:], dtype=np.float32)
+                _keep_strongest(item_weights, kept, np.arange(start, stop), tables.bundle_index, tables.bundle_weight)
+            yield share, l2, tables
 
 
 def with_bundle_tables(tables: NeighbourTables, bundle: NeighbourTables) -> NeighbourTables:

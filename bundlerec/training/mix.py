@@ -127,22 +127,25 @@ def choose_item_view(
     base = _tables(model)
     model.wide_member_weight.fill_(0.0)
     without = evaluate_scorer(split, PartScorer(scorer, "wide"), ks=(10, 20))[metric_name]
-    best: tuple[float, float, float, NeighbourTables] = (without, 0.0, 0.0, base)
-    for l2 in settings.wide_view_l2_grid:
-        for share in shares:
-            started = time.monotonic()
-            tables = with_bundle_tables(base, item_view_tables(data, settings.neighbours, l2, share))
-            model.set_neighbours(tables)
-            metric = evaluate_scorer(split, PartScorer(scorer, "wide"), ks=(10, 20))[metric_name]
-            progress(
-                f"item view l2 {l2:g} share {share:g} ({time.monotonic() - started:.0f} s): "
-                f"valid {metric_name} {metric:.4f} (without it {without:.4f})"
-            )
-            if metric > best[0]:
-                best = (metric, share, l2, tables)
-    metric, model.config.wide_view_share, model.config.wide_view_l2, tables = best
+    # (metric, rank in the grids' order, L2 first: the earlier of equal figures wins, "without" first)
+    l2s = settings.wide_view_l2_grid
+    best: tuple[float, int, float, float, NeighbourTables] = (without, -1, 0.0, 0.0, base)
+    started = time.monotonic()
+    for share, l2, view in item_view_tables(data, settings.neighbours, shares, l2s):
+        tables = with_bundle_tables(base, view)
+        model.set_neighbours(tables)
+        metric = evaluate_scorer(split, PartScorer(scorer, "wide"), ks=(10, 20))[metric_name]
+        progress(
+            f"item view l2 {l2:g} share {share:g} ({time.monotonic() - started:.0f} s): "
+            f"valid {metric_name} {metric:.4f} (without it {without:.4f})"
+        )
+        started = time.monotonic()
+        rank = l2s.index(l2) * len(shares) + shares.index(share)
+        if metric > best[0] or (metric == best[0] and rank < best[1]):
+            best = (metric, rank, share, l2, tables)
+    metric, _, model.config.wide_view_share, model.config.wide_view_l2, tables = best
     model.set_neighbours(tables)
-    kept = f"share {best[1]:g}, l2 {best[2]:g}" if best[1] else "not kept"
+    kept = f"share {best[2]:g}, l2 {best[3]:g}" if best[2] else "not kept"
     progress(f"item view: {kept}, valid {metric_name} {metric:.4f} on its own")
 
 
